@@ -1,0 +1,480 @@
+"""The store interface shared by the embedded SQLite store and Postgres."""
+
+from __future__ import annotations
+
+import abc
+import importlib.resources
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from atlas_middleware.review import DriftPolicy, drift
+from atlas_middleware.storage.records import (
+    REVIEW_STATUSES,
+    SessionUpdate,
+    SpanEvent,
+    SpanRecord,
+    derive_session_updates,
+    json_dumps,
+    reward_score,
+)
+from atlas_middleware.telemetry import schema
+
+
+class StoreError(RuntimeError):
+    """A store operation failed for a reason retrying will not fix."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached right now; retrying later may work."""
+
+
+@dataclass(slots=True)
+class Session:
+    trace_id: str
+    session_id: str | None = None
+    agent_name: str | None = None
+    learning_key: str | None = None
+    service_name: str | None = None
+    task: str | None = None
+    final_answer: str | None = None
+    guidance: str | None = None
+    lane: str | None = None
+    probe_confidence: float | None = None
+    model: str | None = None
+    status: str | None = None
+    error_type: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    started_ns: int | None = None
+    ended_ns: int | None = None
+    evaluations: dict[str, Any] = field(default_factory=dict)
+    reward_score: float | None = None
+    review_status: str = "pending"
+    review_note: str | None = None
+    drift: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in SESSION_FIELDS}
+
+
+SESSION_FIELDS = tuple(Session.__dataclass_fields__)
+
+
+@dataclass(slots=True)
+class SessionFilter:
+    review_status: str | Sequence[str] | None = None
+    min_reward: float | None = None
+    learning_key: str | None = None
+    agent_name: str | None = None
+    since_ns: int | None = None
+    until_ns: int | None = None
+    drift_only: bool = False
+
+    def statuses(self) -> list[str] | None:
+        if self.review_status is None:
+            return None
+        values = (
+            [self.review_status]
+            if isinstance(self.review_status, str)
+            else list(self.review_status)
+        )
+        for value in values:
+            check_review_status(value)
+        return values
+
+
+@dataclass(slots=True)
+class WriteResult:
+    received: int
+    sessions: int = 0
+    drift_alerts: int = 0
+
+
+def check_review_status(status: str) -> str:
+    if status not in REVIEW_STATUSES:
+        raise ValueError(
+            f"review status must be one of {', '.join(REVIEW_STATUSES)}; got {status!r}"
+        )
+    return status
+
+
+def load_migrations(dialect: str) -> list[tuple[int, str, str]]:
+    """(version, name, sql) for every migration file of a dialect, in order."""
+    folder = importlib.resources.files("atlas_middleware.storage") / "migrations" / dialect
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text()))
+    return sorted(found)
+
+
+def _loads(value: Any) -> Any:
+    # Postgres hands JSONB back already decoded; SQLite hands back text.
+    if isinstance(value, str | bytes):
+        return orjson.loads(value)
+    return value
+
+
+class Store(abc.ABC):
+    """Spans in, sessions out. Implementations: :class:`SQLiteStore`, :class:`PostgresStore`.
+
+    Queries are written once, here, with ``%s`` placeholders; a dialect supplies connections,
+    transactions, the span write path and a few expressions.
+    """
+
+    url: str
+    drift_policy: DriftPolicy
+    _json_merge: str  # SQL merging sessions.evaluations with excluded.evaluations
+    _drift_alert: str  # SQL that is true when a session's last drift check alerted
+
+    # --- dialect primitives --------------------------------------------------------------------
+    @abc.abstractmethod
+    def _connection(self) -> AbstractContextManager[Any]:
+        """A connection for reads (autocommit)."""
+
+    @abc.abstractmethod
+    def _transaction(self) -> AbstractContextManager[Any]:
+        """A connection inside a transaction that commits on exit, rolls back on error, and turns
+        driver errors into StoreError / StoreUnavailable."""
+
+    @abc.abstractmethod
+    def _run(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Execute one statement (``%s`` placeholders); rows if it returns any."""
+
+    @abc.abstractmethod
+    def _run_many(self, conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        """Execute one statement for many parameter rows; rows affected."""
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._connection() as conn:
+            return self._run(conn, sql, params)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def migrate(self, target: int | None = None) -> int:
+        """Apply pending migrations (up to ``target``); returns the schema version."""
+
+    def schema_version(self) -> int:
+        return self._read("SELECT MAX(version) FROM atlas_schema_version")[0][0] or 0
+
+    def health(self) -> None:
+        """Raise :class:`StoreUnavailable` when the database cannot serve requests."""
+        self._read("SELECT 1")
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- ingest --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def write_spans(self, records: Sequence[SpanRecord]) -> WriteResult:
+        """Store spans (re-sent duplicates are ignored) and update the sessions they describe,
+        in one transaction: when this returns, everything is durable."""
+
+    def _apply_session_updates(self, conn: Any, records: Sequence[SpanRecord]) -> tuple[int, int]:
+        """Upsert the sessions a batch describes; returns (sessions, drift alerts). Updates go in
+        trace-id order so concurrent writers lock rows in one order and cannot deadlock."""
+        updates = sorted(derive_session_updates(records).values(), key=lambda u: u.trace_id)
+        now = time.time_ns()
+        alerts = 0
+        upsert = (
+            f"INSERT INTO sessions (trace_id, {', '.join(SessionUpdate.COLUMNS)}, evaluations, "
+            f"updated_ns) VALUES ({', '.join(['%s'] * (len(SessionUpdate.COLUMNS) + 3))}) "
+            "ON CONFLICT (trace_id) DO UPDATE SET "
+            + ", ".join(
+                f"{c} = COALESCE(excluded.{c}, sessions.{c})" for c in SessionUpdate.COLUMNS
+            )
+            + f", evaluations = {self._json_merge}, updated_ns = excluded.updated_ns "
+            "RETURNING trace_id, learning_key, evaluations, review_status"
+        )
+        for u in updates:
+            [(trace_id, learning_key, evaluations, status)] = self._run(
+                conn, upsert, (u.trace_id, *u.column_values(), json_dumps(u.evaluations), now)
+            )
+            if not u.evaluations:
+                continue
+            score = reward_score(_loads(evaluations))
+            if score is None:
+                continue
+            history = (
+                [
+                    row[0]
+                    for row in self._run(
+                        conn,
+                        "SELECT reward_score FROM sessions WHERE learning_key = %s "
+                        "AND trace_id <> %s AND reward_score IS NOT NULL "
+                        "ORDER BY updated_ns DESC LIMIT %s",
+                        (learning_key, trace_id, self.drift_policy.window),
+                    )
+                ]
+                if learning_key
+                else []
+            )
+            result = drift(history, score, self.drift_policy)
+            if result.alert and status != "quarantined":
+                status = "pending"
+            self._run(
+                conn,
+                "UPDATE sessions SET reward_score = %s, drift = %s, review_status = %s "
+                "WHERE trace_id = %s",
+                (score, json_dumps(result.to_json()), status, trace_id),
+            )
+            if result.alert:
+                alerts += 1
+                self._run(
+                    conn,
+                    "INSERT INTO drift_alerts VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (trace_id, learning_key, score, result.z, result.mad_z, result.baseline, now),
+                )
+        return len(updates), alerts
+
+    # --- sessions ------------------------------------------------------------------------------
+    def _where(self, where: SessionFilter | None) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if where is not None:
+            statuses = where.statuses()
+            if statuses:
+                clauses.append(f"review_status IN ({', '.join(['%s'] * len(statuses))})")
+                params.extend(statuses)
+            for column, op, value in (
+                ("reward_score", ">=", where.min_reward),
+                ("learning_key", "=", where.learning_key),
+                ("agent_name", "=", where.agent_name),
+                ("started_ns", ">=", where.since_ns),
+                ("started_ns", "<", where.until_ns),
+            ):
+                if value is not None:
+                    clauses.append(f"{column} {op} %s")
+                    params.append(value)
+            if where.drift_only:
+                clauses.append(self._drift_alert)
+        return (" AND ".join(clauses) or "1=1"), params
+
+    def iter_sessions(
+        self,
+        where: SessionFilter | None = None,
+        *,
+        newest_first: bool = False,
+        limit: int | None = None,
+        page_size: int = 500,
+    ) -> Iterator[Session]:
+        """Stream sessions page by page. Keyset pagination: each page is a short query, so a long
+        export holds no transaction open and memory stays at one page."""
+        clause, params = self._where(where)
+        order = "DESC" if newest_first else "ASC"
+        cmp = "<" if newest_first else ">"
+        after: tuple[int, str] | None = None
+        remaining = limit
+        while remaining is None or remaining > 0:
+            size = page_size if remaining is None else min(page_size, remaining)
+            keyset, page_params = "", list(params)
+            if after is not None:
+                keyset = f" AND (COALESCE(started_ns, 0), trace_id) {cmp} (%s, %s)"
+                page_params.extend(after)
+            rows = self._read(
+                f"SELECT {_SESSION_SELECT}, COALESCE(started_ns, 0) FROM sessions "
+                f"WHERE {clause}{keyset} "
+                f"ORDER BY COALESCE(started_ns, 0) {order}, trace_id {order} LIMIT %s",
+                (*page_params, size),
+            )
+            for row in rows:
+                yield self._session_from_row(row[:-1])
+            if len(rows) < size:
+                return
+            after = (rows[-1][-1], rows[-1][0])
+            if remaining is not None:
+                remaining -= len(rows)
+
+    def get_session(self, key: str) -> Session | None:
+        """By trace id, session id, or a unique prefix of either."""
+        rows = self._read(
+            f"SELECT {_SESSION_SELECT} FROM sessions WHERE trace_id = %s OR session_id = %s "
+            "OR trace_id LIKE %s OR session_id LIKE %s LIMIT 2",
+            (key, key, f"{key}%", f"{key}%"),
+        )
+        exact = [r for r in rows if key in (r[0], r[1])]
+        if len(exact) == 1 or len(rows) == 1:
+            return self._session_from_row((exact or rows)[0])
+        if len(rows) > 1:
+            raise StoreError(f"{key!r} matches several sessions; give more characters of the id")
+        return None
+
+    def spans_for(self, trace_ids: Sequence[str]) -> dict[str, list[SpanRecord]]:
+        result: dict[str, list[SpanRecord]] = {t: [] for t in trace_ids}
+        if trace_ids:
+            rows = self._read(
+                f"SELECT {SPAN_COLUMN_LIST} FROM spans WHERE trace_id IN "
+                f"({', '.join(['%s'] * len(trace_ids))}) ORDER BY start_time_unix_nano, span_id",
+                list(trace_ids),
+            )
+            for row in rows:
+                result[row[0]].append(span_from_row(row))
+        return result
+
+    def set_review(self, trace_ids: Sequence[str], status: str, note: str | None = None) -> int:
+        check_review_status(status)
+        with self._transaction() as conn:
+            return self._run_many(
+                conn,
+                "UPDATE sessions SET review_status = %s, review_note = COALESCE(%s, review_note) "
+                "WHERE trace_id = %s",
+                [(status, note, t) for t in trace_ids],
+            )
+
+    def count_spans(self) -> int:
+        return self._read("SELECT COUNT(*) FROM spans")[0][0]
+
+    def drift_alerts(self, learning_key: str | None = None) -> list[dict[str, Any]]:
+        rows = self._read(
+            "SELECT trace_id, learning_key, reward, z, mad_z, baseline, created_ns "
+            "FROM drift_alerts WHERE %s IS NULL OR learning_key = %s ORDER BY created_ns",
+            (learning_key, learning_key),
+        )
+        names = ("trace_id", "learning_key", "reward", "z", "mad_z", "baseline", "created_ns")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    # --- learning memory and training lineage --------------------------------------------------
+    def get_playbook(self, learning_key: str) -> dict[str, Any] | None:
+        rows = self._read("SELECT playbook FROM playbooks WHERE learning_key = %s", (learning_key,))
+        return _loads(rows[0][0]) if rows else None
+
+    def put_playbook(self, learning_key: str, playbook: dict[str, Any]) -> None:
+        with self._transaction() as conn:
+            self._run(
+                conn,
+                "INSERT INTO playbooks VALUES (%s, %s, %s) ON CONFLICT (learning_key) DO UPDATE "
+                "SET playbook = excluded.playbook, updated_ns = excluded.updated_ns",
+                (learning_key, json_dumps(playbook), time.time_ns()),
+            )
+
+    def record_training_run(
+        self,
+        run_id: str,
+        *,
+        checkpoint: str,
+        recipe: str,
+        trace_ids: Iterable[str],
+        metrics: dict[str, Any] | None = None,
+    ) -> None:
+        """Record which sessions trained which checkpoint."""
+        with self._transaction() as conn:
+            self._run(
+                conn,
+                "INSERT INTO training_runs VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id) DO "
+                "UPDATE SET checkpoint = excluded.checkpoint, metrics = excluded.metrics",
+                (run_id, checkpoint, recipe, json_dumps(metrics or {}), time.time_ns()),
+            )
+            self._run_many(
+                conn,
+                "INSERT INTO training_run_sessions VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                ((run_id, t) for t in trace_ids),
+            )
+
+    def training_runs(self) -> list[dict[str, Any]]:
+        rows = self._read(
+            "SELECT r.run_id, r.checkpoint, r.recipe, r.metrics, r.created_ns, "
+            "(SELECT COUNT(*) FROM training_run_sessions s WHERE s.run_id = r.run_id) "
+            "FROM training_runs r ORDER BY r.created_ns"
+        )
+        names = ("run_id", "checkpoint", "recipe", "metrics", "created_ns", "sessions")
+        runs = [dict(zip(names, row, strict=True)) for row in rows]
+        for run in runs:
+            run["metrics"] = _loads(run["metrics"])
+        return runs
+
+    @staticmethod
+    def _session_from_row(row: Sequence[Any]) -> Session:
+        values = dict(zip(SESSION_FIELDS, row, strict=True))
+        values["evaluations"] = _loads(values["evaluations"]) or {}
+        values["drift"] = _loads(values["drift"])
+        return Session(**values)
+
+
+_SESSION_SELECT = ", ".join(SESSION_FIELDS)
+
+
+SPAN_COLUMNS = (
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "name",
+    "kind",
+    "start_time_unix_nano",
+    "end_time_unix_nano",
+    "status_code",
+    "status_message",
+    "service_name",
+    "operation",
+    "session_id",
+    "attributes",
+    "events",
+    "resource",
+    "scope",
+)
+SPAN_COLUMN_LIST = ", ".join(SPAN_COLUMNS)
+
+
+def span_rows(records: Iterable[SpanRecord]) -> list[tuple[Any, ...]]:
+    """Rows in SPAN_COLUMNS order, JSON as text. JSON encoding is most of the cost of writing a
+    span, so each batch encodes a shared resource once."""
+    rows = []
+    resources: dict[int, str] = {}
+    for r in records:
+        key = id(r.resource)
+        resource = resources.get(key)
+        if resource is None:
+            resource = resources[key] = json_dumps(r.resource)
+        rows.append(
+            (
+                r.trace_id,
+                r.span_id,
+                r.parent_span_id,
+                r.name,
+                r.kind,
+                r.start_ns,
+                r.end_ns,
+                r.status_code,
+                r.status_message,
+                r.service_name,
+                r.operation,
+                r.attributes.get(schema.ATLAS_SESSION_ID),
+                json_dumps(r.attributes),
+                json_dumps([e.to_json() for e in r.events]) if r.events else "[]",
+                resource,
+                r.scope,
+            )
+        )
+    return rows
+
+
+def span_from_row(row: Sequence[Any]) -> SpanRecord:
+    events = _loads(row[13]) or []
+    return SpanRecord(
+        trace_id=row[0],
+        span_id=row[1],
+        parent_span_id=row[2],
+        name=row[3],
+        kind=row[4],
+        start_ns=row[5],
+        end_ns=row[6],
+        status_code=row[7],
+        status_message=row[8],
+        attributes=_loads(row[12]) or {},
+        events=[
+            SpanEvent(e["name"], e["time_unix_nano"], e.get("attributes") or {}) for e in events
+        ],
+        resource=_loads(row[14]) or {},
+        scope=row[15],
+    )

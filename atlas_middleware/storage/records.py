@@ -1,0 +1,244 @@
+"""What a store holds: spans as plain records, and the session facts derived from them.
+
+Both ingest paths (the in-process exporter and the OTLP collector) turn spans into
+:class:`SpanRecord` first, so session derivation, redaction and storage see one shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from atlas_middleware.telemetry import schema as s
+
+REVIEW_STATUSES = ("pending", "approved", "quarantined")
+
+
+@dataclass(slots=True)
+class SpanEvent:
+    name: str
+    time_ns: int
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "time_unix_nano": self.time_ns, "attributes": self.attributes}
+
+
+@dataclass(slots=True)
+class SpanRecord:
+    trace_id: str  # 32 lowercase hex chars
+    span_id: str  # 16 lowercase hex chars
+    parent_span_id: str | None
+    name: str
+    kind: str  # INTERNAL, SERVER, CLIENT, PRODUCER, CONSUMER
+    start_ns: int
+    end_ns: int
+    status_code: str = "UNSET"  # UNSET, OK, ERROR
+    status_message: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    events: list[SpanEvent] = field(default_factory=list)
+    resource: dict[str, Any] = field(default_factory=dict)
+    scope: str | None = None
+
+    @property
+    def service_name(self) -> str | None:
+        value = self.resource.get(s.SERVICE_NAME)
+        return value if isinstance(value, str) else None
+
+    @property
+    def operation(self) -> str | None:
+        value = self.attributes.get(s.GEN_AI_OPERATION_NAME)
+        return value if isinstance(value, str) else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "parent_span_id": self.parent_span_id,
+            "name": self.name,
+            "kind": self.kind,
+            "start_time_unix_nano": self.start_ns,
+            "end_time_unix_nano": self.end_ns,
+            "status": {"code": self.status_code, "message": self.status_message},
+            "attributes": self.attributes,
+            "events": [e.to_json() for e in self.events],
+            "resource": self.resource,
+            "scope": self.scope,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SpanRecord:
+        status = data.get("status") or {}
+        return cls(
+            trace_id=data["trace_id"],
+            span_id=data["span_id"],
+            parent_span_id=data.get("parent_span_id"),
+            name=data["name"],
+            kind=data.get("kind", "INTERNAL"),
+            start_ns=int(data["start_time_unix_nano"]),
+            end_ns=int(data["end_time_unix_nano"]),
+            status_code=status.get("code", "UNSET"),
+            status_message=status.get("message"),
+            attributes=dict(data.get("attributes") or {}),
+            events=[
+                SpanEvent(e["name"], int(e["time_unix_nano"]), dict(e.get("attributes") or {}))
+                for e in data.get("events") or []
+            ],
+            resource=dict(data.get("resource") or {}),
+            scope=data.get("scope"),
+        )
+
+
+def is_session_root(record: SpanRecord) -> bool:
+    """A session is an ``invoke_agent``/``invoke_workflow`` span that atlas marked as one, or, for
+    other producers, such a span at the root of its trace."""
+    if record.operation not in s.SESSION_OPERATIONS:
+        return False
+    return record.parent_span_id is None or s.ATLAS_SESSION_ID in record.attributes
+
+
+@dataclass(slots=True)
+class SessionUpdate:
+    """What one batch of spans says about one session (keyed by trace id). ``None`` fields say
+    nothing, so a late evaluation never erases what the root span said, and vice versa."""
+
+    trace_id: str
+    session_id: str | None = None
+    agent_name: str | None = None
+    learning_key: str | None = None
+    service_name: str | None = None
+    task: str | None = None
+    final_answer: str | None = None
+    guidance: str | None = None
+    lane: str | None = None
+    probe_confidence: float | None = None
+    model: str | None = None
+    status: str | None = None
+    error_type: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    started_ns: int | None = None
+    ended_ns: int | None = None
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    COLUMNS = (
+        "session_id",
+        "agent_name",
+        "learning_key",
+        "service_name",
+        "task",
+        "final_answer",
+        "guidance",
+        "lane",
+        "probe_confidence",
+        "model",
+        "status",
+        "error_type",
+        "input_tokens",
+        "output_tokens",
+        "started_ns",
+        "ended_ns",
+    )
+
+    def column_values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, c) for c in self.COLUMNS)
+
+
+def _str(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return result if math.isfinite(result) else None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _evaluation(event: SpanEvent, span: SpanRecord) -> tuple[str, dict[str, Any]] | None:
+    attrs = event.attributes
+    score = _float(attrs.get(s.GEN_AI_EVALUATION_SCORE_VALUE))
+    name = _str(attrs.get(s.GEN_AI_EVALUATION_NAME))
+    if name is None:
+        return None
+    payload: Any = span.attributes.get(s.ATLAS_EVALUATION_PAYLOAD)
+    if isinstance(payload, str):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            payload = orjson.loads(payload)
+    entry = {
+        "score": score,
+        "label": _str(attrs.get(s.GEN_AI_EVALUATION_SCORE_LABEL)),
+        "explanation": _str(attrs.get(s.GEN_AI_EVALUATION_EXPLANATION)),
+        "uncertainty": _float(span.attributes.get(s.ATLAS_EVALUATION_UNCERTAINTY)),
+        "time_unix_nano": event.time_ns,
+        "span_id": span.span_id,
+    }
+    if payload is not None:
+        entry["payload"] = payload
+    # No nulls: SQLite's json_patch treats null as "delete", so both stores keep the same shape.
+    return name, {k: v for k, v in entry.items() if v is not None}
+
+
+def derive_session_updates(records: Iterable[SpanRecord]) -> dict[str, SessionUpdate]:
+    updates: dict[str, SessionUpdate] = {}
+    for record in records:
+        root = is_session_root(record)
+        evaluations = [e for e in record.events if e.name == s.EVENT_EVALUATION_RESULT]
+        if not root and not evaluations:
+            continue
+        update = updates.get(record.trace_id)
+        if update is None:
+            update = updates[record.trace_id] = SessionUpdate(record.trace_id)
+        if root:
+            a = record.attributes
+            update.session_id = _str(a.get(s.ATLAS_SESSION_ID) or a.get(s.GEN_AI_CONVERSATION_ID))
+            update.agent_name = _str(a.get(s.GEN_AI_AGENT_NAME)) or record.name
+            # Sessions without an explicit key learn (and drift) per agent.
+            update.learning_key = _str(a.get(s.ATLAS_LEARNING_KEY)) or update.agent_name
+            update.service_name = record.service_name
+            update.task = _str(a.get(s.ATLAS_TASK) or a.get(s.OI_INPUT_VALUE))
+            update.final_answer = _str(a.get(s.ATLAS_FINAL_ANSWER) or a.get(s.OI_OUTPUT_VALUE))
+            update.guidance = _str(a.get(s.ATLAS_GUIDANCE))
+            update.lane = _str(a.get(s.ATLAS_LANE))
+            update.probe_confidence = _float(a.get(s.ATLAS_PROBE_CONFIDENCE))
+            update.model = _str(a.get(s.GEN_AI_REQUEST_MODEL))
+            update.status = "error" if record.status_code == "ERROR" else "ok"
+            update.error_type = _str(a.get(s.ERROR_TYPE))
+            update.input_tokens = _int(a.get(s.GEN_AI_USAGE_INPUT_TOKENS))
+            update.output_tokens = _int(a.get(s.GEN_AI_USAGE_OUTPUT_TOKENS))
+            update.started_ns = record.start_ns
+            update.ended_ns = record.end_ns
+        for event in evaluations:
+            found = _evaluation(event, record)
+            if found is not None:
+                update.evaluations[found[0]] = found[1]
+    return updates
+
+
+def reward_score(evaluations: Mapping[str, Mapping[str, Any]]) -> float | None:
+    """The session's reward: the primary (RIM) evaluation when present, else the mean of all."""
+    primary = evaluations.get(s.PRIMARY_EVALUATION)
+    if primary is not None and primary.get("score") is not None:
+        return float(primary["score"])
+    scores = [float(e["score"]) for e in evaluations.values() if e.get("score") is not None]
+    return sum(scores) / len(scores) if scores else None
+
+
+def json_dumps(value: Any) -> str:
+    """JSON text for the store. Non-JSON values (bytes, sets) are stringified, never fatal."""
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()

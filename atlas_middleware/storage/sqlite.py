@@ -1,0 +1,138 @@
+"""The embedded store: SQLite in WAL mode at ``./.atlas/atlas.db``, for one machine."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from atlas_middleware.review import DriftPolicy
+from atlas_middleware.storage.base import (
+    SPAN_COLUMN_LIST,
+    SPAN_COLUMNS,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    WriteResult,
+    load_migrations,
+    span_rows,
+)
+from atlas_middleware.storage.records import SpanRecord
+
+DEFAULT_PATH = Path(".atlas") / "atlas.db"
+
+
+def _sql(statement: str) -> str:
+    return statement.replace("%s", "?")
+
+
+class SQLiteStore(Store):
+    _json_merge = "json_patch(sessions.evaluations, excluded.evaluations)"
+    _drift_alert = "json_extract(drift, '$.alert') = 1"
+
+    def __init__(
+        self,
+        path: str | Path = DEFAULT_PATH,
+        *,
+        drift_policy: DriftPolicy | None = None,
+        migrate: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self.drift_policy = drift_policy or DriftPolicy()
+        try:
+            if str(path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            # One connection behind a lock: SQLite allows one writer anyway, and WAL lets other
+            # processes (the CLI while a collector runs) read at the same time.
+            self._conn = sqlite3.connect(
+                str(path), check_same_thread=False, isolation_level=None, timeout=30
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS atlas_schema_version "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ns INTEGER NOT NULL)"
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
+        self._lock = threading.RLock()
+        if migrate:
+            self.migrate()
+
+    # --- dialect primitives --------------------------------------------------------------------
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, _translate_errors(self.path):
+            yield self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, _translate_errors(self.path):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _run(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return conn.execute(_sql(sql), tuple(params)).fetchall()
+
+    def _run_many(self, conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        return conn.executemany(_sql(sql), rows).rowcount
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def migrate(self, target: int | None = None) -> int:
+        with self._lock:
+            current = self.schema_version()
+            for version, name, sql in load_migrations("sqlite"):
+                if version <= current or (target is not None and version > target):
+                    continue
+                # executescript commits on its own, so the file runs inside an explicit BEGIN.
+                self._conn.executescript(
+                    f"BEGIN;\n{sql}\nINSERT INTO atlas_schema_version VALUES "
+                    f"({version}, '{name}', {time.time_ns()});\nCOMMIT;"
+                )
+            return self.schema_version()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # --- ingest --------------------------------------------------------------------------------
+    def write_spans(self, records: Sequence[SpanRecord]) -> WriteResult:
+        if not records:
+            return WriteResult(0)
+        rows = span_rows(records)
+        insert = (
+            f"INSERT OR IGNORE INTO spans ({SPAN_COLUMN_LIST}) "
+            f"VALUES ({', '.join('?' * len(SPAN_COLUMNS))})"
+        )
+        with self._transaction() as conn:
+            conn.executemany(insert, rows)
+            sessions, alerts = self._apply_session_updates(conn, records)
+        return WriteResult(len(records), sessions, alerts)
+
+    def prune_spans(self, before_ns: int) -> int:
+        """Delete spans that started before ``before_ns`` (sessions are kept)."""
+        with self._transaction() as conn:
+            return conn.execute(
+                "DELETE FROM spans WHERE start_time_unix_nano < ?", (before_ns,)
+            ).rowcount
+
+
+@contextmanager
+def _translate_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        # "database is locked", disk I/O errors: may pass on retry.
+        raise StoreUnavailable(f"SQLite store {path}: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise StoreError(f"SQLite store {path}: {exc}") from exc

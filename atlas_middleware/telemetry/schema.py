@@ -1,0 +1,250 @@
+"""Every span and attribute name atlas-middleware reads or writes. Nothing else spells them.
+
+Three vocabularies meet here:
+- OpenTelemetry GenAI semantic conventions (``gen_ai.*``, ``error.type``), used wherever they
+  have a name for the thing;
+- ``atlas.*`` for what the conventions lack (lanes, probe confidence, guidance, learning keys);
+- OpenInference (``openinference.*``, ``input.value``, ``evaluations.<i>.evaluation.*``), mirrored
+  so Phoenix-style tools read our sessions and rewards too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, Tracer
+
+# --- GenAI semantic conventions ---------------------------------------------------------------
+GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
+GEN_AI_AGENT_NAME = "gen_ai.agent.name"
+GEN_AI_CONVERSATION_ID = "gen_ai.conversation.id"
+GEN_AI_PROVIDER_NAME = "gen_ai.provider.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_TOOL_NAME = "gen_ai.tool.name"
+GEN_AI_TOOL_CALL_ID = "gen_ai.tool.call.id"
+GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"
+GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"
+GEN_AI_SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
+ERROR_TYPE = "error.type"
+
+OP_INVOKE_AGENT = "invoke_agent"
+OP_INVOKE_WORKFLOW = "invoke_workflow"
+OP_CHAT = "chat"
+OP_TEXT_COMPLETION = "text_completion"
+OP_EXECUTE_TOOL = "execute_tool"
+SESSION_OPERATIONS = frozenset({OP_INVOKE_AGENT, OP_INVOKE_WORKFLOW})
+
+EVENT_EVALUATION_RESULT = "gen_ai.evaluation.result"
+GEN_AI_EVALUATION_NAME = "gen_ai.evaluation.name"
+GEN_AI_EVALUATION_SCORE_VALUE = "gen_ai.evaluation.score.value"
+GEN_AI_EVALUATION_SCORE_LABEL = "gen_ai.evaluation.score.label"
+GEN_AI_EVALUATION_EXPLANATION = "gen_ai.evaluation.explanation"
+
+SERVICE_NAME = "service.name"
+
+# --- atlas.* ----------------------------------------------------------------------------------
+ATLAS_SESSION_ID = "atlas.session.id"
+ATLAS_LEARNING_KEY = "atlas.learning_key"
+ATLAS_LANE = "atlas.lane"
+ATLAS_PROBE_CONFIDENCE = "atlas.probe.confidence"
+ATLAS_GUIDANCE = "atlas.guidance"
+ATLAS_TASK = "atlas.task"
+ATLAS_FINAL_ANSWER = "atlas.final_answer"
+ATLAS_REFERENCE = "atlas.reference"
+ATLAS_RETRIES = "atlas.retries"
+ATLAS_FAILURES = "atlas.failures"
+ATLAS_SPAN_ROLE = "atlas.span.role"
+# Full structured reward (per-judge breakdown, uncertainty, audit) as JSON, beside the event.
+ATLAS_EVALUATION_PAYLOAD = "atlas.evaluation.payload"
+ATLAS_EVALUATION_UNCERTAINTY = "atlas.evaluation.uncertainty"
+
+ROLE_SESSION = "session"
+ROLE_EVALUATION = "evaluation"
+ROLE_PROBE = "probe"
+ROLE_GUIDANCE = "guidance"
+
+# The evaluation whose score becomes the session's reward; other evaluations are kept beside it.
+PRIMARY_EVALUATION = "atlas.rim"
+
+# --- OpenInference mirror ---------------------------------------------------------------------
+OPENINFERENCE_SPAN_KIND = "openinference.span.kind"
+OI_INPUT_VALUE = "input.value"
+OI_OUTPUT_VALUE = "output.value"
+OI_SESSION_ID = "session.id"
+OI_KIND_AGENT = "AGENT"
+OI_KIND_EVALUATOR = "EVALUATOR"
+
+
+def oi_evaluation_key(index: int, field: str) -> str:
+    """``evaluations.<i>.evaluation.<field>`` (field: name, score, label, explanation)."""
+    return f"evaluations.{index}.evaluation.{field}"
+
+
+# --- span names -------------------------------------------------------------------------------
+def session_span_name(agent: str) -> str:
+    return f"{OP_INVOKE_AGENT} {agent}"
+
+
+def chat_span_name(model: str) -> str:
+    return f"{OP_CHAT} {model}"
+
+
+def tool_span_name(tool: str) -> str:
+    return f"{OP_EXECUTE_TOOL} {tool}"
+
+
+def evaluation_span_name(name: str) -> str:
+    return f"evaluate {name}"
+
+
+# --- content capture --------------------------------------------------------------------------
+CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+
+
+def capture_content(default: bool = True) -> bool:
+    """Whether prompts and answers go on spans. On by default for the embedded setup;
+    ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=false`` switches it off."""
+    raw = os.environ.get(CAPTURE_CONTENT_ENV)
+    if raw is None:
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+# --- span helpers -----------------------------------------------------------------------------
+def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in attributes.items() if v is not None}
+
+
+@contextmanager
+def session_span(
+    tracer: Tracer,
+    *,
+    agent: str,
+    session_id: str,
+    task: str | None = None,
+    learning_key: str | None = None,
+    model: str | None = None,
+    provider: str | None = None,
+    conversation_id: str | None = None,
+    new_trace: bool = True,
+    content: bool | None = None,
+) -> Iterator[Span]:
+    """The root ``invoke_agent {agent}`` span of one supervised session.
+
+    ``new_trace`` starts a fresh trace (one trace per session) even inside a caller's span; the
+    caller's span is kept as a link so both views stay connected.
+    """
+    if content is None:
+        content = capture_content()
+    links = []
+    context = None
+    if new_trace:
+        outer = trace.get_current_span().get_span_context()
+        if outer.is_valid:
+            links.append(trace.Link(outer))
+        context = trace.set_span_in_context(trace.INVALID_SPAN)
+    attributes = _clean(
+        {
+            GEN_AI_OPERATION_NAME: OP_INVOKE_AGENT,
+            GEN_AI_AGENT_NAME: agent,
+            GEN_AI_CONVERSATION_ID: conversation_id or session_id,
+            GEN_AI_REQUEST_MODEL: model,
+            GEN_AI_PROVIDER_NAME: provider,
+            ATLAS_SESSION_ID: session_id,
+            ATLAS_LEARNING_KEY: learning_key,
+            ATLAS_SPAN_ROLE: ROLE_SESSION,
+            ATLAS_TASK: task if content else None,
+            OPENINFERENCE_SPAN_KIND: OI_KIND_AGENT,
+            OI_SESSION_ID: session_id,
+            OI_INPUT_VALUE: task if content else None,
+        }
+    )
+    with tracer.start_as_current_span(
+        session_span_name(agent),
+        context=context,
+        kind=SpanKind.INTERNAL,
+        attributes=attributes,
+        links=links,
+        record_exception=True,
+        set_status_on_exception=True,
+    ) as span:
+        try:
+            yield span
+        except BaseException as exc:
+            span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
+            raise
+
+
+def set_final_answer(span: Span, answer: Any, *, content: bool | None = None) -> None:
+    if content is None:
+        content = capture_content()
+    if content and answer is not None:
+        text = answer if isinstance(answer, str) else repr(answer)
+        span.set_attribute(ATLAS_FINAL_ANSWER, text)
+        span.set_attribute(OI_OUTPUT_VALUE, text)
+
+
+def set_usage(span: Span, input_tokens: int | None, output_tokens: int | None) -> None:
+    if input_tokens is not None:
+        span.set_attribute(GEN_AI_USAGE_INPUT_TOKENS, int(input_tokens))
+    if output_tokens is not None:
+        span.set_attribute(GEN_AI_USAGE_OUTPUT_TOKENS, int(output_tokens))
+
+
+def record_evaluation(
+    tracer: Tracer,
+    session: SpanContext,
+    *,
+    name: str,
+    score: float,
+    label: str | None = None,
+    explanation: str | None = None,
+    uncertainty: float | None = None,
+    payload: str | None = None,
+    index: int = 0,
+) -> None:
+    """Emit one evaluation span under the session root.
+
+    Judging may finish long after the root span ended, so this takes the root's SpanContext, not
+    the span: a late reward still lands in the same trace and updates its session on ingest.
+    """
+    if not 0.0 <= score <= 1.0 or score != score:
+        raise ValueError(f"evaluation score must be within [0, 1], got {score!r}")
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(session))
+    event = _clean(
+        {
+            GEN_AI_EVALUATION_NAME: name,
+            GEN_AI_EVALUATION_SCORE_VALUE: float(score),
+            GEN_AI_EVALUATION_SCORE_LABEL: label,
+            GEN_AI_EVALUATION_EXPLANATION: explanation,
+        }
+    )
+    mirror = _clean(
+        {
+            oi_evaluation_key(index, "name"): name,
+            oi_evaluation_key(index, "score"): float(score),
+            oi_evaluation_key(index, "label"): label,
+            oi_evaluation_key(index, "explanation"): explanation,
+        }
+    )
+    with tracer.start_as_current_span(
+        evaluation_span_name(name),
+        context=parent,
+        attributes={
+            ATLAS_SPAN_ROLE: ROLE_EVALUATION,
+            OPENINFERENCE_SPAN_KIND: OI_KIND_EVALUATOR,
+            **mirror,
+            **_clean(
+                {ATLAS_EVALUATION_UNCERTAINTY: uncertainty, ATLAS_EVALUATION_PAYLOAD: payload}
+            ),
+        },
+    ) as span:
+        span.add_event(EVENT_EVALUATION_RESULT, attributes=event)
+        span.set_status(Status(StatusCode.OK))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -198,13 +199,12 @@ class PostgresStore(Store):
                 name = "spans_" + dt.datetime.fromtimestamp(day * 86_400, dt.timezone.utc).strftime(
                     "p%Y%m%d"
                 )
-                try:
+                # Another replica may create it between IF NOT EXISTS's check and the CREATE.
+                with contextlib.suppress(pg_errors.DuplicateTable, pg_errors.UniqueViolation):
                     conn.execute(
                         f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF spans "
                         f"FOR VALUES FROM ({day * DAY_NS}) TO ({(day + 1) * DAY_NS})"
                     )
-                except (pg_errors.DuplicateTable, pg_errors.UniqueViolation):
-                    pass  # another replica created it between our check and our CREATE
                 self._partitions.add(day)
 
     def partitions(self) -> list[str]:

@@ -1,0 +1,130 @@
+"""Tracer set-up. ``configure()`` builds a TracerProvider that honours the standard ``OTEL_*``
+environment variables and sends spans where atlas can learn from them."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+
+ExporterName = Literal["atlas", "otlp", "jsonl", "console", "none"]
+EXPORTERS = ("atlas", "otlp", "jsonl", "console", "none")
+TRACER_NAME = "atlas_middleware"
+
+_lock = threading.Lock()
+_provider: TracerProvider | None = None
+
+
+def _exporter(
+    name: str, *, store: Any, endpoint: str | None, jsonl_path: str | Path | None
+) -> SpanExporter | None:
+    if name == "none":
+        return None
+    if name == "console":
+        return ConsoleSpanExporter()
+    if name == "atlas":
+        # Lazy: the exporter package sits above the core in the layering (DESIGN.md).
+        from atlas_middleware.otel_exporters import StoreSpanExporter
+
+        return StoreSpanExporter(store)
+    if name == "jsonl":
+        from atlas_middleware.otel_exporters import JsonlSpanExporter
+
+        return JsonlSpanExporter(jsonl_path or Path(".atlas") / "spans.jsonl")
+    if name == "otlp":
+        protocol = os.environ.get(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        )
+        try:
+            if protocol == "grpc":
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            else:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError as exc:
+            raise ImportError(
+                "exporter='otlp' needs the OTLP exporter: "
+                "pip install opentelemetry-exporter-otlp-proto-http (or -grpc)"
+            ) from exc
+        if endpoint and protocol != "grpc" and not endpoint.rstrip("/").endswith("/v1/traces"):
+            endpoint = endpoint.rstrip("/") + "/v1/traces"
+        return OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
+    raise ValueError(f"unknown exporter {name!r}: choose one of {', '.join(EXPORTERS)}")
+
+
+def configure(
+    *,
+    service_name: str | None = None,
+    exporter: ExporterName | None = None,
+    store: Any = None,
+    endpoint: str | None = None,
+    jsonl_path: str | Path | None = None,
+    batch: bool = True,
+    resource_attributes: Mapping[str, Any] | None = None,
+    set_global: bool = True,
+) -> TracerProvider:
+    """Set up tracing for atlas and return the provider.
+
+    - ``exporter``: ``atlas`` (the store: embedded SQLite by default, or ``store=`` a URL/Store),
+      ``otlp`` (to ``endpoint`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``, e.g. an atlas-collector),
+      ``jsonl``, ``console`` or ``none``. Default: ``OTEL_TRACES_EXPORTER`` if set, else ``atlas``.
+    - Resource: ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` are read by the SDK;
+      ``service_name`` wins over them. Sampling follows ``OTEL_TRACES_SAMPLER``; batching follows
+      ``OTEL_BSP_*``; ``OTEL_SDK_DISABLED=true`` gives a provider that records nothing.
+    """
+    global _provider
+    name = exporter or os.environ.get("OTEL_TRACES_EXPORTER", "atlas").split(",")[0].strip()
+    attributes = dict(resource_attributes or {})
+    if service_name:
+        attributes["service.name"] = service_name
+    provider = TracerProvider(resource=Resource.create(attributes))
+    span_exporter = _exporter(name, store=store, endpoint=endpoint, jsonl_path=jsonl_path)
+    if span_exporter is not None:
+        processor = (
+            BatchSpanProcessor(span_exporter) if batch else SimpleSpanProcessor(span_exporter)
+        )
+        provider.add_span_processor(processor)
+    with _lock:
+        previous, _provider = _provider, provider
+    if previous is not None:
+        previous.shutdown()
+    if set_global:
+        _set_global(provider)
+    return provider
+
+
+def _set_global(provider: TracerProvider) -> None:
+    # The API refuses to replace a global provider once set; atlas owns its own provider, so the
+    # tracer lookups below go through ours and the user's global stays theirs if they had one.
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        trace.set_tracer_provider(provider)
+
+
+def get_tracer() -> trace.Tracer:
+    """atlas's tracer: from ``configure()``'s provider, else the global one."""
+    provider = _provider
+    if provider is not None:
+        return provider.get_tracer(TRACER_NAME)
+    return trace.get_tracer(TRACER_NAME)
+
+
+def shutdown(timeout_millis: int = 5000) -> None:
+    """Flush pending spans within the deadline and stop exporting."""
+    global _provider
+    with _lock:
+        provider, _provider = _provider, None
+    if provider is not None:
+        provider.force_flush(timeout_millis)
+        provider.shutdown()

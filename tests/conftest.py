@@ -1,0 +1,83 @@
+"""Shared fixtures. Postgres tests use a database of their own per run, dropped afterwards.
+
+With ATLAS_REQUIRE_POSTGRES=1 (CI) a missing Postgres fails the tests instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _admin_url() -> str:
+    return os.environ.get("ATLAS_TEST_DATABASE_URL", DEFAULT_URL)
+
+
+def _with_db(url: str, name: str) -> str:
+    base, _, rest = url.rpartition("/")
+    query = rest.split("?", 1)[1] if "?" in rest else ""
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+def _need_postgres(reason: str) -> None:
+    if os.environ.get("ATLAS_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"Postgres required (ATLAS_REQUIRE_POSTGRES=1) but unavailable: {reason}")
+    pytest.skip(f"Postgres unavailable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """Admin URL of the test Postgres server (fails or skips when it is not reachable)."""
+    try:
+        import psycopg
+    except ImportError:
+        _need_postgres("psycopg not installed")
+    url = _admin_url()
+    try:
+        psycopg.connect(url, connect_timeout=3, autocommit=True).close()
+    except psycopg.Error as exc:
+        _need_postgres(str(exc).strip().splitlines()[0])
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    import psycopg
+
+    name = f"atlas_test_{os.getpid()}_{secrets.token_hex(4)}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_db(postgres_server, name)
+    finally:
+        with psycopg.connect(postgres_server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'atlas.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Runs a test once against each store."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'atlas.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def store(store_url: str):
+    from atlas_middleware.storage import open_store
+
+    s = open_store(store_url)
+    yield s
+    s.close()

@@ -343,12 +343,16 @@ def decode_json(body: bytes) -> Decoded:
 
 
 # --- responses -------------------------------------------------------------------------------
-def response_protobuf(decoded: Decoded) -> bytes:
+def response_message(decoded: Decoded) -> ExportTraceServiceResponse:
     response = ExportTraceServiceResponse()
     if decoded.rejected:
         response.partial_success.rejected_spans = decoded.rejected
         response.partial_success.error_message = decoded.error_message
-    return response.SerializeToString()
+    return response
+
+
+def response_protobuf(decoded: Decoded) -> bytes:
+    return response_message(decoded).SerializeToString()
 
 
 def response_json(decoded: Decoded) -> bytes:

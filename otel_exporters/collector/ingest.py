@@ -1,0 +1,128 @@
+"""The path every OTLP request takes, whatever its transport: decode → redact → store, durably.
+
+Admission is bounded: at most ``max_inflight`` requests are read, decoded or written at once
+(memory is bounded by ``max_inflight × max body size``); past that the transports answer 429 /
+UNAVAILABLE so clients keep their data and retry. A request is acknowledged only after the
+store's transaction committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from atlas_middleware.otel_exporters.otlp import Decoded
+
+from atlas_middleware.redaction import Redactor, redact, redact_secrets
+from atlas_middleware.storage import Store, StoreUnavailable
+
+log = logging.getLogger("atlas.collector")
+
+
+class Overloaded(Exception):
+    """No admission slot is free: the client should retry later."""
+
+
+class StoreDown(Exception):
+    """The store failed recently; answer 503 at once instead of queueing on a dead database."""
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    spans_stored: int = 0
+    spans_rejected: int = 0
+    overloaded: int = 0
+    store_unavailable: int = 0
+    bad_requests: int = 0
+
+
+class Ingestor:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_inflight: int = 16,
+        workers: int = 4,
+        redactors: Sequence[Redactor] = (redact_secrets,),
+        retry_after: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.max_inflight = max_inflight
+        self.retry_after = retry_after
+        self.stats = Stats()
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._redactors = tuple(redactors)
+        # Decoding holds the GIL but the database round trip does not: a few threads keep the
+        # next batch decoding while Postgres works on the previous one.
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="atlas-ingest")
+        self._down_until = 0.0
+        self._last_error_log = 0.0
+
+    @property
+    def retry_after_header(self) -> str:
+        return str(max(1, round(self.retry_after)))
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Admission for one request, taken before its body is read."""
+        if self._inflight >= self.max_inflight:
+            self.stats.overloaded += 1
+            raise Overloaded
+        if time.monotonic() < self._down_until:
+            self.stats.store_unavailable += 1
+            raise StoreDown
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def ingest(self, decode: Callable[[], Decoded]) -> Decoded:
+        """Decode and store one request's spans; raises DecodeError, StoreUnavailable, StoreError."""
+        self.stats.requests += 1
+        loop = asyncio.get_running_loop()
+        try:
+            decoded = await loop.run_in_executor(self._executor, self._work, decode)
+        except StoreUnavailable as exc:
+            self.stats.store_unavailable += 1
+            self._down_until = time.monotonic() + self.retry_after
+            self._log_error("store unavailable, answering 503: %s", exc)
+            raise
+        self.stats.spans_stored += len(decoded.spans)
+        self.stats.spans_rejected += decoded.rejected
+        return decoded
+
+    def _work(self, decode: Callable[[], Decoded]) -> Decoded:
+        decoded = decode()
+        if decoded.spans:
+            redact(decoded.spans, self._redactors)
+            self.store.write_spans(decoded.spans)
+        return decoded
+
+    def _log_error(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= 10:  # a down database must not flood the log
+            self._last_error_log = now
+            log.warning(message, *args)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for in-flight requests to finish; True if all did within ``timeout``."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

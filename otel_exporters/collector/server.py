@@ -1,0 +1,178 @@
+"""atlas-collector: settings, start-up, and a draining shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from atlas_middleware.otel_exporters.collector.auth import is_loopback, token_check
+
+from atlas_middleware.storage import default_store_url, open_store
+
+log = logging.getLogger("atlas.collector")
+
+ENV_PREFIX = "ATLAS_COLLECTOR_"
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message names it and says what to do."""
+
+
+@dataclass
+class CollectorSettings:
+    """Every setting has a flag (``--max-body-mb``) and an env var (``ATLAS_COLLECTOR_MAX_BODY_MB``);
+    the store URL also reads ``ATLAS_STORE_URL``."""
+
+    store: str = field(default_factory=default_store_url)
+    http: str = "127.0.0.1:4318"  # "off" disables
+    grpc: str = "127.0.0.1:4317"  # "off" disables
+    token: str | None = None
+    max_body_mb: float = 20.0
+    max_inflight: int = 16
+    workers: int = 4
+    drain_seconds: float = 30.0
+    retry_after: float = 1.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: object
+    ) -> CollectorSettings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _convert(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    def endpoints(self) -> dict[str, tuple[str, int] | None]:
+        return {"http": _address("http", self.http), "grpc": _address("grpc", self.grpc)}
+
+    def validate(self) -> None:
+        endpoints = self.endpoints()
+        if not any(endpoints.values()):
+            raise ConfigError("both --http and --grpc are off: enable at least one receiver")
+        for name, endpoint in endpoints.items():
+            if endpoint and not is_loopback(endpoint[0]) and not self.token:
+                raise ConfigError(
+                    f"--{name} binds {endpoint[0]}, which is not loopback: set --token "
+                    f"(or {ENV_PREFIX}TOKEN) so only your pipeline can write spans"
+                )
+        for name in ("max_body_mb", "max_inflight", "workers"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+
+
+def _convert(name: str, kind: object, raw: str) -> object:
+    kind = str(kind)
+    try:
+        if "float" in kind:
+            return float(raw)
+        if "int" in kind:
+            return int(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a number") from None
+    return raw
+
+
+def _address(name: str, value: str | None) -> tuple[str, int] | None:
+    if not value or value.lower() == "off":
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"--{name} must be HOST:PORT (e.g. 127.0.0.1:4318) or off, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class RunningCollector:
+    http_port: int | None
+    grpc_port: int | None
+
+
+async def serve(
+    settings: CollectorSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    started: asyncio.Future[RunningCollector] | None = None,
+) -> None:
+    """Run until ``stop`` is set (or SIGTERM/SIGINT), then drain in-flight requests."""
+    from aiohttp import web
+    from atlas_middleware.otel_exporters.collector.http import build_app
+    from atlas_middleware.otel_exporters.collector.ingest import Ingestor
+
+    store = await asyncio.to_thread(open_store, settings.store)
+    ingestor = Ingestor(
+        store,
+        max_inflight=settings.max_inflight,
+        workers=settings.workers,
+        retry_after=settings.retry_after,
+    )
+    check = token_check(settings.token)
+    endpoints = settings.endpoints()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # Not available off the main thread (embedded in tests) or on Windows.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    runner = None
+    grpc_server = None
+    ports = RunningCollector(None, None)
+    try:
+        if endpoints["http"]:
+            host, port = endpoints["http"]
+            app = build_app(ingestor, check, settings.max_body_bytes)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.drain_seconds)
+            await runner.setup()
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            ports.http_port = runner.addresses[0][1]
+        if endpoints["grpc"]:
+            from atlas_middleware.otel_exporters.collector.grpc import build_server
+
+            host, port = endpoints["grpc"]
+            grpc_server, ports.grpc_port = build_server(
+                ingestor, check, f"{host}:{port}", settings.max_body_bytes
+            )
+            await grpc_server.start()
+        log.info(
+            "atlas-collector listening: http=%s grpc=%s store=%s auth=%s",
+            ports.http_port,
+            ports.grpc_port,
+            store.url.split("@")[-1],
+            "bearer" if settings.token else "off (loopback only)",
+        )
+        if started is not None:
+            started.set_result(ports)
+        await stop.wait()
+        log.info("atlas-collector draining (up to %.0fs)", settings.drain_seconds)
+    finally:
+        # Stop accepting, let in-flight requests commit and answer, then close the store.
+        if grpc_server is not None:
+            await grpc_server.stop(grace=settings.drain_seconds)
+        if runner is not None:
+            await runner.cleanup()
+        drained = await ingestor.drain(settings.drain_seconds)
+        ingestor.close()
+        await asyncio.to_thread(store.close)
+        log.info(
+            "atlas-collector stopped: %d spans stored, %d rejected%s",
+            ingestor.stats.spans_stored,
+            ingestor.stats.spans_rejected,
+            "" if drained else " (drain deadline hit)",
+        )

@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine (README): `make quickstart` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: quickstart test lint format bench clean
+
+quickstart:
+	@scripts/bootstrap.sh quickstart
+	$(PY) -m atlas_middleware.cli demo
+
+test:
+	@scripts/bootstrap.sh dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint:
+	@scripts/bootstrap.sh dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format:
+	@scripts/bootstrap.sh dev
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench:
+	@scripts/bootstrap.sh dev
+	$(PY) benchmarks/ingest.py
+
+clean:
+	rm -rf $(VENV) .atlas .pytest_cache .ruff_cache

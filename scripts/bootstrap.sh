@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project virtualenv with the extras a job needs.
+#   scripts/bootstrap.sh dev          # tests
+#   scripts/bootstrap.sh quickstart   # the main job
+# torch goes in first, pinned to 2.13.0: an unpinned torch pulled in by a dependency would be a
+# multi-GB CUDA build. GPU users: install your CUDA torch into the venv first; it is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+job="${1:-dev}"
+venv="${VENV:-.venv}"
+python="${PYTHON:-python3}"
+
+case "$job" in
+  dev) extras="dev,collector,postgres,otlp" ;;
+  quickstart) extras="collector,postgres,otlp" ;;
+  *) echo "bootstrap: unknown job '$job' (use dev or quickstart)" >&2; exit 2 ;;
+esac
+
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+    || { echo "bootstrap: Python 3.10+ required ($python is $($python -V 2>&1))" >&2; exit 2; }
+  "$python" -m venv "$venv"
+fi
+
+stamp="$venv/.atlas-$job"
+want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+
+pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
+"${pip[@]}" --upgrade pip
+if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
+  echo "bootstrap: installing torch 2.13.0 (CPU build unless you installed another first)"
+  "${pip[@]}" "torch==2.13.0"
+fi
+echo "bootstrap: installing atlas-middleware[$extras]"
+"${pip[@]}" -e ".[$extras]"
+echo "$want" > "$stamp"

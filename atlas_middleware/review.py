@@ -10,6 +10,7 @@ whatever its status was, so a drifting agent's output never flows into training 
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -51,18 +52,23 @@ def drift(
     median = statistics.median(baseline)
     mad = statistics.median(abs(v - median) for v in baseline)
     # A perfectly constant history has no spread: any departure from it is drift.
-    z = (value - mean) / std if std > _EPS else (0.0 if abs(value - mean) <= _EPS else float("inf"))
+    z = (value - mean) / std if std > _EPS else _no_spread(value - mean)
     mean_ad = statistics.fmean(abs(v - median) for v in baseline)
     if mad > _EPS:
         mad_z = _MAD_SCALE * (value - median) / mad
     elif mean_ad > _EPS:
         mad_z = (value - median) / (_MEANAD_SCALE * mean_ad)
     else:
-        mad_z = 0.0 if abs(value - median) <= _EPS else float("inf")
+        mad_z = _no_spread(value - median)
     z_abs = abs(z)
     mad_abs = abs(mad_z)
     alert = z_abs >= policy.threshold and mad_abs >= policy.threshold
     return DriftResult(_finite(z), _finite(mad_z), len(baseline), alert)
+
+
+def _no_spread(delta: float) -> float:
+    # Signed: a drop below a constant history is -inf, not +inf.
+    return 0.0 if abs(delta) <= _EPS else math.copysign(math.inf, delta)
 
 
 def _finite(value: float) -> float:

@@ -198,14 +198,27 @@ class Store(abc.ABC):
             + f", evaluations = {self._json_merge}, updated_ns = excluded.updated_ns "
             "RETURNING trace_id, learning_key, evaluations, review_status"
         )
+        # (learning key, reward) each session's last drift check saw: re-sent spans (OTLP
+        # retries) must not log the same alert twice nor undo a review made since.
+        checked: dict[str, tuple[Any, Any]] = {}
+        if updates:
+            rows = self._run(
+                conn,
+                "SELECT trace_id, learning_key, reward_score FROM sessions WHERE trace_id IN "
+                f"({', '.join(['%s'] * len(updates))})",
+                [u.trace_id for u in updates],
+            )
+            checked = {row[0]: (row[1], row[2]) for row in rows}
         for u in updates:
             [(trace_id, learning_key, evaluations, status)] = self._run(
                 conn, upsert, (u.trace_id, *u.column_values(), json_dumps(u.evaluations), now)
             )
-            if not u.evaluations:
+            # Check when the batch brings a reward, or the root (and so the learning key) of a
+            # session whose reward arrived first.
+            if not u.evaluations and u.learning_key is None:
                 continue
             score = reward_score(_loads(evaluations))
-            if score is None:
+            if score is None or checked.get(trace_id) == (learning_key, score):
                 continue
             history = (
                 [
@@ -299,14 +312,23 @@ class Store(abc.ABC):
 
     def get_session(self, key: str) -> Session | None:
         """By trace id, session id, or a unique prefix of either."""
+        # Exact matches first: with "job-1", "job-10" and "job-11" stored, "job-1" is not a
+        # prefix question (one query with LIMIT 2 could return the two longer ids only).
         rows = self._read(
             f"SELECT {_SESSION_SELECT} FROM sessions WHERE trace_id = %s OR session_id = %s "
-            "OR trace_id LIKE %s OR session_id LIKE %s LIMIT 2",
-            (key, key, f"{key}%", f"{key}%"),
+            "LIMIT 2",
+            (key, key),
         )
-        exact = [r for r in rows if key in (r[0], r[1])]
-        if len(exact) == 1 or len(rows) == 1:
-            return self._session_from_row((exact or rows)[0])
+        if not rows:
+            # A prefix is literal text: "_" and "%" in an id are not wildcards.
+            prefix = key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            rows = self._read(
+                f"SELECT {_SESSION_SELECT} FROM sessions WHERE trace_id LIKE %s ESCAPE '\\' "
+                "OR session_id LIKE %s ESCAPE '\\' LIMIT 2",
+                (prefix, prefix),
+            )
+        if len(rows) == 1:
+            return self._session_from_row(rows[0])
         if len(rows) > 1:
             raise StoreError(f"{key!r} matches several sessions; give more characters of the id")
         return None
@@ -337,10 +359,15 @@ class Store(abc.ABC):
         return self._read("SELECT COUNT(*) FROM spans")[0][0]
 
     def drift_alerts(self, learning_key: str | None = None) -> list[dict[str, Any]]:
+        # The filter is built here, not as "%s IS NULL OR ...": Postgres cannot type a bare
+        # parameter in "$1 IS NULL" and rejects the query.
+        where, params = "", ()
+        if learning_key is not None:
+            where, params = "WHERE learning_key = %s", (learning_key,)
         rows = self._read(
             "SELECT trace_id, learning_key, reward, z, mad_z, baseline, created_ns "
-            "FROM drift_alerts WHERE %s IS NULL OR learning_key = %s ORDER BY created_ns",
-            (learning_key, learning_key),
+            f"FROM drift_alerts {where} ORDER BY created_ns",
+            params,
         )
         names = ("trace_id", "learning_key", "reward", "z", "mad_z", "baseline", "created_ns")
         return [dict(zip(names, row, strict=True)) for row in rows]

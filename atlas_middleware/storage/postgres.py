@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -21,7 +22,7 @@ from atlas_middleware.storage.base import (
     load_migrations,
     span_rows,
 )
-from atlas_middleware.storage.records import SpanRecord
+from atlas_middleware.storage.records import SpanEvent, SpanRecord
 
 try:
     import psycopg
@@ -158,6 +159,11 @@ class PostgresStore(Store):
         if not records:
             return WriteResult(0)
         rows = span_rows(records)
+        if any(isinstance(v, str) and ("\x00" in v or "\\u0000" in v) for row in rows for v in row):
+            # Postgres text and JSONB cannot hold NUL; replace it rather than fail the batch on
+            # every retry.
+            records = [_without_nul(r) for r in records]
+            rows = span_rows(records)
         self._ensure_partitions({r.start_ns // DAY_NS for r in records})
         with self._transaction() as conn:
             self._copy_spans(conn, rows)
@@ -233,6 +239,30 @@ class PostgresStore(Store):
                     self._partitions.discard(day)
                     dropped += 1
         return dropped
+
+
+def _nul_free(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_nul_free(k): _nul_free(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nul_free(v) for v in value]
+    return value
+
+
+def _without_nul(record: SpanRecord) -> SpanRecord:
+    return dataclasses.replace(
+        record,
+        name=_nul_free(record.name),
+        status_message=_nul_free(record.status_message),
+        attributes=_nul_free(record.attributes),
+        events=[
+            SpanEvent(_nul_free(e.name), e.time_ns, _nul_free(e.attributes)) for e in record.events
+        ],
+        resource=_nul_free(record.resource),
+        scope=_nul_free(record.scope),
+    )
 
 
 def _is_config_error(exc: BaseException | None) -> bool:

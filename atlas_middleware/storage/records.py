@@ -165,9 +165,11 @@ def _float(value: Any) -> float | None:
 
 def _int(value: Any) -> int | None:
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        result = int(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    # Columns are 64-bit; a garbage count must not fail the whole batch.
+    return result if -(2**63) <= result < 2**63 else None
 
 
 def _evaluation(event: SpanEvent, span: SpanRecord) -> tuple[str, dict[str, Any]] | None:
@@ -241,4 +243,21 @@ def reward_score(evaluations: Mapping[str, Mapping[str, Any]]) -> float | None:
 
 def json_dumps(value: Any) -> str:
     """JSON text for the store. Non-JSON values (bytes, sets) are stringified, never fatal."""
-    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        # orjson refuses integers beyond 64 bits (the SDK accepts them as attribute values);
+        # store their digits as text rather than lose the whole batch.
+        return orjson.dumps(
+            _bigints_as_text(value), default=str, option=orjson.OPT_NON_STR_KEYS
+        ).decode()
+
+
+def _bigints_as_text(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, dict):
+        return {k: _bigints_as_text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_bigints_as_text(v) for v in value]
+    return value

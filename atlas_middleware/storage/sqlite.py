@@ -31,7 +31,13 @@ def _sql(statement: str) -> str:
 
 
 class SQLiteStore(Store):
-    _json_merge = "json_patch(sessions.evaluations, excluded.evaluations)"
+    # Top-level merge like Postgres's ``||``: json_patch alone merges recursively, so a re-judged
+    # evaluation would keep fields (label, payload entries) of the verdict it replaces. Patching
+    # the incoming names to null first deletes the old entries, then the new ones go in whole.
+    _json_merge = (
+        "json_patch(json_patch(sessions.evaluations, (SELECT json_group_object(key, NULL) "
+        "FROM json_each(excluded.evaluations))), excluded.evaluations)"
+    )
     _drift_alert = "json_extract(drift, '$.alert') = 1"
 
     def __init__(
@@ -52,7 +58,7 @@ class SQLiteStore(Store):
             self._conn = sqlite3.connect(
                 str(path), check_same_thread=False, isolation_level=None, timeout=30
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            _set_wal(self._conn)
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS atlas_schema_version "
@@ -89,17 +95,24 @@ class SQLiteStore(Store):
 
     # --- lifecycle -----------------------------------------------------------------------------
     def migrate(self, target: int | None = None) -> int:
-        with self._lock:
-            current = self.schema_version()
+        # BEGIN IMMEDIATE takes the write lock before the version is read, so two processes
+        # opening a new store at once (a collector and the CLI) migrate one after the other
+        # instead of both applying the same files. (executescript would commit on its own, so
+        # statements run one by one inside the transaction.)
+        with self._transaction() as conn:
+            current = conn.execute("SELECT MAX(version) FROM atlas_schema_version").fetchone()[0]
+            current = current or 0
             for version, name, sql in load_migrations("sqlite"):
                 if version <= current or (target is not None and version > target):
                     continue
-                # executescript commits on its own, so the file runs inside an explicit BEGIN.
-                self._conn.executescript(
-                    f"BEGIN;\n{sql}\nINSERT INTO atlas_schema_version VALUES "
-                    f"({version}, '{name}', {time.time_ns()});\nCOMMIT;"
+                for statement in _statements(sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO atlas_schema_version VALUES (?, ?, ?)",
+                    (version, name, time.time_ns()),
                 )
-            return self.schema_version()
+                current = version
+            return current
 
     def close(self) -> None:
         with self._lock:
@@ -125,6 +138,31 @@ class SQLiteStore(Store):
             return conn.execute(
                 "DELETE FROM spans WHERE start_time_unix_nano < ?", (before_ns,)
             ).rowcount
+
+
+def _set_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
+    # Switching a new file to WAL needs it exclusively and SQLite does not wait (busy timeout)
+    # for that: when another process opens the same new store at the same moment, retry.
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of a migration file, one at a time."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if any(ln.strip() and not ln.strip().startswith("--") for ln in pending.splitlines()):
+        yield pending  # an unterminated last statement: let SQLite judge it
 
 
 @contextmanager

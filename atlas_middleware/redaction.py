@@ -27,13 +27,46 @@ _SECRET_VALUE = re.compile(
     r"|AIza[0-9A-Za-z_-]{35}"  # Google API keys
     r"|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,})"
 )
+# A secret assigned to a secret-named key inside text: JSON ('"api_key": "…"'), env or config
+# lines ('PASSWORD=…'), HTTP headers ('Authorization: Basic …'). The key stays, the value goes.
+_ASSIGNED_SECRET = re.compile(
+    r"(?i)([\"']?(?:api[_-]?key|apikey|secret(?:[_-]?key)?|password|passwd|access[_-]?token"
+    r"|auth[_-]?token|authorization)[\"']?\s*[:=]\s*[\"']?)(?:(?:bearer|basic|token)\s+)?"
+    r"[^\s\"',;}]{4,}"
+)
+
+# Every credential pattern above contains one of these literals (lowercased). Scanning a
+# lowercased value for them is far cheaper than the full patterns, almost no attribute value
+# contains any, and nothing shorter than _MIN_SECRET characters can hold a credential at all.
+_MARKERS = re.compile("sk-|akia|gh[pousr]_|xox|aiza|bearer|api|secret|passw|token|authoriz")
+_MIN_SECRET = 10
+
+
+def _suspicious(value: str) -> bool:
+    return len(value) >= _MIN_SECRET and _MARKERS.search(value.lower()) is not None
+
+
+def _scrub_text(value: str) -> str:
+    return _ASSIGNED_SECRET.sub(r"\1" + REDACTED, _SECRET_VALUE.sub(REDACTED, value))
+
+
+_key_verdicts: dict[str, bool] = {}
 
 Redactor = Callable[[SpanRecord], None]
 
 
+def _secret_key(key: str) -> bool:
+    verdict = _key_verdicts.get(key)
+    if verdict is None:
+        verdict = bool(_SECRET_KEY.search(key))
+        if len(_key_verdicts) < 65536:  # attribute keys repeat; hostile input must not grow it
+            _key_verdicts[key] = verdict
+    return verdict
+
+
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
-        return _SECRET_VALUE.sub(REDACTED, value) if _SECRET_VALUE.search(value) else value
+        return _scrub_text(value) if _suspicious(value) else value
     if isinstance(value, list):
         return [_scrub(v) for v in value]
     if isinstance(value, dict):
@@ -42,11 +75,39 @@ def _scrub(value: Any) -> Any:
 
 
 def _scrub_mapping(attributes: dict[str, Any]) -> dict[str, Any]:
-    return {k: (REDACTED if _SECRET_KEY.search(k) else _scrub(v)) for k, v in attributes.items()}
+    """The same dict when nothing is secret (the common case: no copy), else a redacted copy."""
+    changed: dict[str, Any] | None = None
+    for key, value in attributes.items():
+        if _secret_key(key):
+            new: Any = REDACTED
+        elif type(value) is str:
+            if not _suspicious(value):
+                continue
+            new = _scrub_text(value)
+        elif isinstance(value, list | dict):
+            new = _scrub(value)
+        else:
+            continue
+        if new != value:
+            if changed is None:
+                changed = dict(attributes)
+            changed[key] = new
+    return attributes if changed is None else changed
+
+
+# Spans of one batch share their resource dict: remember the last one scrubbed (by identity) so a
+# batch pays for its resource once, not once per span.
+_last_resource: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None)
 
 
 def redact_secrets(record: SpanRecord) -> None:
     """The built-in redactor (in place)."""
+    global _last_resource
+    seen, scrubbed = _last_resource
+    if record.resource is not seen:
+        scrubbed = _scrub_mapping(record.resource)
+        _last_resource = (record.resource, scrubbed)
+    record.resource = scrubbed  # type: ignore[assignment]
     record.attributes = _scrub_mapping(record.attributes)
     for event in record.events:
         event.attributes = _scrub_mapping(event.attributes)

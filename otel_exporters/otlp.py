@@ -92,8 +92,27 @@ def _pb_value(value: Any, depth: int = 0) -> Any:
     raise InvalidSpan(f"unknown attribute value kind {kind}")
 
 
+_SCALAR_KINDS = frozenset({"int_value", "double_value", "bool_value"})
+
+
 def _pb_attributes(kvs: Any) -> dict[str, Any]:
-    return {_text(kv.key): _pb_value(kv.value) for kv in kvs}
+    # The hot loop of the collector: strings and scalars are inlined (no helper calls), since
+    # attribute access through upb costs more than everything else per span.
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        value = kv.value
+        kind = value.WhichOneof("value")
+        if kind == "string_value":
+            converted: Any = value.string_value
+            if "\x00" in converted:
+                converted = _text(converted)
+        elif kind in _SCALAR_KINDS:
+            converted = getattr(value, kind)
+        else:
+            converted = _pb_value(value)
+        key = kv.key
+        out[_text(key) if "\x00" in key else key] = converted
+    return out
 
 
 def _pb_span(span: Any, resource: dict[str, Any], scope: str | None) -> SpanRecord:

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from atlas_middleware.redaction import Redactor, redact, redact_secrets
-from atlas_middleware.storage import Store, StoreError, open_store
+from atlas_middleware.storage import Store, open_store
 from atlas_middleware.storage.records import SpanEvent, SpanRecord, json_dumps
 
 log = logging.getLogger(__name__)
@@ -78,13 +78,15 @@ class StoreSpanExporter(SpanExporter):
         self._failed = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        records = to_records(spans)
-        redact(records, self._redactors)
+        # Fail open: whatever goes wrong (the store, a redaction plugin), the SDK gets FAILURE and
+        # the instrumented program never sees an exception.
         try:
+            records = to_records(spans)
+            redact(records, self._redactors)
             self.store.write_spans(records)
-        except StoreError as exc:
+        except Exception as exc:
             if not self._failed:  # log once per outage, not once per batch
-                log.warning("atlas: could not store %d spans: %s", len(records), exc)
+                log.warning("atlas: could not store %d spans: %s", len(spans), exc)
             self._failed = True
             return SpanExportResult.FAILURE
         if self._failed:

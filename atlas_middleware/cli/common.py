@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -106,17 +105,9 @@ def store_hint(args: argparse.Namespace) -> str:
 
 def redact_url(url: str) -> str:
     """The URL without its password (in the user info or a ``password=`` parameter)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    original = parts
-    if parts.password is not None:
-        host = parts.netloc.rpartition("@")[2]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
-    if "password=" in parts.query.lower():
-        parts = parts._replace(query=re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query))
-    return url if parts == original else urlunsplit(parts)
+    from atlas_middleware.storage.records import safe_url
+
+    return safe_url(url)
 
 
 def _sqlite_path(url: str) -> str | None:

@@ -76,15 +76,6 @@ def _parse_age(text: str) -> int:
     return parse_point_in_time(text)
 
 
-def _session_counts(store: Any) -> dict[str, int]:
-    # The Store interface has no aggregate count of sessions; one GROUP BY beats streaming every
-    # session row just to count it.
-    rows = store._read("SELECT review_status, COUNT(*) FROM sessions GROUP BY review_status")
-    counts = dict.fromkeys(REVIEW_STATUSES, 0)
-    counts.update({status: int(n) for status, n in rows})
-    return counts
-
-
 def run_status(args: argparse.Namespace) -> int:
     from atlas_middleware.storage import StoreError, StoreUnavailable
 
@@ -108,7 +99,7 @@ def run_status(args: argparse.Namespace) -> int:
         }
         if version:
             info["spans"] = store.count_spans()
-            info["sessions"] = _session_counts(store)
+            info["sessions"] = store.session_counts()
             info["drift_alerts"] = len(store.drift_alerts())
     if args.json:
         write_stdout(json_line(info))

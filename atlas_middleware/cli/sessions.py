@@ -349,7 +349,17 @@ def run_review(args: argparse.Namespace) -> int:
         if not args.dry_run:
             ids = list(targets)
             for start in range(0, len(ids), _SET_REVIEW_CHUNK):
-                store.set_review(ids[start : start + _SET_REVIEW_CHUNK], status, args.note)
+                store.set_review(
+                    ids[start : start + _SET_REVIEW_CHUNK],
+                    status,
+                    args.note,
+                    # Re-checked at write time: a session quarantined or flagged since the
+                    # listing keeps that state.
+                    only_from=("pending",) if args.all_pending else None,
+                    unless_drift=args.all_pending
+                    and status == "approved"
+                    and not args.include_drift,
+                )
 
     noun = "session" if len(changing) == 1 else "sessions"
     message = (

@@ -151,6 +151,12 @@ class Store(abc.ABC):
     def _run_many(self, conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> int:
         """Execute one statement for many parameter rows; rows affected."""
 
+    def _run_returning(
+        self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]
+    ) -> list[tuple[Any, ...]]:
+        """Execute a RETURNING statement for many parameter rows; all returned rows."""
+        return [row for params in rows for row in self._run(conn, sql, params)]
+
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._connection() as conn:
             return self._run(conn, sql, params)
@@ -183,12 +189,77 @@ class Store(abc.ABC):
         in one transaction: when this returns, everything is durable."""
 
     def _apply_session_updates(self, conn: Any, records: Sequence[SpanRecord]) -> tuple[int, int]:
-        """Upsert the sessions a batch describes; returns (sessions, drift alerts). Updates go in
-        trace-id order so concurrent writers lock rows in one order and cannot deadlock."""
+        """Upsert the sessions a batch describes; returns (sessions, drift alerts).
+
+        Set-based, so a batch costs a fixed number of round trips however many sessions it holds:
+        read the prior state, upsert all, read the drift histories of the learning keys involved,
+        write rewards and review changes. Rows go in trace-id order so concurrent writers lock them
+        in one order and cannot deadlock.
+        """
         updates = sorted(derive_session_updates(records).values(), key=lambda u: u.trace_id)
+        if not updates:
+            return 0, 0
         now = time.time_ns()
-        alerts = 0
-        upsert = (
+        ids = [u.trace_id for u in updates]
+        in_batch = ", ".join(["%s"] * len(ids))
+        # (learning key, reward) each session's last drift check saw: re-sent spans (OTLP
+        # retries) must not log the same alert twice nor undo a review made since.
+        checked = {
+            row[0]: (row[1], row[2])
+            for row in self._run(
+                conn,
+                "SELECT trace_id, learning_key, reward_score FROM sessions "
+                f"WHERE trace_id IN ({in_batch})",
+                ids,
+            )
+        }
+        returned = self._run_returning(
+            conn,
+            self._upsert_sql,
+            [(u.trace_id, *u.column_values(), json_dumps(u.evaluations), now) for u in updates],
+        )
+        by_id = {u.trace_id: u for u in updates}
+        candidates = []
+        for trace_id, learning_key, evaluations, status in returned:
+            update = by_id[trace_id]
+            # Check when the batch brings a reward, or the root (and so the learning key) of a
+            # session whose reward arrived first.
+            if not update.evaluations and update.learning_key is None:
+                continue
+            score = reward_score(_loads(evaluations))
+            if score is None or checked.get(trace_id) == (learning_key, score):
+                continue
+            candidates.append((trace_id, learning_key, score, status))
+        if not candidates:
+            return len(updates), 0
+        keys = sorted({c[1] for c in candidates if c[1]})
+        histories = self._reward_histories(conn, keys, exclude=ids) if keys else {}
+        changes = []
+        alerts = []
+        for trace_id, learning_key, score, status in candidates:
+            result = drift(histories.get(learning_key, []), score, self.drift_policy)
+            if result.alert and status != "quarantined":
+                status = "pending"
+            changes.append((score, json_dumps(result.to_json()), status, trace_id))
+            if result.alert:
+                alerts.append(
+                    (trace_id, learning_key, score, result.z, result.mad_z, result.baseline, now)
+                )
+        self._run_many(
+            conn,
+            "UPDATE sessions SET reward_score = %s, drift = %s, review_status = %s "
+            "WHERE trace_id = %s",
+            changes,
+        )
+        if alerts:
+            self._run_many(
+                conn, "INSERT INTO drift_alerts VALUES (%s, %s, %s, %s, %s, %s, %s)", alerts
+            )
+        return len(updates), len(alerts)
+
+    @property
+    def _upsert_sql(self) -> str:
+        return (
             f"INSERT INTO sessions (trace_id, {', '.join(SessionUpdate.COLUMNS)}, evaluations, "
             f"updated_ns) VALUES ({', '.join(['%s'] * (len(SessionUpdate.COLUMNS) + 3))}) "
             "ON CONFLICT (trace_id) DO UPDATE SET "
@@ -198,59 +269,26 @@ class Store(abc.ABC):
             + f", evaluations = {self._json_merge}, updated_ns = excluded.updated_ns "
             "RETURNING trace_id, learning_key, evaluations, review_status"
         )
-        # (learning key, reward) each session's last drift check saw: re-sent spans (OTLP
-        # retries) must not log the same alert twice nor undo a review made since.
-        checked: dict[str, tuple[Any, Any]] = {}
-        if updates:
-            rows = self._run(
-                conn,
-                "SELECT trace_id, learning_key, reward_score FROM sessions WHERE trace_id IN "
-                f"({', '.join(['%s'] * len(updates))})",
-                [u.trace_id for u in updates],
-            )
-            checked = {row[0]: (row[1], row[2]) for row in rows}
-        for u in updates:
-            [(trace_id, learning_key, evaluations, status)] = self._run(
-                conn, upsert, (u.trace_id, *u.column_values(), json_dumps(u.evaluations), now)
-            )
-            # Check when the batch brings a reward, or the root (and so the learning key) of a
-            # session whose reward arrived first.
-            if not u.evaluations and u.learning_key is None:
-                continue
-            score = reward_score(_loads(evaluations))
-            if score is None or checked.get(trace_id) == (learning_key, score):
-                continue
-            history = (
-                [
-                    row[0]
-                    for row in self._run(
-                        conn,
-                        "SELECT reward_score FROM sessions WHERE learning_key = %s "
-                        "AND trace_id <> %s AND reward_score IS NOT NULL "
-                        "ORDER BY updated_ns DESC LIMIT %s",
-                        (learning_key, trace_id, self.drift_policy.window),
-                    )
-                ]
-                if learning_key
-                else []
-            )
-            result = drift(history, score, self.drift_policy)
-            if result.alert and status != "quarantined":
-                status = "pending"
-            self._run(
-                conn,
-                "UPDATE sessions SET reward_score = %s, drift = %s, review_status = %s "
-                "WHERE trace_id = %s",
-                (score, json_dumps(result.to_json()), status, trace_id),
-            )
-            if result.alert:
-                alerts += 1
-                self._run(
+
+    def _reward_histories(
+        self, conn: Any, keys: Sequence[str], *, exclude: Sequence[str]
+    ) -> dict[str, list[float]]:
+        """The last ``window`` rewards of each learning key, most recent session first, leaving
+        out the sessions being written (they are judged against what came before them)."""
+        skip = ", ".join(["%s"] * len(exclude))
+        return {
+            key: [
+                row[0]
+                for row in self._run(
                     conn,
-                    "INSERT INTO drift_alerts VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (trace_id, learning_key, score, result.z, result.mad_z, result.baseline, now),
+                    "SELECT reward_score FROM sessions WHERE learning_key = %s "
+                    f"AND reward_score IS NOT NULL AND trace_id NOT IN ({skip}) "
+                    "ORDER BY started_ns DESC NULLS LAST, trace_id DESC LIMIT %s",
+                    (key, *exclude, self.drift_policy.window),
                 )
-        return len(updates), alerts
+            ]
+            for key in keys
+        }
 
     # --- sessions ------------------------------------------------------------------------------
     def _where(self, where: SessionFilter | None) -> tuple[str, list[Any]]:
@@ -345,15 +383,45 @@ class Store(abc.ABC):
                 result[row[0]].append(span_from_row(row))
         return result
 
-    def set_review(self, trace_ids: Sequence[str], status: str, note: str | None = None) -> int:
+    def set_review(
+        self,
+        trace_ids: Sequence[str],
+        status: str,
+        note: str | None = None,
+        *,
+        only_from: Sequence[str] | None = None,
+        unless_drift: bool = False,
+    ) -> int:
+        """Set the review status of sessions; returns how many rows matched.
+
+        ``only_from`` and ``unless_drift`` make the change conditional on the state at write
+        time, so a bulk approval cannot overwrite a quarantine or a drift alert that landed
+        after the sessions were listed.
+        """
         check_review_status(status)
+        conditions = ""
+        params: list[Any] = []
+        if only_from is not None:
+            for value in only_from:
+                check_review_status(value)
+            conditions += f" AND review_status IN ({', '.join(['%s'] * len(only_from))})"
+            params.extend(only_from)
+        if unless_drift:
+            conditions += f" AND (drift IS NULL OR NOT ({self._drift_alert}))"
         with self._transaction() as conn:
             return self._run_many(
                 conn,
                 "UPDATE sessions SET review_status = %s, review_note = COALESCE(%s, review_note) "
-                "WHERE trace_id = %s",
-                [(status, note, t) for t in trace_ids],
+                f"WHERE trace_id = %s{conditions}",
+                [(status, note, t, *params) for t in trace_ids],
             )
+
+    def session_counts(self) -> dict[str, int]:
+        """Number of sessions per review status."""
+        counts = dict.fromkeys(REVIEW_STATUSES, 0)
+        rows = self._read("SELECT review_status, COUNT(*) FROM sessions GROUP BY review_status")
+        counts.update({status: int(n) for status, n in rows})
+        return counts
 
     def count_spans(self) -> int:
         return self._read("SELECT COUNT(*) FROM spans")[0][0]

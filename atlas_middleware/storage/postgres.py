@@ -22,7 +22,7 @@ from atlas_middleware.storage.base import (
     load_migrations,
     span_rows,
 )
-from atlas_middleware.storage.records import SpanEvent, SpanRecord
+from atlas_middleware.storage.records import SpanEvent, SpanRecord, safe_url
 
 try:
     import psycopg
@@ -71,6 +71,7 @@ class PostgresStore(Store):
         self._ready = False
         self._ready_lock = threading.Lock()
         self._migrate_on_connect = migrate
+        reachable = self._probe()
         # check= re-validates a pooled connection before use: after a database restart the pool
         # hands out a fresh connection instead of failing the request on a dead socket.
         self._pool = ConnectionPool(
@@ -83,16 +84,32 @@ class PostgresStore(Store):
             name="atlas",
         )
         self._pool.open(wait=False)
-        if migrate:
-            # Fail fast on a wrong URL or credentials; a database that is merely down is
-            # retried on each use so a collector can start before its database.
+        if migrate and reachable:
             try:
                 self._ensure_ready()
             except StoreUnavailable as exc:
-                if _is_config_error(exc.__cause__):
-                    self.close()
-                    raise
                 log.warning("Postgres not reachable yet (%s); will retry on use", exc)
+
+    def _probe(self) -> bool:
+        """Connect once, directly: a wrong URL, database, role or password is a configuration
+        error, reported now in the server's words (through a pool it would only surface as a
+        timeout). A server that is merely down is not: the store retries on use, so a collector
+        can start before its database. Returns whether the server answered."""
+        where = safe_url(self.url)
+        try:
+            psycopg.connect(
+                self.url, connect_timeout=max(1, int(self._timeout)), autocommit=True
+            ).close()
+        except psycopg.ProgrammingError as exc:  # unparsable URL / options
+            raise StoreError(f"bad Postgres URL {where}: {_first_line(exc)}") from None
+        except psycopg.OperationalError as exc:
+            if _is_config_error(exc):
+                raise StoreError(f"Postgres at {where}: {_first_line(exc)}") from None
+            log.warning(
+                "Postgres at %s not reachable yet (%s); will retry on use", where, _first_line(exc)
+            )
+            return False
+        return True
 
     # --- dialect primitives --------------------------------------------------------------------
     @contextmanager
@@ -115,6 +132,37 @@ class PostgresStore(Store):
     def _run(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         cur = conn.execute(sql, tuple(params), prepare=False)
         return cur.fetchall() if cur.description else []
+
+    def _run_returning(
+        self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]
+    ) -> list[tuple[Any, ...]]:
+        # executemany pipelines the statements: one network round trip for the whole batch.
+        with conn.cursor() as cur:
+            cur.executemany(sql, rows, returning=True)
+            out: list[tuple[Any, ...]] = []
+            while True:
+                out.extend(cur.fetchall())
+                if not cur.nextset():
+                    return out
+
+    def _reward_histories(
+        self, conn: Any, keys: Sequence[str], *, exclude: Sequence[str]
+    ) -> dict[str, list[float]]:
+        # One statement for every key: a LATERAL index scan per key instead of a round trip each.
+        rows = self._run(
+            conn,
+            "SELECT k.key, h.reward_score FROM unnest(%s::text[]) AS k(key) "
+            "CROSS JOIN LATERAL (SELECT reward_score, started_ns, trace_id FROM sessions "
+            "WHERE learning_key = k.key AND reward_score IS NOT NULL "
+            "AND NOT (trace_id = ANY(%s::text[])) "
+            "ORDER BY started_ns DESC NULLS LAST, trace_id DESC LIMIT %s) AS h "
+            "ORDER BY k.key, h.started_ns DESC NULLS LAST, h.trace_id DESC",
+            (list(keys), list(exclude), self.drift_policy.window),
+        )
+        histories: dict[str, list[float]] = {key: [] for key in keys}
+        for key, reward in rows:
+            histories[key].append(reward)
+        return histories
 
     def _run_many(self, conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> int:
         with conn.cursor() as cur:
@@ -164,10 +212,22 @@ class PostgresStore(Store):
             # every retry.
             records = [_without_nul(r) for r in records]
             rows = span_rows(records)
-        self._ensure_partitions({r.start_ns // DAY_NS for r in records})
-        with self._transaction() as conn:
-            self._copy_spans(conn, rows)
-            sessions, alerts = self._apply_session_updates(conn, records)
+        days = {r.start_ns // DAY_NS for r in records}
+        self._ensure_partitions(days)
+        try:
+            with self._transaction() as conn:
+                self._copy_spans(conn, rows)
+                sessions, alerts = self._apply_session_updates(conn, records)
+        except StoreError as exc:
+            # Another replica pruned a partition this one still believed in: forget what we
+            # know, recreate, and write once more.
+            if "no partition of relation" not in str(exc):
+                raise
+            self._partitions.clear()
+            self._ensure_partitions(days)
+            with self._transaction() as conn:
+                self._copy_spans(conn, rows)
+                sessions, alerts = self._apply_session_updates(conn, records)
         return WriteResult(len(records), sessions, alerts)
 
     def _copy_spans(self, conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -265,17 +325,25 @@ def _without_nul(record: SpanRecord) -> SpanRecord:
     )
 
 
-def _is_config_error(exc: BaseException | None) -> bool:
-    text = str(exc or "")
+def _is_config_error(exc: BaseException) -> bool:
+    text = str(exc)
     return any(
         marker in text
-        for marker in ("does not exist", "password authentication", "invalid dsn", "role ")
+        for marker in (
+            "does not exist",
+            "password authentication failed",
+            "no password supplied",
+            "no pg_hba.conf entry",
+            "invalid dsn",
+            "invalid connection option",
+            "could not translate host name",
+        )
     )
 
 
 @contextmanager
 def _translate_errors(url: str) -> Iterator[None]:
-    where = url.split("@")[-1]  # never echo credentials
+    where = safe_url(url)
     try:
         yield
     except _RETRYABLE as exc:

@@ -261,3 +261,31 @@ def _bigints_as_text(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_bigints_as_text(v) for v in value]
     return value
+
+
+_SECRET_PARAMS = frozenset({"password", "sslpassword", "passfile"})
+
+
+def safe_url(url: str) -> str:
+    """A store URL fit for logs and errors: no password, neither in the user part nor in the
+    query (``?password=``)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        if ":" in user:
+            netloc = f"{user.split(':', 1)[0]}:***@{host}"
+    query = parts.query
+    if any(k.lower() in _SECRET_PARAMS for k, _ in parse_qsl(query)):
+        query = urlencode(
+            [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in parse_qsl(query)],
+            safe="*",
+        )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

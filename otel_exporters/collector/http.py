@@ -27,6 +27,7 @@ from atlas_middleware.otel_exporters.otlp import (
 )
 
 from atlas_middleware.storage import StoreError, StoreUnavailable
+from atlas_middleware.storage.records import safe_url
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -105,7 +106,7 @@ def build_app(ingestor: Ingestor, check_token: TokenCheck, max_body_bytes: int) 
         except StoreError as exc:
             return web.json_response({"status": "unavailable", "error": str(exc)}, status=503)
         return web.json_response(
-            {"status": "ok", "store": _safe_url(ingestor.store.url), **vars(ingestor.stats)}
+            {"status": "ok", "store": safe_url(ingestor.store.url), **vars(ingestor.stats)}
         )
 
     # aiohttp applies the limit to the decompressed body, which also stops gzip bombs.
@@ -113,10 +114,3 @@ def build_app(ingestor: Ingestor, check_token: TokenCheck, max_body_bytes: int) 
     app.router.add_post("/v1/traces", traces)
     app.router.add_get("/health", health)
     return app
-
-
-def _safe_url(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.split('@', 1)[1]}"

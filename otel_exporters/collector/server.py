@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from atlas_middleware.otel_exporters.collector.auth import is_loopback, token_check
 
 from atlas_middleware.storage import default_store_url, open_store
+from atlas_middleware.storage.records import safe_url
 
 log = logging.getLogger("atlas.collector")
 
@@ -154,7 +155,7 @@ async def serve(
             "atlas-collector listening: http=%s grpc=%s store=%s auth=%s",
             ports.http_port,
             ports.grpc_port,
-            store.url.split("@")[-1],
+            safe_url(store.url),
             "bearer" if settings.token else "off (loopback only)",
         )
         if started is not None:

@@ -177,3 +177,12 @@ def test_sqlite_prune_spans_keeps_sessions(sqlite_url):
         assert store.count_spans() == 2
         assert store.spans_for([tid(1)]) == {tid(1): []}
         assert [x.reward_score for x in store.iter_sessions()] == [0.5, 0.6]
+
+
+def test_postgres_partition_pruned_by_another_replica_is_recreated(postgres_url):
+    with open_store(postgres_url) as writer, open_store(postgres_url) as pruner:
+        writer.write_spans(session(40, 0.5, start_ns=BASE_NS + 1))
+        assert pruner.prune_spans(BASE_NS + DAY_NS) == 1  # the writer still believes in the day
+        writer.write_spans(session(41, 0.5, start_ns=BASE_NS + 2))
+        assert writer.partitions() == ["spans_p20250921"]
+        assert writer.count_spans() == 2

@@ -174,3 +174,35 @@ def test_jsonl_exporter_redacts_and_redactors_are_pluggable(tmp_path):
     attributes = json.loads(line)["attributes"]
     assert s.ATLAS_TASK not in attributes  # the custom redactor ran ...
     assert attributes["db.password"] == PASSWORD  # ... instead of the built-in one
+
+
+def test_secrets_assigned_in_text_and_in_the_resource():
+    record = root(
+        tid(7),
+        attributes={
+            "prompt": 'call it with {"api_key": "abc123xyz789", "n": 1}',
+            "env": "OPENAI_API_KEY=sk-proj-abcdefghijklmnopqrs; PASSWORD=hunter22",
+            "header": "Authorization: Basic dXNlcjpwYXNz",
+            "mixed": "use BeArEr abcdefghijk123 here",
+            "lesson": "basic arithmetic: the token count is 5",
+        },
+    )
+    record.resource = {"service.name": "svc", "deploy.secret_key": "s3cr3t-value"}
+    shared = record.resource
+    redact([record])
+    text = json.dumps(record.attributes)
+    for leaked in ("abc123xyz789", "sk-proj-", "hunter22", "dXNlcjpwYXNz", "abcdefghijk123"):
+        assert leaked not in text
+    assert '"api_key": "[REDACTED]"' in record.attributes["prompt"]
+    assert record.attributes["header"] == f"Authorization: {REDACTED}"
+    assert record.attributes["lesson"] == "basic arithmetic: the token count is 5"
+    assert record.resource == {"service.name": "svc", "deploy.secret_key": REDACTED}
+    assert shared["deploy.secret_key"] == "s3cr3t-value"  # the caller's dict is not mutated
+
+
+def test_clean_attributes_are_not_copied():
+    attributes = {"gen_ai.request.model": "smol", "atlas.task": "What is 12 + 30?"}
+    record = root(tid(8), attributes=attributes)
+    before = record.attributes
+    redact_secrets(record)
+    assert record.attributes is before

@@ -20,6 +20,7 @@ from atlas_middleware.storage import (
     WriteResult,
     open_store,
 )
+from atlas_middleware.storage.base import load_migrations
 from atlas_middleware.storage.sqlite import SQLiteStore
 from atlas_middleware.telemetry import schema as s
 from tests.storage.factories import (
@@ -64,7 +65,7 @@ def test_sdk_spans_round_trip(store):
     got = store.spans_for([first, tid(99)])
     assert len(got[first]) == 4 and got[tid(99)] == []
     store.health()
-    assert store.schema_version() == 2
+    assert store.schema_version() == max(v for v, _, _ in load_migrations("sqlite"))
 
 
 def test_nested_values_unicode_events_and_resource_round_trip(store):
@@ -530,3 +531,58 @@ def test_sqlite_two_store_objects_on_one_file(tmp_path):
         assert reader.get_session(tid(1)).reward_score == 0.5
         reader.set_review([tid(1)], "approved")
         assert writer.get_session(tid(1)).review_status == "approved"
+
+
+def test_conditional_review_and_session_counts(store):
+    records = sdk_records(3, score=0.8)
+    ids = trace_ids(records)
+    store.write_spans(records)
+    store.set_review([ids[0]], "quarantined")
+    # Approving "only what is still pending" leaves the quarantined session alone.
+    assert store.set_review(ids, "approved", only_from=["pending"]) == 2
+    assert store.get_session(ids[0]).review_status == "quarantined"
+    assert store.session_counts() == {"pending": 0, "approved": 2, "quarantined": 1}
+    with pytest.raises(ValueError, match="review status must be one of"):
+        store.set_review(ids, "approved", only_from=["pendng"])
+
+
+def test_conditional_review_skips_drift_alerts(store):
+    steady = [r for i in range(6) for r in sdk_records(1, learning_key="k", score=0.9)]
+    store.write_spans(steady)
+    outlier = sdk_records(1, learning_key="k", score=0.0)
+    [drifting] = trace_ids(outlier)
+    assert store.write_spans(outlier).drift_alerts == 1
+    ids = [*trace_ids(steady), drifting]
+    assert store.set_review(ids, "approved", only_from=["pending"], unless_drift=True) == 6
+    assert store.get_session(drifting).review_status == "pending"
+    assert store.set_review([drifting], "approved", only_from=["pending"]) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/atlas_no_such_db", 'database "atlas_no_such_db" does not exist'),
+        ("/test?bogus=1", "bad Postgres URL"),
+    ],
+)
+def test_postgres_configuration_errors_fail_fast(postgres_server, path, message):
+    import time
+
+    from atlas_middleware.storage import StoreError, open_store
+
+    base = postgres_server.rsplit("/", 1)[0]
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=message):
+        open_store(base + path)
+    assert time.monotonic() - started < 4  # no waiting out the pool's connection timeout
+
+
+@pytest.mark.postgres
+def test_postgres_password_never_appears_in_errors(postgres_server):
+    from atlas_middleware.storage import StoreError, open_store
+
+    base = postgres_server.rsplit("/", 1)[0].replace("postgres@", "postgres:pw-s3cret@")
+    with pytest.raises(StoreError) as info:
+        open_store(base + "/atlas_no_such_db?password=pw-s3cret")
+    assert "pw-s3cret" not in str(info.value)

@@ -47,13 +47,16 @@ def drift(
     baseline = [float(v) for v in history[: policy.window]]
     if len(baseline) < policy.min_baseline:
         return DriftResult(None, None, len(baseline), False)
-    mean = statistics.fmean(baseline)
-    std = statistics.pstdev(baseline)
+    # Plain float arithmetic: statistics.pstdev works in exact fractions and is ~50x slower,
+    # and this runs for every rewarded session on the ingest path.
+    n = len(baseline)
+    mean = math.fsum(baseline) / n
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in baseline) / n)
     median = statistics.median(baseline)
-    mad = statistics.median(abs(v - median) for v in baseline)
+    mad = statistics.median([abs(v - median) for v in baseline])
     # A perfectly constant history has no spread: any departure from it is drift.
     z = (value - mean) / std if std > _EPS else _no_spread(value - mean)
-    mean_ad = statistics.fmean(abs(v - median) for v in baseline)
+    mean_ad = math.fsum(abs(v - median) for v in baseline) / n
     if mad > _EPS:
         mad_z = _MAD_SCALE * (value - median) / mad
     elif mean_ad > _EPS:

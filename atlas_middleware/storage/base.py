@@ -213,9 +213,8 @@ class Store(abc.ABC):
                 ids,
             )
         }
-        returned = self._run_returning(
+        returned = self._upsert_sessions(
             conn,
-            self._upsert_sql,
             [(u.trace_id, *u.column_values(), json_dumps(u.evaluations), now) for u in updates],
         )
         by_id = {u.trace_id: u for u in updates}
@@ -245,29 +244,38 @@ class Store(abc.ABC):
                 alerts.append(
                     (trace_id, learning_key, score, result.z, result.mad_z, result.baseline, now)
                 )
-        self._run_many(
-            conn,
-            "UPDATE sessions SET reward_score = %s, drift = %s, review_status = %s "
-            "WHERE trace_id = %s",
-            changes,
-        )
+        self._update_rewards(conn, changes)
         if alerts:
             self._run_many(
                 conn, "INSERT INTO drift_alerts VALUES (%s, %s, %s, %s, %s, %s, %s)", alerts
             )
         return len(updates), len(alerts)
 
-    @property
-    def _upsert_sql(self) -> str:
+    def _upsert_sessions(self, conn: Any, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+        """Upsert session rows (trace_id, *SessionUpdate.COLUMNS, evaluations, updated_ns);
+        returns (trace_id, learning_key, evaluations, review_status) of each after the merge."""
+        values = f"VALUES ({', '.join(['%s'] * (len(SessionUpdate.COLUMNS) + 3))})"
+        return self._run_returning(conn, self._session_upsert(values), rows)
+
+    def _session_upsert(self, source: str) -> str:
+        """The upsert statement reading its rows from ``source`` (VALUES or a SELECT)."""
         return (
             f"INSERT INTO sessions (trace_id, {', '.join(SessionUpdate.COLUMNS)}, evaluations, "
-            f"updated_ns) VALUES ({', '.join(['%s'] * (len(SessionUpdate.COLUMNS) + 3))}) "
-            "ON CONFLICT (trace_id) DO UPDATE SET "
+            f"updated_ns) {source} ON CONFLICT (trace_id) DO UPDATE SET "
             + ", ".join(
                 f"{c} = COALESCE(excluded.{c}, sessions.{c})" for c in SessionUpdate.COLUMNS
             )
             + f", evaluations = {self._json_merge}, updated_ns = excluded.updated_ns "
             "RETURNING trace_id, learning_key, evaluations, review_status"
+        )
+
+    def _update_rewards(self, conn: Any, changes: Sequence[Sequence[Any]]) -> None:
+        """Apply (reward_score, drift JSON, review_status, trace_id) rows."""
+        self._run_many(
+            conn,
+            "UPDATE sessions SET reward_score = %s, drift = %s, review_status = %s "
+            "WHERE trace_id = %s",
+            changes,
         )
 
     def _reward_histories(
@@ -282,8 +290,8 @@ class Store(abc.ABC):
                 for row in self._run(
                     conn,
                     "SELECT reward_score FROM sessions WHERE learning_key = %s "
-                    f"AND reward_score IS NOT NULL AND trace_id NOT IN ({skip}) "
-                    "ORDER BY started_ns DESC NULLS LAST, trace_id DESC LIMIT %s",
+                    f"AND reward_score IS NOT NULL AND started_ns IS NOT NULL AND trace_id NOT IN ({skip}) "
+                    "ORDER BY started_ns DESC, trace_id DESC LIMIT %s",
                     (key, *exclude, self.drift_policy.window),
                 )
             ]

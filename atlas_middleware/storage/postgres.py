@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
+
 from atlas_middleware.review import DriftPolicy
 from atlas_middleware.storage.base import (
     SPAN_COLUMN_LIST,
@@ -22,11 +24,12 @@ from atlas_middleware.storage.base import (
     load_migrations,
     span_rows,
 )
-from atlas_middleware.storage.records import SpanEvent, SpanRecord, safe_url
+from atlas_middleware.storage.records import SessionUpdate, SpanEvent, SpanRecord, safe_url
 
 try:
     import psycopg
     from psycopg import errors as pg_errors
+    from psycopg.types.json import set_json_loads
     from psycopg_pool import ConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -34,6 +37,16 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 log = logging.getLogger(__name__)
+
+_SESSION_TYPES = {
+    "probe_confidence": "float8",
+    "input_tokens": "int8",
+    "output_tokens": "int8",
+    "started_ns": "int8",
+    "ended_ns": "int8",
+    "evaluations": "jsonb",
+    "updated_ns": "int8",
+}  # every other session column is text
 
 DAY_NS = 86_400 * 1_000_000_000
 _MIGRATION_LOCK = 0x41544C4153  # "ATLAS": serialises migrations across replicas
@@ -80,6 +93,7 @@ class PostgresStore(Store):
             max_size=pool_size,
             kwargs={"connect_timeout": max(1, int(connect_timeout)), "autocommit": True},
             check=ConnectionPool.check_connection,
+            configure=_configure_connection,
             open=False,
             name="atlas",
         )
@@ -145,6 +159,42 @@ class PostgresStore(Store):
                 if not cur.nextset():
                     return out
 
+    # Session rows reach the server by COPY into per-connection temp tables, then one statement
+    # each: a fixed cost per batch, and row formatting happens in psycopg's C code (binding the
+    # same rows as arrays costs ~5 µs per value in Python).
+    _SESSION_STAGING = (
+        "CREATE TEMP TABLE IF NOT EXISTS sessions_staging ("
+        + ", ".join(
+            f"{column} {_SESSION_TYPES.get(column, 'text')}"
+            for column in ("trace_id", *SessionUpdate.COLUMNS, "evaluations", "updated_ns")
+        )
+        + ") ON COMMIT DELETE ROWS"
+    )
+    _REWARD_STAGING = (
+        "CREATE TEMP TABLE IF NOT EXISTS rewards_staging (reward_score float8, drift jsonb, "
+        "review_status text, trace_id text) ON COMMIT DELETE ROWS"
+    )
+
+    @staticmethod
+    def _copy_rows(conn: Any, table: str, rows: Iterable[Sequence[Any]]) -> None:
+        with conn.cursor().copy(f"COPY {table} FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def _upsert_sessions(self, conn: Any, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+        conn.execute(self._SESSION_STAGING)
+        self._copy_rows(conn, "sessions_staging", rows)
+        return self._run(conn, self._session_upsert("SELECT * FROM sessions_staging"))
+
+    def _update_rewards(self, conn: Any, changes: Sequence[Sequence[Any]]) -> None:
+        conn.execute(self._REWARD_STAGING)
+        self._copy_rows(conn, "rewards_staging", changes)
+        conn.execute(
+            "UPDATE sessions AS s SET reward_score = v.reward_score, drift = v.drift, "
+            "review_status = v.review_status FROM rewards_staging AS v "
+            "WHERE s.trace_id = v.trace_id"
+        )
+
     def _reward_histories(
         self, conn: Any, keys: Sequence[str], *, exclude: Sequence[str]
     ) -> dict[str, list[float]]:
@@ -153,10 +203,10 @@ class PostgresStore(Store):
             conn,
             "SELECT k.key, h.reward_score FROM unnest(%s::text[]) AS k(key) "
             "CROSS JOIN LATERAL (SELECT reward_score, started_ns, trace_id FROM sessions "
-            "WHERE learning_key = k.key AND reward_score IS NOT NULL "
+            "WHERE learning_key = k.key AND reward_score IS NOT NULL AND started_ns IS NOT NULL "
             "AND NOT (trace_id = ANY(%s::text[])) "
-            "ORDER BY started_ns DESC NULLS LAST, trace_id DESC LIMIT %s) AS h "
-            "ORDER BY k.key, h.started_ns DESC NULLS LAST, h.trace_id DESC",
+            "ORDER BY started_ns DESC, trace_id DESC LIMIT %s) AS h "
+            "ORDER BY k.key, h.started_ns DESC, h.trace_id DESC",
             (list(keys), list(exclude), self.drift_policy.window),
         )
         histories: dict[str, list[float]] = {key: [] for key in keys}
@@ -323,6 +373,11 @@ def _without_nul(record: SpanRecord) -> SpanRecord:
         resource=_nul_free(record.resource),
         scope=_nul_free(record.scope),
     )
+
+
+def _configure_connection(conn: psycopg.Connection) -> None:
+    # JSONB comes back parsed; orjson parses it several times faster than the stdlib.
+    set_json_loads(orjson.loads, conn)
 
 
 def _is_config_error(exc: BaseException) -> bool:

@@ -1,2 +1,3 @@
--- Drift baselines are the most recent sessions of a learning key by session start time.
-CREATE INDEX sessions_key_started ON sessions (learning_key, started_ns);
+-- Drift baselines are the most recent sessions of a learning key by session start time; this
+-- index serves that query in order (a backward scan, no sort of the key's whole history).
+CREATE INDEX sessions_key_started ON sessions (learning_key, started_ns, trace_id);

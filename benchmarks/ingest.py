@@ -12,6 +12,7 @@ works in databases of its own and drops them.
 from __future__ import annotations
 
 import argparse
+import gc
 import http.client
 import os
 import secrets
@@ -157,7 +158,9 @@ def raw_copy(spans: list[ReadableSpan], batch: int, *, preformatted: bool) -> fl
     return len(spans) / elapsed
 
 
-def through_collector(spans: list[ReadableSpan], batch: int, clients: int, workers: int) -> dict:
+def through_collector(
+    spans: list[ReadableSpan], batch: int, clients: int, workers: int, processes: int
+) -> dict:
     bodies = [encode_spans(b).SerializeToString() for b in _batches(spans, batch)]
     latencies: list[float] = []
     with scratch_database("collector") as url:
@@ -263,28 +266,42 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=512, help="spans per OTLP request / COPY")
     parser.add_argument("--clients", type=int, default=4, help="concurrent OTLP/HTTP clients")
     parser.add_argument("--workers", type=int, default=4, help="collector --workers")
+    parser.add_argument(
+        "--processes", type=int, nargs="+", default=[1, 2], help="collector --processes to run"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args()
 
     with Progress(transient=True) as progress:
-        task = progress.add_task("benchmark", total=7)
+        task = progress.add_task("benchmark", total=6 + len(args.processes))
+        with tempfile.TemporaryDirectory() as tmp:
+            # First, while the heap is small: a heap holding 100k spans makes every allocation
+            # pay for garbage-collector passes, which would inflate per-span figures.
+            costs = per_span_cost(20_000, f"sqlite:///{tmp}/cost.db")
+        progress.advance(task)
         spans = make_spans(args.spans)
+        gc.collect()
+        gc.freeze()  # the data set is long-lived: keep it out of every later GC pass
         progress.advance(task)
         ceiling = raw_copy(spans, args.batch, preformatted=True)
         progress.advance(task)
         formatted = raw_copy(spans, args.batch, preformatted=False)
         progress.advance(task)
-        collector = through_collector(spans, args.batch, args.clients, args.workers)
-        progress.advance(task)
+        collectors = {}
+        for processes in args.processes:
+            collectors[processes] = through_collector(
+                spans, args.batch, args.clients, args.workers, processes
+            )
+            progress.advance(task)
         with tempfile.TemporaryDirectory() as tmp:
             sqlite_rate = exporter_throughput(spans[:20_000], f"sqlite:///{tmp}/x.db", args.batch)
             progress.advance(task)
             with scratch_database("exporter") as url:
                 pg_rate = exporter_throughput(spans[:20_000], url, args.batch)
             progress.advance(task)
-            costs = per_span_cost(20_000, f"sqlite:///{tmp}/cost.db")
-            progress.advance(task)
 
+    best = max(collectors, key=lambda p: collectors[p]["spans_per_s"])
+    collector = collectors[best]
     ratio = collector["spans_per_s"] / ceiling
     ratio_formatted = collector["spans_per_s"] / formatted
     rows = [
@@ -295,11 +312,14 @@ def main() -> None:
             f"{formatted / ceiling:.0%}",
             "",
         ],
-        [
-            f"atlas-collector, OTLP/HTTP protobuf ({args.clients} clients)",
-            f"{collector['spans_per_s']:,.0f}",
-            f"{ratio:.0%}",
-            f"p50 {collector['p50_ms']:.0f} ms, p99 {collector['p99_ms']:.0f} ms per {args.batch}-span request",
+        *[
+            [
+                f"atlas-collector --processes {p}, OTLP/HTTP protobuf ({args.clients} clients)",
+                f"{c['spans_per_s']:,.0f}",
+                f"{c['spans_per_s'] / ceiling:.0%}",
+                f"p50 {c['p50_ms']:.0f} ms, p99 {c['p99_ms']:.0f} ms per {args.batch}-span request",
+            ]
+            for p, c in collectors.items()
         ],
         [
             "StoreSpanExporter.export → Postgres",
@@ -336,7 +356,8 @@ def main() -> None:
             "Collector figures count only acknowledged requests, and the collector acknowledges after "
             "commit; the table's row count is checked against what was sent.\n\n"
             + markdown_table(cols, rows)
-            + f"\n\n**Collector / raw COPY ceiling: {ratio:.0%}** (target ≥ 60%); against a COPY that "
+            + f"\n\n**Best collector (`--processes {best}`) / raw COPY ceiling: {ratio:.0%}** "
+            "(target ≥ 60%); against a COPY that "
             f"also JSON-encodes its rows, {ratio_formatted:.0%}.\n\n"
             "Per-span cost on the instrumented thread (the exporter itself runs on the "
             "BatchSpanProcessor's thread):\n\n"

@@ -121,6 +121,51 @@ def _loads(value: Any) -> Any:
     return value
 
 
+SESSION_WRITE_COLUMNS = (
+    "trace_id",
+    *SessionUpdate.COLUMNS,
+    "evaluations",
+    "reward_score",
+    "drift",
+    "review_status",
+    "updated_ns",
+)
+
+
+@dataclass(slots=True)
+class _SessionPlan:
+    """One session's state after a batch, before it is written."""
+
+    update: SessionUpdate
+    evaluations: dict[str, Any]
+    learning_key: str | None
+    score: float | None
+    status: str
+    check: bool
+    drift: str | None = None
+
+    def judge(self, histories: dict[str, list[float]], store: Store, now: int) -> tuple | None:
+        """Run the drift check if due; returns a drift_alerts row when it alerts."""
+        if not self.check:
+            return None
+        history = histories.get(self.learning_key, []) if self.learning_key else []
+        result = drift(history, self.score, store.drift_policy)  # type: ignore[arg-type]
+        self.drift = json_dumps(result.to_json())
+        if not result.alert:
+            return None
+        if self.status != "quarantined":
+            self.status = "pending"
+        return (
+            self.update.trace_id,
+            self.learning_key,
+            self.score,
+            result.z,
+            result.mad_z,
+            result.baseline,
+            now,
+        )
+
+
 class Store(abc.ABC):
     """Spans in, sessions out. Implementations: :class:`SQLiteStore`, :class:`PostgresStore`.
 
@@ -191,51 +236,98 @@ class Store(abc.ABC):
     def _apply_session_updates(self, conn: Any, records: Sequence[SpanRecord]) -> tuple[int, int]:
         """Upsert the sessions a batch describes; returns (sessions, drift alerts).
 
-        Set-based, so a batch costs a fixed number of round trips however many sessions it holds:
-        read the prior state, upsert all, read the drift histories of the learning keys involved,
-        write rewards and review changes. Rows go in trace-id order so concurrent writers lock them
-        in one order and cannot deadlock.
+        Each session row is written once per batch with its final reward, drift and review
+        status: the prior state is read (and locked) first, merged with the batch here, and the
+        drift histories of the learning keys involved are read in one query. A fixed number of
+        round trips per batch, however many sessions it holds. Rows go in trace-id order so
+        concurrent writers lock them in one order and cannot deadlock.
         """
         updates = sorted(derive_session_updates(records).values(), key=lambda u: u.trace_id)
         if not updates:
             return 0, 0
         now = time.time_ns()
         ids = [u.trace_id for u in updates]
-        in_batch = ", ".join(["%s"] * len(ids))
-        # (learning key, reward) each session's last drift check saw: re-sent spans (OTLP
-        # retries) must not log the same alert twice nor undo a review made since.
-        checked = {
-            row[0]: (row[1], row[2])
+        prior = {
+            row[0]: row
             for row in self._run(
                 conn,
-                "SELECT trace_id, learning_key, reward_score FROM sessions "
-                f"WHERE trace_id IN ({in_batch})",
+                "SELECT trace_id, learning_key, evaluations, reward_score, review_status "
+                f"FROM sessions WHERE trace_id IN ({', '.join(['%s'] * len(ids))})"
+                f"{self._lock_rows}",
                 ids,
             )
         }
+        plans = [self._plan(u, prior.get(u.trace_id)) for u in updates]
+        keys = sorted({plan.learning_key for plan in plans if plan.check and plan.learning_key})
+        histories = self._reward_histories(conn, keys, exclude=ids) if keys else {}
+        alerts = [alert for plan in plans if (alert := plan.judge(histories, self, now))]
         returned = self._upsert_sessions(
             conn,
-            [(u.trace_id, *u.column_values(), json_dumps(u.evaluations), now) for u in updates],
+            [
+                (
+                    plan.update.trace_id,
+                    *plan.update.column_values(),
+                    json_dumps(plan.update.evaluations),
+                    plan.score,
+                    plan.drift,
+                    plan.status,
+                    now,
+                )
+                for plan in plans
+            ],
         )
-        by_id = {u.trace_id: u for u in updates}
-        candidates = []
-        for trace_id, learning_key, evaluations, status in returned:
-            update = by_id[trace_id]
-            # Check when the batch brings a reward, or the root (and so the learning key) of a
-            # session whose reward arrived first.
-            if not update.evaluations and update.learning_key is None:
-                continue
-            score = reward_score(_loads(evaluations))
-            if score is None or checked.get(trace_id) == (learning_key, score):
-                continue
-            candidates.append((trace_id, learning_key, score, status))
-        if not candidates:
-            return len(updates), 0
-        keys = sorted({c[1] for c in candidates if c[1]})
-        histories = self._reward_histories(conn, keys, exclude=ids) if keys else {}
+        # A concurrent batch of the same trace may have merged its evaluations between our read
+        # and our write (only possible for a row that did not exist yet, so nothing was locked):
+        # judge those sessions again on what is now stored.
+        by_id = {plan.update.trace_id: plan for plan in plans}
+        raced = [
+            (trace_id, learning_key, _loads(evaluations), status)
+            for trace_id, learning_key, evaluations, status in returned
+            if _loads(evaluations) != by_id[trace_id].evaluations
+        ]
+        if raced:
+            alerts += self._rejudge(conn, raced, exclude=ids, now=now)
+        if alerts:
+            self._run_many(
+                conn, "INSERT INTO drift_alerts VALUES (%s, %s, %s, %s, %s, %s, %s)", alerts
+            )
+        return len(updates), len(alerts)
+
+    _lock_rows = ""  # SQL appended to the prior-state read to lock the rows (dialects set it)
+
+    @staticmethod
+    def _plan(update: SessionUpdate, prior: Sequence[Any] | None) -> _SessionPlan:
+        evaluations = dict(_loads(prior[2]) or {}) if prior else {}
+        evaluations.update(update.evaluations)
+        learning_key = update.learning_key or (prior[1] if prior else None)
+        score = reward_score(evaluations)
+        # Check when the batch brings a reward, or the root (and so the learning key) of a
+        # session whose reward arrived first, and only if that changed what the last check saw:
+        # re-sent spans (OTLP retries) must not log the same alert twice nor undo a review.
+        check = (
+            score is not None
+            and bool(update.evaluations or update.learning_key is not None)
+            and (prior is None or (prior[1], prior[3]) != (learning_key, score))
+        )
+        status = prior[4] if prior else "pending"
+        return _SessionPlan(update, evaluations, learning_key, score, status, check)
+
+    def _rejudge(
+        self,
+        conn: Any,
+        sessions: Sequence[tuple[str, str | None, dict[str, Any], str]],
+        *,
+        exclude: Sequence[str],
+        now: int,
+    ) -> list[tuple[Any, ...]]:
+        keys = sorted({key for _, key, _, _ in sessions if key})
+        histories = self._reward_histories(conn, keys, exclude=exclude) if keys else {}
         changes = []
         alerts = []
-        for trace_id, learning_key, score, status in candidates:
+        for trace_id, learning_key, evaluations, status in sessions:
+            score = reward_score(evaluations)
+            if score is None:
+                continue
             result = drift(histories.get(learning_key, []), score, self.drift_policy)
             if result.alert and status != "quarantined":
                 status = "pending"
@@ -244,28 +336,27 @@ class Store(abc.ABC):
                 alerts.append(
                     (trace_id, learning_key, score, result.z, result.mad_z, result.baseline, now)
                 )
-        self._update_rewards(conn, changes)
-        if alerts:
-            self._run_many(
-                conn, "INSERT INTO drift_alerts VALUES (%s, %s, %s, %s, %s, %s, %s)", alerts
-            )
-        return len(updates), len(alerts)
+        if changes:
+            self._update_rewards(conn, changes)
+        return alerts
 
     def _upsert_sessions(self, conn: Any, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-        """Upsert session rows (trace_id, *SessionUpdate.COLUMNS, evaluations, updated_ns);
-        returns (trace_id, learning_key, evaluations, review_status) of each after the merge."""
-        values = f"VALUES ({', '.join(['%s'] * (len(SessionUpdate.COLUMNS) + 3))})"
+        """Upsert session rows (columns :data:`SESSION_WRITE_COLUMNS`); returns (trace_id,
+        learning_key, evaluations, review_status) of each after the merge."""
+        values = f"VALUES ({', '.join(['%s'] * len(SESSION_WRITE_COLUMNS))})"
         return self._run_returning(conn, self._session_upsert(values), rows)
 
     def _session_upsert(self, source: str) -> str:
         """The upsert statement reading its rows from ``source`` (VALUES or a SELECT)."""
         return (
-            f"INSERT INTO sessions (trace_id, {', '.join(SessionUpdate.COLUMNS)}, evaluations, "
-            f"updated_ns) {source} ON CONFLICT (trace_id) DO UPDATE SET "
+            f"INSERT INTO sessions ({', '.join(SESSION_WRITE_COLUMNS)}) {source} "
+            "ON CONFLICT (trace_id) DO UPDATE SET "
             + ", ".join(
-                f"{c} = COALESCE(excluded.{c}, sessions.{c})" for c in SessionUpdate.COLUMNS
+                f"{c} = COALESCE(excluded.{c}, sessions.{c})"
+                for c in (*SessionUpdate.COLUMNS, "reward_score", "drift")
             )
-            + f", evaluations = {self._json_merge}, updated_ns = excluded.updated_ns "
+            + f", evaluations = {self._json_merge}, review_status = excluded.review_status, "
+            "updated_ns = excluded.updated_ns "
             "RETURNING trace_id, learning_key, evaluations, review_status"
         )
 

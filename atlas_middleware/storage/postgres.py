@@ -16,6 +16,7 @@ import orjson
 
 from atlas_middleware.review import DriftPolicy
 from atlas_middleware.storage.base import (
+    SESSION_WRITE_COLUMNS,
     SPAN_COLUMN_LIST,
     Store,
     StoreError,
@@ -24,7 +25,7 @@ from atlas_middleware.storage.base import (
     load_migrations,
     span_rows,
 )
-from atlas_middleware.storage.records import SessionUpdate, SpanEvent, SpanRecord, safe_url
+from atlas_middleware.storage.records import SpanEvent, SpanRecord, safe_url
 
 try:
     import psycopg
@@ -45,6 +46,8 @@ _SESSION_TYPES = {
     "started_ns": "int8",
     "ended_ns": "int8",
     "evaluations": "jsonb",
+    "reward_score": "float8",
+    "drift": "jsonb",
     "updated_ns": "int8",
 }  # every other session column is text
 
@@ -65,6 +68,7 @@ _RETRYABLE = (
 
 class PostgresStore(Store):
     _json_merge = "sessions.evaluations || excluded.evaluations"
+    _lock_rows = " ORDER BY trace_id FOR UPDATE"
     _drift_alert = "(drift->>'alert')::boolean"
 
     def __init__(
@@ -165,8 +169,7 @@ class PostgresStore(Store):
     _SESSION_STAGING = (
         "CREATE TEMP TABLE IF NOT EXISTS sessions_staging ("
         + ", ".join(
-            f"{column} {_SESSION_TYPES.get(column, 'text')}"
-            for column in ("trace_id", *SessionUpdate.COLUMNS, "evaluations", "updated_ns")
+            f"{column} {_SESSION_TYPES.get(column, 'text')}" for column in SESSION_WRITE_COLUMNS
         )
         + ") ON COMMIT DELETE ROWS"
     )
@@ -310,6 +313,12 @@ class PostgresStore(Store):
         missing = days - self._partitions
         if not missing:
             return
+        # Creating a partition locks the whole spans table until in-flight writes commit. Making
+        # tomorrow's partition along with today's moves that wait away from the busy moment
+        # when every writer crosses midnight at once.
+        today = time.time_ns() // DAY_NS
+        if today in missing:
+            missing.add(today + 1)
         with self._partition_lock, self._connection() as conn:
             for day in sorted(missing - self._partitions):
                 name = "spans_" + dt.datetime.fromtimestamp(day * 86_400, dt.timezone.utc).strftime(

@@ -12,6 +12,7 @@ from atlas_middleware.otel_exporters.collector.server import (
     CollectorSettings,
     ConfigError,
     serve,
+    serve_processes,
 )
 
 from atlas_middleware.storage import StoreError
@@ -31,6 +32,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add("--max-body-mb", type=float, help="largest accepted request, decompressed (default 20)")
     add("--max-inflight", type=int, help="requests processed at once before 429 (default 16)")
     add("--workers", type=int, help="decode/write threads = database connections (default 4)")
+    add("--processes", type=int, help="collector processes sharing the ports (default 1)")
     add("--drain-seconds", type=float, help="how long SIGTERM waits for in-flight requests")
     add("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
     return parser
@@ -52,6 +54,7 @@ def settings_from_args(args: argparse.Namespace) -> CollectorSettings:
         max_body_mb=args.max_body_mb,
         max_inflight=args.max_inflight,
         workers=args.workers,
+        processes=args.processes,
         drain_seconds=args.drain_seconds,
         log_level=args.log_level,
     )
@@ -67,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     try:
+        if settings.processes > 1:
+            return serve_processes(settings)
         asyncio.run(serve(settings))
     except (StoreError, OSError) as exc:
         print(f"atlas-collector: error: {exc}", file=sys.stderr)

@@ -43,12 +43,19 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 def build_server(
-    ingestor: Ingestor, check_token: TokenCheck, address: str, max_body_bytes: int
+    ingestor: Ingestor,
+    check_token: TokenCheck,
+    address: str,
+    max_body_bytes: int,
+    *,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_body_bytes),
-            ("grpc.so_reuseport", 0),
+            # Off unless several collector processes share the port: a second collector on the
+            # same port by mistake must fail to start, not silently split the traffic.
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(

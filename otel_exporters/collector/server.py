@@ -36,6 +36,7 @@ class CollectorSettings:
     max_body_mb: float = 20.0
     max_inflight: int = 16
     workers: int = 4
+    processes: int = 1
     drain_seconds: float = 30.0
     retry_after: float = 1.0
     log_level: str = "INFO"
@@ -72,7 +73,9 @@ class CollectorSettings:
                     f"--{name} binds {endpoint[0]}, which is not loopback: set --token "
                     f"(or {ENV_PREFIX}TOKEN) so only your pipeline can write spans"
                 )
-        for name in ("max_body_mb", "max_inflight", "workers"):
+        if self.processes > 1 and any(e and e[1] == 0 for e in endpoints.values()):
+            raise ConfigError("--processes above 1 needs fixed ports (the processes share them)")
+        for name in ("max_body_mb", "max_inflight", "workers", "processes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
 
@@ -140,7 +143,8 @@ async def serve(
             app = build_app(ingestor, check, settings.max_body_bytes)
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.drain_seconds)
             await runner.setup()
-            site = web.TCPSite(runner, host, port)
+            # Several processes share the port; the kernel spreads connections between them.
+            site = web.TCPSite(runner, host, port, reuse_port=settings.processes > 1 or None)
             await site.start()
             ports.http_port = runner.addresses[0][1]
         if endpoints["grpc"]:
@@ -148,7 +152,11 @@ async def serve(
 
             host, port = endpoints["grpc"]
             grpc_server, ports.grpc_port = build_server(
-                ingestor, check, f"{host}:{port}", settings.max_body_bytes
+                ingestor,
+                check,
+                f"{host}:{port}",
+                settings.max_body_bytes,
+                reuse_port=settings.processes > 1,
             )
             await grpc_server.start()
         log.info(
@@ -177,3 +185,40 @@ async def serve(
             ingestor.stats.spans_rejected,
             "" if drained else " (drain deadline hit)",
         )
+
+
+def _process_main(settings: CollectorSettings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(name)s[{os.getpid()}] %(levelname)s %(message)s",
+    )
+    asyncio.run(serve(settings))
+
+
+def serve_processes(settings: CollectorSettings) -> int:
+    """Run ``settings.processes`` collector processes on the same ports (SO_REUSEPORT).
+
+    Decoding OTLP is Python work bound by the GIL; processes are how one host's collector uses
+    more than one core. SIGTERM/SIGINT are passed on, and each process drains on its own.
+    Returns the worst exit code.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=_process_main, args=(settings,), name=f"atlas-collector-{i}")
+        for i in range(settings.processes)
+    ]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        child.join()
+    return max((child.exitcode or 0) for child in children)

@@ -393,3 +393,51 @@ def test_database_outage_gives_503_then_nothing_is_lost() -> None:
         assert all(s.reward_score == pytest.approx(0.8) for s in sessions)
     finally:
         pg.__exit__()
+
+
+def test_several_processes_share_the_ports(sqlite_url: str) -> None:
+    collector = Collector(sqlite_url, "--processes", "2").start()
+    try:
+        sent = 0
+        for _ in range(12):  # a new connection each time, so the kernel spreads them
+            spans = session_spans(1)
+            body = encode_spans(spans).SerializeToString()
+            with requests.Session() as session:
+                response = session.post(
+                    collector.traces_url, data=body, headers=PROTOBUF, timeout=30
+                )
+            assert response.status_code == 200
+            sent += len(spans)
+        grpc = GrpcExporter(endpoint=collector.grpc, insecure=True)
+        more = session_spans(1)
+        assert grpc.export(more) == SpanExportResult.SUCCESS
+        grpc.shutdown()
+        sent += len(more)
+    finally:
+        output = collector.stop()
+    assert collector.proc.returncode == 0
+    assert output.count("atlas-collector stopped") == 2
+    assert _store_counts(sqlite_url)[0] == sent
+
+
+def test_processes_need_fixed_ports(sqlite_url: str) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atlas_middleware.otel_exporters.collector",
+            "--store",
+            sqlite_url,
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "off",
+            "--processes",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "fixed ports" in proc.stderr

@@ -8,8 +8,8 @@ import psycopg
 import pytest
 
 from atlas_middleware.storage import StoreError, open_store
-from atlas_middleware.storage.base import load_migrations
-from atlas_middleware.storage.records import json_dumps
+from atlas_middleware.storage.base import SPAN_COLUMN_LIST, SPAN_COLUMNS, load_migrations, span_rows
+from atlas_middleware.storage.records import derive_session_updates, json_dumps
 from tests.storage.factories import (
     BASE_NS,
     DAY_NS,
@@ -38,14 +38,36 @@ def test_store_at_version_1_with_data_upgrades_in_place(store_url):
         assert old.schema_version() == 1
         with pytest.raises(StoreError):  # no drift log before version 2
             old.drift_alerts()
-        old.write_spans(records)
+        # Rows as version-1 code wrote them: plain SQL against the version-1 schema (today's
+        # write path knows columns that version 1 did not have).
+        if hasattr(old, "_ensure_partitions"):
+            old._ensure_partitions({r.start_ns // DAY_NS for r in records})
+        sessions_v1 = derive_session_updates(records).values()
         with old._transaction() as conn:
-            for trace in ids:
-                old._run(
-                    conn,
-                    "UPDATE sessions SET evaluations = %s, reward_score = %s WHERE trace_id = %s",
-                    (json_dumps({"atlas.rim": {"score": 0.8}}), 0.8, trace),
-                )
+            old._run_many(
+                conn,
+                f"INSERT INTO spans ({SPAN_COLUMN_LIST}) "
+                f"VALUES ({', '.join(['%s'] * len(SPAN_COLUMNS))})",
+                span_rows(records),
+            )
+            old._run_many(
+                conn,
+                "INSERT INTO sessions (trace_id, agent_name, learning_key, task, started_ns, "
+                "evaluations, reward_score, updated_ns) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        u.trace_id,
+                        u.agent_name,
+                        u.learning_key,
+                        u.task,
+                        u.started_ns,
+                        json_dumps({"atlas.rim": {"score": 0.8}}),
+                        0.8,
+                        1,
+                    )
+                    for u in sessions_v1
+                ],
+            )
         old.set_review(ids[:2], "approved", note="v1 review")
         old.put_playbook("math", {"rules": ["v1"]})
         old.record_training_run("run-v1", checkpoint="c1", recipe="sft", trace_ids=ids[:3])

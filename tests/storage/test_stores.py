@@ -31,6 +31,7 @@ from tests.storage.factories import (
     root,
     sdk_records,
     session,
+    span_id,
     split_evaluations,
     stored_spans,
     tid,
@@ -586,3 +587,32 @@ def test_postgres_password_never_appears_in_errors(postgres_server):
     with pytest.raises(StoreError) as info:
         open_store(base + "/atlas_no_such_db?password=pw-s3cret")
     assert "pw-s3cret" not in str(info.value)
+
+
+@pytest.mark.postgres
+def test_concurrent_first_writes_of_a_session_are_judged_on_the_merged_state(postgres_url):
+    """Writer A reads a session's prior state (none yet), writer B creates the session with the
+    primary reward and commits, then A writes: A must end up judging what is stored, both
+    evaluations, not only its own."""
+    trace = tid(4242)
+    batch_a = [root(trace), evaluation(trace, 0.2, name="judge.helpfulness", span=span_id(2))]
+    batch_b = [evaluation(trace, 0.9, span=span_id(3))]
+    with open_store(postgres_url) as a, open_store(postgres_url) as b:
+        # B knows the day's partition already; creating one inside A's transaction would wait
+        # for A, which waits for B in this single-threaded test.
+        b.write_spans([root(tid(1))])
+        original = a._reward_histories
+        fired = []
+
+        def b_commits_in_between(conn, keys, *, exclude):
+            if not fired:  # once: A reads histories again when it re-judges the session
+                fired.append(b.write_spans(batch_b))
+            return original(conn, keys, exclude=exclude)
+
+        a._reward_histories = b_commits_in_between
+        a.write_spans(batch_a)
+        session = a.get_session(trace)
+    assert set(session.evaluations) == {"judge.helpfulness", "atlas.rim"}
+    assert session.reward_score == 0.9  # the primary evaluation, which A never saw itself
+    assert session.drift is not None
+    assert len(fired) == 1

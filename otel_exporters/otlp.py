@@ -142,6 +142,7 @@ def _pb_span(span: Any, resource: dict[str, Any], scope: str | None) -> SpanReco
 
 
 def decode_protobuf(body: bytes) -> Decoded:
+    """An OTLP ``ExportTraceServiceRequest`` (HTTP body or gRPC message) → spans."""
     try:
         request = ExportTraceServiceRequest.FromString(body)
     except (ProtobufDecodeError, RuntimeError, ValueError) as exc:
@@ -150,7 +151,6 @@ def decode_protobuf(body: bytes) -> Decoded:
 
 
 def decode_request(request: ExportTraceServiceRequest) -> Decoded:
-    """An already-parsed request (the gRPC path)."""
     out = Decoded()
     for resource_spans in request.resource_spans:
         try:

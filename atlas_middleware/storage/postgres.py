@@ -18,6 +18,7 @@ from atlas_middleware.review import DriftPolicy
 from atlas_middleware.storage.base import (
     SESSION_WRITE_COLUMNS,
     SPAN_COLUMN_LIST,
+    SPAN_COLUMNS,
     Store,
     StoreError,
     StoreUnavailable,
@@ -260,7 +261,7 @@ class PostgresStore(Store):
         if not records:
             return WriteResult(0)
         rows = span_rows(records)
-        if any(isinstance(v, str) and ("\x00" in v or "\\u0000" in v) for row in rows for v in row):
+        if _has_nul(rows):
             # Postgres text and JSONB cannot hold NUL; replace it rather than fail the batch on
             # every retry.
             records = [_without_nul(r) for r in records]
@@ -368,6 +369,27 @@ def _nul_free(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_nul_free(v) for v in value]
     return value
+
+
+def _has_nul(rows: Sequence[Sequence[Any]]) -> bool:
+    """Whether any row holds a NUL. Only the free-text columns can: name, status message and
+    scope raw, the JSON columns escaped (service, operation and session id come from those)."""
+    attributes, events, resource, name, message, scope = _NUL_COLUMNS
+    return any(
+        "\\u0000" in r[attributes]
+        or "\\u0000" in r[events]
+        or "\\u0000" in r[resource]
+        or "\x00" in r[name]
+        or (r[message] is not None and "\x00" in r[message])
+        or (r[scope] is not None and "\x00" in r[scope])
+        for r in rows
+    )
+
+
+_NUL_COLUMNS = tuple(
+    SPAN_COLUMNS.index(c)
+    for c in ("attributes", "events", "resource", "name", "status_message", "scope")
+)
 
 
 def _without_nul(record: SpanRecord) -> SpanRecord:

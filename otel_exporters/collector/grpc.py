@@ -9,13 +9,15 @@ from __future__ import annotations
 import grpc
 from atlas_middleware.otel_exporters.collector.auth import TokenCheck
 from atlas_middleware.otel_exporters.collector.ingest import Ingestor, Overloaded, StoreDown
-from atlas_middleware.otel_exporters.otlp import DecodeError, decode_request, response_message
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from atlas_middleware.otel_exporters.otlp import DecodeError, decode_protobuf, response_message
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from atlas_middleware.storage import StoreError, StoreUnavailable
 
+SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
-class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+
+class TraceService:
     def __init__(self, ingestor: Ingestor, check_token: TokenCheck) -> None:
         self.ingestor = ingestor
         self.check_token = check_token
@@ -30,7 +32,7 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         try:
             async with self.ingestor.slot():
-                decoded = await self.ingestor.ingest(lambda: decode_request(request))
+                decoded = await self.ingestor.ingest(lambda: decode_protobuf(request))
         except Overloaded:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "collector busy, retry later")
         except (StoreDown, StoreUnavailable):
@@ -58,8 +60,24 @@ def build_server(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
-        TraceService(ingestor, check_token), server
+    service = TraceService(ingestor, check_token)
+    # Registered by hand rather than with the generated add_TraceServiceServicer_to_server, so
+    # grpc passes the request bytes through instead of parsing them into typed messages.
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                SERVICE,
+                {
+                    "Export": grpc.unary_unary_rpc_method_handler(
+                        service.Export,
+                        request_deserializer=bytes,
+                        response_serializer=(
+                            trace_service_pb2.ExportTraceServiceResponse.SerializeToString
+                        ),
+                    )
+                },
+            ),
+        )
     )
     port = server.add_insecure_port(address)
     if port == 0:

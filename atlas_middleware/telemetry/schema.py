@@ -73,6 +73,12 @@ ROLE_GUIDANCE = "guidance"
 # The evaluation whose score becomes the session's reward; other evaluations are kept beside it.
 PRIMARY_EVALUATION = "atlas.rim"
 
+
+def rim_judge_evaluation_name(judge: str) -> str:
+    """``atlas.rim.<judge>``: one RIM judge's own evaluation, emitted beside the primary one."""
+    return PRIMARY_EVALUATION + "." + judge
+
+
 # --- OpenInference mirror ---------------------------------------------------------------------
 OPENINFERENCE_SPAN_KIND = "openinference.span.kind"
 OI_INPUT_VALUE = "input.value"

@@ -1,0 +1,201 @@
+"""Plugins (pluggy, project and entry-point group ``atlas_middleware``).
+
+A plugin is any object or module with functions marked ``@hookimpl``. Third-party packages
+declare it in their pyproject::
+
+    [project.entry-points.atlas_middleware]
+    my_plugin = "my_package.atlas_plugin"
+
+and atlas loads it the first time :func:`get_plugin_manager` runs. Code can also
+:func:`register` one directly (tests, notebooks). atlas's own defaults (the four RIM judges, the
+secret redactor, the guidance wording) live in :mod:`atlas_middleware.builtins`, registered
+through the same entry point, and are marked ``trylast`` so any other plugin's answer wins.
+
+Hooks whose spec says *firstresult* stop at the first plugin returning something other than
+None; the others collect every plugin's list.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from atlas_middleware.config import LaneSettings
+    from atlas_middleware.redaction import Redactor
+    from atlas_middleware.rim.judges import Judge, Verifier
+
+PROJECT = "atlas_middleware"
+ENTRY_POINT_GROUP = PROJECT
+BUILTINS_NAME = "builtins"
+BUILTINS_MODULE = "atlas_middleware.builtins"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class AtlasHookSpecs:
+    """The hooks a plugin may implement (implement any subset; argument names must match)."""
+
+    @hookspec(firstresult=True)
+    def atlas_probe(self, task: str, context: Mapping[str, Any]) -> float | None:
+        """Capability confidence in [0, 1] for the student on ``task``, or None to let the
+        next plugin (ultimately the teacher-model probe) decide."""
+
+    @hookspec(firstresult=True)
+    def atlas_choose_lane(
+        self, confidence: float | None, task: str, context: Mapping[str, Any]
+    ) -> str | None:
+        """``"auto"``, ``"paired"`` or ``"coach"``, or None to use the configured thresholds."""
+
+    @hookspec(firstresult=True)
+    def atlas_render_guidance(self, guidance: str, task: str | None) -> str | None:
+        """The text injected into the student's prompt for the teacher's ``guidance``."""
+
+    @hookspec
+    def atlas_judges(self) -> list[Judge]:
+        """RIM judges this plugin provides. A judge named like an earlier one replaces it."""
+
+    @hookspec
+    def atlas_verifiers(self) -> list[Verifier]:
+        """Programmatic verifiers; each abstains (returns None) on tasks it does not know."""
+
+    @hookspec
+    def atlas_redactors(self) -> list[Redactor]:
+        """Functions run on every span record before export (in place)."""
+
+    @hookspec
+    def atlas_session_end(self, session: Any) -> None:
+        """Called once a supervised session has finished (its reward may still be pending)."""
+
+
+_lock = threading.Lock()
+_manager: pluggy.PluginManager | None = None
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager; entry points are loaded on the first call only."""
+    global _manager
+    manager = _manager
+    if manager is not None:
+        return manager
+    with _lock:
+        if _manager is None:
+            _manager = _build_manager()
+        return _manager
+
+
+def _build_manager() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager(PROJECT)
+    manager.add_hookspecs(AtlasHookSpecs)
+    manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    if manager.get_plugin(BUILTINS_NAME) is None and not manager.is_blocked(BUILTINS_NAME):
+        # Only when running from a source tree that was never pip-installed: without the
+        # built-ins RIM would have no judges at all, so register them directly and say why.
+        import importlib
+
+        warnings.warn(
+            f"atlas_middleware's '{BUILTINS_NAME}' entry point is not installed; registering "
+            f"{BUILTINS_MODULE} directly (run `pip install -e .` to fix the metadata)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        manager.register(importlib.import_module(BUILTINS_MODULE), name=BUILTINS_NAME)
+    return manager
+
+
+def register(plugin: object, name: str | None = None) -> str:
+    """Register ``plugin`` (module, class or instance with ``@hookimpl`` functions); returns
+    the name it is registered under. Later registrations are asked first."""
+    registered = get_plugin_manager().register(plugin, name=name)
+    if registered is None:
+        raise ValueError(f"plugin {name or plugin!r} is blocked; unblock it or use another name")
+    return registered
+
+
+def unregister(plugin: object | None = None, name: str | None = None) -> None:
+    """Remove a plugin registered with :func:`register` (by object or name)."""
+    get_plugin_manager().unregister(plugin, name=name)
+
+
+@contextmanager
+def registered(plugin: object, name: str | None = None) -> Iterator[str]:
+    """``with registered(MyPlugin()):`` — the plugin is active inside the block only."""
+    plugin_name = register(plugin, name)
+    try:
+        yield plugin_name
+    finally:
+        unregister(name=plugin_name)
+
+
+def hook() -> Any:
+    """``get_plugin_manager().hook``: call hooks by keyword, e.g. ``hook().atlas_probe(...)``."""
+    return get_plugin_manager().hook
+
+
+# --- typed helpers the runtime calls ------------------------------------------------------------
+def probe(task: str, context: Mapping[str, Any] | None = None) -> float | None:
+    """A plugin's confidence for ``task``, or None when no plugin answers."""
+    return hook().atlas_probe(task=task, context=context or {})
+
+
+def choose_lane(
+    confidence: float | None,
+    task: str,
+    context: Mapping[str, Any] | None = None,
+    lanes: LaneSettings | None = None,
+) -> str:
+    """The lane for this call: a forced lane if configured, else the first plugin's choice,
+    else the configured thresholds (``lanes``, defaults when None)."""
+    from atlas_middleware.config import LANES, LaneSettings
+
+    settings = lanes or LaneSettings()
+    if settings.forced_lane is not None:
+        return settings.forced_lane
+    choice = hook().atlas_choose_lane(confidence=confidence, task=task, context=context or {})
+    if choice is None:
+        return settings.lane_for(confidence)
+    if choice not in LANES:
+        raise ValueError(
+            f"a plugin's atlas_choose_lane returned {choice!r}; return one of "
+            f"{', '.join(LANES)} or None"
+        )
+    return choice
+
+
+def render_guidance(guidance: str, task: str | None = None) -> str:
+    """The guidance text as the student will read it (``atlas_render_guidance``)."""
+    rendered = hook().atlas_render_guidance(guidance=guidance, task=task)
+    # The built-in always answers; this fallback only matters if someone blocked it.
+    return rendered if rendered is not None else guidance
+
+
+def judges() -> dict[str, Judge]:
+    """Every judge the plugins provide, by name; a later-registered plugin's judge replaces an
+    earlier one of the same name (so a plugin can redefine ``accuracy``)."""
+    found: dict[str, Judge] = {}
+    # pluggy returns results newest-first (the trylast built-ins come last): walk them oldest
+    # first so newer definitions overwrite older ones while built-ins keep their order.
+    for result in reversed(hook().atlas_judges()):
+        for judge in result or ():
+            found[judge.name] = judge
+    return found
+
+
+def verifiers() -> list[Verifier]:
+    """Every verifier the plugins provide, newest plugin first."""
+    return [v for result in hook().atlas_verifiers() for v in result or ()]
+
+
+def redactors() -> list[Redactor]:
+    """Every redactor the plugins provide (the built-in secret redactor runs last)."""
+    return [r for result in hook().atlas_redactors() for r in result or ()]
+
+
+def session_end(session: Any) -> None:
+    hook().atlas_session_end(session=session)

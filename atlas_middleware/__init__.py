@@ -1,0 +1,62 @@
+"""atlas-middleware: make the agent you already have learn from production.
+
+    import atlas_middleware as atlas
+
+    @atlas.supervise(agent="calc", teacher="embedded")
+    def solve(task: str) -> str: ...
+
+Public names are loaded on first use, so ``import atlas_middleware`` stays cheap and pulls in no
+model library, agent framework or web server.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# Eager, and before anything imports the submodule by name: ``atlas.guidance`` must be the
+# function, and importing ``atlas_middleware.guidance`` would otherwise rebind the package
+# attribute to the module. The module needs nothing beyond the standard library.
+from atlas_middleware.guidance import guidance, use_guidance, with_guidance
+
+# public name -> module that defines it
+_EXPORTS = {
+    "supervise": "atlas_middleware.supervise",
+    "SupervisionOptions": "atlas_middleware.supervise",
+    "AtlasConfig": "atlas_middleware.config",
+    "RIMReward": "atlas_middleware.rim",
+    "configure": "atlas_middleware.telemetry",
+    "open_store": "atlas_middleware.storage",
+    "ChatModel": "atlas_middleware.models",
+    "build_model": "atlas_middleware.models",
+}
+
+__all__ = [*sorted(_EXPORTS), "guidance", "shutdown", "use_guidance", "with_guidance"]
+
+if TYPE_CHECKING:  # pragma: no cover - names for type checkers and IDEs
+    from atlas_middleware.config import AtlasConfig  # noqa: F401
+    from atlas_middleware.models import ChatModel, build_model  # noqa: F401
+    from atlas_middleware.rim import RIMReward  # noqa: F401
+    from atlas_middleware.storage import open_store  # noqa: F401
+    from atlas_middleware.supervise import SupervisionOptions, supervise  # noqa: F401
+    from atlas_middleware.telemetry import configure  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'atlas_middleware' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def shutdown(timeout_s: float = 10.0) -> None:
+    """Finish pending rewards and flush spans, within ``timeout_s`` (also runs at exit)."""
+    from atlas_middleware import telemetry
+    from atlas_middleware.portal import get_portal
+
+    get_portal().drain(timeout_s / 2)
+    telemetry.shutdown(int(timeout_s * 500))

@@ -67,7 +67,7 @@ def _exporter(
 def configure(
     *,
     service_name: str | None = None,
-    exporter: ExporterName | None = None,
+    exporter: ExporterName | SpanExporter | None = None,
     store: Any = None,
     endpoint: str | None = None,
     jsonl_path: str | Path | None = None,
@@ -79,18 +79,22 @@ def configure(
 
     - ``exporter``: ``atlas`` (the store: embedded SQLite by default, or ``store=`` a URL/Store),
       ``otlp`` (to ``endpoint`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``, e.g. an atlas-collector),
-      ``jsonl``, ``console`` or ``none``. Default: ``OTEL_TRACES_EXPORTER`` if set, else ``atlas``.
+      ``jsonl``, ``console``, ``none``, or any SpanExporter object. Default:
+      ``OTEL_TRACES_EXPORTER`` if set, else ``atlas``.
     - Resource: ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` are read by the SDK;
       ``service_name`` wins over them. Sampling follows ``OTEL_TRACES_SAMPLER``; batching follows
       ``OTEL_BSP_*``; ``OTEL_SDK_DISABLED=true`` gives a provider that records nothing.
     """
     global _provider
-    name = exporter or os.environ.get("OTEL_TRACES_EXPORTER", "atlas").split(",")[0].strip()
     attributes = dict(resource_attributes or {})
     if service_name:
         attributes["service.name"] = service_name
     provider = TracerProvider(resource=Resource.create(attributes))
-    span_exporter = _exporter(name, store=store, endpoint=endpoint, jsonl_path=jsonl_path)
+    if isinstance(exporter, SpanExporter):
+        span_exporter: SpanExporter | None = exporter
+    else:
+        name = exporter or os.environ.get("OTEL_TRACES_EXPORTER", "atlas").split(",")[0].strip()
+        span_exporter = _exporter(name, store=store, endpoint=endpoint, jsonl_path=jsonl_path)
     if span_exporter is not None:
         processor = (
             BatchSpanProcessor(span_exporter) if batch else SimpleSpanProcessor(span_exporter)
@@ -110,6 +114,20 @@ def _set_global(provider: TracerProvider) -> None:
     # tracer lookups below go through ours and the user's global stays theirs if they had one.
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         trace.set_tracer_provider(provider)
+
+
+def ensure_configured(**options: Any) -> None:
+    """Configure atlas's tracing on first use unless someone already did: ``configure()`` was
+    called, or the application set its own SDK TracerProvider (then atlas's spans go through
+    the application's pipeline)."""
+    if _provider is not None:
+        return
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return
+    with _lock:
+        if _provider is not None:
+            return
+    configure(**options)
 
 
 def get_tracer() -> trace.Tracer:

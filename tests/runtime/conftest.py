@@ -127,3 +127,12 @@ def section(text: str, tag: str) -> str:
     found = re.search(f"<{tag}>\n(.*)\n</{tag}>", text, re.S)
     assert found, f"no <{tag}> section"
     return found.group(1)
+
+
+@pytest.fixture(autouse=True)
+def private_store(tmp_path, monkeypatch):
+    """Runtime tests never touch ./.atlas: every test gets its own embedded store and config."""
+    url = f"sqlite:///{tmp_path / 'atlas.db'}"
+    monkeypatch.setenv("ATLAS_STORE_URL", url)
+    monkeypatch.delenv("ATLAS_CONFIG_FILE", raising=False)
+    return url

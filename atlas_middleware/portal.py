@@ -1,0 +1,145 @@
+"""A background event loop shared by the runtime.
+
+Two jobs: sync agents get their (async) teacher calls run here with a timeout, and rewards are
+judged here off the request path by a bounded queue of background jobs that never blocks the
+caller: when it is full, the job is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from opentelemetry import context as otel_context
+
+log = logging.getLogger("atlas")
+T = TypeVar("T")
+
+
+@dataclass
+class PortalStats:
+    submitted: int = 0
+    completed: int = 0
+    failed: int = 0
+    dropped: int = 0
+
+
+class Portal:
+    def __init__(self, *, max_pending: int = 1000) -> None:
+        self.max_pending = max_pending
+        self.stats = PortalStats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._pending: set[concurrent.futures.Future[Any]] = set()
+
+    def _ensure(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None and self._thread is not None and self._thread.is_alive():
+            return loop
+        with self._lock:
+            if self._loop is None or self._thread is None or not self._thread.is_alive():
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    ready.set()
+                    loop.run_forever()
+
+                self._thread = threading.Thread(target=run, name="atlas-portal", daemon=True)
+                self._thread.start()
+                ready.wait()
+                self._loop = loop
+            return self._loop
+
+    def _submit(self, make: Callable[[], Awaitable[T]]) -> concurrent.futures.Future[T]:
+        # The caller's OpenTelemetry context travels with the job, so spans made there (teacher
+        # calls, evaluations) land in the caller's trace.
+        ctx = otel_context.get_current()
+
+        async def job() -> T:
+            token = otel_context.attach(ctx)
+            try:
+                return await make()
+            finally:
+                otel_context.detach(token)
+
+        return asyncio.run_coroutine_threadsafe(job(), self._ensure())
+
+    def call(self, make: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
+        """Run a coroutine on the portal from synchronous code and wait for it."""
+        future = self._submit(make)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"no result within {timeout:g}s") from None
+
+    def background(self, make: Callable[[], Awaitable[Any]], *, what: str) -> bool:
+        """Queue a job off the request path; False (and counted) when the queue is full."""
+        with self._lock:
+            if len(self._pending) >= self.max_pending:
+                self.stats.dropped += 1
+                if self.stats.dropped in (1, 10, 100) or self.stats.dropped % 1000 == 0:
+                    log.warning(
+                        "atlas: background queue full, %d %s jobs dropped", self.stats.dropped, what
+                    )
+                return False
+            self.stats.submitted += 1
+            future = self._submit(make)
+            self._pending.add(future)
+        future.add_done_callback(lambda f: self._done(f, what))
+        return True
+
+    def _done(self, future: concurrent.futures.Future[Any], what: str) -> None:
+        with self._lock:
+            self._pending.discard(future)
+        if future.cancelled():
+            self.stats.failed += 1
+        elif future.exception() is not None:
+            self.stats.failed += 1
+            log.warning("atlas: background %s failed: %s", what, future.exception())
+        else:
+            self.stats.completed += 1
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait for queued background jobs; True if all finished within ``timeout``."""
+        with self._lock:
+            pending = list(self._pending)
+        if not pending:
+            return True
+        _, not_done = concurrent.futures.wait(pending, timeout=timeout)
+        return not not_done
+
+
+_portal: Portal | None = None
+_portal_lock = threading.Lock()
+
+
+def get_portal() -> Portal:
+    global _portal
+    if _portal is None:
+        with _portal_lock:
+            if _portal is None:
+                _portal = Portal()
+                atexit.register(_at_exit)
+    return _portal
+
+
+def _at_exit() -> None:
+    portal = _portal
+    # Bounded: process exit must not hang on a slow judge.
+    if portal is not None and portal.pending and not portal.drain(5.0):
+        log.warning("atlas: %d background jobs unfinished at exit", portal.pending)

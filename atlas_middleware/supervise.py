@@ -1,0 +1,620 @@
+"""``@atlas.supervise``: probe → lane → run → (validate → guided retry) → reward → spans → store.
+
+The call flow is written once, as a generator that yields *steps* (ask the teacher, run the
+agent). Two drivers execute the steps: a sync one (the agent runs in the caller's thread; the
+teacher's async calls run on the portal loop) and an async one (everything in the caller's
+loop). So sync and async agents get the same behaviour from the same code.
+
+Fail-open everywhere: a teacher, judge or store failure is recorded on the session span
+(``atlas.failures``) and logged once; the agent's own result or exception is never changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from opentelemetry.trace import SpanContext
+
+from atlas_middleware import plugins
+from atlas_middleware.guidance import use_guidance
+from atlas_middleware.models.base import ChatModel
+from atlas_middleware.portal import get_portal
+from atlas_middleware.teacher import Teacher, Verdict
+from atlas_middleware.telemetry import get_tracer
+from atlas_middleware.telemetry import schema as s
+
+log = logging.getLogger("atlas")
+F = TypeVar("F", bound=Callable[..., Any])
+LANES = ("auto", "paired", "coach")
+_LESSONS_TTL_S = 30.0
+
+
+@dataclass(frozen=True)
+class SupervisionOptions:
+    """Everything one supervised function needs; per-call overrides replace fields."""
+
+    agent: str
+    learning_key: str | None = None
+    lane: str | None = None  # forced lane; None lets the probe decide
+    fallback_lane: str = "paired"  # when the probe fails
+    auto_threshold: float = 0.85
+    paired_threshold: float = 0.65
+    max_retries: int = 1
+    teacher_timeout_s: float = 30.0
+    probe_timeout_s: float = 10.0
+    supervision_rate: float = 1.0
+    reward_rate: float = 1.0
+    reward_inline: bool = False
+    reference: Any = None  # str, or callable(*args, **kwargs) -> str | None
+    verifier: Callable[[str, str, str | None], Any] | None = None
+    task: Any = None  # callable(*args, **kwargs) -> str, or a parameter name
+
+
+@dataclass
+class _Call:
+    options: SupervisionOptions
+    task: str
+    reference: str | None
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    lessons: list[str] = field(default_factory=list)
+
+
+class Failed:
+    """What a teacher step returns instead of raising: the flow decides how to fail open."""
+
+    def __init__(self, step: str, error: BaseException) -> None:
+        self.step = step
+        self.error = error
+
+    def __str__(self) -> str:
+        message = str(self.error).strip().splitlines()[0] if str(self.error).strip() else ""
+        return f"{self.step}: {type(self.error).__name__}" + (
+            f": {message[:200]}" if message else ""
+        )
+
+
+@dataclass
+class _Ask:  # ask the teacher; the driver returns its result or a Failed
+    step: str
+    make: Callable[[], Awaitable[Any]]
+
+
+@dataclass
+class _Invoke:  # run the agent with this guidance in context
+    guidance: str | None
+
+
+@dataclass
+class _Outcome:
+    result: Any
+    answer: str
+    session: SpanContext
+    call: _Call
+
+
+_logged: set[str] = set()
+
+
+def _log_once(failure: Failed) -> None:
+    key = f"{failure.step}:{type(failure.error).__name__}"
+    if key not in _logged:
+        _logged.add(key)
+        log.warning("atlas: %s (failing open; logged once per kind)", failure)
+
+
+def answer_text(result: Any) -> str:
+    if isinstance(result, str):
+        return result
+    if isinstance(result, dict | list):
+        from atlas_middleware.storage.records import json_dumps
+
+        return json_dumps(result)
+    return repr(result)
+
+
+class Supervisor:
+    """The runtime behind one supervised function (built on its first call)."""
+
+    def __init__(
+        self,
+        options: SupervisionOptions,
+        *,
+        teacher: ChatModel | None,
+        reward: Any = None,
+        signature: inspect.Signature | None = None,
+        probe_max_tokens: int = 50,
+        store_url: str | None = None,
+    ) -> None:
+        self.options = options
+        self.teacher = (
+            Teacher(teacher, probe_max_tokens=probe_max_tokens) if teacher is not None else None
+        )
+        self.reward = reward
+        self.signature = signature
+        self.store_url = store_url
+        self._store: Any = None
+        self._lessons: dict[str, tuple[float, list[str]]] = {}
+
+    # --- learning memory -------------------------------------------------------------------
+    def _playbook(self, key: str) -> Any:
+        from atlas_middleware.playbook import Playbook
+        from atlas_middleware.storage import open_store
+
+        if self._store is None:
+            self._store = open_store(self.store_url)
+        return Playbook(self._store, key)
+
+    def lessons(self, key: str) -> list[str]:
+        """The key's lessons, cached briefly: they sit on the call path of supervised calls."""
+        cached = self._lessons.get(key)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < _LESSONS_TTL_S:
+            return cached[1]
+        try:
+            lessons = self._playbook(key).lessons()
+        except Exception as exc:  # the store is down: supervise without memory
+            _log_once(Failed("playbook", exc))
+            lessons = cached[1] if cached else []
+        self._lessons[key] = (now, lessons)
+        return lessons
+
+    # --- per-call facts --------------------------------------------------------------------
+    def _call(self, options: SupervisionOptions, args: tuple, kwargs: dict) -> _Call:
+        task = self._task(options, args, kwargs)
+        reference = options.reference
+        if callable(reference):
+            reference = reference(*args, **kwargs)
+        return _Call(options, task, None if reference is None else str(reference))
+
+    def _task(self, options: SupervisionOptions, args: tuple, kwargs: dict) -> str:
+        if callable(options.task):
+            return str(options.task(*args, **kwargs))
+        if self.signature is not None:
+            try:
+                bound = self.signature.bind_partial(*args, **kwargs)
+            except TypeError:
+                bound = None
+            if bound is not None:
+                values = {k: v for k, v in bound.arguments.items() if k not in ("self", "cls")}
+                if isinstance(options.task, str) and options.task in values:
+                    return str(values[options.task])
+                for value in values.values():
+                    if isinstance(value, str):
+                        return value
+                return answer_text(values)
+        return answer_text([*args, kwargs] if kwargs else list(args))
+
+    # --- the flow --------------------------------------------------------------------------
+    def flow(self, call: _Call) -> Generator[_Ask | _Invoke, Any, _Outcome]:
+        o = call.options
+        tracer = get_tracer()
+        failures: list[str] = []
+
+        def failed(value: Any) -> bool:
+            if isinstance(value, Failed):
+                failures.append(str(value))
+                _log_once(value)
+                return True
+            return False
+
+        with s.session_span(
+            tracer,
+            agent=o.agent,
+            session_id=call.session_id,
+            task=call.task,
+            learning_key=o.learning_key or o.agent,
+        ) as root:
+            teacher = self.teacher
+            supervised = teacher is not None and (
+                o.supervision_rate >= 1.0 or random.random() < o.supervision_rate
+            )
+            lane = o.lane if o.lane in LANES else None
+            if lane is None and not supervised:
+                lane = "auto"
+            if lane in ("paired", "coach") and teacher is None:
+                failures.append(f"lane {lane}: no teacher configured, ran auto")
+                lane = "auto"
+            confidence = None
+            lessons: list[str] = []
+            if lane is None:
+                assert teacher is not None
+                key = o.learning_key or o.agent
+                lessons = self.lessons(key)
+                context = {"agent": o.agent, "learning_key": key, "lessons": lessons}
+                value = _plugin(failures, "probe plugin", plugins.probe, call.task, context)
+                if value is None:
+                    value = yield _Ask("probe", lambda: teacher.probe(call.task, lessons))
+                if failed(value) or value is None:
+                    if value is None:
+                        failures.append("probe: no confidence in the teacher's reply")
+                    lane = o.fallback_lane
+                else:
+                    confidence = float(value)
+                    root.set_attribute(s.ATLAS_PROBE_CONFIDENCE, confidence)
+                    lane = _plugin(
+                        failures,
+                        "lane plugin",
+                        lambda: plugins.hook().atlas_choose_lane(
+                            confidence=confidence, task=call.task, context=context
+                        ),
+                    )
+                    if lane not in LANES:
+                        lane = (
+                            "auto"
+                            if confidence >= o.auto_threshold
+                            else "paired"
+                            if confidence >= o.paired_threshold
+                            else "coach"
+                        )
+            root.set_attribute(s.ATLAS_LANE, lane)
+            call.lessons = lessons
+
+            guidance = None
+            if lane == "coach":
+                assert teacher is not None
+                value = yield _Ask("guidance", lambda: teacher.guidance(call.task, lessons))
+                if not failed(value) and value:
+                    guidance = value
+
+            result = yield _Invoke(guidance)
+            answer = answer_text(result)
+            retries = 0
+            if lane in ("paired", "coach"):
+                verdict = yield _Ask("validate", lambda: self._validate(call, answer))
+                if (
+                    not failed(verdict)
+                    and not verdict.valid
+                    and lane == "paired"
+                    and o.max_retries > 0
+                ):
+                    assert teacher is not None
+                    value = yield _Ask(
+                        "guidance",
+                        lambda: teacher.guidance(call.task, attempt=answer, problem=verdict.reason),
+                    )
+                    if not failed(value) and value:
+                        retries = 1
+                        try:
+                            retried = yield _Invoke(value)
+                        except Exception as exc:  # the agent failed only because we retried it
+                            failed(Failed("guided retry", exc))
+                        else:
+                            result, answer, guidance = retried, answer_text(retried), value
+            if guidance:
+                root.set_attribute(s.ATLAS_GUIDANCE, guidance)
+            root.set_attribute(s.ATLAS_RETRIES, retries)
+            if failures:
+                root.set_attribute(s.ATLAS_FAILURES, failures)
+            s.set_final_answer(root, answer)
+            session = root.get_span_context()
+        return _Outcome(result, answer, session, call)
+
+    async def _validate(self, call: _Call, answer: str) -> Verdict:
+        verifier = call.options.verifier
+        if verifier is not None:
+            ok = verifier(call.task, answer, call.reference)
+            return Verdict(bool(ok), "" if ok else "the verifier rejected the answer", "verifier")
+        if call.reference is not None:
+            ok = _matches(answer, call.reference)
+            return Verdict(ok, "" if ok else "does not match the reference", "reference")
+        assert self.teacher is not None
+        return await self.teacher.validate(call.task, answer)
+
+    # --- rewards ---------------------------------------------------------------------------
+    def _reward_job(self, outcome: _Outcome) -> Callable[[], Awaitable[None]] | None:
+        o = outcome.call.options
+        if self.reward is None or (o.reward_rate < 1.0 and random.random() >= o.reward_rate):
+            return None
+        reward = self.reward
+
+        async def judge() -> None:
+            call = outcome.call
+            result = await reward.evaluate(
+                call.task, outcome.answer, call.reference, verifier=o.verifier
+            )
+            from atlas_middleware.rim import record
+
+            record(result, outcome.session)
+            if result.score is None or self.teacher is None:
+                return
+            # Learning memory: account the lessons this session was shown, and let a clearly
+            # good or bad session teach a new one.
+            key = o.learning_key or o.agent
+            playbook = self._playbook(key)
+            playbook.record(call.lessons, result.score)
+            await playbook.learn(
+                self.teacher.model,
+                task=call.task,
+                answer=outcome.answer,
+                reward=result.score,
+                trace_id=format(outcome.session.trace_id, "032x"),
+            )
+            self._lessons.pop(key, None)
+
+        return judge
+
+    # --- drivers ---------------------------------------------------------------------------
+    def run_sync(
+        self, fn: Callable[..., Any], args: tuple, kwargs: dict, options: SupervisionOptions
+    ) -> Any:
+        call = self._call(options, args, kwargs)
+        portal = get_portal()
+        flow = self.flow(call)
+        send: Any = None
+        throw: BaseException | None = None
+        # A BaseException escaping the driver (KeyboardInterrupt mid-call) must close the flow
+        # here, in the caller's context, so its session span ends cleanly, not in the GC.
+        with contextlib.closing(flow):
+            while True:
+                try:
+                    step = flow.throw(throw) if throw is not None else flow.send(send)
+                except StopIteration as done:
+                    outcome: _Outcome = done.value
+                    break
+                send, throw = None, None
+                if isinstance(step, _Ask):
+                    try:
+                        send = portal.call(step.make, timeout=_timeout(step, options))
+                    except Exception as exc:
+                        send = Failed(step.step, exc)
+                else:
+                    try:
+                        with use_guidance(step.guidance):
+                            send = fn(*args, **kwargs)
+                    except Exception as exc:
+                        throw = exc
+        job = self._reward_job(outcome)
+        if job is not None:
+            if options.reward_inline:
+                try:
+                    portal.call(job, timeout=options.teacher_timeout_s * 4)
+                except Exception as exc:
+                    _log_once(Failed("reward", exc))
+            else:
+                portal.background(job, what="reward")
+        return outcome.result
+
+    async def run_async(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple,
+        kwargs: dict,
+        options: SupervisionOptions,
+    ) -> Any:
+        call = self._call(options, args, kwargs)
+        flow = self.flow(call)
+        send: Any = None
+        throw: BaseException | None = None
+        # A BaseException escaping the driver (KeyboardInterrupt mid-call) must close the flow
+        # here, in the caller's context, so its session span ends cleanly, not in the GC.
+        with contextlib.closing(flow):
+            while True:
+                try:
+                    step = flow.throw(throw) if throw is not None else flow.send(send)
+                except StopIteration as done:
+                    outcome: _Outcome = done.value
+                    break
+                send, throw = None, None
+                if isinstance(step, _Ask):
+                    try:
+                        send = await asyncio.wait_for(step.make(), _timeout(step, options))
+                    except Exception as exc:
+                        send = Failed(step.step, exc)
+                else:
+                    try:
+                        with use_guidance(step.guidance):
+                            send = await fn(*args, **kwargs)
+                    except Exception as exc:
+                        throw = exc
+        job = self._reward_job(outcome)
+        if job is not None:
+            if options.reward_inline:
+                try:
+                    await asyncio.wait_for(job(), options.teacher_timeout_s * 4)
+                except Exception as exc:
+                    _log_once(Failed("reward", exc))
+            else:
+                get_portal().background(job, what="reward")
+        return outcome.result
+
+
+def _timeout(step: _Ask, options: SupervisionOptions) -> float:
+    return options.probe_timeout_s if step.step == "probe" else options.teacher_timeout_s
+
+
+def _plugin(failures: list[str], what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """A plugin hook's answer, or None when it raises (recorded; plugins fail open too)."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        failure = Failed(what, exc)
+        failures.append(str(failure))
+        _log_once(failure)
+        return None
+
+
+def _matches(answer: str, reference: str) -> bool:
+    """Exact match after normalising, or, for numeric references, the last number in the answer."""
+    a, r = answer.strip().lower(), reference.strip().lower()
+    if a == r:
+        return True
+    import re
+
+    numbers = re.findall(r"-?\d+(?:\.\d+)?", a.replace(",", ""))
+    try:
+        return bool(numbers) and float(numbers[-1]) == float(r.replace(",", ""))
+    except ValueError:
+        return False
+
+
+def supervise(
+    fn: F | None = None,
+    *,
+    agent: str | None = None,
+    teacher: ChatModel | str | None = None,
+    reward: Any = None,
+    config: Any = None,
+    **options: Any,
+) -> Any:
+    """Make ``fn`` a supervised, rewarded, traced session — same signature, same result type.
+
+    ``@supervise`` or ``@supervise(agent="calc", lane="paired", reference=..., teacher=...)``.
+    Works on sync and async functions and methods. Defaults come from ``config`` (an
+    :class:`~atlas_middleware.config.AtlasConfig`; by default ``AtlasConfig.load()``: environment
+    and ``$ATLAS_CONFIG_FILE``); keyword arguments win. ``teacher``: a ChatModel or a model spec;
+    ``reward``: a RIMReward, ``False`` for none, or None for the config's RIM. Per call,
+    ``fn.options(lane="coach", reference="42")(*args)`` overrides any option.
+    See docs/concepts.md.
+    """
+    unknown = set(options) - set(SupervisionOptions.__dataclass_fields__) - {"agent"}
+    if unknown:
+        raise TypeError(
+            f"supervise() got unknown option(s) {', '.join(sorted(unknown))}; "
+            f"options: {', '.join(sorted(SupervisionOptions.__dataclass_fields__))}"
+        )
+
+    def decorate(func: F) -> F:
+        name = agent or func.__qualname__
+        state: dict[str, Supervisor] = {}
+        signature = _signature(func)
+
+        def supervisor() -> Supervisor:
+            runtime = state.get("runtime")
+            if runtime is None:  # built on first use: decorating must not load any model
+                runtime = state["runtime"] = _build_supervisor(
+                    name, options, teacher, reward, config, signature
+                )
+            return runtime
+
+        def chosen(overrides: dict[str, Any]) -> SupervisionOptions:
+            runtime = supervisor()
+            return replace(runtime.options, **overrides) if overrides else runtime.options
+
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                runtime = supervisor()
+                return await runtime.run_async(func, args, kwargs, runtime.options)
+
+            wrapper: Any = async_wrapper
+
+            def with_options_async(**overrides: Any) -> Callable[..., Awaitable[Any]]:
+                async def call(*args: Any, **kwargs: Any) -> Any:
+                    return await supervisor().run_async(func, args, kwargs, chosen(overrides))
+
+                return call
+
+            wrapper.options = with_options_async
+        else:
+
+            @functools.wraps(func)
+            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+                runtime = supervisor()
+                return runtime.run_sync(func, args, kwargs, runtime.options)
+
+            wrapper = sync_wrapper
+
+            def with_options(**overrides: Any) -> Callable[..., Any]:
+                return lambda *args, **kwargs: supervisor().run_sync(
+                    func, args, kwargs, chosen(overrides)
+                )
+
+            wrapper.options = with_options
+        wrapper.supervisor = supervisor
+        return wrapper  # type: ignore[no-any-return]
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def _build_supervisor(
+    agent: str,
+    explicit: dict[str, Any],
+    teacher: ChatModel | str | None,
+    reward: Any,
+    config: Any,
+    signature: inspect.Signature | None,
+) -> Supervisor:
+    from atlas_middleware import telemetry
+    from atlas_middleware.config import AtlasConfig
+
+    cfg = config if config is not None else AtlasConfig.load()
+    lanes, rim = cfg.lanes, cfg.rim
+    defaults = {
+        "lane": lanes.forced_lane,
+        "fallback_lane": lanes.fallback_lane,
+        "auto_threshold": lanes.auto_threshold,
+        "paired_threshold": lanes.paired_threshold,
+        "max_retries": lanes.max_retries,
+        "teacher_timeout_s": cfg.teacher.timeout_s,
+        "probe_timeout_s": lanes.probe_timeout_s,
+        "supervision_rate": cfg.supervision.rate,
+        "reward_rate": rim.reward_rate,
+        "reward_inline": rim.mode == "inline",
+    }
+    options = SupervisionOptions(agent=agent, **{**defaults, **explicit})
+    telemetry.ensure_configured(
+        exporter=cfg.telemetry.exporter,
+        service_name=cfg.telemetry.service_name,
+        store=cfg.storage.url,
+    )
+    teacher_model = _resolve_model(teacher) if teacher is not None else _model(cfg.teacher)
+    judge: Any = None
+    if reward is not False:
+        if reward is not None:
+            judge = reward
+        else:
+            from atlas_middleware.rim import RIMReward
+
+            small = _model(cfg.teacher, rim.small_model) if rim.small_model else teacher_model
+            large = _model(cfg.teacher, rim.large_model) if rim.large_model else None
+            judge = RIMReward.from_settings(rim, small, large)
+    return Supervisor(
+        options,
+        teacher=teacher_model,
+        reward=judge,
+        signature=signature,
+        probe_max_tokens=lanes.probe_max_tokens,
+        store_url=cfg.storage.url,
+    )
+
+
+def _model(settings: Any, spec: str | None = None) -> ChatModel:
+    """A model from a ``ModelSettings`` section (its spec, or ``spec`` with its call policy).
+    Building is cheap: backends load weights or open clients on their first call."""
+    from atlas_middleware.models import CallPolicy, build_model
+
+    spec = spec or settings.model
+    kwargs: dict[str, Any] = {"policy": CallPolicy(settings.timeout_s, settings.retries)}
+    remote = spec != "embedded" and not spec.startswith("hf:")
+    if remote and settings.api_base:
+        key = "base_url" if spec.startswith("openai-compatible:") else "api_base"
+        kwargs[key] = settings.api_base
+    if remote and settings.api_key is not None:
+        kwargs["api_key"] = settings.api_key.get_secret_value()
+    return build_model(spec, **kwargs)
+
+
+def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+
+
+def _resolve_model(model: ChatModel | str | None) -> ChatModel | None:
+    if model is None or isinstance(model, ChatModel):
+        return model
+    from atlas_middleware.models import build_model  # lazy: backends import heavy libraries
+
+    return build_model(model)

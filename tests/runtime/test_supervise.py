@@ -1,0 +1,306 @@
+"""@supervise with a scripted teacher: every lane, retries, overrides, and failing open."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import atlas_middleware as atlas
+from atlas_middleware import telemetry
+from atlas_middleware.models import ModelError, ScriptedModel
+from atlas_middleware.telemetry import schema as s
+
+
+@pytest.fixture
+def spans():
+    exporter = InMemorySpanExporter()
+    telemetry.configure(exporter=exporter, batch=False, set_global=False)
+    yield exporter
+    telemetry.shutdown()
+
+
+def root_of(exporter: InMemorySpanExporter):
+    [root] = [x for x in exporter.get_finished_spans() if x.name.startswith("invoke_agent")]
+    return root
+
+
+def teacher_replies(
+    *, probe: str = "0.9", validate: str = "VALID", guidance: str = "Add them."
+) -> ScriptedModel:
+    def respond(messages):
+        system = messages[0]["content"]
+        if system.startswith("You judge whether"):
+            return probe
+        if system.startswith("You check"):
+            return validate
+        return guidance
+
+    return ScriptedModel(respond=respond, name="teacher")
+
+
+def test_auto_lane_when_the_probe_is_confident(spans):
+    teacher = teacher_replies(probe="0.95")
+
+    @atlas.supervise(agent="calc", teacher=teacher, reward=False)
+    def solve(task: str) -> str:
+        assert atlas.guidance() is None
+        return "5"
+
+    assert solve("What is 2 + 3?") == "5"
+    root = root_of(spans)
+    assert root.attributes[s.ATLAS_LANE] == "auto"
+    assert root.attributes[s.ATLAS_PROBE_CONFIDENCE] == pytest.approx(0.95)
+    assert root.attributes[s.ATLAS_TASK] == "What is 2 + 3?"
+    assert root.attributes[s.ATLAS_FINAL_ANSWER] == "5"
+    assert len(teacher.calls) == 1  # the probe only
+
+
+def test_paired_lane_retries_once_with_guidance_when_invalid(spans):
+    teacher = teacher_replies(
+        probe="0.7", validate="INVALID: 2 + 3 is not 6", guidance="Count again."
+    )
+    seen = []
+
+    @atlas.supervise(agent="calc", teacher=teacher, reward=False)
+    def solve(task: str) -> str:
+        seen.append(atlas.guidance())
+        return "6" if atlas.guidance() is None else "5"
+
+    assert solve("What is 2 + 3?") == "5"
+    assert seen == [None, "Count again."]
+    root = root_of(spans)
+    assert root.attributes[s.ATLAS_LANE] == "paired"
+    assert root.attributes[s.ATLAS_RETRIES] == 1
+    assert root.attributes[s.ATLAS_GUIDANCE] == "Count again."
+    # The retry's guidance prompt carried the first attempt and the teacher's objection.
+    guidance_prompt = teacher.calls[-1][1]["content"]
+    assert "6" in guidance_prompt and "2 + 3 is not 6" in guidance_prompt
+
+
+def test_paired_lane_keeps_a_valid_answer_and_max_retries_zero_disables_retry(spans):
+    valid = teacher_replies(probe="0.7", validate="VALID")
+    calls = []
+
+    @atlas.supervise(agent="a", teacher=valid, reward=False)
+    def solve(task: str) -> str:
+        calls.append(task)
+        return "ok"
+
+    assert solve("t") == "ok" and len(calls) == 1
+    invalid = teacher_replies(probe="0.7", validate="INVALID: no")
+
+    @atlas.supervise(agent="b", teacher=invalid, max_retries=0, reward=False)
+    def solve_once(task: str) -> str:
+        calls.append(task)
+        return "wrong"
+
+    assert solve_once("t") == "wrong" and len(calls) == 2
+
+
+def test_coach_lane_guides_up_front(spans):
+    teacher = teacher_replies(probe="0.2", guidance="Use column addition.")
+
+    @atlas.supervise(agent="calc", teacher=teacher, reward=False)
+    async def solve(task: str) -> str:
+        return f"guided by: {atlas.guidance()}"
+
+    assert asyncio.run(solve("12 + 30?")) == "guided by: Use column addition."
+    root = root_of(spans)
+    assert root.attributes[s.ATLAS_LANE] == "coach"
+    assert root.attributes[s.ATLAS_GUIDANCE] == "Use column addition."
+
+
+def test_reference_validates_without_asking_the_teacher(spans):
+    teacher = teacher_replies(probe="0.7", guidance="Recount.")
+    answers = iter(["41", "42"])
+
+    @atlas.supervise(agent="calc", teacher=teacher, reference="42", reward=False)
+    def solve(task: str) -> str:
+        return next(answers)
+
+    assert solve("What is 12 + 30?") == "42"
+    systems = [call[0]["content"] for call in teacher.calls]
+    assert not any(system.startswith("You check") for system in systems)
+
+
+def test_forced_lane_and_per_call_override(spans):
+    teacher = teacher_replies(probe="0.1", guidance="g")
+
+    @atlas.supervise(agent="calc", teacher=teacher, lane="auto", reward=False)
+    def solve(task: str) -> str:
+        return "x"
+
+    solve("t")
+    assert root_of(spans).attributes[s.ATLAS_LANE] == "auto"
+    assert teacher.calls == []  # a forced lane skips the probe
+    spans.clear()
+    assert solve.options(lane="coach")("t") == "x"
+    assert root_of(spans).attributes[s.ATLAS_LANE] == "coach"
+
+
+def test_methods_and_signature_are_preserved(spans):
+    class Agent:
+        def __init__(self) -> None:
+            self.prefix = "A:"
+
+        @atlas.supervise(agent="method-agent", lane="auto", reward=False)
+        def answer(self, question: str, *, loud: bool = False) -> str:
+            return self.prefix + (question.upper() if loud else question)
+
+    agent = Agent()
+    assert agent.answer("hi", loud=True) == "A:HI"
+    assert Agent.answer.__name__ == "answer"
+    assert root_of(spans).attributes[s.ATLAS_TASK] == "hi"
+
+
+def test_the_agents_exception_propagates_unchanged(spans):
+    class Boom(Exception):
+        pass
+
+    @atlas.supervise(agent="calc", teacher=teacher_replies(probe="0.95"), reward=False)
+    def solve(task: str) -> str:
+        raise Boom("agent failed")
+
+    with pytest.raises(Boom, match="agent failed"):
+        solve("t")
+    assert root_of(spans).attributes[s.ERROR_TYPE].endswith("Boom")
+
+
+@pytest.mark.parametrize("failure", [ModelError("teacher down"), TimeoutError("slow")])
+def test_teacher_failures_fail_open(spans, failure):
+    teacher = ScriptedModel(replies=[failure], name="teacher")
+    calls = []
+
+    @atlas.supervise(
+        agent="calc", teacher=teacher, fallback_lane="paired", teacher_timeout_s=1.0, reward=False
+    )
+    def solve(task: str) -> str:
+        calls.append(atlas.guidance())
+        return "5"
+
+    assert solve("What is 2 + 3?") == "5"
+    assert calls == [None]
+    root = root_of(spans)
+    assert root.attributes[s.ATLAS_LANE] == "paired"  # the fallback lane
+    failures = root.attributes[s.ATLAS_FAILURES]
+    assert any(f.startswith("probe:") for f in failures)
+    assert any(f.startswith("validate:") for f in failures)
+
+
+def test_teacher_timeout_does_not_hold_the_call(spans):
+    slow = ScriptedModel(replies=["0.9"], name="slow-teacher", delay_s=5.0)
+
+    @atlas.supervise(
+        agent="calc", teacher=slow, probe_timeout_s=0.2, teacher_timeout_s=0.2, reward=False
+    )
+    async def solve(task: str) -> str:
+        return "5"
+
+    assert asyncio.run(asyncio.wait_for(solve("t"), 3.0)) == "5"
+    assert any(
+        f.startswith("probe: TimeoutError") for f in root_of(spans).attributes[s.ATLAS_FAILURES]
+    )
+
+
+def test_a_failing_guided_retry_returns_the_first_answer(spans):
+    teacher = teacher_replies(probe="0.7", validate="INVALID: wrong", guidance="try again")
+
+    @atlas.supervise(agent="calc", teacher=teacher, reward=False)
+    def solve(task: str) -> str:
+        if atlas.guidance():
+            raise RuntimeError("the retry broke")
+        return "first"
+
+    assert solve("t") == "first"
+    assert any("guided retry" in f for f in root_of(spans).attributes[s.ATLAS_FAILURES])
+
+
+def judge_replies(score: float) -> str:
+    return (
+        '{"principles": [{"name": "correct", "weight": 1.0}], "score": '
+        + str(score)
+        + ', "rationale": "checked", "uncertainty": 0.05}'
+    )
+
+
+def test_reward_lands_on_the_session_trace_and_teaches_the_playbook(spans, private_store):
+    from atlas_middleware.rim import RIMReward
+    from atlas_middleware.storage import open_store
+
+    judge = ScriptedModel(replies=[judge_replies(0.9)], name="judge")
+    teacher = teacher_replies(probe="0.7", validate="VALID", guidance="Always show the sum.")
+    rim = RIMReward(judge, judges=["accuracy"], samples=2)
+
+    @atlas.supervise(agent="calc", teacher=teacher, reward=rim, reward_inline=True)
+    def solve(task: str) -> str:
+        return "5"
+
+    assert solve("What is 2 + 3?") == "5"
+    root = root_of(spans)
+    evaluations = [
+        x
+        for x in spans.get_finished_spans()
+        if x.name == s.evaluation_span_name(s.PRIMARY_EVALUATION)
+    ]
+    assert len(evaluations) == 1
+    evaluation = evaluations[0]
+    assert evaluation.context.trace_id == root.context.trace_id
+    assert evaluation.parent.span_id == root.context.span_id
+    [event] = evaluation.events
+    assert event.name == s.EVENT_EVALUATION_RESULT
+    assert event.attributes[s.GEN_AI_EVALUATION_SCORE_VALUE] == pytest.approx(0.9)
+    # A clearly good session (0.9 ≥ 0.8) taught the playbook a lesson from the teacher.
+    with open_store(private_store) as store:
+        playbook = store.get_playbook("calc")
+    assert playbook["sessions"] == 1
+    assert [lesson["text"] for lesson in playbook["lessons"]] == ["Always show the sum."]
+
+
+def test_lessons_reach_the_teacher_prompts(spans, private_store):
+    from atlas_middleware.playbook import Lesson, PlaybookState
+    from atlas_middleware.storage import open_store
+
+    with open_store(private_store) as store:
+        store.put_playbook(
+            "calc", PlaybookState([Lesson("Carry the tens.", "t" * 32, 1)]).to_json()
+        )
+    teacher = teacher_replies(probe="0.2", guidance="Line up the digits.")
+
+    @atlas.supervise(agent="calc", teacher=teacher, reward=False)
+    def solve(task: str) -> str:
+        return "42"
+
+    solve("12 + 30?")
+    prompts = [call[-1]["content"] for call in teacher.calls]
+    assert all("Carry the tens." in p for p in prompts[:2])  # probe and guidance
+
+
+def test_background_rewards_finish_at_shutdown(spans):
+    from atlas_middleware.rim import RIMReward
+
+    judge = ScriptedModel(replies=[judge_replies(0.4)], name="judge", delay_s=0.05)
+
+    @atlas.supervise(
+        agent="calc", lane="auto", reward=RIMReward(judge, judges=["accuracy"], samples=1)
+    )
+    def solve(task: str) -> str:
+        return "5"
+
+    for _ in range(3):
+        solve("What is 2 + 3?")
+    from atlas_middleware.portal import get_portal
+
+    assert get_portal().drain(10)
+    evaluations = [
+        x
+        for x in spans.get_finished_spans()
+        if x.name == s.evaluation_span_name(s.PRIMARY_EVALUATION)
+    ]
+    assert len(evaluations) == 3
+
+
+def test_unknown_option_is_a_clear_error():
+    with pytest.raises(TypeError, match="unknown option\\(s\\) lanee"):
+        atlas.supervise(agent="x", lanee="auto")

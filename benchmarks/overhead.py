@@ -73,7 +73,10 @@ def main() -> None:
             exporter="atlas", store=f"sqlite:///{tmp}/atlas.db", service_name="bench"
         )
         tracer = telemetry.get_tracer()
-        supervised = atlas.supervise(agent="bench", lane="auto", learning_key="bench")(agent)
+        # reward=False: rewards are judged off the call path; this measures the call path.
+        supervised = atlas.supervise(
+            agent="bench", lane="auto", learning_key="bench", reward=False
+        )(agent)
         bare = bare_spans(tracer)
         paths = {"undecorated": agent, "bare span": bare, "supervised": supervised}
         results: dict[str, list[float]] = {name: [] for name in paths}

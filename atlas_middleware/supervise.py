@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
 from atlas_middleware import plugins
@@ -319,9 +321,22 @@ class Supervisor:
 
         async def judge() -> None:
             call = outcome.call
-            result = await reward.evaluate(
-                call.task, outcome.answer, call.reference, verifier=o.verifier
+            # With a reference and no verifier, accuracy is a match against the reference: exact
+            # and cheap, and it holds even when the judge model is too small to answer in form.
+            verifier = o.verifier
+            if verifier is None and call.reference is not None:
+                verifier = _reference_verifier
+            # The judges' model calls join the session's trace (under its root, which has ended:
+            # OpenTelemetry allows that), not traces of their own.
+            token = otel_context.attach(
+                trace.set_span_in_context(trace.NonRecordingSpan(outcome.session))
             )
+            try:
+                result = await reward.evaluate(
+                    call.task, outcome.answer, call.reference, verifier=verifier
+                )
+            finally:
+                otel_context.detach(token)
             from atlas_middleware.rim import record
 
             record(result, outcome.session)
@@ -441,6 +456,10 @@ def _plugin(failures: list[str], what: str, fn: Callable[..., Any], *args: Any) 
         failures.append(str(failure))
         _log_once(failure)
         return None
+
+
+def _reference_verifier(task: str, answer: str, reference: Any) -> bool | None:
+    return None if reference is None else _matches(answer, str(reference))
 
 
 def _matches(answer: str, reference: str) -> bool:

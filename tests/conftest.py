@@ -81,3 +81,28 @@ def store(store_url: str):
     s = open_store(store_url)
     yield s
     s.close()
+
+
+TEST_CACHE = Path(os.environ.get("ATLAS_TEST_CACHE_DIR", "/tmp/atlas-test-cache"))
+
+
+@pytest.fixture(scope="session")
+def embedded_cache() -> Path:
+    """The cache folder holding the converted embedded model (converted here on first use)."""
+    from atlas_middleware.models import embedded_model_dir
+
+    embedded_model_dir(TEST_CACHE)
+    return TEST_CACHE
+
+
+@pytest.fixture(scope="session")
+def embedded(embedded_cache: Path):
+    """The embedded SmolLM2, loaded once in this process and shared by the tests that chat."""
+    import asyncio
+
+    from atlas_middleware.models import EmbeddedModel
+
+    model = EmbeddedModel(cache=embedded_cache)
+    model.load()
+    yield model
+    asyncio.run(model.aclose())

@@ -89,7 +89,13 @@ class PostgresStore(Store):
         self._ready = False
         self._ready_lock = threading.Lock()
         self._migrate_on_connect = migrate
+        # Circuit breaker: after a failure, fail at once for a moment instead of making every
+        # caller wait out the pool's connection timeout against a server known to be down.
+        self._down_until = 0.0
+        self.retry_after_s = 2.0
         reachable = self._probe()
+        if not reachable:
+            self._down_until = time.monotonic() + self.retry_after_s
         # check= re-validates a pooled connection before use: after a database restart the pool
         # hands out a fresh connection instead of failing the request on a dead socket.
         self._pool = ConnectionPool(
@@ -133,8 +139,16 @@ class PostgresStore(Store):
     # --- dialect primitives --------------------------------------------------------------------
     @contextmanager
     def _raw_connection(self) -> Iterator[psycopg.Connection]:
-        with _translate_errors(self.url), self._pool.connection(timeout=self._timeout) as conn:
-            yield conn
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable(
+                f"Postgres at {safe_url(self.url)} unavailable (it failed moments ago)"
+            )
+        try:
+            with _translate_errors(self.url), self._pool.connection(timeout=self._timeout) as conn:
+                yield conn
+        except StoreUnavailable:
+            self._down_until = time.monotonic() + self.retry_after_s
+            raise
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:

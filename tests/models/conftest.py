@@ -17,30 +17,7 @@ import pytest
 
 from tests.helpers import free_port, wait_for_port
 
-TEST_CACHE = Path(os.environ.get("ATLAS_TEST_CACHE_DIR", "/tmp/atlas-test-cache"))
-
-
-@pytest.fixture(scope="session")
-def embedded_cache() -> Path:
-    """The cache folder holding the converted embedded model (converted here on first use)."""
-    from atlas_middleware.models import embedded_model_dir
-
-    embedded_model_dir(TEST_CACHE)
-    return TEST_CACHE
-
-
-@pytest.fixture(scope="session")
-def embedded(embedded_cache: Path):
-    """The embedded SmolLM2, loaded once in this process and shared by the tests that chat."""
-    import asyncio
-
-    from atlas_middleware.models import EmbeddedModel
-
-    model = EmbeddedModel(cache=embedded_cache)
-    model.load()
-    yield model
-    asyncio.run(model.aclose())
-
+# embedded_cache and embedded (one converted cache per machine) live in tests/conftest.py.
 
 @pytest.fixture(scope="session")
 def model_server(embedded_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

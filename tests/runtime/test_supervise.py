@@ -304,3 +304,37 @@ def test_background_rewards_finish_at_shutdown(spans):
 def test_unknown_option_is_a_clear_error():
     with pytest.raises(TypeError, match="unknown option\\(s\\) lanee"):
         atlas.supervise(agent="x", lanee="auto")
+
+
+def test_a_store_that_is_down_changes_nothing_for_the_agent(monkeypatch):
+    """Spans, rewards and the playbook all go to a Postgres nobody listens on: the agent's
+    result is unchanged and nothing raises."""
+    from atlas_middleware.otel_exporters import StoreSpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from atlas_middleware.rim import RIMReward
+
+    dead = "postgresql://postgres@127.0.0.1:9/atlas"  # port 9 (discard): refused at once
+    monkeypatch.setenv("ATLAS_STORE_URL", dead)
+    exporter = StoreSpanExporter(dead)
+    results: list[SpanExportResult] = []
+    original = exporter.export
+    exporter.export = lambda batch: results.append(original(batch)) or results[-1]
+    telemetry.configure(exporter=exporter, batch=False, set_global=False)
+    judge = ScriptedModel(replies=[judge_replies(0.95)], name="judge")
+    teacher = teacher_replies(probe="0.7", validate="VALID", guidance="A lesson.")
+    try:
+
+        @atlas.supervise(
+            agent="calc",
+            teacher=teacher,
+            reward=RIMReward(judge, judges=["accuracy"], samples=1),
+            reward_inline=True,
+        )
+        def solve(task: str) -> str:
+            return "5"
+
+        assert solve("What is 2 + 3?") == "5"
+    finally:
+        telemetry.shutdown()
+    assert results and all(r == SpanExportResult.FAILURE for r in results)

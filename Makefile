@@ -28,6 +28,7 @@ format:
 bench:
 	@scripts/bootstrap.sh dev
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/overhead.py
 
 clean:
 	rm -rf $(VENV) .atlas .pytest_cache .ruff_cache

@@ -197,5 +197,11 @@ def redactors() -> list[Redactor]:
     return [r for result in hook().atlas_redactors() for r in result or ()]
 
 
+def has_session_end() -> bool:
+    """Whether any plugin implements ``atlas_session_end`` (the runtime skips building the
+    session summary otherwise: it is on every call's path)."""
+    return bool(hook().atlas_session_end.get_hookimpls())
+
+
 def session_end(session: Any) -> None:
     hook().atlas_session_end(session=session)

@@ -295,6 +295,24 @@ class Supervisor:
             if guidance:
                 root.set_attribute(s.ATLAS_GUIDANCE, guidance)
             root.set_attribute(s.ATLAS_RETRIES, retries)
+            if plugins.has_session_end():
+                _plugin(
+                    failures,
+                    "session_end plugin",
+                    plugins.session_end,
+                    {
+                        "session_id": call.session_id,
+                        "trace_id": format(root.get_span_context().trace_id, "032x"),
+                        "agent": o.agent,
+                        "learning_key": o.learning_key or o.agent,
+                        "lane": lane,
+                        "task": call.task,
+                        "answer": answer,
+                        "guidance": guidance,
+                        "retries": retries,
+                        "failures": list(failures),
+                    },
+                )
             if failures:
                 root.set_attribute(s.ATLAS_FAILURES, failures)
             s.set_final_answer(root, answer)

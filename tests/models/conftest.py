@@ -19,6 +19,7 @@ from tests.helpers import free_port, wait_for_port
 
 # embedded_cache and embedded (one converted cache per machine) live in tests/conftest.py.
 
+
 @pytest.fixture(scope="session")
 def model_server(embedded_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``atlas serve-model`` (the embedded model) as a real subprocess; yields its base URL."""

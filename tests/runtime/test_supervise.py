@@ -338,3 +338,25 @@ def test_a_store_that_is_down_changes_nothing_for_the_agent(monkeypatch):
     finally:
         telemetry.shutdown()
     assert results and all(r == SpanExportResult.FAILURE for r in results)
+
+
+def test_session_end_hook_gets_the_session_summary(spans):
+    from atlas_middleware import plugins
+
+    seen = []
+
+    class Plugin:
+        @plugins.hookimpl
+        def atlas_session_end(self, session):
+            seen.append(session)
+
+    with plugins.registered(Plugin()):
+
+        @atlas.supervise(agent="calc", lane="auto", reward=False)
+        def solve(task: str) -> str:
+            return "5"
+
+        solve("What is 2 + 3?")
+    [session] = seen
+    assert session["lane"] == "auto" and session["answer"] == "5"
+    assert session["trace_id"] == format(root_of(spans).context.trace_id, "032x")

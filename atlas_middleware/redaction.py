@@ -115,6 +115,19 @@ def redact_secrets(record: SpanRecord) -> None:
         record.status_message = _scrub(record.status_message)
 
 
+def default_redactors() -> tuple[Redactor, ...]:
+    """The redactors plugins provide (``atlas_redactors`` hook; the built-in secret redactor is
+    registered like any plugin). Falls back to the built-in alone if the plugin system cannot
+    load, so secrets are never exported unredacted."""
+    try:
+        from atlas_middleware import plugins
+
+        found = tuple(plugins.redactors())
+    except Exception:
+        return (redact_secrets,)
+    return found or (redact_secrets,)
+
+
 def redact(
     records: Iterable[SpanRecord], redactors: Iterable[Redactor] = (redact_secrets,)
 ) -> None:

@@ -268,7 +268,7 @@ class Supervisor:
                 if not failed(value) and value:
                     guidance = value
 
-            result = yield _Invoke(guidance)
+            result = yield _Invoke(_with_lessons(guidance, lessons))
             answer = answer_text(result)
             retries = 0
             if lane in ("paired", "coach"):
@@ -287,7 +287,7 @@ class Supervisor:
                     if not failed(value) and value:
                         retries = 1
                         try:
-                            retried = yield _Invoke(value)
+                            retried = yield _Invoke(_with_lessons(value, lessons))
                         except Exception as exc:  # the agent failed only because we retried it
                             failed(Failed("guided retry", exc))
                         else:
@@ -459,6 +459,14 @@ class Supervisor:
             else:
                 get_portal().background(job, what="reward")
         return outcome.result
+
+
+def _with_lessons(guidance: str | None, lessons: list[str]) -> str | None:
+    """The student's guidance: the teacher's, followed by the learning key's lessons. Only when
+    the teacher guides (coach lane, guided retry): the auto lane stays the student alone."""
+    if not guidance or not lessons:
+        return guidance
+    return guidance + "\n\nLessons from earlier sessions:\n" + "\n".join(f"- {x}" for x in lessons)
 
 
 def _timeout(step: _Ask, options: SupervisionOptions) -> float:

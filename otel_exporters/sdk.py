@@ -11,7 +11,7 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from atlas_middleware.redaction import Redactor, redact, redact_secrets
+from atlas_middleware.redaction import Redactor, default_redactors, redact
 from atlas_middleware.storage import Store, open_store
 from atlas_middleware.storage.records import SpanEvent, SpanRecord, json_dumps
 
@@ -70,11 +70,11 @@ class StoreSpanExporter(SpanExporter):
         self,
         store: Store | str | None = None,
         *,
-        redactors: Sequence[Redactor] = (redact_secrets,),
+        redactors: Sequence[Redactor] | None = None,
     ) -> None:
         self._owns_store = not isinstance(store, Store)
         self.store = store if isinstance(store, Store) else open_store(store)
-        self._redactors = tuple(redactors)
+        self._redactors = default_redactors() if redactors is None else tuple(redactors)
         self._failed = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -105,14 +105,12 @@ class StoreSpanExporter(SpanExporter):
 class JsonlSpanExporter(SpanExporter):
     """Appends one JSON object per span to a file (the same shape ``atlas export`` writes)."""
 
-    def __init__(
-        self, path: str | Path, *, redactors: Sequence[Redactor] = (redact_secrets,)
-    ) -> None:
+    def __init__(self, path: str | Path, *, redactors: Sequence[Redactor] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
         self._lock = threading.Lock()
-        self._redactors = tuple(redactors)
+        self._redactors = default_redactors() if redactors is None else tuple(redactors)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         records = to_records(spans)

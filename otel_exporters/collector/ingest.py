@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from atlas_middleware.otel_exporters.otlp import Decoded
 
-from atlas_middleware.redaction import Redactor, redact, redact_secrets
+from atlas_middleware.redaction import Redactor, default_redactors, redact
 from atlas_middleware.storage import Store, StoreUnavailable
 
 log = logging.getLogger("atlas.collector")
@@ -49,7 +49,7 @@ class Ingestor:
         *,
         max_inflight: int = 16,
         workers: int = 4,
-        redactors: Sequence[Redactor] = (redact_secrets,),
+        redactors: Sequence[Redactor] | None = None,
         retry_after: float = 1.0,
     ) -> None:
         self.store = store
@@ -59,7 +59,7 @@ class Ingestor:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._redactors = tuple(redactors)
+        self._redactors = default_redactors() if redactors is None else tuple(redactors)
         # Decoding holds the GIL but the database round trip does not: a few threads keep the
         # next batch decoding while Postgres works on the previous one.
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="atlas-ingest")

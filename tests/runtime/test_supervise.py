@@ -268,13 +268,18 @@ def test_lessons_reach_the_teacher_prompts(spans, private_store):
         )
     teacher = teacher_replies(probe="0.2", guidance="Line up the digits.")
 
+    seen = []
+
     @atlas.supervise(agent="calc", teacher=teacher, reward=False)
     def solve(task: str) -> str:
+        seen.append(atlas.guidance())
         return "42"
 
     solve("12 + 30?")
     prompts = [call[-1]["content"] for call in teacher.calls]
     assert all("Carry the tens." in p for p in prompts[:2])  # probe and guidance
+    # The student gets the teacher's guidance followed by the lessons (coach lane).
+    assert seen[0].startswith("Line up the digits.") and "Carry the tens." in seen[0]
 
 
 def test_background_rewards_finish_at_shutdown(spans):
@@ -360,3 +365,36 @@ def test_session_end_hook_gets_the_session_summary(spans):
     [session] = seen
     assert session["lane"] == "auto" and session["answer"] == "5"
     assert session["trace_id"] == format(root_of(spans).context.trace_id, "032x")
+
+
+def test_plugin_redactors_run_in_the_exporters(private_store):
+    from atlas_middleware.otel_exporters import StoreSpanExporter
+
+    from atlas_middleware import plugins
+    from atlas_middleware.storage import open_store
+
+    class MaskCustomerIds:
+        @plugins.hookimpl
+        def atlas_redactors(self):
+            def mask(record):
+                record.attributes = {
+                    k: ("[CUSTOMER]" if isinstance(v, str) and v.startswith("cust_") else v)
+                    for k, v in record.attributes.items()
+                }
+
+            return [mask]
+
+    with plugins.registered(MaskCustomerIds()):
+        telemetry.configure(exporter=StoreSpanExporter(private_store), batch=False)
+        try:
+
+            @atlas.supervise(agent="crm", lane="auto", reward=False)
+            def lookup(customer: str) -> str:
+                return "found"
+
+            lookup("cust_12345")
+        finally:
+            telemetry.shutdown()
+    with open_store(private_store) as store:
+        [session] = list(store.iter_sessions())
+    assert session.task == "[CUSTOMER]"

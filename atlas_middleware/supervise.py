@@ -16,6 +16,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import os
 import random
 import time
 import uuid
@@ -608,11 +609,17 @@ def _build_supervisor(
         "reward_inline": rim.mode == "inline",
     }
     options = SupervisionOptions(agent=agent, **{**defaults, **explicit})
-    telemetry.ensure_configured(
-        exporter=cfg.telemetry.exporter,
-        service_name=cfg.telemetry.service_name,
-        store=cfg.storage.url,
-    )
+    if not telemetry.is_configured():
+        exporter = cfg.telemetry.exporter
+        store: Any = cfg.storage.url
+        if exporter in (None, "atlas") and os.environ.get("OTEL_TRACES_EXPORTER") is None:
+            from atlas_middleware.storage import open_store
+
+            # The store that derives sessions applies the config's drift policy.
+            store = open_store(cfg.storage.url, drift_policy=cfg.review.policy())
+        telemetry.ensure_configured(
+            exporter=exporter, service_name=cfg.telemetry.service_name, store=store
+        )
     teacher_model = _resolve_model(teacher) if teacher is not None else _model(cfg.teacher)
     judge: Any = None
     if reward is not False:

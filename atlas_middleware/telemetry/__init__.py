@@ -25,6 +25,7 @@ TRACER_NAME = "atlas_middleware"
 
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
+_installed_global: TracerProvider | None = None  # the global provider atlas set, if any
 
 
 def _exporter(
@@ -112,21 +113,29 @@ def configure(
 def _set_global(provider: TracerProvider) -> None:
     # The API refuses to replace a global provider once set; atlas owns its own provider, so the
     # tracer lookups below go through ours and the user's global stays theirs if they had one.
+    global _installed_global
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         trace.set_tracer_provider(provider)
+        _installed_global = provider
+
+
+def is_configured() -> bool:
+    """Whether spans already have somewhere to go: ``configure()`` ran, or the application set
+    its own SDK TracerProvider."""
+    if _provider is not None:
+        return True
+    current = trace.get_tracer_provider()
+    # A global provider atlas installed itself (and may since have shut down) is not the
+    # application's pipeline.
+    return not isinstance(current, trace.ProxyTracerProvider) and current is not _installed_global
 
 
 def ensure_configured(**options: Any) -> None:
     """Configure atlas's tracing on first use unless someone already did: ``configure()`` was
     called, or the application set its own SDK TracerProvider (then atlas's spans go through
     the application's pipeline)."""
-    if _provider is not None:
+    if is_configured():
         return
-    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        return
-    with _lock:
-        if _provider is not None:
-            return
     configure(**options)
 
 

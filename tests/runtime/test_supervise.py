@@ -398,3 +398,24 @@ def test_plugin_redactors_run_in_the_exporters(private_store):
     with open_store(private_store) as store:
         [session] = list(store.iter_sessions())
     assert session.task == "[CUSTOMER]"
+
+
+def test_auto_configured_store_uses_the_configs_drift_policy(private_store):
+    from atlas_middleware.config import AtlasConfig
+
+    telemetry.shutdown()  # nothing configured: supervise sets tracing up from the config
+    config = AtlasConfig(
+        storage={"url": private_store}, review={"drift_window": 7, "min_baseline": 2}
+    )
+
+    @atlas.supervise(agent="calc", lane="auto", reward=False, config=config)
+    def solve(task: str) -> str:
+        return "5"
+
+    try:
+        solve("t")
+        exporter = telemetry._provider._active_span_processor._span_processors[0].span_exporter
+        policy = exporter.store.drift_policy
+        assert (policy.window, policy.min_baseline) == (7, 2)
+    finally:
+        telemetry.shutdown()

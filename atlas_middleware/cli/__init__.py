@@ -54,7 +54,8 @@ class _VersionAction(argparse.Action):
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="atlas",
-        description="Inspect, review and export the sessions Atlas recorded.",
+        description="atlas-middleware: run the collector, serve models, and inspect, review and "
+        "export the sessions Atlas recorded.",
         epilog="Every command takes --store URL (default: $ATLAS_STORE_URL, else "
         "sqlite:///.atlas/atlas.db). Run 'atlas COMMAND --help' for details.",
     )

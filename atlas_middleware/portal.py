@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextvars
 import logging
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-
-from opentelemetry import context as otel_context
 
 log = logging.getLogger("atlas")
 T = TypeVar("T")
@@ -60,16 +59,14 @@ class Portal:
             return self._loop
 
     def _submit(self, make: Callable[[], Awaitable[T]]) -> concurrent.futures.Future[T]:
-        # The caller's OpenTelemetry context travels with the job, so spans made there (teacher
-        # calls, evaluations) land in the caller's trace.
-        ctx = otel_context.get_current()
+        # The job runs in a copy of the caller's context (contextvars: the current span, so
+        # teacher calls and evaluations land in the caller's trace; the guidance; ...). A task
+        # takes the context current when it is created, so the inner task is created inside the
+        # copy; cancelling the outer future cancels it too.
+        context = contextvars.copy_context()
 
         async def job() -> T:
-            token = otel_context.attach(ctx)
-            try:
-                return await make()
-            finally:
-                otel_context.detach(token)
+            return await context.run(lambda: asyncio.ensure_future(make()))
 
         return asyncio.run_coroutine_threadsafe(job(), self._ensure())
 

@@ -19,14 +19,11 @@ reward nobody could score has ``score=None`` and an ``error`` saying why.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextvars
 import math
-import threading
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from atlas_middleware.models.base import ChatMessage, ChatModel, ModelError
 from atlas_middleware.rim import parsing, prompts
@@ -36,7 +33,6 @@ from atlas_middleware.rim.result import AuditEntry, JudgeResult, Reward
 if TYPE_CHECKING:
     from atlas_middleware.config import RimSettings
 
-T = TypeVar("T")
 
 _RATIONALE_PER_JUDGE = 240
 # Thresholds are "strictly above"; float noise (std of 0.6 and 0.9 is 0.15000000000000002) must
@@ -193,8 +189,12 @@ class RIMReward:
         trajectory: Any = None,
     ) -> Reward:
         """:meth:`evaluate` for synchronous code (also works inside a running event loop)."""
-        return run_sync(
-            self.evaluate(prompt, response, reference, verifier=verifier, trajectory=trajectory)
+        from atlas_middleware.portal import get_portal
+
+        return get_portal().call(
+            lambda: self.evaluate(
+                prompt, response, reference, verifier=verifier, trajectory=trajectory
+            )
         )
 
     # --- one evaluation --------------------------------------------------------------------------
@@ -640,47 +640,3 @@ def _judge_summary(result: JudgeResult) -> str:
     if len(text) > _RATIONALE_PER_JUDGE:
         text = text[: _RATIONALE_PER_JUDGE - 1] + "…"
     return head + (": " + text if text else "")
-
-
-# --- running coroutines from sync code ---------------------------------------------------------------
-# One private event loop in a daemon thread for every sync call: async model clients (httpx,
-# aiohttp, litellm) cache connections per loop, so a fresh asyncio.run() per call would leave
-# them bound to closed loops; and a thread also works when the caller is itself inside a loop.
-_loop: asyncio.AbstractEventLoop | None = None
-_loop_lock = threading.Lock()
-
-
-def _sync_loop() -> asyncio.AbstractEventLoop:
-    global _loop
-    with _loop_lock:
-        if _loop is None or _loop.is_closed():
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=loop.run_forever, name="atlas-rim-sync", daemon=True)
-            thread.start()
-            _loop = loop
-        return _loop
-
-
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to completion from synchronous code and return its result.
-
-    The caller's context (current span, guidance) is carried into the coroutine."""
-    loop = _sync_loop()
-    context = contextvars.copy_context()
-    outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-    def finished(task: asyncio.Task[T]) -> None:
-        if task.cancelled():
-            outcome.cancel()
-        elif (exc := task.exception()) is not None:
-            outcome.set_exception(exc)
-        else:
-            outcome.set_result(task.result())
-
-    def start() -> None:
-        # create_task copies the *current* context: run it inside the caller's copy.
-        task = context.run(loop.create_task, coro)
-        task.add_done_callback(finished)
-
-    loop.call_soon_threadsafe(start)
-    return outcome.result()

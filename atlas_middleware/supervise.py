@@ -32,6 +32,7 @@ from atlas_middleware import plugins
 from atlas_middleware.guidance import use_guidance
 from atlas_middleware.models.base import ChatModel
 from atlas_middleware.portal import get_portal
+from atlas_middleware.rim.judges import reference_match
 from atlas_middleware.teacher import Teacher, Verdict
 from atlas_middleware.telemetry import get_tracer
 from atlas_middleware.telemetry import schema as s
@@ -326,7 +327,7 @@ class Supervisor:
             ok = verifier(call.task, answer, call.reference)
             return Verdict(bool(ok), "" if ok else "the verifier rejected the answer", "verifier")
         if call.reference is not None:
-            ok = _matches(answer, call.reference)
+            ok = bool(reference_match(call.task, answer, call.reference))
             return Verdict(ok, "" if ok else "does not match the reference", "reference")
         assert self.teacher is not None
         return await self.teacher.validate(call.task, answer)
@@ -344,7 +345,7 @@ class Supervisor:
             # and cheap, and it holds even when the judge model is too small to answer in form.
             verifier = o.verifier
             if verifier is None and call.reference is not None:
-                verifier = _reference_verifier
+                verifier = reference_match
             # The judges' model calls join the session's trace (under its root, which has ended:
             # OpenTelemetry allows that), not traces of their own.
             token = otel_context.attach(
@@ -483,24 +484,6 @@ def _plugin(failures: list[str], what: str, fn: Callable[..., Any], *args: Any) 
         failures.append(str(failure))
         _log_once(failure)
         return None
-
-
-def _reference_verifier(task: str, answer: str, reference: Any) -> bool | None:
-    return None if reference is None else _matches(answer, str(reference))
-
-
-def _matches(answer: str, reference: str) -> bool:
-    """Exact match after normalising, or, for numeric references, the last number in the answer."""
-    a, r = answer.strip().lower(), reference.strip().lower()
-    if a == r:
-        return True
-    import re
-
-    numbers = re.findall(r"-?\d+(?:\.\d+)?", a.replace(",", ""))
-    try:
-        return bool(numbers) and float(numbers[-1]) == float(r.replace(",", ""))
-    except ValueError:
-        return False
 
 
 def supervise(

@@ -16,6 +16,7 @@ from atlas_middleware.rim.judges import (
     VerifierCheck,
     as_verifier,
     exact_match,
+    reference_match,
 )
 from atlas_middleware.rim.parsing import Principle, extract_json_object
 from atlas_middleware.rim.result import AuditEntry, JudgeResult, Reward
@@ -35,4 +36,5 @@ __all__ = [
     "exact_match",
     "extract_json_object",
     "record",
+    "reference_match",
 ]

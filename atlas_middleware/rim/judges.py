@@ -13,6 +13,7 @@ score in [0, 1] (decides the ``accuracy`` judge without a model call), or ``None
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -93,6 +94,22 @@ def exact_match(task: str, answer: str, reference: Any) -> bool | None:
     if reference is None:
         return None
     return _normalise(answer) == _normalise(str(reference))
+
+
+def reference_match(task: str, answer: str, reference: Any) -> bool | None:
+    """A ready-made verifier for references that are answers: equal after trimming and
+    lower-casing, or, for a numeric reference, equal to the last number in the answer (agents
+    rarely answer with the bare number). None without a reference."""
+    if reference is None:
+        return None
+    a, r = answer.strip().lower(), str(reference).strip().lower()
+    if a == r:
+        return True
+    numbers = re.findall(r"-?\d+(?:\.\d+)?", a.replace(",", ""))
+    try:
+        return bool(numbers) and float(numbers[-1]) == float(r.replace(",", ""))
+    except ValueError:
+        return False
 
 
 def _normalise(text: str) -> str:

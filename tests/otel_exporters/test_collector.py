@@ -258,23 +258,25 @@ def test_bearer_token_auth(sqlite_url: str) -> None:
     assert _store_counts(sqlite_url)[0] == 2 * len(spans)
 
 
-def test_refuses_public_bind_without_token(sqlite_url: str) -> None:
-    proc = subprocess.run(
+def _collector_refusing(store_url: str, *args: str) -> subprocess.CompletedProcess:
+    """Run atlas-collector with settings it must refuse; it exits without serving."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "atlas_middleware.otel_exporters.collector",
             "--store",
-            sqlite_url,
-            "--http",
-            "0.0.0.0:4318",
-            "--grpc",
-            "off",
+            store_url,
+            *args,
         ],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_refuses_public_bind_without_token(sqlite_url: str) -> None:
+    proc = _collector_refusing(sqlite_url, "--http", "0.0.0.0:4318", "--grpc", "off")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -421,23 +423,8 @@ def test_several_processes_share_the_ports(sqlite_url: str) -> None:
 
 
 def test_processes_need_fixed_ports(sqlite_url: str) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "atlas_middleware.otel_exporters.collector",
-            "--store",
-            sqlite_url,
-            "--http",
-            "127.0.0.1:0",
-            "--grpc",
-            "off",
-            "--processes",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = _collector_refusing(
+        sqlite_url, "--http", "127.0.0.1:0", "--grpc", "off", "--processes", "2"
     )
     assert proc.returncode == 2
     assert "fixed ports" in proc.stderr

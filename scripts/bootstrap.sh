@@ -12,8 +12,8 @@ venv="${VENV:-.venv}"
 python="${PYTHON:-python3}"
 
 case "$job" in
-  dev) extras="dev,collector,postgres,otlp,local" ;;
-  quickstart) extras="collector,postgres,otlp,local" ;;
+  dev) extras="dev" ;;
+  quickstart) extras="collector,postgres,otlp,local,langgraph" ;;
   *) echo "bootstrap: unknown job '$job' (use dev or quickstart)" >&2; exit 2 ;;
 esac
 

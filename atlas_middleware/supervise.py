@@ -62,6 +62,9 @@ class SupervisionOptions:
     reference: Any = None  # str, or callable(*args, **kwargs) -> str | None
     verifier: Callable[[str, str, str | None], Any] | None = None
     task: Any = None  # callable(*args, **kwargs) -> str, or a parameter name
+    # Reads the answer text out of the agent's result (adapters whose frameworks return result
+    # objects: a RunResult, a graph state); None uses answer_text.
+    answer: Callable[[Any], str] | None = None
 
 
 @dataclass
@@ -271,7 +274,8 @@ class Supervisor:
                     guidance = value
 
             result = yield _Invoke(_with_lessons(guidance, lessons))
-            answer = answer_text(result)
+            read = o.answer or answer_text
+            answer = read(result)
             retries = 0
             if lane in ("paired", "coach"):
                 verdict = yield _Ask("validate", lambda: self._validate(call, answer))
@@ -293,7 +297,7 @@ class Supervisor:
                         except Exception as exc:  # the agent failed only because we retried it
                             failed(Failed("guided retry", exc))
                         else:
-                            result, answer, guidance = retried, answer_text(retried), value
+                            result, answer, guidance = retried, read(retried), value
             if guidance:
                 root.set_attribute(s.ATLAS_GUIDANCE, guidance)
             root.set_attribute(s.ATLAS_RETRIES, retries)

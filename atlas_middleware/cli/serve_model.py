@@ -2,12 +2,16 @@
 
 For machines without vLLM: the embedded SmolLM2 (or any ``hf:`` folder, or a litellm model)
 becomes an endpoint that OpenAI clients, litellm, agent frameworks and
-:class:`~atlas_middleware.models.OpenAICompatibleModel` talk to. Non-streaming only.
+:class:`~atlas_middleware.models.OpenAICompatibleModel` talk to. ``stream: true`` is answered with
+server-sent events in OpenAI's chunk format; the reply is generated whole first (atlas models are
+not token streams), then sent as a few chunks, so streaming clients work but gain no latency.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 import time
 import uuid
@@ -27,7 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "serve-model",
         help="serve a model over the OpenAI chat-completions API (default: the embedded model)",
         description="Serve a model as an OpenAI-compatible endpoint: POST /v1/chat/completions "
-        "(non-streaming), GET /v1/models, GET /health. The port opens once the model is loaded.",
+        "(stream=true answers with server-sent events once the reply is complete), "
+        "GET /v1/models, GET /health. The port opens once the model is loaded.",
     )
     parser.add_argument(
         "--model",
@@ -153,12 +158,14 @@ class _Server:
         self.pending = 0
         self.created = int(time.time())
 
-    async def chat_completions(self, request: web.Request) -> web.Response:
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         from atlas_middleware.models import ModelError, ModelTimeout, ModelUnavailable
 
         try:
             self._authorize(request)
-            messages, options = self._parse(await _json_body(request))
+            body = await _json_body(request)
+            messages, options = self._parse(body)
+            stream, include_usage = _stream_options(body)
             if self.pending >= self.max_pending:
                 raise _RequestError(429, "server busy: too many pending requests", "rate_limit")
             self.pending += 1
@@ -176,6 +183,8 @@ class _Server:
             # The model could not take this request (prompt too long, template rejected it, the
             # upstream provider refused it): the client's to fix, as OpenAI reports it.
             return _error(400, str(exc), "invalid_request_error")
+        if stream:
+            return await self._stream(request, result, include_usage)
         return _json(
             {
                 "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -196,6 +205,54 @@ class _Server:
                 },
             }
         )
+
+    async def _stream(
+        self, request: web.Request, result: Any, include_usage: bool
+    ) -> web.StreamResponse:
+        """The finished reply as OpenAI ``chat.completion.chunk`` events: the role, the text in
+        word-sized pieces, the finish reason, the usage chunk when asked for, then ``[DONE]``."""
+        from aiohttp import web
+
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+
+        def chunk(choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+            payload: dict[str, Any] = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": self.name,
+                "choices": choices,
+            }
+            if include_usage:  # OpenAI sends usage: null on every chunk but the last
+                payload["usage"] = usage
+            return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+        def delta(content: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": content, "finish_reason": finish}]
+
+        events = [chunk(delta({"role": "assistant", "content": ""}))]
+        events += [chunk(delta({"content": piece})) for piece in _pieces(result.text)]
+        events.append(chunk(delta({}, result.finish_reason or "stop")))
+        if include_usage:
+            usage = {
+                "prompt_tokens": result.input_tokens,
+                "completion_tokens": result.output_tokens,
+                "total_tokens": result.input_tokens + result.output_tokens,
+            }
+            events.append(chunk([], usage))
+        events.append(b"data: [DONE]\n\n")
+        try:
+            for event in events:
+                await response.write(event)
+            await response.write_eof()
+        except ConnectionResetError:  # the client went away; the reply is simply dropped
+            pass
+        return response
 
     async def models(self, request: web.Request) -> web.Response:
         try:
@@ -223,8 +280,6 @@ class _Server:
             raise _RequestError(
                 404, f"the model {requested!r} does not exist (serving {self.name!r})", "not_found"
             )
-        if body.get("stream"):
-            raise _RequestError(400, "stream=true is not supported: send stream=false")
         if body.get("n", 1) != 1:
             raise _RequestError(400, "only n=1 is supported")
         raw = body.get("messages")
@@ -255,6 +310,28 @@ class _Server:
             "stop": stop or None,
         }
         return messages, options
+
+
+def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise _RequestError(400, "'stream' must be true or false")
+    options = body.get("stream_options")
+    if options is None:
+        return stream, False
+    if not isinstance(options, dict):
+        raise _RequestError(400, "'stream_options' must be an object")
+    if not stream:
+        raise _RequestError(400, "'stream_options' is only allowed with stream=true")
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise _RequestError(400, "'stream_options.include_usage' must be true or false")
+    return stream, include_usage
+
+
+def _pieces(text: str) -> list[str]:
+    """Word-sized pieces that join back to exactly ``text`` (whitespace stays with its word)."""
+    return re.findall(r"\s*\S+|\s+$", text)
 
 
 def _message(raw: Any, index: int) -> ChatMessage:

@@ -160,7 +160,8 @@ def test_server_validates_requests_and_lists_its_model():
         async with serve(app) as url, httpx.AsyncClient() as http:
             ok = {"model": "student", "messages": USER}
             bad = [
-                ({**ok, "stream": True}, "stream=true is not supported"),
+                ({**ok, "stream": "yes"}, "'stream' must be true or false"),
+                ({**ok, "stream_options": {"include_usage": True}}, "only allowed with stream"),
                 ({**ok, "messages": []}, "non-empty list"),
                 ({**ok, "messages": [{"role": "tool", "content": "x"}]}, "not supported"),
                 ({**ok, "max_tokens": 0}, "positive integer"),

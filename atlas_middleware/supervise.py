@@ -74,6 +74,8 @@ class _Call:
     reference: str | None
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     lessons: list[str] = field(default_factory=list)
+    # The root span of an earlier part of this session (a resumed graph): continue its trace.
+    parent: SpanContext | None = None
 
 
 class Failed:
@@ -220,6 +222,7 @@ class Supervisor:
             session_id=call.session_id,
             task=call.task,
             learning_key=o.learning_key or o.agent,
+            parent=call.parent,
         ) as root:
             teacher = self.teacher
             supervised = teacher is not None and (

@@ -64,11 +64,21 @@ ATLAS_SPAN_ROLE = "atlas.span.role"
 # Full structured reward (per-judge breakdown, uncertainty, audit) as JSON, beside the event.
 ATLAS_EVALUATION_PAYLOAD = "atlas.evaluation.payload"
 ATLAS_EVALUATION_UNCERTAINTY = "atlas.evaluation.uncertainty"
+# Framework runs (LangChain / LangGraph): the node a span stands for, its superstep, the thread a
+# checkpointed graph runs on, and the segments of a session that an interrupt split in parts.
+ATLAS_NODE_NAME = "atlas.node.name"
+ATLAS_NODE_STEP = "atlas.node.step"
+ATLAS_THREAD_ID = "atlas.thread.id"
+ATLAS_INTERRUPTED = "atlas.interrupted"  # this segment ended waiting for a resume
+ATLAS_SEGMENT = "atlas.segment"  # 0 for the run that started the session, 1.. for resumes
+ATLAS_STREAMED = "atlas.streamed"  # the answer was streamed to the caller (no retry possible)
 
 ROLE_SESSION = "session"
 ROLE_EVALUATION = "evaluation"
 ROLE_PROBE = "probe"
 ROLE_GUIDANCE = "guidance"
+ROLE_NODE = "node"  # a graph node (LangGraph)
+ROLE_CHAIN = "chain"  # any other framework step (a LangChain chain/runnable)
 
 # The evaluation whose score becomes the session's reward; other evaluations are kept beside it.
 PRIMARY_EVALUATION = "atlas.rim"
@@ -86,6 +96,9 @@ OI_OUTPUT_VALUE = "output.value"
 OI_SESSION_ID = "session.id"
 OI_KIND_AGENT = "AGENT"
 OI_KIND_EVALUATOR = "EVALUATOR"
+OI_KIND_CHAIN = "CHAIN"
+OI_KIND_LLM = "LLM"
+OI_KIND_TOOL = "TOOL"
 
 
 def oi_evaluation_key(index: int, field: str) -> str:
@@ -108,6 +121,24 @@ def tool_span_name(tool: str) -> str:
 
 def evaluation_span_name(name: str) -> str:
     return f"evaluate {name}"
+
+
+def text_completion_span_name(model: str) -> str:
+    return f"{OP_TEXT_COMPLETION} {model}"
+
+
+def workflow_span_name(name: str) -> str:
+    return f"{OP_INVOKE_WORKFLOW} {name}"
+
+
+def node_span_name(node: str) -> str:
+    """A graph node's span (LangGraph): ``node {name}``."""
+    return f"node {node}"
+
+
+def chain_span_name(name: str) -> str:
+    """A framework step that is not a node, model or tool (a LangChain runnable)."""
+    return f"chain {name}"
 
 
 # --- content capture --------------------------------------------------------------------------
@@ -141,17 +172,22 @@ def session_span(
     conversation_id: str | None = None,
     new_trace: bool = True,
     content: bool | None = None,
+    parent: SpanContext | None = None,
 ) -> Iterator[Span]:
     """The root ``invoke_agent {agent}`` span of one supervised session.
 
     ``new_trace`` starts a fresh trace (one trace per session) even inside a caller's span; the
-    caller's span is kept as a link so both views stay connected.
+    caller's span is kept as a link so both views stay connected. ``parent`` continues a session
+    that an earlier root span began (a graph resumed after an interrupt): the new root is its
+    child, in the same trace, so both parts make one session row.
     """
     if content is None:
         content = capture_content()
     links = []
     context = None
-    if new_trace:
+    if parent is not None and parent.is_valid:
+        context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
+    elif new_trace:
         outer = trace.get_current_span().get_span_context()
         if outer.is_valid:
             links.append(trace.Link(outer))

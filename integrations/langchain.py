@@ -1,0 +1,555 @@
+"""LangChain core: chat-model, LLM, tool and chain callbacks become OpenTelemetry GenAI spans.
+
+    from atlas_middleware.integrations import langchain as atlas_langchain
+
+    atlas_langchain.instrument()          # every LangChain run in this process is traced
+    chain.invoke(...)                     # spans nest under the current (session) span
+
+    # or per call, without a global hook
+    chain.invoke(..., config={"callbacks": [atlas_langchain.AtlasCallbackHandler()]})
+
+Span shapes (names from :mod:`atlas_middleware.telemetry.schema`):
+
+- chat models → ``chat {model}`` (``gen_ai.operation.name=chat``, request/response model,
+  provider, ``gen_ai.usage.input_tokens``/``output_tokens``, input/output messages when content
+  capture is on); completion LLMs → ``text_completion {model}``;
+- tools → ``execute_tool {name}`` (``gen_ai.tool.name``, ``gen_ai.tool.call.id``);
+- LangGraph nodes → ``node {name}`` (``atlas.node.name``, ``atlas.node.step``); other chains →
+  ``chain {name}``; a top-level chain outside any span → ``invoke_workflow {name}`` (a session
+  of its own in the store, like any GenAI workflow root).
+
+Parenting follows LangChain's ``run_id``/``parent_run_id``; a run without a traced parent hangs
+under the current OpenTelemetry span. Internal runnables that LangChain marks hidden
+(``langsmith:hidden``) get no span; their children hang under the nearest traced ancestor.
+Spans are never made "current": callbacks of one run may fire on different threads, and
+attaching a context there could not be undone safely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from atlas_middleware.integrations._common import require
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from atlas_middleware.telemetry import get_tracer
+from atlas_middleware.telemetry import schema as s
+
+require("langchain_core", "langchain")
+
+from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
+
+if TYPE_CHECKING:
+    from langchain_core.outputs import LLMResult
+
+__all__ = ["AtlasCallbackHandler", "instrument", "is_instrumented", "uninstrument"]
+
+_HIDDEN_TAG = "langsmith:hidden"  # LangChain/LangGraph mark their plumbing runnables with it
+# Exceptions LangGraph raises on purpose to pause or re-route a run: not failures.
+_CONTROL_FLOW = frozenset({"GraphBubbleUp", "GraphInterrupt", "NodeInterrupt", "ParentCommand"})
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
+
+
+@dataclass(slots=True)
+class _Run:
+    span: Span | None  # None: a run that gets no span of its own (hidden, or the graph root)
+    context: otel_context.Context  # where this run's children hang
+    chat: bool = False
+
+
+class AtlasCallbackHandler(BaseCallbackHandler):
+    """Turns LangChain callback events into OpenTelemetry spans (see the module doc).
+
+    One instance can serve any number of concurrent runs, sync and async: state is keyed by
+    ``run_id`` under a lock, and the handler runs inline (span bookkeeping is cheap and must not
+    wait for an executor).
+    """
+
+    run_inline = True  # async callback managers call it directly, in the event loop
+    raise_error = False  # a tracing bug must never break the user's chain
+
+    def __init__(self, *, capture_content: bool | None = None) -> None:
+        super().__init__()
+        self._capture = capture_content
+        self._runs: dict[UUID, _Run] = {}
+        self._lock = threading.Lock()
+
+    # --- bookkeeping -------------------------------------------------------------------------
+    def _content(self) -> bool:
+        return s.capture_content() if self._capture is None else self._capture
+
+    def _parent(self, parent_run_id: UUID | None) -> otel_context.Context:
+        current = otel_context.get_current()
+        if parent_run_id is not None:
+            with self._lock:
+                parent = self._runs.get(parent_run_id)
+            if parent is not None:
+                # A session that began inside the parent run (a supervised node) starts a new
+                # trace: runs inside it belong to the session, not to the outer graph.
+                here = trace.get_current_span(current).get_span_context()
+                there = trace.get_current_span(parent.context).get_span_context()
+                if not (here.is_valid and there.is_valid and here.trace_id != there.trace_id):
+                    return parent.context
+        return current
+
+    def _start(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        name: str,
+        attributes: Mapping[str, Any],
+        *,
+        chat: bool = False,
+        kind: SpanKind = SpanKind.INTERNAL,
+    ) -> Span:
+        parent = self._parent(parent_run_id)
+        span = get_tracer().start_span(
+            name,
+            context=parent,
+            kind=kind,
+            attributes={k: v for k, v in attributes.items() if v is not None},
+        )
+        with self._lock:
+            self._runs[run_id] = _Run(span, trace.set_span_in_context(span, parent), chat)
+        return span
+
+    def _skip(self, run_id: UUID, parent_run_id: UUID | None) -> None:
+        with self._lock:
+            self._runs[run_id] = _Run(None, self._parent(parent_run_id))
+
+    def _pop(self, run_id: UUID) -> _Run | None:
+        with self._lock:
+            return self._runs.pop(run_id, None)
+
+    def _end(self, run_id: UUID, error: BaseException | None = None) -> Span | None:
+        run = self._pop(run_id)
+        if run is None or run.span is None:
+            return None
+        span = run.span
+        if error is not None:
+            if _is_control_flow(error):
+                span.set_attribute(s.ATLAS_INTERRUPTED, True)
+            else:
+                span.record_exception(error)
+                span.set_attribute(s.ERROR_TYPE, type(error).__qualname__)
+                span.set_status(Status(StatusCode.ERROR, _first_line(error)))
+        span.end()
+        return span
+
+    # --- chains and LangGraph nodes ------------------------------------------------------------
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        name = kwargs.get("name") or _serialized_name(serialized) or "chain"
+        metadata = metadata or {}
+        if _HIDDEN_TAG in (tags or ()):
+            self._skip(run_id, parent_run_id)
+            return
+        if parent_run_id is None and _take_graph_root():
+            # The supervised graph itself: its session root span already stands for it.
+            self._skip(run_id, parent_run_id)
+            return
+        node = metadata.get("langgraph_node")
+        content = self._content()
+        if node is not None and node == name:
+            attributes: dict[str, Any] = {
+                s.ATLAS_SPAN_ROLE: s.ROLE_NODE,
+                s.ATLAS_NODE_NAME: node,
+                s.ATLAS_NODE_STEP: _int(metadata.get("langgraph_step")),
+                s.OPENINFERENCE_SPAN_KIND: s.OI_KIND_CHAIN,
+            }
+            span_name = s.node_span_name(node)
+        else:
+            attributes = {
+                s.ATLAS_SPAN_ROLE: s.ROLE_CHAIN,
+                s.OPENINFERENCE_SPAN_KIND: s.OI_KIND_CHAIN,
+            }
+            span_name = s.chain_span_name(name)
+            top = parent_run_id is None and not trace.get_current_span().get_span_context().is_valid
+            if top:
+                attributes[s.GEN_AI_OPERATION_NAME] = s.OP_INVOKE_WORKFLOW
+                span_name = s.workflow_span_name(name)
+        if content:
+            attributes[s.OI_INPUT_VALUE] = _text(inputs)
+        self._start(run_id, parent_run_id, span_name, attributes)
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._lock:
+            run = self._runs.get(run_id)
+        if run is not None and run.span is not None and self._content():
+            run.span.set_attribute(s.OI_OUTPUT_VALUE, _text(outputs))
+        self._end(run_id)
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._end(run_id, error)
+
+    # --- models --------------------------------------------------------------------------------
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any] | None,
+        messages: list[list[Any]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        model, attributes = _model_attributes(serialized, metadata, kwargs)
+        attributes[s.GEN_AI_OPERATION_NAME] = s.OP_CHAT
+        if self._content() and messages:
+            from atlas_middleware.storage.records import json_dumps
+
+            attributes[s.GEN_AI_INPUT_MESSAGES] = json_dumps(
+                [_message_dict(m) for m in messages[0]]
+            )
+        self._start(
+            run_id,
+            parent_run_id,
+            s.chat_span_name(model),
+            attributes,
+            chat=True,
+            kind=SpanKind.CLIENT,
+        )
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        model, attributes = _model_attributes(serialized, metadata, kwargs)
+        attributes[s.GEN_AI_OPERATION_NAME] = s.OP_TEXT_COMPLETION
+        if self._content() and prompts:
+            from atlas_middleware.storage.records import json_dumps
+
+            attributes[s.GEN_AI_INPUT_MESSAGES] = json_dumps(
+                [{"role": "user", "content": p} for p in prompts]
+            )
+        self._start(
+            run_id,
+            parent_run_id,
+            s.text_completion_span_name(model),
+            attributes,
+            kind=SpanKind.CLIENT,
+        )
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._lock:
+            run = self._runs.get(run_id)
+        if run is not None and run.span is not None:
+            span = run.span
+            input_tokens, output_tokens, model = _usage(response)
+            s.set_usage(span, input_tokens, output_tokens)
+            _count_session_usage(input_tokens, output_tokens)
+            if model:
+                span.set_attribute(s.GEN_AI_RESPONSE_MODEL, model)
+            if self._content():
+                from atlas_middleware.storage.records import json_dumps
+
+                outputs = [
+                    _message_dict(g.message) if hasattr(g, "message") else _assistant(g.text)
+                    for batch in response.generations[:1]
+                    for g in batch
+                ]
+                span.set_attribute(s.GEN_AI_OUTPUT_MESSAGES, json_dumps(outputs))
+        self._end(run_id)
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._end(run_id, error)
+
+    # --- tools ---------------------------------------------------------------------------------
+    def on_tool_start(
+        self,
+        serialized: dict[str, Any] | None,
+        input_str: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        inputs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        name = kwargs.get("name") or _serialized_name(serialized) or "tool"
+        attributes: dict[str, Any] = {
+            s.GEN_AI_OPERATION_NAME: s.OP_EXECUTE_TOOL,
+            s.GEN_AI_TOOL_NAME: name,
+            s.GEN_AI_TOOL_CALL_ID: kwargs.get("tool_call_id"),
+            s.OPENINFERENCE_SPAN_KIND: s.OI_KIND_TOOL,
+        }
+        if self._content():
+            attributes[s.OI_INPUT_VALUE] = _text(inputs if inputs is not None else input_str)
+        self._start(run_id, parent_run_id, s.tool_span_name(name), attributes)
+
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._lock:
+            run = self._runs.get(run_id)
+        if run is not None and run.span is not None:
+            call_id = getattr(output, "tool_call_id", None)
+            if call_id:
+                run.span.set_attribute(s.GEN_AI_TOOL_CALL_ID, str(call_id))
+            if self._content():
+                run.span.set_attribute(s.OI_OUTPUT_VALUE, _text(getattr(output, "content", output)))
+        self._end(run_id)
+
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._end(run_id, error)
+
+    # Retrievers are chain-like steps; trace them as chains so nothing in a run goes missing.
+    def on_retriever_start(
+        self,
+        serialized: dict[str, Any] | None,
+        query: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        name = kwargs.get("name") or _serialized_name(serialized) or "retriever"
+        attributes: dict[str, Any] = {s.ATLAS_SPAN_ROLE: s.ROLE_CHAIN}
+        if self._content():
+            attributes[s.OI_INPUT_VALUE] = query
+        self._start(run_id, parent_run_id, s.chain_span_name(name), attributes)
+
+    def on_retriever_end(self, documents: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._end(run_id)
+
+    def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._end(run_id, error)
+
+
+# --- global installation ---------------------------------------------------------------------
+class _HandlerHook:
+    """What LangChain's configure hook reads (``.get()``): the handler of the current context
+    (set by atlas's integrations for the runs they supervise) or the process-wide one installed
+    by :func:`instrument`. A plain ContextVar could not be process-wide: threads start with
+    empty contexts."""
+
+    def __init__(self) -> None:
+        self.var: contextvars.ContextVar[AtlasCallbackHandler | None] = contextvars.ContextVar(
+            "atlas_langchain_handler", default=None
+        )
+        self.installed: AtlasCallbackHandler | None = None
+
+    def get(self) -> AtlasCallbackHandler | None:
+        return self.var.get() or self.installed
+
+
+_hook = _HandlerHook()
+_registered = False
+_register_lock = threading.Lock()
+_default: AtlasCallbackHandler | None = None
+# Set by the LangGraph integration around a supervised graph run: that run's outermost chain is
+# the graph itself, already represented by the session root span, so it gets no span.
+_graph_root: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
+    "atlas_langgraph_root", default=None
+)
+
+
+def _register() -> None:
+    global _registered
+    with _register_lock:
+        if _registered:
+            return
+        from langchain_core.tracers.context import register_configure_hook
+
+        register_configure_hook(_hook, inheritable=True)  # type: ignore[arg-type]
+        _registered = True
+
+
+def default_handler() -> AtlasCallbackHandler:
+    """The handler instance atlas uses when none was given (one per process)."""
+    global _default
+    if _default is None:
+        _default = AtlasCallbackHandler()
+    return _default
+
+
+def instrument(handler: AtlasCallbackHandler | None = None) -> AtlasCallbackHandler:
+    """Trace every LangChain run in this process (all threads), without passing callbacks.
+    Idempotent; returns the installed handler."""
+    _register()
+    if _hook.installed is None or handler is not None:
+        _hook.installed = handler or default_handler()
+    return _hook.installed
+
+
+def uninstrument() -> None:
+    """Stop tracing LangChain runs globally (handlers passed explicitly keep working)."""
+    _hook.installed = None
+
+
+def is_instrumented() -> bool:
+    return _hook.installed is not None
+
+
+@contextlib.contextmanager
+def traced(
+    handler: AtlasCallbackHandler | None = None, *, graph_root: bool = False
+) -> Iterator[None]:
+    """Trace the LangChain runs started inside this block (this context and tasks/threads that
+    copy it). ``graph_root``: the first top-level chain is a graph whose session root span is
+    already open, so it gets no span and its nodes hang directly under the session."""
+    _register()
+    token = _hook.var.set(handler or _hook.installed or default_handler())
+    root_token = _graph_root.set([True] if graph_root else None)
+    try:
+        yield
+    finally:
+        _graph_root.reset(root_token)
+        _hook.var.reset(token)
+
+
+def _take_graph_root() -> bool:
+    pending = _graph_root.get()
+    if pending:
+        pending.clear()  # only the first top-level chain is the graph
+        return True
+    return False
+
+
+# --- conversions -----------------------------------------------------------------------------
+def _is_control_flow(error: BaseException) -> bool:
+    return any(cls.__name__ in _CONTROL_FLOW for cls in type(error).__mro__)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _serialized_name(serialized: Mapping[str, Any] | None) -> str | None:
+    if not serialized:
+        return None
+    if serialized.get("name"):
+        return str(serialized["name"])
+    ids = serialized.get("id")
+    if isinstance(ids, list) and ids:
+        return str(ids[-1])
+    return None
+
+
+def _model_attributes(
+    serialized: Mapping[str, Any] | None,
+    metadata: Mapping[str, Any] | None,
+    kwargs: Mapping[str, Any],
+) -> tuple[str, dict[str, Any]]:
+    metadata = metadata or {}
+    params = kwargs.get("invocation_params") or {}
+    ser_kwargs = (serialized or {}).get("kwargs") or {}
+    model = (
+        metadata.get("ls_model_name")
+        or params.get("model")
+        or params.get("model_name")
+        or ser_kwargs.get("model")
+        or ser_kwargs.get("model_name")
+        or _serialized_name(serialized)
+        or "unknown"
+    )
+    attributes: dict[str, Any] = {
+        s.GEN_AI_REQUEST_MODEL: str(model),
+        s.GEN_AI_PROVIDER_NAME: metadata.get("ls_provider"),
+        s.OPENINFERENCE_SPAN_KIND: s.OI_KIND_LLM,
+    }
+    return str(model), attributes
+
+
+def _usage(response: LLMResult) -> tuple[int | None, int | None, str | None]:
+    """Token counts and the response model, from the message's ``usage_metadata`` (LangChain's
+    standard) or the provider's ``llm_output`` (older integrations)."""
+    input_tokens = output_tokens = None
+    model = None
+    for batch in response.generations:
+        for generation in batch:
+            message = getattr(generation, "message", None)
+            usage = getattr(message, "usage_metadata", None)
+            if usage:
+                input_tokens = (input_tokens or 0) + int(usage.get("input_tokens") or 0)
+                output_tokens = (output_tokens or 0) + int(usage.get("output_tokens") or 0)
+            meta = getattr(message, "response_metadata", None) or {}
+            model = model or meta.get("model_name") or meta.get("model")
+    output = response.llm_output or {}
+    if input_tokens is None and output_tokens is None:
+        usage = output.get("token_usage") or output.get("usage") or {}
+        if isinstance(usage, Mapping):
+            found_in = usage.get("prompt_tokens", usage.get("input_tokens"))
+            found_out = usage.get("completion_tokens", usage.get("output_tokens"))
+            input_tokens = _int(found_in)
+            output_tokens = _int(found_out)
+    model = model or output.get("model_name") or output.get("model")
+    return input_tokens, output_tokens, model
+
+
+def _count_session_usage(input_tokens: int | None, output_tokens: int | None) -> None:
+    if input_tokens is None and output_tokens is None:
+        return
+    try:
+        from atlas_middleware.telemetry import usage
+    except ImportError:  # a core without per-session tallies
+        return
+    usage.count(input_tokens, output_tokens)
+
+
+def _message_dict(message: Any) -> dict[str, Any]:
+    role = _ROLES.get(getattr(message, "type", ""), getattr(message, "type", "user"))
+    out: dict[str, Any] = {"role": role, "content": getattr(message, "content", message)}
+    tool_calls = getattr(message, "tool_calls", None)
+    if tool_calls:
+        out["tool_calls"] = [
+            {"id": c.get("id"), "name": c.get("name"), "arguments": c.get("args")}
+            for c in tool_calls
+        ]
+    return out
+
+
+def _assistant(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": text}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    from atlas_middleware.storage.records import json_dumps
+
+    if isinstance(value, Mapping):
+        value = {k: _jsonable(v) for k, v in value.items()}
+    elif isinstance(value, Sequence):
+        value = [_jsonable(v) for v in value]
+    return json_dumps(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "type") and hasattr(value, "content"):
+        return _message_dict(value)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value

@@ -36,6 +36,7 @@ from atlas_middleware.rim.judges import reference_match
 from atlas_middleware.teacher import Teacher, Verdict
 from atlas_middleware.telemetry import get_tracer
 from atlas_middleware.telemetry import schema as s
+from atlas_middleware.telemetry.usage import session_usage
 
 log = logging.getLogger("atlas")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -216,14 +217,17 @@ class Supervisor:
                 return True
             return False
 
-        with s.session_span(
-            tracer,
-            agent=o.agent,
-            session_id=call.session_id,
-            task=call.task,
-            learning_key=o.learning_key or o.agent,
-            parent=call.parent,
-        ) as root:
+        with (
+            s.session_span(
+                tracer,
+                agent=o.agent,
+                session_id=call.session_id,
+                task=call.task,
+                learning_key=o.learning_key or o.agent,
+                parent=call.parent,
+            ) as root,
+            session_usage() as used,
+        ):
             teacher = self.teacher
             supervised = teacher is not None and (
                 o.supervision_rate >= 1.0 or random.random() < o.supervision_rate
@@ -325,6 +329,8 @@ class Supervisor:
             if failures:
                 root.set_attribute(s.ATLAS_FAILURES, failures)
             s.set_final_answer(root, answer)
+            if used.calls:
+                s.set_usage(root, used.input_tokens, used.output_tokens)
             session = root.get_span_context()
         return _Outcome(result, answer, session, call)
 

@@ -17,6 +17,7 @@ from typing import Literal, TypedDict
 
 from atlas_middleware.telemetry import get_tracer
 from atlas_middleware.telemetry import schema as s
+from atlas_middleware.telemetry import usage as session_usage
 
 Role = Literal["system", "user", "assistant"]
 
@@ -148,6 +149,7 @@ class ChatModel(abc.ABC):
             if not result.latency_s:
                 result = _with_latency(result, time.perf_counter() - started)
             self.usage.add(result)
+            session_usage.count(result.input_tokens, result.output_tokens)
             s.set_usage(span, result.input_tokens, result.output_tokens)
             span.set_attribute(s.GEN_AI_RESPONSE_MODEL, result.model)
             if content:

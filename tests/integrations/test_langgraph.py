@@ -1,0 +1,491 @@
+"""LangGraph: real StateGraphs, LangChain's fake chat models as the student and a scripted
+teacher: one session per run in the real store, node spans under the session root, guidance in
+the messages the chat model received, checkpointers, interrupts/resume, stream modes, failing
+open; one run against the real SmolLM2 through langchain-openai."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import os
+from collections.abc import Iterator
+from typing import Annotated, Any, TypedDict
+
+import orjson
+import pytest
+from atlas_middleware.integrations import langchain as lc
+from atlas_middleware.integrations.langgraph import (
+    GUIDANCE_MESSAGE_ID,
+    supervise_graph,
+    supervise_node,
+)
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.types import Command, interrupt
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import atlas_middleware as atlas
+from atlas_middleware import telemetry
+from atlas_middleware.models import ModelError, ScriptedModel
+from atlas_middleware.rim import RIMReward
+from atlas_middleware.storage import open_store
+from atlas_middleware.telemetry import schema as s
+
+GUIDANCE = "Add the tens first, then the ones."
+TASK = "What is 12 + 30?"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch) -> Iterator[None]:
+    """No developer settings, no ./.atlas, no global LangChain hook left behind."""
+    for key in list(os.environ):
+        if key.startswith("ATLAS_") and "__" in key:
+            monkeypatch.delenv(key)
+    monkeypatch.delenv("ATLAS_CONFIG_FILE", raising=False)
+    monkeypatch.setenv("ATLAS_STORE_URL", f"sqlite:///{tmp_path / 'default.db'}")
+    yield
+    lc.uninstrument()
+    telemetry.shutdown()
+
+
+@pytest.fixture
+def memory() -> InMemorySpanExporter:
+    exporter = InMemorySpanExporter()
+    telemetry.configure(exporter=exporter, batch=False, set_global=False)
+    return exporter
+
+
+def teacher(
+    *, probe: str = "0.3", validate: str = "VALID", guidance: str = GUIDANCE
+) -> ScriptedModel:
+    def respond(messages):
+        system = messages[0]["content"]
+        if system.startswith("You judge whether"):
+            return probe
+        if system.startswith("You check"):
+            return validate
+        return guidance
+
+    return ScriptedModel(respond=respond, name="teacher")
+
+
+def judge(score: float = 0.9) -> RIMReward:
+    reply = orjson.dumps(
+        {
+            "principles": [{"name": "correct", "weight": 1.0}],
+            "score": score,
+            "rationale": "checked",
+            "uncertainty": 0.05,
+        }
+    ).decode()
+    return RIMReward(ScriptedModel(replies=[reply], name="judge"), judges=["accuracy"], samples=1)
+
+
+def student(*answers: str) -> FakeMessagesListChatModel:
+    return FakeMessagesListChatModel(
+        responses=[
+            AIMessage(
+                a, usage_metadata={"input_tokens": 11, "output_tokens": 2, "total_tokens": 13}
+            )
+            for a in answers
+        ]
+    )
+
+
+def agent_graph(llm: Any, *, checkpointer: Any = None, approve: bool = False) -> Any:
+    """model → (approve: a human-in-the-loop interrupt) → format."""
+
+    def model(state: MessagesState) -> dict:
+        return {"messages": [llm.invoke(state["messages"])]}
+
+    def ask(state: MessagesState) -> dict:
+        verdict = interrupt({"question": "send this answer?"})
+        return {"messages": [AIMessage(f"{state['messages'][-1].content} ({verdict})")]}
+
+    def fmt(state: MessagesState) -> dict:
+        return {}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("model", model)
+    builder.add_node("format", fmt)
+    builder.add_edge(START, "model")
+    if approve:
+        builder.add_node("ask", ask)
+        builder.add_edge("model", "ask")
+        builder.add_edge("ask", "format")
+    else:
+        builder.add_edge("model", "format")
+    builder.add_edge("format", END)
+    return builder.compile(checkpointer=checkpointer)
+
+
+def by_name(spans, name):
+    return [x for x in spans if x.name == name]
+
+
+def texts(state) -> list[tuple[str, str]]:
+    return [(m.type, m.content) for m in state["messages"]]
+
+
+def read_store(url: str):
+    with open_store(url) as store:
+        sessions = list(store.iter_sessions())
+        spans = store.spans_for([x.trace_id for x in sessions])
+    return sessions, spans
+
+
+# --- one session per run, in the real store --------------------------------------------------
+def test_a_graph_run_is_one_session_with_node_spans_reward_and_guidance(store_url):
+    telemetry.configure(exporter="atlas", store=store_url, batch=False, set_global=False)
+    llm = student("42")
+    app = supervise_graph(
+        agent_graph(llm), agent="calc", teacher=teacher(), reward=judge(0.9), reward_inline=True
+    )
+
+    out = app.invoke({"messages": [HumanMessage(TASK)]})
+    assert texts(out)[-1] == ("ai", "42")
+    # The guidance entered the state's messages as a system message, ahead of the task.
+    assert out["messages"][0].type == "system" and out["messages"][0].id == GUIDANCE_MESSAGE_ID
+    assert GUIDANCE in out["messages"][0].content
+    telemetry.shutdown()
+
+    [session], spans = read_store(store_url)
+    assert (session.agent_name, session.lane, session.task) == ("calc", "coach", TASK)
+    assert session.final_answer == "42" and session.guidance == GUIDANCE
+    assert session.reward_score == pytest.approx(0.9)
+    tree = spans[session.trace_id]
+    [root] = [x for x in tree if x.name == "invoke_agent calc"]
+    nodes = {x.name: x for x in tree if x.name.startswith("node ")}
+    assert set(nodes) == {"node model", "node format"}
+    assert all(x.parent_span_id == root.span_id for x in nodes.values())
+    assert all(x.attributes[s.ATLAS_SPAN_ROLE] == s.ROLE_NODE for x in nodes.values())
+    [chat] = [x for x in tree if x.name == "chat FakeMessagesListChatModel"]
+    assert chat.parent_span_id == nodes["node model"].span_id
+    assert chat.attributes[s.GEN_AI_USAGE_INPUT_TOKENS] == 11
+    assert chat.attributes[s.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
+    # What the chat model was given: the guidance as a system message, then the task.
+    received = orjson.loads(chat.attributes[s.GEN_AI_INPUT_MESSAGES])
+    assert received[0]["role"] == "system" and GUIDANCE in received[0]["content"]
+    assert received[1] == {"role": "user", "content": TASK}
+    # No span for the graph's own outer chain: the session root stands for it.
+    assert not [x for x in tree if x.name.startswith("chain ")]
+    [evaluation] = [x for x in tree if x.name == "evaluate atlas.rim"]
+    assert evaluation.parent_span_id == root.span_id
+
+
+def test_paired_retry_on_a_thread_forks_from_where_the_run_started(memory):
+    llm = student("41", "42")
+    app = supervise_graph(
+        agent_graph(llm, checkpointer=InMemorySaver()),
+        agent="calc",
+        teacher=teacher(probe="0.7"),
+        reward=False,
+        reference="42",
+    )
+    config = {"configurable": {"thread_id": "t-1"}}
+
+    out = app.invoke({"messages": [HumanMessage(TASK)]}, config)
+    # The rejected first attempt is not part of the retry's history, nor of the thread's state.
+    assert [c for t, c in texts(out) if t == "ai"] == ["42"]
+    assert [c for t, c in texts(app.get_state(config).values) if t == "ai"] == ["42"]
+    [root] = by_name(memory.get_finished_spans(), "invoke_agent calc")
+    assert root.attributes[s.ATLAS_LANE] == "paired" and root.attributes[s.ATLAS_RETRIES] == 1
+    assert root.attributes[s.ATLAS_THREAD_ID] == "t-1"
+    assert root.attributes[s.GEN_AI_CONVERSATION_ID] == "t-1"
+    chats = by_name(memory.get_finished_spans(), "chat FakeMessagesListChatModel")
+    first, retry = (orjson.loads(c.attributes[s.GEN_AI_INPUT_MESSAGES]) for c in chats)
+    assert [m["role"] for m in first] == ["user"]
+    assert [m["role"] for m in retry] == ["system", "user"] and GUIDANCE in retry[0]["content"]
+
+    # The next turn on the thread runs without guidance (auto): the old guidance leaves the
+    # state instead of steering a turn it was not written for.
+    llm.responses, llm.i = [AIMessage("7")], 0
+    out = app.options(lane="auto").invoke({"messages": [HumanMessage("And 3 + 4?")]}, config)
+    assert GUIDANCE_MESSAGE_ID not in [m.id for m in out["messages"]]
+    assert texts(out)[-1] == ("ai", "7")
+
+
+def test_interrupt_and_resume_continue_one_session(store_url):
+    telemetry.configure(exporter="atlas", store=store_url, batch=False, set_global=False)
+    saver = InMemorySaver()
+    graph = agent_graph(student("42"), checkpointer=saver, approve=True)
+    the_teacher = teacher(probe="0.3")
+    options = {"agent": "calc", "teacher": the_teacher, "reward": judge(0.8), "reward_inline": True}
+    config = {"configurable": {"thread_id": "t-9"}}
+
+    paused = supervise_graph(graph, **options).invoke({"messages": [HumanMessage(TASK)]}, config)
+    assert paused["__interrupt__"][0].value == {"question": "send this answer?"}
+    # Resumed by another wrapper (as another process would): the ids travel in the checkpoint.
+    done = supervise_graph(graph, **options).invoke(Command(resume="yes"), config)
+    assert texts(done)[-1] == ("ai", "42 (yes)")
+    # Probed and guided once, when the session began; the resume only validated the answer.
+    kinds = [c[0]["content"].split()[1] for c in the_teacher.calls]
+    assert (kinds.count("judge"), kinds.count("are"), kinds.count("check")) == (1, 1, 1)
+    telemetry.shutdown()
+
+    [session], spans = read_store(store_url)
+    assert session.final_answer == "42 (yes)"
+    assert session.lane == "coach" and session.guidance == GUIDANCE
+    assert session.reward_score == pytest.approx(0.8)
+    tree = spans[session.trace_id]
+    first, second = sorted(
+        (x for x in tree if x.name == "invoke_agent calc"), key=lambda x: x.start_ns
+    )
+    assert first.attributes[s.ATLAS_INTERRUPTED] is True
+    assert (first.attributes[s.ATLAS_SEGMENT], second.attributes[s.ATLAS_SEGMENT]) == (0, 1)
+    assert second.parent_span_id == first.span_id
+    assert first.attributes[s.ATLAS_SESSION_ID] == second.attributes[s.ATLAS_SESSION_ID]
+    # The interrupted node is not an error; it ran again on resume, under the second segment.
+    asks = sorted(by_name(tree, "node ask"), key=lambda x: x.start_ns)
+    assert [x.parent_span_id for x in asks] == [first.span_id, second.span_id]
+    assert asks[0].status_code != "ERROR" and asks[0].attributes[s.ATLAS_INTERRUPTED] is True
+    assert len(by_name(tree, "evaluate atlas.rim")) == 1  # judged once, on the final answer
+
+
+@pytest.mark.parametrize(
+    "mode", ["values", "updates", "messages", ["updates", "messages"], "subgraphs"]
+)
+def test_each_stream_mode_passes_through_and_is_one_session(memory, mode):
+    kwargs: dict[str, Any] = {"stream_mode": mode}
+    if mode == "subgraphs":
+        kwargs = {"stream_mode": "updates", "subgraphs": True}
+    plain = list(agent_graph(student("42")).stream({"messages": [HumanMessage(TASK)]}, **kwargs))
+    app = supervise_graph(
+        agent_graph(student("41", "42")),
+        agent="calc",
+        teacher=teacher(probe="0.7", validate="INVALID: not 42"),
+        reward=False,
+    )
+
+    chunks = list(app.stream({"messages": [HumanMessage(TASK)]}, **kwargs))
+    # The same chunk shapes as the bare graph, as they were produced (paired lane: no guidance).
+    assert len(chunks) == len(plain)
+    assert [_shape(c) for c in chunks] == [_shape(c) for c in plain]
+    [root] = by_name(memory.get_finished_spans(), "invoke_agent calc")
+    assert root.attributes[s.ATLAS_STREAMED] is True
+    # Nothing can be taken back once streamed: validated, not retried.
+    assert root.attributes[s.ATLAS_RETRIES] == 0
+    assert root.attributes[s.ATLAS_FINAL_ANSWER] == "41"
+    assert len(by_name(memory.get_finished_spans(), "chat FakeMessagesListChatModel")) == 1
+
+
+def _shape(chunk: Any) -> Any:
+    if isinstance(chunk, tuple):
+        return tuple(_shape(c) for c in chunk)
+    if isinstance(chunk, dict):
+        return tuple(sorted(chunk))
+    return type(chunk).__name__
+
+
+def test_coach_guidance_reaches_a_streamed_run_up_front(memory):
+    app = supervise_graph(agent_graph(student("42")), agent="calc", teacher=teacher(), reward=False)
+    chunks = list(app.stream({"messages": [HumanMessage(TASK)]}, stream_mode="values"))
+    assert chunks[0]["messages"][0].id == GUIDANCE_MESSAGE_ID
+    [chat] = by_name(memory.get_finished_spans(), "chat FakeMessagesListChatModel")
+    assert GUIDANCE in chat.attributes[s.GEN_AI_INPUT_MESSAGES]
+
+
+def test_async_invoke_and_astream(memory):
+    app = supervise_graph(
+        agent_graph(student("42"), checkpointer=InMemorySaver()),
+        agent="calc",
+        teacher=teacher(),
+        reward=False,
+    )
+
+    async def main() -> tuple[Any, list[Any]]:
+        out = await app.ainvoke(
+            {"messages": [HumanMessage(TASK)]}, {"configurable": {"thread_id": "a"}}
+        )
+        chunks = [
+            c
+            async for c in app.astream(
+                {"messages": [HumanMessage(TASK)]},
+                {"configurable": {"thread_id": "b"}},
+                stream_mode="updates",
+            )
+        ]
+        return out, chunks
+
+    out, chunks = asyncio.run(main())
+    assert texts(out)[-1] == ("ai", "42")
+    assert [next(iter(c)) for c in chunks] == ["model", "format"]
+    spans = memory.get_finished_spans()
+    roots = by_name(spans, "invoke_agent calc")
+    assert len(roots) == 2 and len({r.context.trace_id for r in roots}) == 2
+    for root in roots:
+        [model] = [
+            x for x in by_name(spans, "node model") if x.context.trace_id == root.context.trace_id
+        ]
+        assert model.parent.span_id == root.context.span_id
+        [chat] = [
+            x
+            for x in by_name(spans, "chat FakeMessagesListChatModel")
+            if x.context.trace_id == root.context.trace_id
+        ]
+        assert chat.parent.span_id == model.context.span_id
+        assert GUIDANCE in chat.attributes[s.GEN_AI_INPUT_MESSAGES]
+
+
+@pytest.mark.parametrize("failure", [ModelError("teacher down"), TimeoutError("slow")])
+def test_a_failing_teacher_does_not_break_the_graph(memory, failure):
+    broken = ScriptedModel(replies=[failure], name="teacher")
+    app = supervise_graph(agent_graph(student("42")), agent="calc", teacher=broken, reward=False)
+
+    out = app.invoke({"messages": [HumanMessage(TASK)]})
+    assert texts(out) == [("human", TASK), ("ai", "42")]
+    [root] = by_name(memory.get_finished_spans(), "invoke_agent calc")
+    assert root.attributes[s.ATLAS_LANE] == "paired"  # the fallback lane
+    assert any(f.startswith("probe:") for f in root.attributes[s.ATLAS_FAILURES])
+    assert root.status.is_ok
+
+
+def test_the_graphs_own_error_propagates_and_is_recorded(memory):
+    def boom(state: MessagesState) -> dict:
+        raise ValueError("tool failed")
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("boom", boom)
+    builder.add_edge(START, "boom")
+    app = supervise_graph(builder.compile(), agent="calc", lane="auto", reward=False)
+
+    with pytest.raises(ValueError, match="tool failed"):
+        app.invoke({"messages": [HumanMessage(TASK)]})
+    spans = memory.get_finished_spans()
+    [root] = by_name(spans, "invoke_agent calc")
+    [node] = by_name(spans, "node boom")
+    assert root.attributes[s.ERROR_TYPE] == "ValueError"
+    assert node.attributes[s.ERROR_TYPE] == "ValueError" and not node.status.is_ok
+
+
+class Question(TypedDict):
+    question: str
+    answer: str
+    log: Annotated[list[str], operator.add]
+
+
+def test_a_graph_without_messages_reads_guidance_from_the_context(memory):
+    seen: list[str | None] = []
+
+    def solve(state: Question) -> dict:
+        seen.append(atlas.guidance())
+        return {"answer": "42", "log": ["solved"]}
+
+    builder = StateGraph(Question)
+    builder.add_node("solve", solve)
+    builder.add_edge(START, "solve")
+    app = supervise_graph(
+        builder.compile(),
+        agent="calc",
+        teacher=teacher(),
+        reward=False,
+        task="question",
+        answer=lambda state: state["answer"],
+    )
+
+    out = app.invoke({"question": TASK, "log": []})
+    assert out == {"question": TASK, "answer": "42", "log": ["solved"]}
+    assert seen == [GUIDANCE]
+    [root] = by_name(memory.get_finished_spans(), "invoke_agent calc")
+    assert root.attributes[s.ATLAS_TASK] == TASK
+    assert root.attributes[s.ATLAS_FINAL_ANSWER] == "42"
+
+
+def test_supervise_node_as_decorator_and_with_add_node(memory):
+    llm = student("41", "42")
+    received: list[list[str]] = []
+
+    @supervise_node(agent="solver", teacher=teacher(probe="0.7"), reward=False, reference="42")
+    def solve(state: MessagesState, config) -> dict:  # LangGraph still passes the config
+        assert config["configurable"]["thread_id"] == "n-1"
+        received.append([m.type for m in state["messages"]])
+        return {"messages": [llm.invoke(state["messages"])]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("solve", solve)
+    builder.add_edge(START, "solve")
+    graph = builder.compile(checkpointer=InMemorySaver())
+
+    out = graph.invoke({"messages": [HumanMessage(TASK)]}, {"configurable": {"thread_id": "n-1"}})
+    # The retry saw the guidance; the graph's state did not keep it.
+    assert received == [["human"], ["system", "human"]]
+    assert texts(out) == [("human", TASK), ("ai", "42")]
+    spans = memory.get_finished_spans()
+    [root] = by_name(spans, "invoke_agent solver")
+    assert root.attributes[s.ATLAS_RETRIES] == 1 and root.attributes[s.ATLAS_TASK] == TASK
+    assert root.attributes[s.ATLAS_FINAL_ANSWER] == "42"
+    chats = by_name(spans, "chat FakeMessagesListChatModel")
+    assert {c.parent.span_id for c in chats} == {root.context.span_id}
+    assert GUIDANCE in chats[-1].attributes[s.GEN_AI_INPUT_MESSAGES]
+
+
+def test_supervise_node_async(memory):
+    @supervise_node(agent="solver", teacher=teacher(), reward=False)
+    async def solve(state: MessagesState) -> dict:
+        assert state["messages"][0] == SystemMessage(
+            f"Guidance from your teacher:\n{GUIDANCE}", id=GUIDANCE_MESSAGE_ID
+        )
+        return {"messages": [AIMessage("42")]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("solve", solve)
+    builder.add_edge(START, "solve")
+    out = asyncio.run(builder.compile().ainvoke({"messages": [HumanMessage(TASK)]}))
+    assert texts(out) == [("human", TASK), ("ai", "42")]
+    [root] = by_name(memory.get_finished_spans(), "invoke_agent solver")
+    assert root.attributes[s.ATLAS_LANE] == "coach"
+
+
+def test_wrapper_delegates_and_rejects_bad_input():
+    graph = agent_graph(student("42"), checkpointer=InMemorySaver())
+    app = supervise_graph(graph, agent="calc", reward=False)
+    assert app.get_graph().nodes.keys() == graph.get_graph().nodes.keys()
+    assert app.get_state({"configurable": {"thread_id": "x"}}).values == {}
+    with pytest.raises(TypeError, match="unknown supervision option\\(s\\) lanee"):
+        supervise_graph(graph, lanee="auto")
+    with pytest.raises(TypeError, match="needs a compiled graph"):
+        supervise_graph(StateGraph(MessagesState))
+
+
+# --- the real model ----------------------------------------------------------------------------
+@pytest.mark.model
+def test_a_langgraph_agent_on_the_real_model(model_server, tmp_path):
+    import requests
+    from langchain_openai import ChatOpenAI
+
+    from atlas_middleware.models import build_model
+
+    base = model_server + "/v1"
+    served = requests.get(base + "/models", timeout=10).json()["data"][0]["id"]
+    url = f"sqlite:///{tmp_path / 'atlas.db'}"
+    telemetry.configure(exporter="atlas", store=url, batch=False, set_global=False)
+    model = build_model(f"openai-compatible:{base}|{served}")
+    llm = ChatOpenAI(base_url=base, api_key="none", model=served, max_tokens=16, temperature=0)
+    app = supervise_graph(
+        agent_graph(llm),
+        agent="smol-graph",
+        teacher=model,
+        reward=RIMReward(model, judges=["accuracy"], samples=1, max_tokens=48),
+        reward_inline=True,
+        lane="coach",
+    )
+
+    out = app.invoke({"messages": [HumanMessage("What is 12 + 30? Answer with a number.")]})
+    answer = out["messages"][-1].content
+    assert isinstance(answer, str) and answer.strip()
+    telemetry.shutdown()
+
+    [session], spans = read_store(url)
+    assert (session.agent_name, session.lane) == ("smol-graph", "coach")
+    assert session.guidance and session.final_answer == answer
+    assert session.reward_score is not None and 0.0 <= session.reward_score <= 1.0
+    tree = spans[session.trace_id]
+    [root] = [x for x in tree if x.name == "invoke_agent smol-graph"]
+    [node] = [x for x in tree if x.name == "node model"]
+    [chat] = [x for x in tree if x.name == f"chat {served}" and x.parent_span_id == node.span_id]
+    assert node.parent_span_id == root.span_id
+    assert chat.attributes[s.GEN_AI_USAGE_INPUT_TOKENS] > 0
+    received = orjson.loads(chat.attributes[s.GEN_AI_INPUT_MESSAGES])
+    assert received[0]["role"] == "system" and session.guidance in received[0]["content"]

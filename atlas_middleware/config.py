@@ -138,6 +138,14 @@ class ModelSettings(_Section):
     retries: Count = 2
 
 
+class TeacherSettings(ModelSettings):
+    """The teacher's model, plus the prompts file it uses (see atlas_middleware/prompts.py):
+    a YAML file or a directory written by ``atlas optimize --out`` (its ``active.yaml``).
+    None: atlas's built-in prompts."""
+
+    prompts: str | None = None
+
+
 class LaneSettings(_Section):
     """How the probe's confidence picks a lane (ATLAS's thresholds by default)."""
 
@@ -250,7 +258,7 @@ class AtlasConfig(BaseSettings):
         case_sensitive=False,
     )
 
-    teacher: ModelSettings = Field(default_factory=ModelSettings)
+    teacher: TeacherSettings = Field(default_factory=TeacherSettings)
     student: ModelSettings = Field(default_factory=ModelSettings)
     lanes: LaneSettings = Field(default_factory=LaneSettings)
     rim: RimSettings = Field(default_factory=RimSettings)

@@ -32,6 +32,7 @@ from atlas_middleware import plugins
 from atlas_middleware.guidance import use_guidance
 from atlas_middleware.models.base import ChatModel
 from atlas_middleware.portal import get_portal
+from atlas_middleware.prompts import DEFAULT_PROMPTS, TeacherPrompts
 from atlas_middleware.rim.judges import reference_match
 from atlas_middleware.teacher import Teacher, Verdict
 from atlas_middleware.telemetry import get_tracer
@@ -144,10 +145,14 @@ class Supervisor:
         signature: inspect.Signature | None = None,
         probe_max_tokens: int = 50,
         store_url: str | None = None,
+        prompts: TeacherPrompts | None = None,
     ) -> None:
         self.options = options
+        self.prompts = prompts or DEFAULT_PROMPTS
         self.teacher = (
-            Teacher(teacher, probe_max_tokens=probe_max_tokens) if teacher is not None else None
+            Teacher(teacher, prompts=self.prompts, probe_max_tokens=probe_max_tokens)
+            if teacher is not None
+            else None
         )
         self.reward = reward
         self.signature = signature
@@ -165,7 +170,12 @@ class Supervisor:
         return Playbook(self._store, key)
 
     def lessons(self, key: str) -> list[str]:
-        """The key's lessons, cached briefly: they sit on the call path of supervised calls."""
+        """The prompts' standing playbook, then the key's learned lessons (cached briefly: they
+        sit on the call path of supervised calls)."""
+        standing = self.prompts.lessons()
+        return standing + [x for x in self._learned(key) if x not in standing]
+
+    def _learned(self, key: str) -> list[str]:
         cached = self._lessons.get(key)
         now = time.monotonic()
         if cached is not None and now - cached[0] < _LESSONS_TTL_S:
@@ -506,6 +516,7 @@ def supervise(
     teacher: ChatModel | str | None = None,
     reward: Any = None,
     config: Any = None,
+    prompts: Any = None,
     **options: Any,
 ) -> Any:
     """Make ``fn`` a supervised, rewarded, traced session — same signature, same result type.
@@ -514,7 +525,10 @@ def supervise(
     Works on sync and async functions and methods. Defaults come from ``config`` (an
     :class:`~atlas_middleware.config.AtlasConfig`; by default ``AtlasConfig.load()``: environment
     and ``$ATLAS_CONFIG_FILE``); keyword arguments win. ``teacher``: a ChatModel or a model spec;
-    ``reward``: a RIMReward, ``False`` for none, or None for the config's RIM. Per call,
+    ``reward``: a RIMReward, ``False`` for none, or None for the config's RIM. ``prompts``: a
+    :class:`~atlas_middleware.prompts.TeacherPrompts` or the path of a prompts file / an
+    ``atlas optimize --out`` directory (None: ``teacher.prompts`` of the config, else the
+    built-in prompts). Per call,
     ``fn.options(lane="coach", reference="42")(*args)`` overrides any option.
     See docs/concepts.md.
     """
@@ -534,7 +548,7 @@ def supervise(
             runtime = state.get("runtime")
             if runtime is None:  # built on first use: decorating must not load any model
                 runtime = state["runtime"] = _build_supervisor(
-                    name, options, teacher, reward, config, signature
+                    name, options, teacher, reward, config, signature, prompts
                 )
             return runtime
 
@@ -586,9 +600,11 @@ def _build_supervisor(
     reward: Any,
     config: Any,
     signature: inspect.Signature | None,
+    prompts: Any = None,
 ) -> Supervisor:
     from atlas_middleware import telemetry
     from atlas_middleware.config import AtlasConfig
+    from atlas_middleware.prompts import as_prompts
 
     cfg = config if config is not None else AtlasConfig.load()
     lanes, rim = cfg.lanes, cfg.rim
@@ -634,6 +650,7 @@ def _build_supervisor(
         signature=signature,
         probe_max_tokens=lanes.probe_max_tokens,
         store_url=cfg.storage.url,
+        prompts=as_prompts(prompts if prompts is not None else cfg.teacher.prompts),
     )
 
 

@@ -1,6 +1,9 @@
 """The teacher's three jobs on the request path: probe the student's capability, write guidance,
 and validate an answer. Prompts are short because they sit on the user's call path, and they are
 assembled by concatenation, never ``str.format``: tasks and answers are full of braces.
+
+The system instructions of each job are data (:class:`~atlas_middleware.prompts.TeacherPrompts`),
+so ``atlas optimize`` can evolve them and ``supervise`` can load a versioned prompts file.
 """
 
 from __future__ import annotations
@@ -10,19 +13,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from atlas_middleware.models.base import ChatMessage, ChatModel
+from atlas_middleware.prompts import (
+    DEFAULT_PROMPTS,
+    GUIDANCE_SYSTEM,
+    PROBE_SYSTEM,
+    VALIDATE_SYSTEM,
+    TeacherPrompts,
+)
 
-PROBE_SYSTEM = (
-    "You judge whether a student AI will solve a task correctly without help. "
-    "Reply with one number between 0 and 1: your confidence that it will."
-)
-GUIDANCE_SYSTEM = (
-    "You are a teacher. Give the student brief, concrete guidance for the task: the method to "
-    "use and the mistakes to avoid. Do not give the final answer."
-)
-VALIDATE_SYSTEM = (
-    "You check a student's answer to a task. Reply VALID if it is correct and complete. "
-    "Otherwise reply INVALID: followed by what is wrong."
-)
+__all__ = [
+    "GUIDANCE_SYSTEM",
+    "PROBE_SYSTEM",
+    "VALIDATE_SYSTEM",
+    "Teacher",
+    "Verdict",
+    "parse_confidence",
+]
 
 _NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?|\.\d+)\s*(%?)")
 
@@ -53,15 +59,21 @@ def _memory(playbook: Sequence[str]) -> str:
 
 class Teacher:
     def __init__(
-        self, model: ChatModel, *, probe_max_tokens: int = 50, guidance_max_tokens: int = 160
+        self,
+        model: ChatModel,
+        *,
+        prompts: TeacherPrompts | None = None,
+        probe_max_tokens: int = 50,
+        guidance_max_tokens: int = 160,
     ):
         self.model = model
+        self.prompts = prompts or DEFAULT_PROMPTS
         self.probe_max_tokens = probe_max_tokens
         self.guidance_max_tokens = guidance_max_tokens
 
     async def probe(self, task: str, playbook: Sequence[str] = ()) -> float | None:
         messages: list[ChatMessage] = [
-            {"role": "system", "content": PROBE_SYSTEM},
+            {"role": "system", "content": self.prompts.probe},
             {"role": "user", "content": "Task:\n" + task + _memory(playbook) + "\n\nConfidence:"},
         ]
         result = await self.model.chat(messages, max_tokens=self.probe_max_tokens)
@@ -81,7 +93,7 @@ class Teacher:
             if problem:
                 content += "\n\nWhat is wrong:\n" + problem
         messages: list[ChatMessage] = [
-            {"role": "system", "content": GUIDANCE_SYSTEM},
+            {"role": "system", "content": self.prompts.guidance},
             {"role": "user", "content": content + "\n\nGuidance:"},
         ]
         result = await self.model.chat(messages, max_tokens=self.guidance_max_tokens)
@@ -89,7 +101,7 @@ class Teacher:
 
     async def validate(self, task: str, answer: str) -> Verdict:
         messages: list[ChatMessage] = [
-            {"role": "system", "content": VALIDATE_SYSTEM},
+            {"role": "system", "content": self.prompts.validate_},
             {"role": "user", "content": "Task:\n" + task + "\n\nStudent's answer:\n" + answer},
         ]
         result = await self.model.chat(messages, max_tokens=self.guidance_max_tokens)

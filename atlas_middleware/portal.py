@@ -81,6 +81,9 @@ class Portal:
 
     def background(self, make: Callable[[], Awaitable[Any]], *, what: str) -> bool:
         """Queue a job off the request path; False (and counted) when the queue is full."""
+        # Start the loop before taking the lock: _ensure() takes it too (not re-entrant), so an
+        # async-only program whose first portal use is a background reward would deadlock.
+        self._ensure()
         with self._lock:
             if len(self._pending) >= self.max_pending:
                 self.stats.dropped += 1

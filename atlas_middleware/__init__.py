@@ -12,6 +12,8 @@ model library, agent framework or web server.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -42,6 +44,26 @@ if TYPE_CHECKING:  # pragma: no cover - names for type checkers and IDEs
     from atlas_middleware.storage import open_store  # noqa: F401
     from atlas_middleware.supervise import SupervisionOptions, supervise  # noqa: F401
     from atlas_middleware.telemetry import configure  # noqa: F401
+
+
+class _Package(types.ModuleType):
+    """``atlas.supervise`` is the decorator, though ``atlas_middleware.supervise`` is also a
+    module: importing a submodule makes Python set it as an attribute of the package, which
+    would replace the public function the first time anything imports the submodule. The
+    module stays reachable where imports look for it (``sys.modules``), so ``from
+    atlas_middleware.supervise import Supervisor`` still works."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if (
+            name in _EXPORTS
+            and isinstance(value, types.ModuleType)
+            and value.__name__ == f"{__name__}.{name}"
+        ):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

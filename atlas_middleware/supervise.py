@@ -236,7 +236,7 @@ class Supervisor:
                 learning_key=o.learning_key or o.agent,
                 parent=call.parent,
             ) as root,
-            session_usage() as used,
+            session_usage(lambda used: s.set_usage(root, used.input_tokens, used.output_tokens)),
         ):
             teacher = self.teacher
             supervised = teacher is not None and (
@@ -339,8 +339,6 @@ class Supervisor:
             if failures:
                 root.set_attribute(s.ATLAS_FAILURES, failures)
             s.set_final_answer(root, answer)
-            if used.calls:
-                s.set_usage(root, used.input_tokens, used.output_tokens)
             session = root.get_span_context()
         return _Outcome(result, answer, session, call)
 

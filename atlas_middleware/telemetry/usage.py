@@ -9,7 +9,7 @@ after the session ended report on their own evaluation spans instead.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -27,14 +27,21 @@ _current: contextvars.ContextVar[SessionUsage | None] = contextvars.ContextVar(
 
 
 @contextmanager
-def session_usage() -> Iterator[SessionUsage]:
-    """Tally the model calls made inside this block (nested blocks tally separately)."""
+def session_usage(
+    on_end: Callable[[SessionUsage], None] | None = None,
+) -> Iterator[SessionUsage]:
+    """Tally the model calls made inside this block (nested blocks tally separately).
+
+    ``on_end`` gets the tally when the block ends, also when it raises (a session whose agent
+    failed still spent its teacher's tokens), and only if a call was counted."""
     tally = SessionUsage()
     token = _current.set(tally)
     try:
         yield tally
     finally:
         _current.reset(token)
+        if on_end is not None and tally.calls:
+            on_end(tally)
 
 
 def count(input_tokens: int | None, output_tokens: int | None) -> None:

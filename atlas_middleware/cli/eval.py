@@ -1,0 +1,226 @@
+"""``atlas eval``: the student alone vs with the teacher (and a trained teacher) on a task file,
+and ``atlas eval rewards``: RIM's pairwise accuracy on a preference file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from atlas_middleware.cli.common import (
+    CLIError,
+    UsageError,
+    add_store_argument,
+    console,
+    parse_positive_int,
+    store_url,
+)
+
+LANES = ("probe", "auto", "paired", "coach")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="measure the teacher: student alone vs + teacher vs + trained teacher "
+        "('atlas eval rewards FILE': the reward system's pairwise accuracy)",
+        description="atlas eval TASKS: run every task as the student alone, with the teacher "
+        "and (with --trained-teacher) with a trained teacher; print accuracy with 95%% "
+        "intervals, completion, non-degradation and tokens, and write them as markdown + PNG. "
+        "TASKS is a JSONL task file or the bundled set 'arithmetic'. "
+        "atlas eval rewards PREFS: score each (prompt, chosen, rejected) pair with RIM and "
+        "report how often chosen wins (PREFS: a JSONL file or the bundled 'arithmetic').",
+    )
+    parser.add_argument("target", metavar="TASKS", help="task file, 'arithmetic', or 'rewards'")
+    parser.add_argument("preferences", nargs="?", metavar="PREFS", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--limit", type=parse_positive_int, help="only the first N tasks / pairs (default: all)"
+    )
+    parser.add_argument("--student", metavar="SPEC", help="student model (default: config)")
+    parser.add_argument("--teacher", metavar="SPEC", help="teacher model (default: config)")
+    parser.add_argument(
+        "--trained-teacher",
+        metavar="SPEC",
+        help="a trained teacher to compare, e.g. hf:./atlas-runs/grpo/final",
+    )
+    parser.add_argument(
+        "--lane",
+        choices=LANES,
+        default="coach",
+        help="lane of the teacher conditions: coach (guidance on every task, the default), "
+        "paired, auto, or probe (the teacher's probe decides, as in production)",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=parse_positive_int,
+        default=96,
+        help="student reply budget (default 96)",
+    )
+    parser.add_argument(
+        "--judge", metavar="SPEC", help="rewards: the judge model (default: config rim/teacher)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("atlas-eval"),
+        help="folder for the markdown table and PNG (default ./atlas-eval)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_store_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from atlas_middleware.tasks import TaskFileError
+
+    try:
+        if args.target == "rewards":
+            if not args.preferences:
+                raise UsageError("atlas eval rewards needs a preference file (or 'arithmetic')")
+            return _rewards(args)
+        if args.preferences:
+            raise UsageError(f"unexpected argument {args.preferences!r}")
+        return _tasks(args)
+    except TaskFileError as exc:
+        raise UsageError(str(exc)) from None
+
+
+class Models:
+    """Models by spec, built once: student and teacher on the same spec share one instance
+    (one copy of the embedded weights in memory)."""
+
+    def __init__(self) -> None:
+        from atlas_middleware.config import AtlasConfig
+
+        self.config = AtlasConfig.load()
+        self._built: dict[str, Any] = {}
+
+    def get(self, spec: str | None, section: str = "teacher") -> Any:
+        from atlas_middleware.models import build_model
+
+        settings = getattr(self.config, section)
+        spec = spec or settings.model
+        if spec not in self._built:
+            try:
+                self._built[spec] = build_model(spec)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            except ImportError as exc:
+                raise CLIError(str(exc)) from None
+        return self._built[spec]
+
+    def load(self, out: Any) -> None:
+        """Load local weights now, with a spinner, rather than inside the first task."""
+        for model in self._built.values():
+            load = getattr(model, "load", None)
+            if load is not None:
+                with out.status(f"loading {model.name} ..."):
+                    load()
+
+    async def close(self) -> None:
+        for model in self._built.values():
+            await model.aclose()
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from atlas_middleware.evaluate import (
+        STUDENT_ALONE,
+        WITH_TEACHER,
+        WITH_TRAINED,
+        Condition,
+        run_eval,
+    )
+    from atlas_middleware.tasks import load_tasks
+
+    tasks = load_tasks(args.target, limit=args.limit)
+    out = console(stderr=True)
+    models = Models()
+    student = models.get(args.student, "student")
+    lane = None if args.lane == "probe" else args.lane
+    conditions = [
+        Condition(STUDENT_ALONE),
+        Condition(WITH_TEACHER, models.get(args.teacher), lane),
+    ]
+    if args.trained_teacher:
+        conditions.append(Condition(WITH_TRAINED, models.get(args.trained_teacher), lane))
+    models.load(out)
+
+    async def main() -> Any:
+        try:
+            with Progress(console=out, transient=True) as bar:
+                job = bar.add_task("evaluating", total=len(tasks) * len(conditions))
+                return await run_eval(
+                    tasks,
+                    student=student,
+                    conditions=conditions,
+                    store_url=store_url(args),
+                    max_tokens=args.max_tokens,
+                    on_outcome=lambda o: bar.update(
+                        job, advance=1, description=f"{o.condition}: {o.task_id}"
+                    ),
+                )
+        finally:
+            await models.close()
+
+    started = time.perf_counter()
+    report = asyncio.run(main())
+    return _write(args, report, "eval", time.perf_counter() - started)
+
+
+def _write(args: argparse.Namespace, report: Any, kind: str, seconds: float) -> int:
+    import orjson
+    from rich.markdown import Markdown
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"{kind}-{getattr(report, 'run_id', time.strftime('%Y%m%d-%H%M%S'))}"
+    markdown = report.markdown()
+    stem.with_suffix(".md").write_text(markdown)
+    written = [stem.with_suffix(".md")]
+    if hasattr(report, "plot"):
+        written.append(report.plot(stem.with_suffix(".png")))
+    if args.json:
+        from dataclasses import asdict
+
+        print(orjson.dumps(asdict(report), default=str).decode())
+    else:
+        out = console()
+        out.print(Markdown(markdown))
+        out.print(
+            f"[dim]{seconds:.0f} s · written: {', '.join(str(p) for p in written)}"
+            f"{' · sessions in ' + store_url(args) if kind == 'eval' else ''}[/dim]"
+        )
+    return 0
+
+
+def _rewards(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from atlas_middleware.evaluate import load_preferences, run_reward_eval
+    from atlas_middleware.rim import RIMReward
+
+    prefs = load_preferences(args.preferences, limit=args.limit)
+    out = console(stderr=True)
+    models = Models()
+    rim_settings = models.config.rim
+    judge = models.get(args.judge or rim_settings.small_model)
+    large = models.get(rim_settings.large_model) if rim_settings.large_model else None
+    reward = RIMReward.from_settings(rim_settings, judge, large)
+    models.load(out)
+
+    async def main() -> Any:
+        try:
+            with Progress(console=out, transient=True) as bar:
+                job = bar.add_task("judging pairs", total=len(prefs))
+                return await run_reward_eval(
+                    prefs, reward, on_pair=lambda p: bar.update(job, advance=1)
+                )
+        finally:
+            await models.close()
+
+    started = time.perf_counter()
+    report = asyncio.run(main())
+    return _write(args, report, "rewards", time.perf_counter() - started)

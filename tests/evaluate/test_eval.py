@@ -1,0 +1,135 @@
+"""atlas eval: the comparison table, checked against the sessions it stored."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from atlas_middleware.evaluate import (
+    STUDENT_ALONE,
+    WITH_TEACHER,
+    Condition,
+    load_preferences,
+    run_eval,
+    run_reward_eval,
+    summarise,
+    wilson_interval,
+)
+from atlas_middleware.models import ModelError, ScriptedModel
+from atlas_middleware.rim import RIMReward
+from atlas_middleware.storage import open_store
+from atlas_middleware.tasks import Task
+
+# Alone, the student gets 8 and 2 right; guided it fixes 5 and breaks 2; 18 always raises.
+ANSWERS = {
+    "2 + 3": ("Answer: 4", "Answer: 5"),
+    "4 + 4": ("Answer: 8", "Answer: 8"),
+    "1 + 1": ("Answer: 2", "Answer: 3"),
+    "9 + 9": (ModelError("the student crashed"), ModelError("the student crashed")),
+}
+TASKS = [
+    Task(task=f"What is {q}?", reference=str(sum(map(int, q.split(" + ")))), id=f"t{i}")
+    for i, q in enumerate(ANSWERS)
+]
+
+
+def student() -> ScriptedModel:
+    def respond(messages):
+        guided = any("Guidance from your teacher" in m["content"] for m in messages)
+        question = messages[-1]["content"].removeprefix("What is ").removesuffix("?")
+        return ANSWERS[question][guided]
+
+    return ScriptedModel(respond=respond, name="student")
+
+
+def teacher() -> ScriptedModel:
+    def respond(messages):
+        if messages[0]["content"].startswith("You check"):
+            return "VALID"
+        return "Add the two numbers carefully."
+
+    return ScriptedModel(respond=respond, name="teacher")
+
+
+def test_the_table_matches_what_was_stored(store_url):
+    learner, coach = student(), teacher()
+    report = asyncio.run(
+        run_eval(
+            TASKS,
+            student=learner,
+            conditions=[Condition(STUDENT_ALONE), Condition(WITH_TEACHER, coach, "coach")],
+            store_url=store_url,
+        )
+    )
+    alone, guided = report.stats
+    assert (alone.correct, alone.tasks, alone.completion) == (2, 4, 0.75)
+    assert alone.non_degradation is None
+    assert (guided.correct, guided.completion) == (2, 0.75)
+    assert guided.non_degradation == pytest.approx(0.75)  # "1 + 1" was broken by the guidance
+    assert (guided.ci_low, guided.ci_high) == pytest.approx(wilson_interval(2, 4))
+
+    # Every number in the table can be recomputed from the stored sessions.
+    by_id = {t.id: t for t in TASKS}
+    with open_store(store_url) as store:
+        sessions = {s.trace_id: s for s in store.iter_sessions()}
+    assert len(sessions) == 8  # a failed task is a session too
+    for outcome in report.outcomes:
+        row = sessions[outcome.trace_id]
+        assert row.agent_name == f"eval/{outcome.condition}"
+        assert row.learning_key == f"eval:{report.run_id}"
+        if outcome.completed:
+            assert row.final_answer == outcome.answer
+            assert by_id[outcome.task_id].is_correct(row.final_answer) == outcome.correct
+        else:
+            assert row.error_type == "ModelError"
+        assert row.lane == ("auto" if outcome.condition == STUDENT_ALONE else "coach")
+        assert outcome.input_tokens == (row.input_tokens or 0)
+    total = sum(o.input_tokens + o.output_tokens for o in report.outcomes)
+    spent = learner.usage.input_tokens + learner.usage.output_tokens
+    spent += coach.usage.input_tokens + coach.usage.output_tokens
+    assert total == spent  # every student and teacher token is accounted to a session
+    assert guided.mean_tokens > alone.mean_tokens  # the teacher's calls cost tokens
+    assert "| student + teacher | 50.0% (2/4)" in report.markdown()
+
+
+def test_plot_is_a_png(tmp_path):
+    from atlas_middleware.evaluate import EvalReport, TaskOutcome
+
+    outcomes = [
+        TaskOutcome(f"t{i}", name, "1", i % 2 == 0, True, None, 0.1)
+        for name in (STUDENT_ALONE, WITH_TEACHER)
+        for i in range(4)
+    ]
+    report = EvalReport("r1", outcomes, summarise(outcomes, [STUDENT_ALONE, WITH_TEACHER]))
+    path = report.plot(tmp_path / "eval.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_wilson_interval_is_honest_at_the_edges():
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and 0.25 < high < 0.31
+    low, high = wilson_interval(10, 10)
+    assert high == 1.0 and 0.69 < low < 0.75
+    low, high = wilson_interval(5, 10)
+    assert low == pytest.approx(1 - high)
+
+
+def test_reward_eval_counts_wins_ties_and_misses(tmp_path):
+    prefs = load_preferences("arithmetic", limit=6)
+    # References decide accuracy through the verifier: chosen is right, rejected wrong.
+    judge = ScriptedModel(replies=["not used"], name="judge")
+    rim = RIMReward(judge, judges=["accuracy"], samples=1)
+    report = asyncio.run(run_reward_eval(prefs, rim))
+    assert report.count("right") == 6 and report.accuracy == 1.0
+    assert judge.calls == []  # the verifier decided; no model call was needed
+
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(
+        '{"prompt": "p", "chosen": "same", "rejected": "same", "reference": "same"}\n'
+        '{"prompt": "2+2?", "chosen": "5", "rejected": "4", "reference": "4"}\n'
+    )
+    report = asyncio.run(run_reward_eval(load_preferences(path), rim))
+    assert [p.verdict for p in report.pairs] == ["tie", "wrong"]
+    assert report.accuracy == 0.0
+    assert "| 2 | 0.0% |" in report.markdown()

@@ -33,6 +33,9 @@ GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"
 GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"
 GEN_AI_SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
 ERROR_TYPE = "error.type"
+GEN_AI_RESPONSE_ID = "gen_ai.response.id"
+GEN_AI_TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
+GEN_AI_TOOL_CALL_RESULT = "gen_ai.tool.call.result"
 
 OP_INVOKE_AGENT = "invoke_agent"
 OP_INVOKE_WORKFLOW = "invoke_workflow"
@@ -89,6 +92,19 @@ def rim_judge_evaluation_name(judge: str) -> str:
     return PRIMARY_EVALUATION + "." + judge
 
 
+# Bridged framework traces (the OpenAI Agents SDK's own spans): what the framework called the span,
+# its trace id (to find the run in the framework's own tools), and what the conventions lack.
+ATLAS_FRAMEWORK_SPAN_TYPE = "atlas.framework.span_type"  # agent, generation, function, handoff, …
+ATLAS_FRAMEWORK_TRACE_ID = "atlas.framework.trace_id"
+ATLAS_FRAMEWORK_DATA = "atlas.framework.data"  # JSON of a custom span's data
+ATLAS_AGENT_TOOLS = "atlas.agent.tools"
+ATLAS_AGENT_HANDOFFS = "atlas.agent.handoffs"
+ATLAS_HANDOFF_FROM = "atlas.handoff.from_agent"
+ATLAS_HANDOFF_TO = "atlas.handoff.to_agent"
+ATLAS_GUARDRAIL_NAME = "atlas.guardrail.name"
+ATLAS_GUARDRAIL_TRIGGERED = "atlas.guardrail.triggered"
+
+
 # --- OpenInference mirror ---------------------------------------------------------------------
 OPENINFERENCE_SPAN_KIND = "openinference.span.kind"
 OI_INPUT_VALUE = "input.value"
@@ -117,6 +133,24 @@ def chat_span_name(model: str) -> str:
 
 def tool_span_name(tool: str) -> str:
     return f"{OP_EXECUTE_TOOL} {tool}"
+
+
+def agent_span_name(agent: str) -> str:
+    """One agent's turn inside a session (a bridged framework agent span), not a session root."""
+    return f"{OP_INVOKE_AGENT} {agent}"
+
+
+def handoff_span_name(to_agent: str) -> str:
+    return f"handoff {to_agent}"
+
+
+def guardrail_span_name(name: str) -> str:
+    return f"guardrail {name}"
+
+
+def framework_span_name(kind: str, name: str | None = None) -> str:
+    """A bridged framework span with no convention of its own: ``{kind}`` or ``{kind} {name}``."""
+    return f"{kind} {name}" if name else kind
 
 
 def evaluation_span_name(name: str) -> str:

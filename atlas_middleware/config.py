@@ -226,6 +226,12 @@ class TelemetrySettings(_Section):
     exporter: Literal["atlas", "otlp", "jsonl", "console", "none"] | None = None
     service_name: str | None = None
     capture_content: bool = True  # prompts and answers on spans (redaction still runs)
+    # While the store/collector is unreachable spans wait (retried with backoff) in a queue of
+    # this many spans (None: 10,000 for atlas/otlp; 0: off), plus an fsync'd on-disk spool in
+    # spool_dir when set; drops are counted (atlas_middleware.telemetry.export_stats()).
+    retry_queue_spans: Count | None = None
+    spool_dir: str | None = None
+    spool_max_mb: Seconds = 256.0
 
 
 class ReviewSettings(_Section):

@@ -628,7 +628,12 @@ def _build_supervisor(
             # The store that derives sessions applies the config's drift policy.
             store = open_store(cfg.storage.url, drift_policy=cfg.review.policy())
         telemetry.ensure_configured(
-            exporter=exporter, service_name=cfg.telemetry.service_name, store=store
+            exporter=exporter,
+            service_name=cfg.telemetry.service_name,
+            store=store,
+            retry_queue_spans=cfg.telemetry.retry_queue_spans,
+            spool_dir=cfg.telemetry.spool_dir,
+            spool_max_mb=cfg.telemetry.spool_max_mb,
         )
     teacher_model = _resolve_model(teacher) if teacher is not None else _model(cfg.teacher)
     judge: Any = None

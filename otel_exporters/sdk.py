@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from atlas_middleware.redaction import Redactor, default_redactors, redact
-from atlas_middleware.storage import Store, open_store
+from atlas_middleware.storage import Store, StoreUnavailable, open_store
 from atlas_middleware.storage.records import SpanEvent, SpanRecord, json_dumps
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,10 @@ class StoreSpanExporter(SpanExporter):
         self.store = store if isinstance(store, Store) else open_store(store)
         self._redactors = default_redactors() if redactors is None else tuple(redactors)
         self._failed = False
+        # False after a failure retrying cannot fix (bad data, a broken redaction plugin): a
+        # RetryingSpanExporter in front then drops (and counts) the batch instead of retrying.
+        self.last_failure_retryable = True
+        self.last_error: str | None = None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         # Fail open: whatever goes wrong (the store, a redaction plugin), the SDK gets FAILURE and
@@ -85,6 +89,8 @@ class StoreSpanExporter(SpanExporter):
             redact(records, self._redactors)
             self.store.write_spans(records)
         except Exception as exc:
+            self.last_failure_retryable = isinstance(exc, StoreUnavailable)
+            self.last_error = f"{type(exc).__name__}: {exc}"
             if not self._failed:  # log once per outage, not once per batch
                 log.warning("atlas: could not store %d spans: %s", len(spans), exc)
             self._failed = True

@@ -26,6 +26,7 @@ TRACER_NAME = "atlas_middleware"
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
 _installed_global: TracerProvider | None = None  # the global provider atlas set, if any
+_retrying: Any = None  # the RetryingSpanExporter of the current provider, if any
 
 
 def _exporter(
@@ -75,6 +76,9 @@ def configure(
     batch: bool = True,
     resource_attributes: Mapping[str, Any] | None = None,
     set_global: bool = True,
+    retry_queue_spans: int | None = None,
+    spool_dir: str | Path | None = None,
+    spool_max_mb: float = 256.0,
 ) -> TracerProvider:
     """Set up tracing for atlas and return the provider.
 
@@ -85,8 +89,12 @@ def configure(
     - Resource: ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` are read by the SDK;
       ``service_name`` wins over them. Sampling follows ``OTEL_TRACES_SAMPLER``; batching follows
       ``OTEL_BSP_*``; ``OTEL_SDK_DISABLED=true`` gives a provider that records nothing.
+    - Delivery: while the store or collector is unreachable, spans wait in a queue of up to
+      ``retry_queue_spans`` (default 10,000 for ``atlas``/``otlp``, off for other exporters;
+      0 disables) and are retried with backoff; ``spool_dir`` adds an fsync'd on-disk spool of
+      up to ``spool_max_mb`` that survives restarts. Drops are counted: :func:`export_stats`.
     """
-    global _provider
+    global _provider, _retrying
     attributes = dict(resource_attributes or {})
     if service_name:
         attributes["service.name"] = service_name
@@ -96,13 +104,30 @@ def configure(
     else:
         name = exporter or os.environ.get("OTEL_TRACES_EXPORTER", "atlas").split(",")[0].strip()
         span_exporter = _exporter(name, store=store, endpoint=endpoint, jsonl_path=jsonl_path)
-    if span_exporter is not None:
+        if retry_queue_spans is None and name in ("atlas", "otlp"):
+            retry_queue_spans = 10_000
+    retrying = None
+    if span_exporter is not None and (retry_queue_spans or spool_dir):
+        from atlas_middleware.otel_exporters.spool import (
+            RetryingSpanExporter,
+            flushing_batch_processor,
+        )
+
+        retrying = RetryingSpanExporter(
+            span_exporter,
+            max_queue_spans=10_000 if retry_queue_spans is None else retry_queue_spans,
+            spool_dir=spool_dir,
+            spool_max_bytes=int(spool_max_mb * 1024 * 1024),
+        )
+        provider.add_span_processor(flushing_batch_processor(retrying))
+    elif span_exporter is not None:
         processor = (
             BatchSpanProcessor(span_exporter) if batch else SimpleSpanProcessor(span_exporter)
         )
         provider.add_span_processor(processor)
     with _lock:
         previous, _provider = _provider, provider
+        _retrying = retrying
     if previous is not None:
         previous.shutdown()
     if set_global:
@@ -137,6 +162,13 @@ def ensure_configured(**options: Any) -> None:
     if is_configured():
         return
     configure(**options)
+
+
+def export_stats() -> Any:
+    """What the retrying exporter of ``configure()`` holds and has done (an ``ExportStats``:
+    queued, spooled, sent and dropped spans), or None when there is none."""
+    retrying = _retrying
+    return retrying.stats() if retrying is not None else None
 
 
 def get_tracer() -> trace.Tracer:

@@ -86,6 +86,10 @@ ROLE_CHAIN = "chain"  # any other framework step (a LangChain chain/runnable)
 # The evaluation whose score becomes the session's reward; other evaluations are kept beside it.
 PRIMARY_EVALUATION = "atlas.rim"
 
+# Metrics of the retrying exporter (otel_exporters/spool.py): spans lost and spans put on disk.
+METRIC_EXPORTER_DROPPED = "atlas.exporter.spans.dropped"
+METRIC_EXPORTER_SPOOLED = "atlas.exporter.spans.spooled"
+
 
 def rim_judge_evaluation_name(judge: str) -> str:
     """``atlas.rim.<judge>``: one RIM judge's own evaluation, emitted beside the primary one."""

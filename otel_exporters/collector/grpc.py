@@ -24,24 +24,38 @@ class TraceService:
 
     async def Export(
         self,
-        request: trace_service_pb2.ExportTraceServiceRequest,
+        request: bytes,
         context: grpc.aio.ServicerContext,
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         metadata = dict(context.invocation_metadata() or ())
         if not self.check_token(metadata.get("authorization")):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+            return _fail(context, grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        failure: tuple[grpc.StatusCode, str] | None = None
         try:
             async with self.ingestor.slot():
                 decoded = await self.ingestor.ingest(lambda: decode_protobuf(request))
         except Overloaded:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "collector busy, retry later")
+            failure = grpc.StatusCode.UNAVAILABLE, "collector busy, retry later"
         except (StoreDown, StoreUnavailable):
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "store unavailable, retry later")
+            failure = grpc.StatusCode.UNAVAILABLE, "store unavailable, retry later"
         except DecodeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            failure = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         except StoreError as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, f"store error: {exc}")
+            failure = grpc.StatusCode.INTERNAL, f"store error: {exc}"
+        if failure is not None:
+            # A status, not context.abort(): abort raises, and a refused call's exception kept
+            # its frame (and so the request's bytes) alive; under a flood of refused exports
+            # memory grew with every call.
+            return _fail(context, *failure)
         return response_message(decoded)
+
+
+def _fail(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
+) -> trace_service_pb2.ExportTraceServiceResponse:
+    context.set_code(code)
+    context.set_details(message)
+    return trace_service_pb2.ExportTraceServiceResponse()
 
 
 def build_server(
@@ -51,14 +65,19 @@ def build_server(
     max_body_bytes: int,
     *,
     reuse_port: bool = False,
+    max_concurrent: int | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(
+        # grpc reads a whole message before the handler (and its admission slot) runs: without
+        # a cap on concurrent calls, a flood of large exports is buffered in memory. Past the
+        # cap grpc answers RESOURCE_EXHAUSTED at once, which OTLP clients retry.
+        maximum_concurrent_rpcs=max_concurrent,
         options=[
             ("grpc.max_receive_message_length", max_body_bytes),
             # Off unless several collector processes share the port: a second collector on the
             # same port by mistake must fail to start, not silently split the traffic.
             ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ]
+        ],
     )
     service = TraceService(ingestor, check_token)
     # Registered by hand rather than with the generated add_TraceServiceServicer_to_server, so

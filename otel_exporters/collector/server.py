@@ -157,6 +157,7 @@ async def serve(
                 f"{host}:{port}",
                 settings.max_body_bytes,
                 reuse_port=settings.processes > 1,
+                max_concurrent=settings.max_inflight,
             )
             await grpc_server.start()
         log.info(

@@ -46,16 +46,24 @@ from atlas_middleware.telemetry import schema as s
 require("langchain_core", "langchain")
 
 from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
+from langchain_core.language_models import BaseChatModel  # noqa: E402
 
 if TYPE_CHECKING:
     from langchain_core.outputs import LLMResult
 
-__all__ = ["AtlasCallbackHandler", "instrument", "is_instrumented", "uninstrument"]
+__all__ = [
+    "AtlasCallbackHandler",
+    "AtlasChatModel",
+    "instrument",
+    "is_instrumented",
+    "uninstrument",
+]
 
 _HIDDEN_TAG = "langsmith:hidden"  # LangChain/LangGraph mark their plumbing runnables with it
 # Exceptions LangGraph raises on purpose to pause or re-route a run: not failures.
 _CONTROL_FLOW = frozenset({"GraphBubbleUp", "GraphInterrupt", "NodeInterrupt", "ParentCommand"})
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
+_ATLAS_PROVIDER = "atlas-middleware"  # ls_provider of AtlasChatModel: it traces its own calls
 
 
 @dataclass(slots=True)
@@ -122,8 +130,15 @@ class AtlasCallbackHandler(BaseCallbackHandler):
         return span
 
     def _skip(self, run_id: UUID, parent_run_id: UUID | None) -> None:
+        parent = self._parent(parent_run_id)
         with self._lock:
-            self._runs[run_id] = _Run(None, self._parent(parent_run_id))
+            self._runs[run_id] = _Run(None, parent)
+
+    def context_of(self, run_id: UUID) -> otel_context.Context | None:
+        """Where spans made inside run ``run_id`` belong (None for a run it has not seen)."""
+        with self._lock:
+            run = self._runs.get(run_id)
+        return run.context if run is not None else None
 
     def _pop(self, run_id: UUID) -> _Run | None:
         with self._lock:
@@ -211,6 +226,11 @@ class AtlasCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        if (metadata or {}).get("ls_provider") == _ATLAS_PROVIDER:
+            # An atlas ChatModel behind AtlasChatModel records its own chat span (and usage)
+            # under this run's parent; a second span here would count the call twice.
+            self._skip(run_id, parent_run_id)
+            return
         model, attributes = _model_attributes(serialized, metadata, kwargs)
         attributes[s.GEN_AI_OPERATION_NAME] = s.OP_CHAT
         if self._content() and messages:
@@ -338,6 +358,110 @@ class AtlasCallbackHandler(BaseCallbackHandler):
 
     def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._end(run_id, error)
+
+
+# --- atlas models as LangChain chat models -------------------------------------------------
+class AtlasChatModel(BaseChatModel):
+    """Any atlas :class:`~atlas_middleware.models.ChatModel` (the embedded SmolLM2, a litellm
+    model, an OpenAI-compatible endpoint) as a LangChain chat model, so a LangGraph agent can
+    run fully offline: ``AtlasChatModel(model=build_model("embedded"), max_tokens=64)``.
+
+    Text in, text out (no tool calling). The atlas model records its own ``chat {model}`` span
+    with usage, hung where LangChain's run would be (under the calling node)."""
+
+    model: Any
+    max_tokens: int = 256
+    temperature: float = 0.0
+
+    @property
+    def _llm_type(self) -> str:
+        return "atlas"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": getattr(self.model, "name", "atlas")}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = _ATLAS_PROVIDER
+        params["ls_model_name"] = getattr(self.model, "name", "atlas")
+        return params
+
+    def _generate(
+        self,
+        messages: list[Any],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        from atlas_middleware.portal import get_portal
+
+        with _inside(run_manager):
+            result = get_portal().call(lambda: self._chat(messages, stop))
+        return _chat_result(result)
+
+    async def _agenerate(
+        self,
+        messages: list[Any],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        with _inside(run_manager):
+            result = await self._chat(messages, stop)
+        return _chat_result(result)
+
+    async def _chat(self, messages: list[Any], stop: list[str] | None) -> Any:
+        chat = [
+            {"role": m["role"], "content": _plain(m["content"])}
+            for m in map(_message_dict, messages)
+        ]
+        return await self.model.chat(
+            chat, max_tokens=self.max_tokens, temperature=self.temperature, stop=stop
+        )
+
+
+def _plain(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") if isinstance(p, Mapping) else str(p) for p in content or [])
+
+
+def _chat_result(result: Any) -> Any:
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration, ChatResult
+
+    usage = None
+    if result.input_tokens is not None or result.output_tokens is not None:
+        i, o = result.input_tokens or 0, result.output_tokens or 0
+        usage = {"input_tokens": i, "output_tokens": o, "total_tokens": i + o}
+    message = AIMessage(
+        content=result.text,
+        usage_metadata=usage,
+        response_metadata={"model_name": result.model, "finish_reason": result.finish_reason},
+    )
+    return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+@contextlib.contextmanager
+def _inside(run_manager: Any) -> Iterator[None]:
+    """Make the span context of LangChain run ``run_manager`` current (when an atlas handler
+    traces it), so the atlas model's own span hangs where the run would."""
+    context = None
+    if run_manager is not None:
+        for handler in getattr(run_manager, "handlers", ()):
+            if isinstance(handler, AtlasCallbackHandler):
+                context = handler.context_of(run_manager.run_id)
+                if context is not None:
+                    break
+    if context is None:
+        yield
+        return
+    token = otel_context.attach(context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 # --- global installation ---------------------------------------------------------------------

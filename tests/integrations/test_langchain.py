@@ -1,0 +1,229 @@
+"""LangChain core: the callback handler turns real runnables, fake chat models, LLMs and tools
+into GenAI spans with the right parents, sync and async; instrument() installs it for every
+thread; errors are recorded; atlas models run as LangChain chat models."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from atlas_middleware.integrations import langchain as lc
+from langchain_core.language_models.fake import FakeListLLM
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnableLambda
+from langchain_core.tools import tool
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import atlas_middleware as atlas
+from atlas_middleware import telemetry
+from atlas_middleware.models import ScriptedModel
+from atlas_middleware.telemetry import get_tracer
+from atlas_middleware.telemetry import schema as s
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch) -> Iterator[None]:
+    for key in list(os.environ):
+        if key.startswith("ATLAS_") and "__" in key:
+            monkeypatch.delenv(key)
+    monkeypatch.delenv("ATLAS_CONFIG_FILE", raising=False)
+    monkeypatch.setenv("ATLAS_STORE_URL", f"sqlite:///{tmp_path / 'default.db'}")
+    yield
+    lc.uninstrument()
+    telemetry.shutdown()
+
+
+@pytest.fixture
+def memory() -> InMemorySpanExporter:
+    exporter = InMemorySpanExporter()
+    telemetry.configure(exporter=exporter, batch=False, set_global=False)
+    return exporter
+
+
+def chat(*answers: str) -> FakeMessagesListChatModel:
+    return FakeMessagesListChatModel(
+        responses=[
+            AIMessage(a, usage_metadata={"input_tokens": 9, "output_tokens": 3, "total_tokens": 12})
+            for a in answers
+        ]
+    )
+
+
+def chain(llm):
+    prompt = ChatPromptTemplate.from_messages([("system", "Be brief."), ("user", "{question}")])
+    return prompt | llm | StrOutputParser()
+
+
+def named(exporter, name):
+    return [x for x in exporter.get_finished_spans() if x.name == name]
+
+
+def test_chat_and_chain_spans_nest_under_the_current_span(memory):
+    handler = lc.AtlasCallbackHandler()
+    with get_tracer().start_as_current_span("session") as outer:
+        answer = chain(chat("42")).invoke({"question": "12 + 30?"}, {"callbacks": [handler]})
+    assert answer == "42"
+    [sequence] = named(memory, "chain RunnableSequence")
+    [model] = named(memory, "chat FakeMessagesListChatModel")
+    [prompt] = named(memory, "chain ChatPromptTemplate")
+    assert sequence.parent.span_id == outer.get_span_context().span_id
+    assert model.parent.span_id == sequence.context.span_id
+    assert prompt.parent.span_id == sequence.context.span_id
+    a = model.attributes
+    assert a[s.GEN_AI_OPERATION_NAME] == s.OP_CHAT
+    assert a[s.GEN_AI_REQUEST_MODEL] == "FakeMessagesListChatModel"
+    assert a[s.GEN_AI_PROVIDER_NAME] == "fakemessageslistchatmodel"
+    assert (a[s.GEN_AI_USAGE_INPUT_TOKENS], a[s.GEN_AI_USAGE_OUTPUT_TOKENS]) == (9, 3)
+    assert orjson.loads(a[s.GEN_AI_INPUT_MESSAGES]) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "12 + 30?"},
+    ]
+    assert orjson.loads(a[s.GEN_AI_OUTPUT_MESSAGES]) == [{"role": "assistant", "content": "42"}]
+    assert model.kind.name == "CLIENT" and model.end_time >= model.start_time
+
+
+def test_content_capture_can_be_switched_off(memory, monkeypatch):
+    monkeypatch.setenv(s.CAPTURE_CONTENT_ENV, "false")
+    chain(chat("42")).invoke({"question": "secret"}, {"callbacks": [lc.AtlasCallbackHandler()]})
+    for span in memory.get_finished_spans():
+        assert "secret" not in orjson.dumps(dict(span.attributes)).decode()
+    [model] = named(memory, "chat FakeMessagesListChatModel")
+    assert model.attributes[s.GEN_AI_USAGE_INPUT_TOKENS] == 9
+
+
+def test_a_top_level_chain_is_a_workflow_root(memory):
+    chain(chat("42")).invoke({"question": "q"}, {"callbacks": [lc.AtlasCallbackHandler()]})
+    [root] = named(memory, "invoke_workflow RunnableSequence")
+    assert root.parent is None
+    assert root.attributes[s.GEN_AI_OPERATION_NAME] == s.OP_INVOKE_WORKFLOW
+
+
+def test_tools_llms_and_errors(memory):
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    @tool
+    def broken(x: str) -> str:
+        """Always fails."""
+        raise RuntimeError("database unreachable")
+
+    handler = lc.AtlasCallbackHandler()
+    with get_tracer().start_as_current_span("session"):
+        assert add.invoke({"a": 12, "b": 30}, {"callbacks": [handler]}) == 42
+        with pytest.raises(RuntimeError):
+            broken.invoke({"x": "y"}, {"callbacks": [handler]})
+        assert FakeListLLM(responses=["ok"]).invoke("hi", {"callbacks": [handler]}) == "ok"
+    [ok] = named(memory, "execute_tool add")
+    assert ok.attributes[s.GEN_AI_OPERATION_NAME] == s.OP_EXECUTE_TOOL
+    assert ok.attributes[s.GEN_AI_TOOL_NAME] == "add" and ok.attributes[s.OI_OUTPUT_VALUE] == "42"
+    [bad] = named(memory, "execute_tool broken")
+    assert bad.attributes[s.ERROR_TYPE] == "RuntimeError" and not bad.status.is_ok
+    assert any(e.name == "exception" for e in bad.events)
+    [llm] = named(memory, "text_completion FakeListLLM")
+    assert llm.attributes[s.GEN_AI_OPERATION_NAME] == s.OP_TEXT_COMPLETION
+
+
+def test_a_failing_step_marks_its_span_and_its_parents(memory):
+    def explode(_: object) -> str:
+        raise ValueError("bad step")
+
+    failing = chain(chat("42")) | RunnableLambda(explode, name="explode")
+    with pytest.raises(ValueError):
+        failing.invoke({"question": "q"}, {"callbacks": [lc.AtlasCallbackHandler()]})
+    [step] = named(memory, "chain explode")
+    [root] = named(memory, "invoke_workflow RunnableSequence")
+    assert step.attributes[s.ERROR_TYPE] == "ValueError" and not step.status.is_ok
+    assert step.parent.span_id == root.context.span_id and not root.status.is_ok
+
+
+def test_async_runs_and_concurrent_sessions_keep_their_parents(memory):
+    handler = lc.AtlasCallbackHandler()
+
+    async def one(i: int) -> tuple[int, str]:
+        with get_tracer().start_as_current_span(f"session {i}") as span:
+            await chain(chat(f"a{i}")).ainvoke({"question": f"q{i}"}, {"callbacks": [handler]})
+            return span.get_span_context().trace_id, f"a{i}"
+
+    async def main():
+        return await asyncio.gather(*(one(i) for i in range(4)))
+
+    results = asyncio.run(main())
+    models = named(memory, "chat FakeMessagesListChatModel")
+    assert len(models) == 4
+    for trace_id, answer in results:
+        [model] = [m for m in models if m.context.trace_id == trace_id]
+        assert answer in model.attributes[s.GEN_AI_OUTPUT_MESSAGES]
+    assert not handler._runs  # every run ended and was forgotten
+
+
+def test_instrument_traces_every_thread_until_uninstrumented(memory):
+    assert lc.instrument() is lc.instrument()  # idempotent
+    assert lc.is_instrumented()
+    done = threading.Event()
+
+    def work() -> None:
+        chain(chat("42")).invoke({"question": "q"})  # no callbacks passed
+        done.set()
+
+    threading.Thread(target=work).start()
+    assert done.wait(30)
+    assert len(named(memory, "chat FakeMessagesListChatModel")) == 1
+
+    lc.uninstrument()
+    chain(chat("42")).invoke({"question": "q"})
+    assert len(named(memory, "chat FakeMessagesListChatModel")) == 1
+    # A handler passed by hand still works, and never twice when also installed.
+    lc.instrument()
+    handler = lc.instrument()
+    chain(chat("42")).invoke({"question": "q"}, {"callbacks": [handler]})
+    assert len(named(memory, "chat FakeMessagesListChatModel")) == 2
+
+
+def test_session_usage_counts_langchain_model_calls(memory):
+    @atlas.supervise(agent="calc", lane="auto", reward=False)
+    def solve(question: str) -> str:
+        return chain(chat("42")).invoke({"question": question})
+
+    lc.instrument()
+    assert solve("12 + 30?") == "42"
+    [root] = named(memory, "invoke_agent calc")
+    [model] = named(memory, "chat FakeMessagesListChatModel")
+    assert model.context.trace_id == root.context.trace_id
+    try:
+        from atlas_middleware.telemetry import usage  # noqa: F401
+    except ImportError:
+        return
+    assert root.attributes[s.GEN_AI_USAGE_INPUT_TOKENS] == 9
+
+
+def test_an_atlas_model_as_a_langchain_chat_model(memory):
+    model = ScriptedModel(replies=["42"], name="smol")
+    llm = lc.AtlasChatModel(model=model, max_tokens=8)
+    handler = lc.AtlasCallbackHandler()
+    with get_tracer().start_as_current_span("session"):
+        answer = chain(llm).invoke({"question": "12 + 30?"}, {"callbacks": [handler]})
+
+        async def run() -> str:
+            return await llm.ainvoke([HumanMessage("again")], {"callbacks": [handler]})
+
+        again = asyncio.run(run())
+    assert answer == "42" and again.content == "42"
+    assert model.calls[0] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "12 + 30?"},
+    ]
+    # One chat span per call (the atlas model's own), under the LangChain step that called it.
+    chats = named(memory, "chat smol")
+    assert len(chats) == 2
+    [sequence] = named(memory, "chain RunnableSequence")
+    assert chats[0].parent.span_id == sequence.context.span_id
+    assert chats[0].attributes[s.GEN_AI_USAGE_OUTPUT_TOKENS] >= 1

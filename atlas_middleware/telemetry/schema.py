@@ -51,6 +51,12 @@ GEN_AI_EVALUATION_SCORE_LABEL = "gen_ai.evaluation.score.label"
 GEN_AI_EVALUATION_EXPLANATION = "gen_ai.evaluation.explanation"
 
 SERVICE_NAME = "service.name"
+# HTTP client spans (OpenTelemetry HTTP conventions): remote agents called over HTTP.
+HTTP_REQUEST_METHOD = "http.request.method"
+HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
+HTTP_REQUEST_RESEND_COUNT = "http.request.resend_count"
+URL_FULL = "url.full"
+SERVER_ADDRESS = "server.address"
 
 # --- atlas.* ----------------------------------------------------------------------------------
 ATLAS_SESSION_ID = "atlas.session.id"
@@ -75,6 +81,9 @@ ATLAS_THREAD_ID = "atlas.thread.id"
 ATLAS_INTERRUPTED = "atlas.interrupted"  # this segment ended waiting for a resume
 ATLAS_SEGMENT = "atlas.segment"  # 0 for the run that started the session, 1.. for resumes
 ATLAS_STREAMED = "atlas.streamed"  # the answer was streamed to the caller (no retry possible)
+# LlamaIndex workflows: the step a span stands for and the event type that started it.
+ATLAS_STEP_NAME = "atlas.step.name"
+ATLAS_STEP_INPUT_EVENT = "atlas.step.input_event"
 
 ROLE_SESSION = "session"
 ROLE_EVALUATION = "evaluation"
@@ -82,6 +91,7 @@ ROLE_PROBE = "probe"
 ROLE_GUIDANCE = "guidance"
 ROLE_NODE = "node"  # a graph node (LangGraph)
 ROLE_CHAIN = "chain"  # any other framework step (a LangChain chain/runnable)
+ROLE_STEP = "step"  # a workflow step (LlamaIndex)
 
 # The evaluation whose score becomes the session's reward; other evaluations are kept beside it.
 PRIMARY_EVALUATION = "atlas.rim"
@@ -177,6 +187,11 @@ def node_span_name(node: str) -> str:
 def chain_span_name(name: str) -> str:
     """A framework step that is not a node, model or tool (a LangChain runnable)."""
     return f"chain {name}"
+
+
+def step_span_name(step: str) -> str:
+    """A workflow step's span (LlamaIndex): ``step {name}``."""
+    return f"step {step}"
 
 
 # --- content capture --------------------------------------------------------------------------

@@ -1,0 +1,195 @@
+"""litellm: direct ``litellm.completion`` / ``acompletion`` calls as ``chat {model}`` spans.
+
+::
+
+    from atlas_middleware.integrations import litellm as atlas_litellm
+
+    atlas_litellm.instrument()
+    litellm.completion(model="openai/gpt-4o-mini", messages=[...])  # a chat span with usage
+
+Each chat completion becomes one span under the OpenTelemetry span current when the call was made
+(a supervised session's root, a tool span, ...), with the provider, the requested and answering
+model, token usage and, under atlas's content-capture switch, the messages. Calls made inside a
+span that already is a chat span (atlas's own litellm backend, any instrumentation that traces the
+call itself) get no second span.
+
+litellm reports finished calls from a background thread or logging task, so a span may land a
+moment after the call returned; its times are the call's own.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from datetime import datetime
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from atlas_middleware.models.litellm_backend import _import_litellm, provider_of
+from atlas_middleware.telemetry import get_tracer
+from atlas_middleware.telemetry import schema as s
+
+__all__ = ["AtlasLiteLLMCallback", "instrument", "uninstrument"]
+
+litellm = _import_litellm()  # a core dependency; imported here so its local cost map is used
+from litellm.integrations.custom_logger import CustomLogger  # noqa: E402
+
+# litellm's call types that are chat completions; embeddings, images, … are not traced here.
+CHAT_CALL_TYPES = frozenset({"completion", "acompletion"})
+_REMEMBERED = 10_000  # bound on calls in flight / recently finished that we keep ids of
+
+
+class AtlasLiteLLMCallback(CustomLogger):
+    """The litellm callback behind :func:`instrument` (usable alone in ``litellm.callbacks``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled = True
+        self._lock = threading.Lock()
+        # litellm_call_id → (the caller's context, skip); set where the call is made, read
+        # where litellm reports it (another thread or task).
+        self._pending: OrderedDict[str, tuple[otel_context.Context, bool]] = OrderedDict()
+        self._done: OrderedDict[str, None] = OrderedDict()
+
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: dict[str, Any]) -> None:
+        call_id = kwargs.get("litellm_call_id")
+        if not self.enabled or call_id is None or kwargs.get("call_type") not in CHAT_CALL_TYPES:
+            return
+        entry = (otel_context.get_current(), _inside_chat_span())
+        with self._lock:
+            self._pending[call_id] = entry
+            _trim(self._pending)
+
+    def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any):
+        self._record(kwargs, response_obj, start_time, end_time, None)
+
+    async def async_log_success_event(
+        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self._record(kwargs, response_obj, start_time, end_time, None)
+
+    def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any):
+        self._record(kwargs, None, start_time, end_time, kwargs.get("exception") or "error")
+
+    async def async_log_failure_event(
+        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self._record(kwargs, None, start_time, end_time, kwargs.get("exception") or "error")
+
+    def _record(
+        self, kwargs: dict[str, Any], response: Any, start_time: Any, end_time: Any, error: Any
+    ) -> None:
+        call_id = kwargs.get("litellm_call_id")
+        with self._lock:
+            if call_id in self._done:  # litellm reported this call already
+                return
+            entry = self._pending.pop(call_id, None) if call_id is not None else None
+            if error is None and call_id is not None:
+                self._done[call_id] = None
+                _trim(self._done)
+        if entry is None:  # no pre-call seen (instrumented mid-call): litellm kept our context
+            if not self.enabled or kwargs.get("call_type") not in CHAT_CALL_TYPES:
+                return
+            entry = (otel_context.get_current(), _inside_chat_span())
+        parent, skip = entry
+        if skip:
+            return
+        model = str(kwargs.get("model") or "unknown")
+        provider = kwargs.get("custom_llm_provider") or provider_of(model)
+        span = get_tracer().start_span(
+            s.chat_span_name(model),
+            context=parent,
+            kind=SpanKind.CLIENT,
+            start_time=_ns(start_time),
+            attributes={
+                s.GEN_AI_OPERATION_NAME: s.OP_CHAT,
+                s.GEN_AI_REQUEST_MODEL: model,
+                s.GEN_AI_PROVIDER_NAME: str(provider),
+            },
+        )
+        try:
+            content = s.capture_content()
+            if content and kwargs.get("messages") is not None:
+                span.set_attribute(s.GEN_AI_INPUT_MESSAGES, _json(kwargs["messages"]))
+            if error is not None:
+                kind = type(error).__name__ if isinstance(error, BaseException) else "error"
+                span.set_attribute(s.ERROR_TYPE, kind)
+                span.set_status(Status(StatusCode.ERROR, _one_line(error)))
+            elif response is not None:
+                _response(span, response, content)
+        finally:
+            span.end(end_time=_ns(end_time))
+
+
+def _response(span: otel_trace.Span, response: Any, content: bool) -> None:
+    usage = getattr(response, "usage", None)
+    if usage is not None:
+        s.set_usage(
+            span, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+        )
+    if getattr(response, "model", None):
+        span.set_attribute(s.GEN_AI_RESPONSE_MODEL, str(response.model))
+    if getattr(response, "id", None):
+        span.set_attribute(s.GEN_AI_RESPONSE_ID, str(response.id))
+    if content:
+        messages = []
+        for choice in getattr(response, "choices", None) or []:
+            message = getattr(choice, "message", None)
+            if message is not None:
+                messages.append({"role": message.role, "content": message.content})
+        span.set_attribute(s.GEN_AI_OUTPUT_MESSAGES, _json(messages))
+
+
+def _inside_chat_span() -> bool:
+    attributes = getattr(otel_trace.get_current_span(), "attributes", None) or {}
+    return attributes.get(s.GEN_AI_OPERATION_NAME) == s.OP_CHAT
+
+
+def _ns(moment: Any) -> int | None:
+    if isinstance(moment, datetime):
+        return int(moment.timestamp() * 1e9)
+    if isinstance(moment, int | float):
+        return int(moment * 1e9)
+    return None  # now
+
+
+def _trim(entries: OrderedDict[str, Any]) -> None:
+    while len(entries) > _REMEMBERED:
+        entries.popitem(last=False)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=repr, ensure_ascii=False)
+
+
+def _one_line(error: Any) -> str:
+    return " ".join(str(error).split())[:500]
+
+
+# --- instrumentation --------------------------------------------------------------------------
+_install_lock = threading.Lock()
+_callback: AtlasLiteLLMCallback | None = None
+
+
+def instrument() -> AtlasLiteLLMCallback:
+    """Add atlas's callback to ``litellm.callbacks`` (idempotent); returns it."""
+    global _callback
+    with _install_lock:
+        if _callback is None:
+            _callback = AtlasLiteLLMCallback()
+        _callback.enabled = True
+        if _callback not in litellm.callbacks:
+            litellm.logging_callback_manager.add_litellm_callback(_callback)
+        return _callback
+
+
+def uninstrument() -> None:
+    """Remove atlas's callback from litellm (from every list litellm copied it into)."""
+    with _install_lock:
+        if _callback is not None:
+            _callback.enabled = False
+            litellm.logging_callback_manager.remove_callback_from_all_lists(_callback)

@@ -30,7 +30,16 @@ from atlas_middleware.cli.common import (
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # Command groups, in the order ``atlas --help`` lists them: module names in this package.
-COMMANDS: list[str] = ["demo", "collector", "sessions", "export", "db", "serve_model", "eval"]
+COMMANDS: list[str] = [
+    "demo",
+    "collector",
+    "sessions",
+    "export",
+    "db",
+    "serve_model",
+    "eval",
+    "run",
+]
 
 
 def _version() -> str:

@@ -41,6 +41,9 @@ require("llama_index.core", "llama-index")
 from llama_index.core.base.llms.base import BaseLLM  # noqa: E402
 from llama_index.core.base.llms.types import (  # noqa: E402
     ChatMessage,
+    ChatResponse,
+    CompletionResponse,
+    LLMMetadata,
     MessageRole,
     TextBlock,
 )
@@ -57,13 +60,16 @@ from llama_index.core.instrumentation.events.llm import (  # noqa: E402
     LLMCompletionStartEvent,
 )
 from llama_index.core.instrumentation.events.span import SpanDropEvent  # noqa: E402
-from llama_index.core.instrumentation.span import BaseSpan  # noqa: E402
+from llama_index.core.instrumentation.span import BaseSpan, active_span_id  # noqa: E402
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler  # noqa: E402
+from llama_index.core.llms import CustomLLM  # noqa: E402
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback  # noqa: E402
 from llama_index.core.tools.types import BaseTool  # noqa: E402
 from llama_index.core.workflow import Event, StopEvent, Workflow  # noqa: E402
+from opentelemetry import context as otel_context  # noqa: E402
 from opentelemetry import trace  # noqa: E402
 from opentelemetry.trace import Status, StatusCode  # noqa: E402
-from pydantic import PrivateAttr  # noqa: E402
+from pydantic import Field, PrivateAttr  # noqa: E402
 
 from atlas_middleware.guidance import guided_system_prompt, rendered_guidance  # noqa: E402
 from atlas_middleware.supervise import answer_text, supervise  # noqa: E402
@@ -71,6 +77,7 @@ from atlas_middleware.telemetry import get_tracer  # noqa: E402
 from atlas_middleware.telemetry import schema as s  # noqa: E402
 
 __all__ = [
+    "AtlasLLM",
     "SupervisedHandler",
     "SupervisedWorkflow",
     "instrument",
@@ -296,6 +303,19 @@ def _response_model(response: Any) -> str | None:
     return model if isinstance(model, str) else None
 
 
+def _parent_context(parent: Any) -> Any:
+    """The context to start a child of dispatcher span ``parent`` in: the parent's, unless an
+    OpenTelemetry span was opened inside it since (a supervised step's session root), which is
+    then the nearer parent; None (the current context) without a parent."""
+    if parent is None:
+        return None
+    current = trace.get_current_span()
+    started = getattr(current, "start_time", None)
+    if current.is_recording() and started and started > parent.start_time:
+        return None
+    return trace.set_span_in_context(parent)
+
+
 class _SpanHandler(BaseSpanHandler[_Span]):
     """Dispatcher spans → OpenTelemetry spans, parented like the dispatcher's tree; the outermost
     ones under whatever OpenTelemetry span is current (a supervised session's root).
@@ -330,6 +350,16 @@ class _SpanHandler(BaseSpanHandler[_Span]):
         attributes: dict[str, Any] = {}
         kind = "other"
         owner = id(instance) if instance is not None else 0
+        if isinstance(instance, AtlasLLM):
+            # The atlas model records its own chat span (with usage); this placeholder only
+            # tells it where it hangs (see AtlasLLM._parent).
+            return _Span(
+                id_=id_,
+                parent_id=parent_span_id,
+                otel=parent.otel if parent is not None else None,
+                kind="atlas",
+                alias=True,
+            )
         if isinstance(instance, BaseLLM) and method in (*_CHAT_METHODS, *_COMPLETION_METHODS):
             kind = "llm"
             model = _model_name(instance)
@@ -401,14 +431,7 @@ class _SpanHandler(BaseSpanHandler[_Span]):
                 alias=True,
                 has_input=parent.has_input,
             )
-        context = None  # the current OpenTelemetry context
-        if parent is not None and parent.otel is not None:
-            # A span opened inside the dispatcher parent (a supervised step's session root) is
-            # the nearer parent; otherwise follow the dispatcher's tree.
-            current = trace.get_current_span()
-            started = getattr(current, "start_time", None)
-            if not (current.is_recording() and started and started > parent.otel.start_time):
-                context = trace.set_span_in_context(parent.otel)
+        context = _parent_context(parent.otel if parent is not None else None)
         otel = get_tracer().start_span(name, context=context, attributes=attributes)
         return _Span(id_=id_, parent_id=parent_span_id, otel=otel, kind=kind, owner=owner)
 
@@ -501,7 +524,9 @@ class _EventHandler(BaseEventHandler):
         if isinstance(event, LLMChatInProgressEvent | LLMCompletionInProgressEvent | SpanDropEvent):
             return  # one per streamed token, or already seen as the span's drop
         span = self.spans.lookup(event.span_id) if self.spans is not None else None
-        if span is None or span.otel is None or not span.otel.is_recording():
+        if span is None or span.kind == "atlas" or span.otel is None:
+            return
+        if not span.otel.is_recording():
             return
         otel = span.otel
         content = s.capture_content()
@@ -583,6 +608,91 @@ def uninstrument() -> None:
             root.event_handlers = [h for h in root.event_handlers if h is not events]
             spans.close()
     _remove_guidance()
+
+
+# --- any atlas model as a LlamaIndex LLM ---------------------------------------------------------
+class AtlasLLM(CustomLLM):
+    """Any atlas :class:`~atlas_middleware.models.ChatModel` (the embedded SmolLM2, a litellm
+    model, an OpenAI-compatible endpoint) as a LlamaIndex LLM, so a workflow can run offline:
+    ``AtlasLLM(model=build_model("embedded"), max_tokens=64)``.
+
+    Text in, text out (no tool calling). The atlas model records its own ``chat {model}`` span
+    with usage, under the step that called it."""
+
+    model: Any = Field(exclude=True)
+    max_tokens: int = 256
+    temperature: float = 0.0
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "AtlasLLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(
+            model_name=getattr(self.model, "name", "atlas"),
+            is_chat_model=True,
+            num_output=self.max_tokens,
+        )
+
+    async def _chat(self, messages: Any) -> ChatResponse:
+        context = _dispatcher_context()
+        token = otel_context.attach(context) if context is not None else None
+        try:
+            result = await self.model.chat(
+                [{"role": str(m.role.value), "content": m.content or ""} for m in messages],
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+            )
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+        return ChatResponse(
+            message=ChatMessage(role=MessageRole.ASSISTANT, content=result.text),
+            additional_kwargs={
+                "prompt_tokens": result.input_tokens,
+                "completion_tokens": result.output_tokens,
+            },
+        )
+
+    @llm_chat_callback()
+    async def achat(self, messages: Any, **kwargs: Any) -> ChatResponse:
+        return await self._chat(messages)
+
+    @llm_chat_callback()
+    def chat(self, messages: Any, **kwargs: Any) -> ChatResponse:
+        from atlas_middleware.portal import get_portal
+
+        # The portal runs it in a copy of this context: the guidance and the current span go along.
+        return get_portal().call(lambda: self._chat(messages))
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        reply = self.chat([ChatMessage(role=MessageRole.USER, content=prompt)])
+        return CompletionResponse(text=reply.message.content or "")
+
+    @llm_completion_callback()
+    async def acomplete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponse:
+        reply = await self._chat([ChatMessage(role=MessageRole.USER, content=prompt)])
+        return CompletionResponse(text=reply.message.content or "")
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        response = self.complete(prompt, formatted=formatted)
+        yield CompletionResponse(text=response.text, delta=response.text)
+
+
+def _dispatcher_context() -> Any:
+    """Where an atlas model called from inside a LlamaIndex span hangs its chat span."""
+    handlers = _handlers
+    if handlers is None:
+        return None
+    span = handlers[0].lookup(active_span_id.get())
+    if span is None or span.otel is None:
+        return None
+    return _parent_context(span.otel)
 
 
 # --- supervised workflow runs -------------------------------------------------------------------

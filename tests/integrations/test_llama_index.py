@@ -497,3 +497,25 @@ def _served_model(base_url: str) -> str:
     import httpx
 
     return httpx.get(f"{base_url}/v1/models", timeout=30).json()["data"][0]["id"]
+
+
+def test_an_atlas_model_as_the_llm_records_one_chat_span_under_its_step(memory):
+    model = ScriptedModel(respond=lambda messages: "42", name="atlas-model")
+    flow = li.supervise_workflow(
+        Solve(li.AtlasLLM(model=model, max_tokens=8)),
+        agent="solver",
+        teacher=teacher(probe="0.1"),
+        reward=False,
+    )
+
+    async def main():
+        return await flow.run(question="What is 12 + 30?")
+
+    assert asyncio.run(main()) == "42"
+    [call] = model.calls
+    assert call[0]["role"] == "system" and GUIDANCE in call[0]["content"]
+    spans = memory.get_finished_spans()
+    [chat] = by_name(spans, "chat atlas-model")  # the atlas model's own span, no duplicate
+    [think] = by_name(spans, "step think")
+    assert chat.parent.span_id == think.context.span_id
+    assert chat.attributes[s.GEN_AI_USAGE_INPUT_TOKENS] > 0

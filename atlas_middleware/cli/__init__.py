@@ -39,6 +39,7 @@ COMMANDS: list[str] = [
     "serve_model",
     "eval",
     "run",
+    "optimize",
 ]
 
 

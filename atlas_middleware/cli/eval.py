@@ -98,13 +98,13 @@ class Models:
         self._built: dict[str, Any] = {}
 
     def get(self, spec: str | None, section: str = "teacher") -> Any:
-        from atlas_middleware.models import build_model
+        from atlas_middleware.supervise import _model
 
         settings = getattr(self.config, section)
         spec = spec or settings.model
         if spec not in self._built:
             try:
-                self._built[spec] = build_model(spec)
+                self._built[spec] = _model(settings, spec)  # the section's timeout and retries
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             except ImportError as exc:

@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import orjson
@@ -21,6 +24,7 @@ from agents import (
     RunItemStreamEvent,
     Runner,
     function_tool,
+    handoff,
     input_guardrail,
 )
 from agents.tracing import set_trace_processors
@@ -262,6 +266,20 @@ def test_run_and_run_streamed_each_make_exactly_one_session(spans, server):
     assert all(body.get("stream") for body in server.bodies[3:])
 
 
+def test_handoff_objects_lead_to_a_guided_agent_too(spans, server):
+    triage, math = agents_for(server.url)
+    triage_with_object = triage.clone(handoffs=[handoff(math)])
+    supervised = supervise_agent(
+        triage_with_object, teacher=guiding_teacher(), reward=False, lane="coach"
+    )
+    result = supervised.run_sync(TASK)
+    assert result.final_output == "The answer is 42." and result.last_agent.name == "math"
+    assert result.last_agent is not math
+    assert [GUIDANCE in system_text(body) for body in server.bodies] == [True, True, True]
+    assert triage_with_object.handoffs[0].agent_name == "math"
+    assert math.instructions == "You are a calculator."
+
+
 def test_run_sync_twice_gives_two_sessions_and_the_agent_stays_reusable(spans, server):
     triage, _ = agents_for(server.url)
     supervised = supervise_agent(triage, reward=False, lane="auto")
@@ -469,3 +487,29 @@ def test_streamed_agent_on_the_embedded_model(model_server, tmp_path, monkeypatc
     messages = orjson.loads(student.attributes[s.GEN_AI_INPUT_MESSAGES])
     system = next(m["content"] for m in messages if m["role"] == "system")
     assert system.startswith("Answer with a number only.") and session.guidance in system
+
+
+@pytest.mark.model
+def test_the_example_runs_streamed_against_the_served_model(model_server, tmp_path):
+    store_url = f"sqlite:///{tmp_path / 'example.db'}"
+    example = Path(__file__).resolve().parents[2] / "examples" / "openai_agents" / "main.py"
+    # The auto lane keeps it to the student's call: the example's default coach lane adds a
+    # 160-token guidance generation, covered above with a scripted teacher.
+    args = ["--base-url", f"{model_server}/v1", "--tasks", "1", "--lane", "auto", "--stream"]
+    proc = subprocess.run(
+        [sys.executable, str(example), *args, "--max-tokens", "8", "--store", store_url],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "ATLAS_STORE_URL": store_url, "OPENAI_API_KEY": ""},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "(reference 42)" in proc.stdout
+    with open_store(store_url) as store:
+        [session] = list(store.iter_sessions())
+        spans = store.spans_for([session.trace_id])[session.trace_id]
+    assert session.agent_name == "openai-agents-example" and session.lane == "auto"
+    assert session.reward_score is not None
+    names = {span.name for span in spans}
+    assert "invoke_agent openai-agents-example" in names
+    assert any(name.startswith("chat smollm2") for name in names)

@@ -200,14 +200,21 @@ def _json_value(value: Any, depth: int = 0) -> Any:
         raise InvalidSpan("attribute value nested too deeply")
     array = _get(value, "arrayValue", "array_value")
     if array is not None:
-        return [_json_value(v, depth + 1) for v in _list(array.get("values"), "array values")]
+        values = _object(array, "arrayValue").get("values")
+        return [_json_value(v, depth + 1) for v in _list(values, "array values")]
     kvlist = _get(value, "kvlistValue", "kvlist_value")
     if kvlist is not None:
-        return _json_attributes(kvlist.get("values"), depth + 1)
+        return _json_attributes(_object(kvlist, "kvlistValue").get("values"), depth + 1)
     bytes_value = _get(value, "bytesValue", "bytes_value")
     if bytes_value is not None:
         return _str(bytes_value, "bytesValue")
     raise InvalidSpan(f"unknown attribute value kind {sorted(value)[:3]}")
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidSpan(f"{what} must be an object")
+    return value
 
 
 def _str(value: Any, what: str) -> str:

@@ -309,7 +309,7 @@ class RetryingSpanExporter(SpanExporter):
         spool_max_bytes: int = 256 * 1024 * 1024,
         initial_backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
-        shutdown_timeout_s: float = 5.0,
+        shutdown_timeout_s: float = 2.0,
     ) -> None:
         if max_queue_spans < 0 or spool_max_bytes <= 0:
             raise ValueError("max_queue_spans must be 0 or more and spool_max_bytes positive")

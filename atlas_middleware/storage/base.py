@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import importlib.resources
+import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -23,6 +24,8 @@ from atlas_middleware.storage.records import (
     reward_score,
 )
 from atlas_middleware.telemetry import schema
+
+_log = logging.getLogger("atlas.store")
 
 
 class StoreError(RuntimeError):
@@ -93,6 +96,9 @@ class WriteResult:
     received: int
     sessions: int = 0
     drift_alerts: int = 0
+    # Evaluations whose score was NaN, infinite or not a number: stored without a score, never
+    # a reward (Store.rejected_rewards keeps the running total).
+    rejected_rewards: int = 0
 
 
 def check_review_status(status: str) -> str:
@@ -175,6 +181,7 @@ class Store(abc.ABC):
 
     url: str
     drift_policy: DriftPolicy
+    rejected_rewards: int = 0  # running total of WriteResult.rejected_rewards (see _written)
     _json_merge: str  # SQL merging sessions.evaluations with excluded.evaluations
     _drift_alert: str  # SQL that is true when a session's last drift check alerted
 
@@ -228,13 +235,27 @@ class Store(abc.ABC):
         self.close()
 
     # --- ingest --------------------------------------------------------------------------------
+    def _written(self, result: WriteResult) -> WriteResult:
+        """Called by write_spans after its commit: keeps the running counts."""
+        if result.rejected_rewards:
+            self.rejected_rewards += result.rejected_rewards
+            _log.warning(
+                "rejected %d reward scores that were not finite numbers (%d so far)",
+                result.rejected_rewards,
+                self.rejected_rewards,
+            )
+        return result
+
     @abc.abstractmethod
     def write_spans(self, records: Sequence[SpanRecord]) -> WriteResult:
         """Store spans (re-sent duplicates are ignored) and update the sessions they describe,
         in one transaction: when this returns, everything is durable."""
 
-    def _apply_session_updates(self, conn: Any, records: Sequence[SpanRecord]) -> tuple[int, int]:
-        """Upsert the sessions a batch describes; returns (sessions, drift alerts).
+    def _apply_session_updates(
+        self, conn: Any, records: Sequence[SpanRecord]
+    ) -> tuple[int, int, int]:
+        """Upsert the sessions a batch describes; returns (sessions, drift alerts, rejected
+        reward scores).
 
         Each session row is written once per batch with its final reward, drift and review
         status: the prior state is read (and locked) first, merged with the batch here, and the
@@ -244,7 +265,8 @@ class Store(abc.ABC):
         """
         updates = sorted(derive_session_updates(records).values(), key=lambda u: u.trace_id)
         if not updates:
-            return 0, 0
+            return 0, 0, 0
+        rejected = sum(u.rejected_scores for u in updates)
         now = time.time_ns()
         ids = [u.trace_id for u in updates]
         prior = {
@@ -291,7 +313,7 @@ class Store(abc.ABC):
             self._run_many(
                 conn, "INSERT INTO drift_alerts VALUES (%s, %s, %s, %s, %s, %s, %s)", alerts
             )
-        return len(updates), len(alerts)
+        return len(updates), len(alerts), rejected
 
     _lock_rows = ""  # SQL appended to the prior-state read to lock the rows (dialects set it)
 
@@ -643,7 +665,7 @@ def span_rows(records: Iterable[SpanRecord]) -> list[tuple[Any, ...]]:
                 r.status_message,
                 r.service_name,
                 r.operation,
-                r.attributes.get(schema.ATLAS_SESSION_ID),
+                _text_column(r.attributes.get(schema.ATLAS_SESSION_ID)),
                 json_dumps(r.attributes),
                 json_dumps([e.to_json() for e in r.events]) if r.events else "[]",
                 resource,
@@ -651,6 +673,14 @@ def span_rows(records: Iterable[SpanRecord]) -> list[tuple[Any, ...]]:
             )
         )
     return rows
+
+
+def _text_column(value: Any) -> str | None:
+    # Attribute values come from clients: a list or map where a string belongs must not make
+    # the whole batch unwritable (the session row reads the same value the same way).
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
 
 
 def span_from_row(row: Sequence[Any]) -> SpanRecord:

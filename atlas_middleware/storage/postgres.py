@@ -285,7 +285,7 @@ class PostgresStore(Store):
         try:
             with self._transaction() as conn:
                 self._copy_spans(conn, rows)
-                sessions, alerts = self._apply_session_updates(conn, records)
+                sessions, alerts, rejected = self._apply_session_updates(conn, records)
         except StoreError as exc:
             # Another replica pruned a partition this one still believed in: forget what we
             # know, recreate, and write once more.
@@ -295,8 +295,8 @@ class PostgresStore(Store):
             self._ensure_partitions(days)
             with self._transaction() as conn:
                 self._copy_spans(conn, rows)
-                sessions, alerts = self._apply_session_updates(conn, records)
-        return WriteResult(len(records), sessions, alerts)
+                sessions, alerts, rejected = self._apply_session_updates(conn, records)
+        return self._written(WriteResult(len(records), sessions, alerts, rejected))
 
     def _copy_spans(self, conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> None:
         """COPY straight into ``spans``; only when that hits a re-sent span (rare: OTLP retries)
@@ -341,9 +341,13 @@ class PostgresStore(Store):
                 )
                 # Another replica may create it between IF NOT EXISTS's check and the CREATE.
                 with contextlib.suppress(pg_errors.DuplicateTable, pg_errors.UniqueViolation):
+                    # The last day before 2**63 ns (April 2262) ends at MAXVALUE: its end does
+                    # not fit a bigint, and a span stamped there must not fail its batch.
+                    upper = (day + 1) * DAY_NS
                     conn.execute(
                         f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF spans "
-                        f"FOR VALUES FROM ({day * DAY_NS}) TO ({(day + 1) * DAY_NS})"
+                        f"FOR VALUES FROM ({day * DAY_NS}) "
+                        f"TO ({upper if upper < 2**63 else 'MAXVALUE'})"
                     )
                 self._partitions.add(day)
 

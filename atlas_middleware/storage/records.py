@@ -125,6 +125,9 @@ class SessionUpdate:
     started_ns: int | None = None
     ended_ns: int | None = None
     evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Evaluations whose score was present but not a finite number (NaN, ±inf, text): kept
+    # without a score, so they never become a reward, and counted.
+    rejected_scores: int = 0
 
     COLUMNS = (
         "session_id",
@@ -174,7 +177,8 @@ def _int(value: Any) -> int | None:
 
 def _evaluation(event: SpanEvent, span: SpanRecord) -> tuple[str, dict[str, Any]] | None:
     attrs = event.attributes
-    score = _float(attrs.get(s.GEN_AI_EVALUATION_SCORE_VALUE))
+    raw_score = attrs.get(s.GEN_AI_EVALUATION_SCORE_VALUE)
+    score = _float(raw_score) if not isinstance(raw_score, bool) else None
     name = _str(attrs.get(s.GEN_AI_EVALUATION_NAME))
     if name is None:
         return None
@@ -229,6 +233,10 @@ def derive_session_updates(records: Iterable[SpanRecord]) -> dict[str, SessionUp
             found = _evaluation(event, record)
             if found is not None:
                 update.evaluations[found[0]] = found[1]
+                if "score" not in found[1] and event.attributes.get(
+                    s.GEN_AI_EVALUATION_SCORE_VALUE
+                ) not in (None, ""):
+                    update.rejected_scores += 1
     return updates
 
 

@@ -129,8 +129,8 @@ class SQLiteStore(Store):
         )
         with self._transaction() as conn:
             conn.executemany(insert, rows)
-            sessions, alerts = self._apply_session_updates(conn, records)
-        return WriteResult(len(records), sessions, alerts)
+            sessions, alerts, rejected = self._apply_session_updates(conn, records)
+        return self._written(WriteResult(len(records), sessions, alerts, rejected))
 
     def prune_spans(self, before_ns: int) -> int:
         """Delete spans that started before ``before_ns`` (sessions are kept)."""

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from atlas_middleware.otel_exporters.otlp import Decoded
+from atlas_middleware.otel_exporters.otlp import Decoded, DecodeError
 
 from atlas_middleware.redaction import Redactor, default_redactors, redact
 from atlas_middleware.storage import Store, StoreUnavailable
@@ -40,6 +40,7 @@ class Stats:
     overloaded: int = 0
     store_unavailable: int = 0
     bad_requests: int = 0
+    rewards_rejected: int = 0  # evaluation scores that were NaN/inf/not numbers: never rewards
 
 
 class Ingestor:
@@ -104,10 +105,19 @@ class Ingestor:
         return decoded
 
     def _work(self, decode: Callable[[], Decoded]) -> Decoded:
-        decoded = decode()
+        try:
+            decoded = decode()
+        except DecodeError:
+            raise
+        except Exception as exc:
+            # A decoder bug on hostile input: refuse the request (400, nothing stored) and say so
+            # loudly, rather than a 500 with a half-read request.
+            log.exception("could not decode a request")
+            raise DecodeError(f"undecodable request ({type(exc).__name__})") from exc
         if decoded.spans:
             redact(decoded.spans, self._redactors)
-            self.store.write_spans(decoded.spans)
+            written = self.store.write_spans(decoded.spans)
+            self.stats.rewards_rejected += written.rejected_rewards
         return decoded
 
     def _log_error(self, message: str, *args: object) -> None:

@@ -34,7 +34,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from atlas_middleware.guidance import rendered_guidance
-from atlas_middleware.supervise import answer_text, supervise
+from atlas_middleware.supervise import SupervisionOptions, answer_text, supervise
 from atlas_middleware.telemetry import get_tracer, usage
 from atlas_middleware.telemetry import schema as s
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from agents import Agent, RunResult, RunResultStreaming
     from agents.tracing import Span, Trace
 
-    from atlas_middleware.supervise import SupervisionOptions, Supervisor
+    from atlas_middleware.supervise import Supervisor
 
 EXTRA = "openai-agents"
 # Importing this module is asking for the SDK; without it, one line names the extra to install.
@@ -121,6 +121,12 @@ class SupervisedAgent:
     def options(self, **overrides: Any) -> SupervisedAgent:
         """The same supervised agent with some options changed for the calls made through it:
         ``calc.options(reference="42").run_sync(task)``."""
+        unknown = set(overrides) - set(SupervisionOptions.__dataclass_fields__)
+        if unknown:
+            raise TypeError(
+                f"options() got unknown option(s) {', '.join(sorted(unknown))}; "
+                f"options: {', '.join(sorted(SupervisionOptions.__dataclass_fields__))}"
+            )
         return SupervisedAgent(
             self.agent, self._supervisor, {**self._overrides, **overrides}, self._trace_sdk
         )

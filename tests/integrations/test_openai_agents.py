@@ -363,6 +363,8 @@ def test_run_streamed_outside_an_event_loop_says_what_to_do(server):
 def test_only_agents_can_be_supervised():
     with pytest.raises(TypeError, match=r"takes an agents\.Agent"):
         supervise_agent(lambda task: task)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="unknown option"):
+        supervise_agent(Agent(name="a"), reward=False).options(refrence="42")
 
 
 # --- failing open, and the agent's own failures --------------------------------------------------

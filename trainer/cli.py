@@ -60,9 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "grpo":
             p.add_argument(
                 "--student",
+                "--student-url",
+                dest="student",
                 metavar="SPEC",
                 help="frozen student: vllm:/path (starts vLLM), transformers:/path, "
-                "http://host:port/v1|model, or an atlas model spec",
+                "http://host:port/v1[|model] (any OpenAI-compatible server), or an atlas model spec",
             )
         if name == "gkd":
             p.add_argument("--teacher-model", metavar="DIR", help="the larger teacher to distil")

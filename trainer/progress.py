@@ -133,6 +133,9 @@ def plot_curves(metrics_file: Path, png: Path) -> Path | None:
     if not drawn:
         plt.close(fig)
         return None
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)

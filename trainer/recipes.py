@@ -104,6 +104,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".")]
     if not sep or not all(path):
         raise RecipeError(f"--set expects section.key=value (e.g. trl.max_steps=3), got {text!r}")
+    # YAML 1.1 reads yes/no/on/off as booleans; on the command line they are words
+    # (trl.save_strategy=no).
+    if raw.strip().lower() in ("yes", "no", "on", "off", "y", "n"):
+        return path, raw.strip()
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:

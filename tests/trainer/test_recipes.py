@@ -78,3 +78,16 @@ def test_wrong_recipe_file_is_refused(tmp_path):
     user.write_text("- a list\n")
     with pytest.raises(RecipeError, match="must be a YAML mapping"):
         load_recipe("grpo", config=user)
+
+
+def test_importing_the_trainer_and_its_cli_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, atlas_middleware.trainer, atlas_middleware.trainer.cli as c;"
+        "c.build_parser();"
+        "heavy = [m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules];"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -196,6 +196,31 @@ def _dataset(recipe: Recipe, output_dir: Path):
     return raw.map(to_messages, remove_columns=raw.column_names)
 
 
+def load_verifier(name: str | None) -> Any:
+    """``reward.verifier``: ``reference_match`` (the default), ``exact_match``, or
+    ``package.module:function`` taking (task, answer, reference) → bool, score or None."""
+    if name is None or name == "reference_match":
+        return None  # TeachingReward's default: the reference decides, else RIM
+    from atlas_middleware.rim import judges
+
+    if name == "exact_match":
+        return judges.exact_match
+    module, sep, attr = str(name).partition(":")
+    if not sep or not module or not attr:
+        raise RecipeError(
+            f"reward.verifier {name!r}: use reference_match, exact_match or package.module:function"
+        )
+    import importlib
+
+    try:
+        value = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise RecipeError(f"reward.verifier {name!r}: {exc}") from None
+    if not callable(value):
+        raise RecipeError(f"reward.verifier {name!r} is not callable")
+    return value
+
+
 def last_checkpoint(output_dir: Path) -> Path | None:
     found = []
     for path in output_dir.glob("checkpoint-*"):
@@ -302,15 +327,24 @@ def train(
                     "grpo needs a student: pass --student vllm:/path | transformers:/path | "
                     "http://host:port/v1|model (or set student: in the recipe)"
                 )
+            terms = dict(recipe.reward)
+            verifier = load_verifier(terms.pop("verifier", None))
+            judge = terms.pop("judge", None)
             try:
-                weights = RewardWeights(**recipe.reward)
+                weights = RewardWeights(**terms)
             except TypeError as exc:
                 raise RecipeError(f"reward: {exc}") from None
             except ValueError as exc:
                 raise RecipeError(str(exc)) from None
+            rim = None
+            if judge:
+                from atlas_middleware.models import build_model
+                from atlas_middleware.rim import RIMReward
+
+                rim = RIMReward(build_model(str(judge)))
             student_cm = open_student(recipe.student, **recipe.student_options)
             student = student_cm.__enter__()
-            reward_fn = TeachingReward(student, weights)
+            reward_fn = TeachingReward(student, weights, verifier=verifier, rim=rim)
             trainer = GRPOTrainer(
                 model=model_path,
                 reward_funcs=[reward_fn],

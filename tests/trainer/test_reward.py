@@ -215,3 +215,43 @@ def test_summarise_counts_non_degradation_over_baseline_right_only():
     assert m.non_degradation == pytest.approx(0.5)
     assert m.baseline_accuracy == pytest.approx(2 / 3)
     assert m.branches == {"kept": 1, "broke": 1, "neither": 1, "unscored": 1}
+
+
+def test_without_a_reference_rim_scores_stand_in():
+    """A real RIMReward (its judge a scripted model) scores both answers; the delta counts."""
+    import json
+
+    from atlas_middleware.rim import RIMReward
+
+    def judge(messages):
+        text = "\n".join(m["content"] for m in messages)
+        score = 0.9 if "<response>\n7\n</response>" in text else 0.1
+        return json.dumps(
+            {
+                "principles": [{"name": "correct", "weight": 1.0}],
+                "score": score,
+                "rationale": "checked",
+                "uncertainty": 0.05,
+            }
+        )
+
+    _, student = _student()
+    rim = RIMReward(ScriptedModel(respond=judge), samples=1, temperatures=(0.2,))
+    reward = TeachingReward(student, W, rim=rim)
+    [value] = reward(prompts=[[]], completions=["Add."], task=["What is 3 + 4?"], reference=[None])
+    assert value > 0.5  # the guided answer "7" scored above the baseline "-1"
+    assert reward.history[-1].branches == {"fixed": 1}
+
+
+def test_verifier_names(tmp_path):
+    from atlas_middleware.trainer.recipes import RecipeError
+    from atlas_middleware.trainer.run import load_verifier
+
+    from atlas_middleware.rim.judges import exact_match
+
+    assert load_verifier(None) is None and load_verifier("reference_match") is None
+    assert load_verifier("exact_match") is exact_match
+    assert load_verifier("os.path:isabs") is __import__("os").path.isabs
+    for bad in ("nope", "os.path:nothing_here", "no_such_module_x:f"):
+        with pytest.raises(RecipeError, match=r"reward\.verifier"):
+            load_verifier(bad)

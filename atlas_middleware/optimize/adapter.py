@@ -449,6 +449,33 @@ def _feedback(component: str, record: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+class FeedbackRoundRobin:
+    """GEPA's round-robin over the prompts, skipping a prompt the minibatch gave no feedback on
+    (the probe when the lane is forced, validation when every run took the auto lane): asking
+    the reflection model about it would cost an iteration for nothing."""
+
+    def __call__(
+        self,
+        state: Any,
+        trajectories: list[dict[str, Any]],
+        subsample_scores: list[float],
+        candidate_idx: int,
+        candidate: dict[str, str],
+    ) -> list[str]:
+        names = state.list_of_named_predictors
+        start = state.named_predictor_id_to_update_next_for_program_candidate[candidate_idx]
+        for offset in range(len(names)):
+            index = (start + offset) % len(names)
+            if any(_feedback(names[index], record) for record in trajectories):
+                break
+        else:
+            index = start % len(names)
+        state.named_predictor_id_to_update_next_for_program_candidate[candidate_idx] = (
+            index + 1
+        ) % len(names)
+        return [names[index]]
+
+
 class ReflectionModel:
     """The reflection LM GEPA calls with a prompt string: metered, budgeted and cached (a
     resumed run replays its interrupted iteration without paying for the same reflection)."""

@@ -30,6 +30,7 @@ import orjson
 from atlas_middleware.models.base import ChatModel
 from atlas_middleware.optimize.adapter import (
     AtlasAdapter,
+    FeedbackRoundRobin,
     JsonlCache,
     ReflectionModel,
     RolloutSettings,
@@ -297,7 +298,6 @@ def optimize(
         judges=list(settings.judges) if settings.judges is not None else rim.judges,
         samples=settings.rim_samples,
         max_tokens=settings.judge_max_tokens,
-        verifiers=[],
     )
     adapter = AtlasAdapter(
         base=seed_prompts,
@@ -347,7 +347,10 @@ def optimize(
             spent["idle"] = spent["idle"] + 1 if ledger.calls == spent["calls"] else 0
             spent["calls"] = ledger.calls
             if spent["idle"] >= IDLE_ITERATIONS:
-                stop_reason = f"stalled: {IDLE_ITERATIONS} iterations in a row proposed nothing new"
+                stop_reason = (
+                    f"stalled: {IDLE_ITERATIONS} iterations in a row proposed nothing new "
+                    "(minibatches already perfect, or no usable rewrite)"
+                )
                 return True
             adapter.reserve_calls, adapter.reserve_s = reserve()
             # An iteration scores the parent and the child on a minibatch and reflects once.
@@ -378,7 +381,7 @@ def optimize(
                 reflection_prompt_template=reflection_templates(),
                 reflection_minibatch_size=min(settings.minibatch, len(split.train)),
                 candidate_selection_strategy="pareto",
-                module_selector="round_robin",
+                module_selector=FeedbackRoundRobin(),
                 stop_callbacks=[stop],
                 run_dir=str(run / "gepa"),
                 logger=_FileLog(run / "gepa.log"),

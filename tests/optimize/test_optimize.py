@@ -161,3 +161,18 @@ def test_an_interrupted_run_resumes_without_paying_twice(tmp_path):
 
     with pytest.raises(OptimizeError, match="--fresh"):
         run(out, max_calls=150)
+
+
+def test_a_prompt_without_feedback_is_not_sent_to_reflection(tmp_path):
+    # With the lane forced, the probe never runs: reflecting on it would waste iterations.
+    from atlas_middleware.optimize import RolloutSettings
+
+    result = run(
+        tmp_path,
+        reflection=world.reflection(helpful=False),
+        max_calls=60,
+        rollout=RolloutSettings(lane="coach"),
+    )
+    changed = [c for row in result.iterations for c in row.get("components", [])]
+    assert changed and "probe" not in changed
+    assert {"guidance", "validate"} <= set(changed)

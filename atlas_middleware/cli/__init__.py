@@ -40,6 +40,7 @@ COMMANDS: list[str] = [
     "eval",
     "run",
     "optimize",
+    "quickstart",
 ]
 
 

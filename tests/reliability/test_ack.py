@@ -152,10 +152,10 @@ def test_memory_stays_bounded_under_a_flood(postgres_url):
     assert set(outcomes) <= {429, "reset", "UNAVAILABLE", "RESOURCE_EXHAUSTED"}
     assert 429 in outcomes and "UNAVAILABLE" in outcomes
     # The allocator settles within a few rounds; after that, the last four rounds push another
-    # ~360 MB, and holding on to any share of it (as refused gRPC calls once did: +20-40 MB a
-    # round) would show.
+    # ~360 MB; the allocator may still creep (seen: up to ~15 MB), while holding on to refused
+    # requests (as refused gRPC calls once did: +20-40 MB a round, ~100+ MB here) would show.
     growth = levels[-1] - levels[-5]
-    assert growth < 20, f"collector RSS kept growing with the flood (MB per round): {levels}"
+    assert growth < 40, f"collector RSS kept growing with the flood (MB per round): {levels}"
 
 
 ROUNDS, PER_ROUND = 12, 30

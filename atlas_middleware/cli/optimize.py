@@ -243,6 +243,10 @@ def run(args: argparse.Namespace) -> int:
                 judge=model(specs["judge"]),
                 notify=progress.update,
             )
+    except KeyboardInterrupt:
+        # The state was saved as the run unwound: the same command continues it.
+        out.print(f"interrupted: run the same command to resume (state in {settings.out}/run)")
+        return 130
     finally:
         from atlas_middleware.portal import get_portal
 

@@ -91,13 +91,15 @@ def test_every_span_exactly_once_through_restarts_and_kills(private_pg, tmp_path
             collector.start()
         _advance(clients, 200)
     finally:
-        for client in clients:
-            client.stop.set()
-        for client in clients:
-            client.join()
-        for exporter in (spooled, queued):
-            assert exporter.force_flush(120_000), exporter.stats()
-        collector.stop()
+        try:
+            for client in clients:
+                client.stop.set()
+            for client in clients:
+                client.join()
+            for exporter in (spooled, queued):
+                assert exporter.force_flush(120_000), exporter.stats()
+        finally:
+            collector.stop()  # never leave the collector running, whatever failed
     stats = {"spool-http": spooled.stats(), "queue-grpc": queued.stats()}
     for exporter in (spooled, queued):
         exporter.shutdown()

@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
             "atlas optimize needs GEPA: pip install 'atlas-middleware[optimize]'"
         ) from None
     from atlas_middleware.config import AtlasConfig
-    from atlas_middleware.models import CallPolicy, build_model
+    from atlas_middleware.models import CallPolicy, ModelError, build_model
     from atlas_middleware.optimize import (
         OptimizeSettings,
         RolloutSettings,
@@ -243,6 +243,12 @@ def run(args: argparse.Namespace) -> int:
                 judge=model(specs["judge"]),
                 notify=progress.update,
             )
+    except ModelError as exc:
+        # A model that keeps failing after its retries (bad key, server down) ends the run;
+        # everything paid for so far is saved.
+        raise CLIError(
+            f"a model call failed: {exc}; fix the model settings and run the same command to resume"
+        ) from None
     except KeyboardInterrupt:
         # The state was saved as the run unwound: the same command continues it.
         out.print(f"interrupted: run the same command to resume (state in {settings.out}/run)")

@@ -333,6 +333,8 @@ class AtlasAdapter:
         calls += self.ledger.roles["judge"].calls - judge_calls_before
         seconds = time.monotonic() - started
         self.ledger.rollouts += 1
+        if reward.score is None:
+            self.ledger.unscored_rollouts += 1
         self.ledger.max_rollout_calls = max(self.ledger.max_rollout_calls, calls)
         self.ledger.rollout_seconds += seconds
         return {

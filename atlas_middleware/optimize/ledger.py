@@ -29,6 +29,7 @@ class Ledger:
     roles: dict[str, RoleUsage] = field(default_factory=lambda: {r: RoleUsage() for r in ROLES})
     rollouts: int = 0  # supervised runs actually executed (cache hits are free)
     cached_rollouts: int = 0
+    unscored_rollouts: int = 0  # RIM could not score the answer (judge failures): counted as 0
     max_rollout_calls: int = 0  # the most model calls one rollout needed so far
     rollout_seconds: float = 0.0
 
@@ -73,6 +74,7 @@ class Ledger:
             roles={r: RoleUsage(**u) for r, u in data.get("roles", {}).items()},
             rollouts=int(data.get("rollouts", 0)),
             cached_rollouts=int(data.get("cached_rollouts", 0)),
+            unscored_rollouts=int(data.get("unscored_rollouts", 0)),
             max_rollout_calls=int(data.get("max_rollout_calls", 0)),
             rollout_seconds=float(data.get("rollout_seconds", 0.0)),
         )

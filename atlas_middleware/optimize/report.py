@@ -97,7 +97,13 @@ def markdown(result: OptimizeResult) -> str:
         f"({result.candidates} candidates)",
         f"- model calls {result.ledger.calls}, tokens {result.ledger.tokens}, "
         f"cost ${result.ledger.cost_usd:.4f}, rollouts {result.ledger.rollouts} "
-        f"(+{result.ledger.cached_rollouts} from cache), {result.elapsed_s:.0f} s",
+        f"(+{result.ledger.cached_rollouts} from cache"
+        + (
+            f", {result.ledger.unscored_rollouts} unscored by RIM, counted as 0"
+            if result.ledger.unscored_rollouts
+            else ""
+        )
+        + f"), {result.elapsed_s:.0f} s",
         "",
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),

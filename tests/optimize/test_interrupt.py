@@ -133,3 +133,19 @@ def test_sigint_mid_run_then_the_same_command_resumes(tmp_path):
     assert summary["usage"]["total"]["calls"] == first_answered + second_answered
     assert summary["usage"]["roles"]["student"]["input_tokens"] > 0
     assert re.search(r"HINT", (out / "active.yaml").read_text())
+
+
+def test_a_model_that_cannot_be_reached_ends_the_run_in_one_line(tmp_path):
+    from tests.helpers import free_port
+
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(orjson.dumps(t.to_json()).decode() + "\n" for t in world.tasks()))
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    done = subprocess.run(
+        command(tasks, tmp_path / "prompts", url), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()[-1:]
+    assert line.startswith("atlas: error: a model call failed: student: cannot reach")
+    assert "run the same command to resume" in line
+    assert "Traceback" not in done.stderr

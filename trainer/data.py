@@ -150,9 +150,20 @@ def iter_examples(
 
 
 def _is_file_source(source: str) -> bool:
+    """A JSONL export, as opposed to a store. A bare path is a store only when it is a SQLite
+    file: opening a store at a mistyped path would create an empty database there."""
     if source.startswith(("postgresql://", "postgres://", "sqlite:///")):
         return False
-    return source.endswith((".jsonl", ".json", ".ndjson")) or source == "-"
+    if "://" in source:
+        raise ValueError(
+            f"unsupported source {source!r}: use postgresql://…, sqlite:///path/atlas.db or a "
+            ".jsonl file from 'atlas export'"
+        )
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"cannot read {source}: no such file")
+    with path.open("rb") as handle:
+        return handle.read(16) != b"SQLite format 3\x00"
 
 
 def _from_store(

@@ -171,3 +171,14 @@ def test_reading_the_store_holds_one_page_at_a_time(postgres_url):
     assert peak_small * 3 < peak_big  # memory follows the page, not the table
     with open_store(postgres_url) as store:
         assert store.session_counts()["approved"] == 300
+
+
+def test_sources_are_recognised_without_creating_anything(sqlite_url, tmp_path):
+    write_sessions(sqlite_url, arithmetic(1))
+    bare_sqlite = sqlite_url[len("sqlite:///") :]
+    assert len(list(iter_examples(bare_sqlite))) == 1  # a bare path to a SQLite file
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        list(iter_examples(str(tmp_path / "typo.db")))
+    assert not (tmp_path / "typo.db").exists()
+    with pytest.raises(ValueError, match="unsupported source"):
+        list(iter_examples("mysql://x/y"))

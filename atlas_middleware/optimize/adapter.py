@@ -148,9 +148,12 @@ class _RecordingTeacher(Teacher):
 
 
 class _RolloutSupervisor(Supervisor):
+    consulted = False  # the flow asked for the lessons (it does when the probe picks the lane)
+
     def lessons(self, key: str) -> list[str]:
         # Only the candidate's playbook: learned lessons in a store would change between
         # rollouts and make candidates incomparable.
+        self.consulted = True
         return self.prompts.lessons()
 
 
@@ -342,6 +345,7 @@ class AtlasAdapter:
             "task": task.task,
             "reference": task.reference,
             "lane": _lane(steps, attempts),
+            "playbook_used": supervisor.consulted,
             "steps": steps,
             "attempts": attempts,
             "answer": answer,
@@ -440,7 +444,7 @@ def _feedback(component: str, record: dict[str, Any]) -> list[dict[str, Any]]:
                     "Feedback": note,
                 }
             )
-    elif component == "playbook":
+    elif component == "playbook" and record.get("playbook_used", True):
         rows.append(
             {
                 "Inputs": {"task": task},

@@ -174,5 +174,5 @@ def test_a_prompt_without_feedback_is_not_sent_to_reflection(tmp_path):
         rollout=RolloutSettings(lane="coach"),
     )
     changed = [c for row in result.iterations for c in row.get("components", [])]
-    assert changed and "probe" not in changed
+    assert changed and "probe" not in changed and "playbook" not in changed
     assert {"guidance", "validate"} <= set(changed)

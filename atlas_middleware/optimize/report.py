@@ -37,7 +37,8 @@ def _cell(key: str, value: Any) -> str:
     if key == "accepted":
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.4f}" if key == "cost_usd" else f"{value:.3f}"
+        digits = {"cost_usd": 4, "elapsed_s": 1}.get(key, 3)
+        return f"{value:.{digits}f}"
     return str(value)
 
 

@@ -58,7 +58,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument(
         "--tasks",
         metavar="PATH",
-        help='JSON Lines task file: {"task": ..., "reference": ..., "verifier": ...} per line',
+        help='JSON Lines task file ({"task": ..., "reference": ..., "verifier": ...} per line) '
+        "or a bundled set: arithmetic",
     )
     source.add_argument(
         "--from",
@@ -72,7 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=parse_positive_int,
         default=50,
         metavar="N",
-        help="with --from: at most N distinct tasks, newest first (default 50)",
+        help="at most N tasks (with --from: distinct ones, newest first) (default 50)",
     )
     p.add_argument(
         "--out",
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--learning-key goes with --from STORE_URL")
     cfg = AtlasConfig.load()
     if args.tasks:
-        tasks = read_tasks(args.tasks)
+        tasks = read_tasks(args.tasks, limit=args.limit)
     else:
         tasks = tasks_from_store(args.from_store, args.learning_key, limit=args.limit)
 

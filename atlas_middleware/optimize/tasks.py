@@ -1,7 +1,7 @@
-"""The tasks ``atlas optimize`` scores prompts on: a JSON Lines file, or the tasks of a learning
-key's stored sessions; split into train / validation / held-out.
+"""The tasks ``atlas optimize`` scores prompts on: a JSON Lines file (or a bundled set), or the
+tasks of a learning key's stored sessions; split into train / validation / held-out.
 
-A task file has one JSON object per line (the same rows as ``atlas eval`` task files)::
+A task file has one JSON object per line (the rows of ``atlas eval`` task files)::
 
     {"id": "t1", "task": "A shop sells 38 apples and then 90 more. How many?", "reference": "128"}
     {"task": "Name the capital of France.", "reference": "Paris", "verifier": "exact_match"}
@@ -43,45 +43,23 @@ class OptimizeTask:
         return row
 
 
-def read_tasks(path: str | Path) -> list[OptimizeTask]:
-    """Tasks from a JSONL file; :class:`TaskError` names the first bad line."""
-    source = Path(path)
+def read_tasks(source: str | Path, *, limit: int | None = None) -> list[OptimizeTask]:
+    """Tasks from a JSONL file or a bundled set by name (``arithmetic``), read by
+    :func:`atlas_middleware.tasks.load_tasks` (the task files of ``atlas eval`` and
+    ``atlas quickstart``); :class:`TaskError` names the first bad line."""
+    from atlas_middleware.tasks import load_tasks
+
     try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TaskError(f"task file not found: {source}") from None
-    except OSError as exc:
-        raise TaskError(f"task file unreadable: {source} ({exc.strerror or exc})") from None
+        rows = load_tasks(source, limit=limit)
+    except ValueError as exc:
+        raise TaskError(str(exc)) from None
     tasks: list[OptimizeTask] = []
     seen: set[str] = set()
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{source}:{number}"
-        try:
-            row = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise TaskError(f"{where}: not a JSON object (one task per line)") from None
-        if not isinstance(row, dict):
-            raise TaskError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        task = row.get("task")
-        if not isinstance(task, str) or not task.strip():
-            raise TaskError(f'{where}: "task" must be a non-empty string')
-        reference = row.get("reference")
-        if reference is not None and not isinstance(reference, str | int | float):
-            raise TaskError(f'{where}: "reference" must be a string or a number')
-        verifier = row.get("verifier")
-        if verifier is not None and not isinstance(verifier, str):
-            raise TaskError(f'{where}: "verifier" must be the name of a verifier')
-        task_id = str(row.get("id") or f"line-{number}")
-        if task_id in seen:
-            raise TaskError(f'{where}: duplicate "id" {task_id!r}')
-        seen.add(task_id)
-        tasks.append(
-            OptimizeTask(task_id, task, None if reference is None else str(reference), verifier)
-        )
-    if not tasks:
-        raise TaskError(f"task file {source} holds no tasks")
+    for row in rows:
+        if row.id in seen:
+            raise TaskError(f"{source}: task id {row.id!r} appears twice; ids must be unique")
+        seen.add(row.id)
+        tasks.append(OptimizeTask(row.id, row.task, row.reference, row.verifier))
     return tasks
 
 

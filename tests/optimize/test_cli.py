@@ -31,12 +31,12 @@ def error_of(capsys):
 
 def test_bad_input_is_one_line_naming_the_fix(tmp_path, error_of):
     code, line = error_of("--tasks", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path))
-    assert code == 2 and "task file not found" in line and "nope.jsonl" in line
+    assert code == 2 and "nope.jsonl does not exist" in line and "arithmetic" in line
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"task": "What is 1 + 1?", "reference": "2"}\n{"reference": "3"}\n')
     code, line = error_of("--tasks", str(bad), "--out", str(tmp_path))
-    assert code == 2 and 'bad.jsonl:2: "task" must be a non-empty string' in line
+    assert code == 2 and "bad.jsonl line 2: 'task' must be a non-empty string" in line
 
     few = tmp_path / "few.jsonl"
     few.write_text('{"task": "a"}\n{"task": "b"}\n')
@@ -47,6 +47,11 @@ def test_bad_input_is_one_line_naming_the_fix(tmp_path, error_of):
     unknown.write_text("".join(f'{{"task": "t{i}", "verifier": "nosuch"}}\n' for i in range(3)))
     code, line = error_of("--tasks", str(unknown), "--out", str(tmp_path))
     assert code == 2 and "verifier 'nosuch'" in line and "reference_match" in line
+
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"id": "a", "task": "x"}\n{"id": "a", "task": "y"}\n{"task": "z"}\n')
+    code, line = error_of("--tasks", str(dup), "--out", str(tmp_path))
+    assert code == 2 and "task id 'a' appears twice" in line
 
     code, line = error_of("--from", "sqlite:///x.db", "--out", str(tmp_path))
     assert code == 2 and "--from needs --learning-key" in line

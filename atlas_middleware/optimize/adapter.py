@@ -281,7 +281,15 @@ class AtlasAdapter:
                 if self.on_rollout is not None:
                     self.on_rollout()
 
-        await asyncio.gather(*(one(i) for i in todo))
+        jobs = [asyncio.ensure_future(one(i)) for i in todo]
+        try:
+            await asyncio.gather(*jobs)
+        except BaseException:
+            # One rollout failed: the rest must not go on spending in the background.
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+            raise
         if stop:
             raise BudgetExhausted(stop[0])
 
@@ -291,6 +299,8 @@ class AtlasAdapter:
         s = self.settings
         student = Metered(self.student, "student", self.ledger)
         teacher = Metered(self.teacher, "teacher", self.ledger)
+        # The judge is shared: with concurrent rollouts this over-counts, which only makes the
+        # budget check more careful.
         judge_calls_before = self.ledger.roles["judge"].calls
         steps: list[dict[str, Any]] = []
         attempts: list[dict[str, Any]] = []

@@ -176,3 +176,12 @@ def test_a_prompt_without_feedback_is_not_sent_to_reflection(tmp_path):
     changed = [c for row in result.iterations for c in row.get("components", [])]
     assert changed and "probe" not in changed and "playbook" not in changed
     assert {"guidance", "validate"} <= set(changed)
+
+
+def test_concurrent_rollouts_reach_the_same_result(tmp_path):
+    from atlas_middleware.optimize import RolloutSettings
+
+    result = run(tmp_path, max_calls=150, rollout=RolloutSettings(concurrency=3))
+    assert result.adopted and result.candidate_heldout == 1.0
+    assert load_prompts(tmp_path).guidance == world.HINT_PROMPT
+    assert result.ledger.calls <= 150

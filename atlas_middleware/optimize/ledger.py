@@ -120,7 +120,11 @@ class Budget:
                 + (f" (+{reserve_calls} kept for the held-out check)" if reserve_calls else "")
             )
         if self.max_time_s is not None and self.elapsed() + seconds + reserve_s > self.max_time_s:
-            return f"time budget: {self.elapsed():.0f}s of {self.max_time_s:.0f}s used"
+            return (
+                f"time budget: {self.elapsed():.0f}s of {self.max_time_s:.0f}s used, the next "
+                f"step needs about {seconds:.0f}s"
+                + (f" (+{reserve_s:.0f}s kept for the held-out check)" if reserve_s else "")
+            )
         return None
 
     def require(self, calls: int, seconds: float = 0.0, **reserve: Any) -> None:

@@ -415,6 +415,7 @@ def test_auto_configured_store_uses_the_configs_drift_policy(private_store):
     try:
         solve("t")
         exporter = telemetry._provider._active_span_processor._span_processors[0].span_exporter
+        exporter = getattr(exporter, "exporter", exporter)  # inside the retrying exporter
         policy = exporter.store.drift_policy
         assert (policy.window, policy.min_baseline) == (7, 2)
     finally:

@@ -248,4 +248,79 @@ def _summary(out: Any, rows: list[dict[str, Any]], elapsed: float, url: str) -> 
 def _train_and_evaluate(
     args: argparse.Namespace, out: Any, url: str, tasks: list[Any], models: Any
 ) -> None:
-    raise CLIError("--train is not available yet")
+    """Review → atlas-train grpo → atlas eval with the old and the new teacher."""
+    import os
+    import subprocess
+    import sys
+
+    from atlas_middleware.evaluate import STUDENT_ALONE, WITH_TEACHER, WITH_TRAINED, Condition
+    from atlas_middleware.models import build_model, embedded_model_dir
+    from atlas_middleware.storage import open_store
+    from atlas_middleware.tasks import write_tasks
+
+    if args.teacher or args.student:
+        raise CLIError("--train trains the embedded teacher; drop --teacher/--student")
+    args.out.mkdir(parents=True, exist_ok=True)
+    # 1. Review: training reads approved sessions only; here we approve this run's sessions.
+    with open_store(url) as store:
+        ids = [s.trace_id for s in store.iter_sessions() if s.agent_name == AGENT]
+        approved = store.set_review(ids, "approved", "atlas quickstart --train")
+    out.print(f"\n[bold]training[/bold]: approved {approved} quickstart sessions; GRPO on CPU")
+    references = args.out / "tasks.jsonl"
+    write_tasks(tasks, references)
+    model_dir = embedded_model_dir()
+    run_dir = args.out / "teacher-grpo"
+    # 2. GRPO with the teaching reward: the teacher (a copy of the embedded model) learns to
+    # write guidance that makes the frozen student right. Small settings keep it to minutes.
+    command = [
+        sys.executable, "-m", "atlas_middleware.trainer.cli", "grpo",
+        "--from", url, "--learning-key", "arithmetic", "--references", str(references),
+        "--model", str(model_dir), "--student", f"transformers:{model_dir}",
+        "--output", str(run_dir), "--max-steps", str(args.train_steps),
+        "--set", "trl.num_generations=2", "--set", "trl.per_device_train_batch_size=2",
+        "--set", "trl.max_completion_length=48", "--set", "trl.learning_rate=1e-5",
+        "--set", "trl.save_steps=1000", "--set", "student_options.max_tokens=32",
+    ]  # fmt: skip
+    if subprocess.run(command, env=os.environ.copy(), check=False).returncode != 0:
+        raise CLIError(f"atlas-train failed; rerun it to see why: {' '.join(command)}")
+    trained = build_model(f"hf:{run_dir / 'final'}")
+    # 3. Measure: the student alone, with the untrained and with the trained teacher.
+    from rich.progress import Progress
+
+    from atlas_middleware.evaluate import run_eval
+
+    student = models.get(None, "student")
+    lane = "coach"  # guidance on every task: the comparison isolates what the teacher says
+    conditions = [
+        Condition(STUDENT_ALONE),
+        Condition(WITH_TEACHER, models.get(None), lane),
+        Condition(WITH_TRAINED, trained, lane),
+    ]
+
+    async def evaluate() -> Any:
+        with Progress(console=out, transient=True) as bar:
+            job = bar.add_task("evaluating", total=len(tasks) * len(conditions))
+            try:
+                return await run_eval(
+                    tasks,
+                    student=student,
+                    conditions=conditions,
+                    store_url=url,
+                    agent="quickstart-eval",
+                    max_tokens=args.max_tokens,
+                    on_outcome=lambda o: bar.update(job, advance=1),
+                )
+            finally:
+                await trained.aclose()
+
+    report = asyncio.run(evaluate())
+    from rich.markdown import Markdown
+
+    markdown = report.markdown()
+    (args.out / "eval.md").write_text(markdown)
+    report.plot(args.out / "eval.png")
+    out.print(Markdown(markdown))
+    out.print(
+        f"[dim]trained teacher: {run_dir / 'final'} (use it: teacher='hf:{run_dir / 'final'}') · "
+        f"report: {args.out / 'eval.md'}, {args.out / 'eval.png'}[/dim]"
+    )

@@ -58,7 +58,7 @@ def rollouts(args: argparse.Namespace) -> tuple[list[list[str]], str, float]:
 
     print(f"rollouts: {len(prompts)} prompts × {args.max_tokens} tokens max, SmolLM2-135M, greedy")
     hf_rates: dict[str, list[float]] = {}
-    for dtype in ("float32", "bfloat16"):  # the faster one is the baseline
+    for dtype in args.dtypes.split(","):  # the faster one is the baseline
         hf = TransformersStudent(
             model_dir, max_tokens=args.max_tokens, batch_size=len(prompts), dtype=dtype
         )
@@ -188,6 +188,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument(
+        "--dtypes", default="float32,bfloat16", help="transformers dtypes to try (the best counts)"
+    )
     parser.add_argument("--skip-vllm", action="store_true")
     parser.add_argument("--skip-grpo", action="store_true")
     parser.add_argument("--no-write", action="store_true")

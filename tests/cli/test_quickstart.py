@@ -59,3 +59,37 @@ def test_quickstart_stores_rewarded_sessions_in_every_lane(tmp_path, embedded_ca
                 )
             ]
             assert guided, "the coach's guidance never reached the student's model call"
+
+
+@pytest.mark.model
+@pytest.mark.timeout(1800)
+def test_quickstart_train_closes_the_loop(tmp_path, embedded_cache):
+    store = f"sqlite:///{tmp_path / 'atlas.db'}"
+    out = tmp_path / "qs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "atlas_middleware.cli", "quickstart", "--tasks", "1",
+         "--max-tokens", "16", "--train", "--train-steps", "1", "--out", str(out),
+         "--store", store],
+        capture_output=True, text=True, timeout=1700, cwd=tmp_path,
+        env={**os.environ, "ATLAS_CACHE_DIR": str(embedded_cache), "COLUMNS": "200"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = out / "teacher-grpo" / "final"
+    assert (final / "config.json").exists()
+    with open_store(store) as s:
+        sessions = list(s.iter_sessions())
+        runs = s.training_runs()
+    quickstart = [x for x in sessions if x.agent_name == "quickstart-calculator"]
+    assert [x.review_status for x in quickstart] == ["approved"]
+    [run] = runs  # the training run records which sessions trained which checkpoint
+    assert run["recipe"] == "grpo" and run["sessions"] == 1
+    assert run["checkpoint"].endswith("final")
+    evaluated = {x.agent_name for x in sessions if x.agent_name.startswith("quickstart-eval/")}
+    assert evaluated == {
+        "quickstart-eval/student",
+        "quickstart-eval/student + teacher",
+        "quickstart-eval/student + trained teacher",
+    }
+    table = (out / "eval.md").read_text()
+    assert "| student + trained teacher |" in table
+    assert (out / "eval.png").read_bytes()[:4] == b"\x89PNG"

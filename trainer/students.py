@@ -291,9 +291,10 @@ class VLLMServer:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-2000:]
+                lines = self.log_path.read_text(errors="replace").strip().splitlines()
                 self.proc = None
-                raise RuntimeError(f"vLLM exited while starting: {tail.strip().splitlines()[-1:]}")
+                last = lines[-1] if lines else "no output"
+                raise RuntimeError(f"vLLM exited while starting: {last} (log: {self.log_path})")
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
                     return self

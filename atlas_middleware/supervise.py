@@ -238,6 +238,9 @@ class Supervisor:
             ) as root,
             session_usage(lambda used: s.set_usage(root, used.input_tokens, used.output_tokens)),
         ):
+            if call.reference is not None:
+                # Kept with the session so training can score guidance against it later.
+                root.set_attribute(s.ATLAS_REFERENCE, call.reference)
             teacher = self.teacher
             supervised = teacher is not None and (
                 o.supervision_rate >= 1.0 or random.random() < o.supervision_rate

@@ -88,3 +88,17 @@ def test_no_usage_attribute_when_no_model_was_called(spans):
     solve("What is 2 + 3?")
     [root] = roots(spans)
     assert s.GEN_AI_USAGE_INPUT_TOKENS not in root.attributes
+
+
+def test_the_reference_is_kept_on_the_session_root(spans):
+    @atlas.supervise(
+        agent="calc", teacher=ScriptedModel(replies=["0.99"]), reward=False, lane="auto"
+    )
+    def solve(task: str) -> str:
+        return "5"
+
+    solve.options(reference="5")("What is 2 + 3?")
+    solve("What is 2 + 2?")
+    with_ref, without = sorted(roots(spans), key=lambda r: s.ATLAS_REFERENCE in r.attributes)[::-1]
+    assert with_ref.attributes[s.ATLAS_REFERENCE] == "5"
+    assert s.ATLAS_REFERENCE not in without.attributes

@@ -12,6 +12,7 @@ quickstart:
 
 test:
 	@scripts/bootstrap.sh dev
+	@scripts/bootstrap.sh vllm
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -30,6 +31,8 @@ bench:
 	@scripts/bootstrap.sh dev
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/overhead.py
+	@scripts/bootstrap.sh vllm
+	$(PY) benchmarks/train.py
 
 # Long fault-injection variants and the load soak (docs/reliability.md); several minutes.
 soak:

@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument(
-        "--tasks", type=parse_positive_int, default=6, help="bundled tasks to run (default 6)"
+        "--tasks", type=parse_positive_int, default=9, help="bundled tasks to run (default 9)"
     )
     parser.add_argument("--student", metavar="SPEC", help="student model (default: embedded)")
     parser.add_argument("--teacher", metavar="SPEC", help="teacher model (default: embedded)")

@@ -98,7 +98,6 @@ def test_eval_rewards_on_the_embedded_judge(tmp_path, embedded_cache):
             "ATLAS_CACHE_DIR": str(embedded_cache),
             "ATLAS_RIM__JUDGES": '["accuracy", "helpfulness"]',
             "ATLAS_RIM__SAMPLES": "1",
-            "ATLAS_RIM__MAX_TOKENS": "48",
         },
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

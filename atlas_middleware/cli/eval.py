@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="measure the teacher: student alone vs + teacher vs + trained teacher "
         "('atlas eval rewards FILE': the reward system's pairwise accuracy)",
         description="atlas eval TASKS: run every task as the student alone, with the teacher "
-        "and (with --trained-teacher) with a trained teacher; print accuracy with 95%% "
+        "and (with --trained-teacher) with a trained teacher; print accuracy with 95% "
         "intervals, completion, non-degradation and tokens, and write them as markdown + PNG. "
         "TASKS is a JSONL task file or the bundled set 'arithmetic'. "
         "atlas eval rewards PREFS: score each (prompt, chosen, rejected) pair with RIM and "

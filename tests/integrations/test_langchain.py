@@ -5,7 +5,6 @@ thread; errors are recorded; atlas models run as LangChain chat models."""
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Iterator
 
@@ -19,32 +18,17 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import atlas_middleware as atlas
-from atlas_middleware import telemetry
 from atlas_middleware.models import ScriptedModel
 from atlas_middleware.telemetry import get_tracer
 from atlas_middleware.telemetry import schema as s
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch) -> Iterator[None]:
-    for key in list(os.environ):
-        if key.startswith("ATLAS_") and "__" in key:
-            monkeypatch.delenv(key)
-    monkeypatch.delenv("ATLAS_CONFIG_FILE", raising=False)
-    monkeypatch.setenv("ATLAS_STORE_URL", f"sqlite:///{tmp_path / 'default.db'}")
+def _no_global_hook() -> Iterator[None]:
     yield
     lc.uninstrument()
-    telemetry.shutdown()
-
-
-@pytest.fixture
-def memory() -> InMemorySpanExporter:
-    exporter = InMemorySpanExporter()
-    telemetry.configure(exporter=exporter, batch=False, set_global=False)
-    return exporter
 
 
 def chat(*answers: str) -> FakeMessagesListChatModel:

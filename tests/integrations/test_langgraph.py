@@ -24,7 +24,6 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.types import Command, interrupt
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import atlas_middleware as atlas
 from atlas_middleware import telemetry
@@ -38,23 +37,9 @@ TASK = "What is 12 + 30?"
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch) -> Iterator[None]:
-    """No developer settings, no ./.atlas, no global LangChain hook left behind."""
-    for key in list(os.environ):
-        if key.startswith("ATLAS_") and "__" in key:
-            monkeypatch.delenv(key)
-    monkeypatch.delenv("ATLAS_CONFIG_FILE", raising=False)
-    monkeypatch.setenv("ATLAS_STORE_URL", f"sqlite:///{tmp_path / 'default.db'}")
+def _no_global_hook() -> Iterator[None]:
     yield
     lc.uninstrument()
-    telemetry.shutdown()
-
-
-@pytest.fixture
-def memory() -> InMemorySpanExporter:
-    exporter = InMemorySpanExporter()
-    telemetry.configure(exporter=exporter, batch=False, set_global=False)
-    return exporter
 
 
 def teacher(

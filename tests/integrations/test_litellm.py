@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Iterator
 
@@ -19,7 +18,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import atlas_middleware as atlas
 from atlas_middleware import telemetry
-from atlas_middleware.config import AtlasConfig
 from atlas_middleware.models import LiteLLMModel, ScriptedModel
 from atlas_middleware.rim import RIMReward
 from atlas_middleware.storage import open_store
@@ -32,23 +30,15 @@ GUIDANCE = "Add the numbers."
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch) -> Iterator[atlas_litellm.AtlasLiteLLMCallback]:
-    prefixes = tuple(f"ATLAS_{section.upper()}__" for section in AtlasConfig.SECTIONS)
-    for key in list(os.environ):
-        if key.upper().startswith(prefixes) or key.upper() == "ATLAS_CONFIG_FILE":
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("ATLAS_STORE_URL", f"sqlite:///{tmp_path / 'atlas.db'}")
+def _isolated() -> Iterator[atlas_litellm.AtlasLiteLLMCallback]:
     callback = atlas_litellm.instrument()
     yield callback
     atlas_litellm.uninstrument()
 
 
 @pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    telemetry.configure(exporter=exporter, batch=False, set_global=False)
-    yield exporter
-    telemetry.shutdown()
+def spans(memory: InMemorySpanExporter) -> InMemorySpanExporter:
+    return memory
 
 
 @pytest.fixture

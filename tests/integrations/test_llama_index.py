@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -23,7 +22,6 @@ from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.tools import FunctionTool
 from llama_index.core.workflow import Context, Event, StartEvent, StopEvent, Workflow, step
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import Field
 
 import atlas_middleware as atlas
@@ -37,23 +35,9 @@ GUIDANCE = "Add the tens first, then the ones."
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch) -> Iterator[None]:
-    """No developer settings, no ./.atlas, and no handlers or LLM wrappers left behind."""
-    for key in list(os.environ):
-        if key.startswith("ATLAS_") and "__" in key:
-            monkeypatch.delenv(key)
-    monkeypatch.delenv("ATLAS_CONFIG_FILE", raising=False)
-    monkeypatch.setenv("ATLAS_STORE_URL", f"sqlite:///{tmp_path / 'default.db'}")
+def _no_handlers_left() -> Iterator[None]:
     yield
     li.uninstrument()
-    telemetry.shutdown()
-
-
-@pytest.fixture
-def memory() -> InMemorySpanExporter:
-    exporter = InMemorySpanExporter()
-    telemetry.configure(exporter=exporter, batch=False, set_global=False)
-    return exporter
 
 
 class ScriptedLLM(CustomLLM):

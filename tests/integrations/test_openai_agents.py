@@ -38,7 +38,6 @@ from openai import AsyncOpenAI
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from atlas_middleware import telemetry
-from atlas_middleware.config import AtlasConfig
 from atlas_middleware.models import ModelError, OpenAICompatibleModel, ScriptedModel
 from atlas_middleware.models.base import approx_tokens
 from atlas_middleware.rim import RIMReward
@@ -57,14 +56,9 @@ TASK = "What is 12 + 30?"
 
 # --- fixtures -------------------------------------------------------------------------------------
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch) -> Iterator[AtlasTracingProcessor]:
-    """Private atlas settings and store; atlas's processor is the SDK's only one, so nothing is
-    exported to the OpenAI platform from tests."""
-    prefixes = tuple(f"ATLAS_{section.upper()}__" for section in AtlasConfig.SECTIONS)
-    for key in list(os.environ):
-        if key.upper().startswith(prefixes) or key.upper() == "ATLAS_CONFIG_FILE":
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("ATLAS_STORE_URL", f"sqlite:///{tmp_path / 'atlas.db'}")
+def _isolated() -> Iterator[AtlasTracingProcessor]:
+    """atlas's processor is the SDK's only one, so nothing is exported to the OpenAI platform
+    from tests."""
     processor = instrument(exclusive=True)
     yield processor
     uninstrument()
@@ -72,11 +66,8 @@ def _isolated(tmp_path, monkeypatch) -> Iterator[AtlasTracingProcessor]:
 
 
 @pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    telemetry.configure(exporter=exporter, batch=False, set_global=False)
-    yield exporter
-    telemetry.shutdown()
+def spans(memory: InMemorySpanExporter) -> InMemorySpanExporter:
+    return memory
 
 
 def _called(body: dict) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +14,6 @@ from atlas_middleware.integrations.remote import (
     retry_after,
     supervise_remote,
 )
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import atlas_middleware as atlas
 from atlas_middleware import telemetry
@@ -29,28 +27,10 @@ from tests.integrations.agent_server import GUIDANCE, VERDICT, AgentServer, teac
 TEMPLATE = '{"input": {"question": "{task}", "hint": "{guidance}"}, "stream": false}'
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch) -> Iterator[None]:
-    for key in list(os.environ):
-        if key.startswith("ATLAS_") and "__" in key:
-            monkeypatch.delenv(key)
-    monkeypatch.delenv("ATLAS_CONFIG_FILE", raising=False)
-    monkeypatch.setenv("ATLAS_STORE_URL", f"sqlite:///{tmp_path / 'default.db'}")
-    yield
-    telemetry.shutdown()
-
-
 @pytest.fixture
 def server() -> Iterator[AgentServer]:
     with AgentServer() as agent_server:
         yield agent_server
-
-
-@pytest.fixture
-def memory() -> InMemorySpanExporter:
-    exporter = InMemorySpanExporter()
-    telemetry.configure(exporter=exporter, batch=False, set_global=False)
-    return exporter
 
 
 def teacher() -> ScriptedModel:

@@ -183,7 +183,7 @@ class Collector:
     def grpc(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self) -> Collector:
+    def start(self, *, wait: bool = True) -> Collector:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -202,6 +202,8 @@ class Collector:
             text=True,
             env=self.env,
         )
+        if not wait:
+            return self
         wait_for_port(self.http_port, self.proc)
         if "off" not in self.args:
             wait_for_port(self.grpc_port, self.proc)

@@ -7,12 +7,14 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from atlas_middleware.otel_exporters.collector.auth import is_loopback, token_check
 
-from atlas_middleware.storage import default_store_url, open_store
+from atlas_middleware.storage import StoreError, default_store_url, open_store
 from atlas_middleware.storage.records import safe_url
 
 log = logging.getLogger("atlas.collector")
@@ -188,38 +190,62 @@ async def serve(
         )
 
 
-def _process_main(settings: CollectorSettings) -> None:
+def _process_main(settings: CollectorSettings, ready: Any) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(name)s[{os.getpid()}] %(levelname)s %(message)s",
     )
-    asyncio.run(serve(settings))
+
+    async def main() -> None:
+        started: asyncio.Future[RunningCollector] = asyncio.get_running_loop().create_future()
+        # Set once this process listens with its signal handlers installed: only then does the
+        # parent pass a SIGTERM on, so a stop during start-up still drains instead of killing.
+        started.add_done_callback(lambda _: ready.set())
+        await serve(settings, started=started)
+
+    try:
+        asyncio.run(main())
+    except (StoreError, OSError) as exc:
+        print(f"atlas-collector: error: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 def serve_processes(settings: CollectorSettings) -> int:
     """Run ``settings.processes`` collector processes on the same ports (SO_REUSEPORT).
 
     Decoding OTLP is Python work bound by the GIL; processes are how one host's collector uses
-    more than one core. SIGTERM/SIGINT are passed on, and each process drains on its own.
-    Returns the worst exit code.
+    more than one core. SIGTERM/SIGINT are passed on to each process once it listens (a process
+    still starting gets the signal as soon as it is ready), and each process drains on its own.
+    Returns 0 when every process exited cleanly, else the first failure's code (1 for a process
+    ended by a signal).
     """
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
+    readiness = [context.Event() for _ in range(settings.processes)]
     children = [
-        context.Process(target=_process_main, args=(settings,), name=f"atlas-collector-{i}")
-        for i in range(settings.processes)
+        context.Process(target=_process_main, args=(settings, ready), name=f"atlas-collector-{i}")
+        for i, ready in enumerate(readiness)
     ]
-    for child in children:
-        child.start()
+    received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            if child.is_alive() and child.pid is not None:
+        received.append(signum)
+        for child, ready in zip(children, readiness):
+            if ready.is_set() and child.is_alive() and child.pid is not None:
                 os.kill(child.pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     for child in children:
+        child.start()
+    for child, ready in zip(children, readiness):
+        while child.is_alive() and not ready.wait(0.1):
+            pass
+        if received and child.is_alive() and child.pid is not None:
+            # A signal that came while this process was starting; a second one is harmless.
+            os.kill(child.pid, received[-1])
+    for child in children:
         child.join()
-    return max((child.exitcode or 0) for child in children)
+    codes = [child.exitcode or 0 for child in children]
+    return next((1 if code < 0 else code for code in codes if code), 0)

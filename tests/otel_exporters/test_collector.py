@@ -418,8 +418,19 @@ def test_several_processes_share_the_ports(sqlite_url: str) -> None:
     finally:
         output = collector.stop()
     assert collector.proc.returncode == 0
+    # Both processes listened and drained, even one still starting when SIGTERM came.
+    assert output.count("atlas-collector listening") == 2
     assert output.count("atlas-collector stopped") == 2
     assert _store_counts(sqlite_url)[0] == sent
+
+
+def test_processes_stopped_while_starting_still_drain(sqlite_url: str) -> None:
+    collector = Collector(sqlite_url, "--processes", "2").start(wait=False)
+    time.sleep(0.5)  # the parent is up; its spawned children are still importing
+    output = collector.stop(timeout=120)
+    assert collector.proc.returncode == 0, output
+    assert output.count("atlas-collector listening") == 2, output
+    assert output.count("atlas-collector stopped") == 2, output
 
 
 def test_processes_need_fixed_ports(sqlite_url: str) -> None:

@@ -231,7 +231,7 @@ def serve_processes(settings: CollectorSettings) -> int:
 
     def forward(signum: int, _frame: object) -> None:
         received.append(signum)
-        for child, ready in zip(children, readiness):
+        for child, ready in zip(children, readiness, strict=True):
             if ready.is_set() and child.is_alive() and child.pid is not None:
                 os.kill(child.pid, signum)
 
@@ -239,7 +239,7 @@ def serve_processes(settings: CollectorSettings) -> int:
     signal.signal(signal.SIGINT, forward)
     for child in children:
         child.start()
-    for child, ready in zip(children, readiness):
+    for child, ready in zip(children, readiness, strict=True):
         while child.is_alive() and not ready.wait(0.1):
             pass
         if received and child.is_alive() and child.pid is not None:

@@ -6,11 +6,12 @@ import importlib
 from types import ModuleType
 
 
-def require(module: str, extra: str) -> ModuleType:
-    """Import ``module`` or fail with one line saying which extra installs it."""
+def require(module: str, extra: str | None, *, install: str | None = None) -> ModuleType:
+    """Import ``module`` or fail with one line saying what installs it: the extra
+    ``atlas-middleware[extra]``, or ``install`` (a pip argument) for a core dependency."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(
-            f"{module} is not installed: pip install 'atlas-middleware[{extra}]' ({exc})"
-        ) from None
+        what = install or f"'atlas-middleware[{extra}]'"
+        reason = " ".join(str(exc).split())
+        raise ImportError(f"{module} is not installed: pip install {what} ({reason})") from None

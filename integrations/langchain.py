@@ -636,10 +636,8 @@ def _usage(response: LLMResult) -> tuple[int | None, int | None, str | None]:
 def _count_session_usage(input_tokens: int | None, output_tokens: int | None) -> None:
     if input_tokens is None and output_tokens is None:
         return
-    try:
-        from atlas_middleware.telemetry import usage
-    except ImportError:  # a core without per-session tallies
-        return
+    from atlas_middleware.telemetry import usage
+
     usage.count(input_tokens, output_tokens)
 
 

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Any
 
+from atlas_middleware.integrations._common import require
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -35,8 +36,14 @@ from atlas_middleware.telemetry import schema as s
 
 __all__ = ["AtlasLiteLLMCallback", "instrument", "uninstrument"]
 
-litellm = _import_litellm()  # a core dependency; imported here so its local cost map is used
-from litellm.integrations.custom_logger import CustomLogger  # noqa: E402
+# A core dependency (no extra), imported only here and in atlas's litellm backend, never by
+# `import atlas_middleware`. _import_litellm first points litellm at its bundled cost map.
+try:
+    litellm = _import_litellm()
+except ImportError:
+    require("litellm", None, install="'litellm>=1.83' (a core dependency of atlas-middleware)")
+    raise
+from litellm.integrations.custom_logger import CustomLogger
 
 # litellm's call types that are chat completions; embeddings, images, … are not traced here.
 CHAT_CALL_TYPES = frozenset({"completion", "acompletion"})

@@ -20,6 +20,7 @@ _CONSOLE = (
     ("teaching/accuracy_delta", "acc Δ"),
     ("teaching/non_degradation", "non-degr"),
     ("teaching/leak_rate", "leak"),
+    ("teaching/unscored_rate", "unscored"),
     ("completions/mean_length", "len"),
     ("learning_rate", "lr"),
 )

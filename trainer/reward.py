@@ -193,6 +193,8 @@ def _default_scorer(verifier: Any = None, rim: Any = None) -> Scorer:
             result = check.check(task, answer, reference)
             if hasattr(result, "__await__"):
                 raise TypeError("the trainer's verifier must be synchronous")
+            if _non_finite(result):
+                return float(result)  # TeachingReward rejects and counts it
             value = verdict_score(result)
             if value is not None:
                 return value
@@ -205,6 +207,12 @@ def _default_scorer(verifier: Any = None, rim: Any = None) -> Scorer:
     return score
 
 
+def _non_finite(value: Any) -> bool:
+    return (
+        isinstance(value, float | int) and not isinstance(value, bool) and not math.isfinite(value)
+    )
+
+
 @dataclass
 class StepMetrics:
     """What one reward call saw, for logs and the curves PNG."""
@@ -215,6 +223,8 @@ class StepMetrics:
     accuracy_delta: float
     non_degradation: float
     leak_rate: float
+    unscored_rate: float = 0.0  # share of rollouts nothing could score (reward 0, no signal)
+    rejected_scores: int = 0  # NaN/inf scores refused in this call (they count as unscored)
     branches: dict[str, int] = field(default_factory=dict)
 
 
@@ -251,6 +261,18 @@ class TeachingReward:
         self._lock = threading.Lock()
         self.history: list[StepMetrics] = []
         self.student_calls = 0
+        self.rejected_scores = 0  # NaN/inf scores refused over the run
+        self._rejected_now = 0
+
+    def _scored(self, task: str, answer: str, reference: str | None) -> float | None:
+        """The scorer's verdict, with NaN/inf refused and counted instead of reaching GRPO."""
+        value = self.scorer(task, answer, reference)
+        if value is not None and _non_finite(value):
+            with self._lock:
+                self.rejected_scores += 1
+                self._rejected_now += 1
+            return None
+        return value
 
     def _is_graded(self, reference: str | None) -> bool:
         if self._graded is not None:
@@ -267,7 +289,9 @@ class TeachingReward:
         if missing:
             answers = self.student.answer([t for t, _ in missing], [None] * len(missing))
             self.student_calls += len(missing)
-            scores = [self.scorer(t, a.text, r) for (t, r), a in zip(missing, answers, strict=True)]
+            scores = [
+                self._scored(t, a.text, r) for (t, r), a in zip(missing, answers, strict=True)
+            ]
             with self._lock:
                 if len(self._baselines) + len(missing) > self.cache_size:
                     self._baselines.clear()  # a bounded cache: re-asking is only slower
@@ -289,7 +313,7 @@ class TeachingReward:
         for task, text, ref, tokens, before, answer in zip(
             tasks, guidance, references, guidance_tokens, base, answers, strict=True
         ):
-            after = self.scorer(task, answer.text, ref)
+            after = self._scored(task, answer.text, ref)
             leaked = self.weights.leak_penalty > 0 and leaks_reference(text, ref, task)
             outcomes.append(
                 teaching_reward(
@@ -320,8 +344,11 @@ class TeachingReward:
             tokens = [len(ids) for ids in completion_ids]
         else:
             tokens = [max(1, len(t.split())) for t in texts]
+        with self._lock:
+            self._rejected_now = 0
         outcomes = self.score(list(task), texts, references, tokens)
         metrics = summarise(outcomes)
+        metrics.rejected_scores = self._rejected_now
         self.history.append(metrics)
         if log_metric is not None:
             for name in (
@@ -331,8 +358,10 @@ class TeachingReward:
                 "accuracy_delta",
                 "non_degradation",
                 "leak_rate",
+                "unscored_rate",
+                "rejected_scores",
             ):
-                log_metric(f"teaching/{name}", getattr(metrics, name))
+                log_metric(f"teaching/{name}", float(getattr(metrics, name)))
         return [o.reward for o in outcomes]
 
 
@@ -358,6 +387,7 @@ def summarise(outcomes: Sequence[Outcome]) -> StepMetrics:
         accuracy_delta=after - before,
         non_degradation=kept,
         leak_rate=sum(o.leaked for o in outcomes) / n,
+        unscored_rate=sum(o.baseline_right is None for o in outcomes) / n,
         branches=branches,
     )
 

@@ -386,6 +386,15 @@ def train(
 
     metrics = {k: v for k, v in (result.metrics or {}).items() if _finite(v)}
     metrics.update(callback.last_teaching())
+    if reward_fn is not None:
+        # Over the whole run, not the last step: a verifier that sometimes returns NaN/inf is
+        # worth knowing about even when the last step was clean.
+        metrics["teaching/rejected_scores_total"] = float(reward_fn.rejected_scores)
+        if reward_fn.rejected_scores:
+            log.warning(
+                "%d NaN/inf scores from the verifier or judge were rejected (scored as unscored)",
+                reward_fn.rejected_scores,
+            )
     recorded = None
     if _is_main():
         callback.plot()

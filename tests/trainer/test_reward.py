@@ -204,6 +204,32 @@ def test_custom_verifier_decides():
     assert out == [-1.0]  # "-1" alone was right by this verifier, "7" with guidance is not
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_scores_are_rejected_counted_and_give_no_signal(bad):
+    _, student = _student()
+    # The verifier breaks on the guided answer "7" (3 + 4 with the 'add' guidance) only.
+    verifier = lambda task, answer, ref: bad if answer.strip() == "7" else answer.strip() == "-1"  # noqa: E731
+    reward = TeachingReward(student, W, verifier=verifier)
+    metrics = {}
+    out = reward(
+        prompts=[[]] * 2,
+        completions=["Add them.", "Subtract them."],
+        task=["What is 3 + 4?"] * 2,
+        reference=[None, None],
+        log_metric=lambda name, value: metrics.setdefault(name, value),
+    )
+    assert all(math.isfinite(r) for r in out)
+    assert out[0] == 0.0  # rejected → unscored: no reward either way
+    assert out[1] == pytest.approx(0.5 * (1 - 2 / 100))  # "-1" alone and guided: kept
+    assert reward.rejected_scores == 1 and reward.history[-1].rejected_scores == 1
+    assert metrics["teaching/rejected_scores"] == 1.0
+    assert metrics["teaching/unscored_rate"] == pytest.approx(0.5)
+    assert reward.history[-1].branches == {"unscored": 1, "kept": 1}
+    # The next call counts afresh; the run total keeps growing.
+    reward(prompts=[[]], completions=["Add."], task=["What is 3 + 4?"], reference=[None])
+    assert reward.history[-1].rejected_scores == 1 and reward.rejected_scores == 2
+
+
 def test_summarise_counts_non_degradation_over_baseline_right_only():
     outcomes = [
         teaching_reward(1.0, 1.0, guidance_tokens=0, weights=W),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import inspect
 import threading
 from collections import OrderedDict
@@ -969,7 +970,7 @@ def supervise_step(
 
     def decorate(func: Callable[..., Any]) -> Any:
         instrument()  # the step's workflow runs are traced from the start, not from this step on
-        return supervise(
+        supervised = supervise(
             func,
             agent=agent or func.__name__,
             teacher=teacher,
@@ -979,5 +980,41 @@ def supervise_step(
             answer=options.get("answer", _answer),
             **{k: v for k, v in options.items() if k != "answer"},
         )
+        # The session is a trace of its own; made current around it, the step's span becomes
+        # the session root's link (what session_span keeps of the caller's span).
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(supervised)
+            async def linked_async(*args: Any, **kwargs: Any) -> Any:
+                with _inside_step_span():
+                    return await supervised(*args, **kwargs)
+
+            return linked_async
+
+        @functools.wraps(supervised)
+        def linked(*args: Any, **kwargs: Any) -> Any:
+            with _inside_step_span():
+                return supervised(*args, **kwargs)
+
+        return linked
 
     return decorate(fn) if fn is not None else decorate
+
+
+@contextlib.contextmanager
+def _inside_step_span() -> Generator[None, None, None]:
+    """Make the dispatcher span in progress (the step's) the current OpenTelemetry span."""
+    context = None
+    handlers = _handlers
+    if handlers is not None:
+        span = handlers[0].lookup(active_span_id.get())
+        if span is not None and span.otel is not None:
+            context = trace.set_span_in_context(span.otel)
+    if context is None:
+        yield
+        return
+    token = otel_context.attach(context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)

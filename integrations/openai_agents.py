@@ -200,6 +200,7 @@ class SupervisedRunStreaming:
         self._agent = agent
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._current: RunResultStreaming | None = None
+        self._cancelled = False
         self._task = asyncio.get_running_loop().create_task(
             self._drive(runtime, options, input, kwargs)
         )
@@ -224,12 +225,17 @@ class SupervisedRunStreaming:
             self._queue.put_nowait(_END)
 
     async def stream_events(self) -> AsyncIterator[Any]:
-        """The run's stream events; raises what the run raised once they are all delivered."""
+        """The run's stream events; raises what the run raised once they are all delivered.
+        After :meth:`cancel` the stream just ends, as the SDK's own does."""
         while True:
             event = await self._queue.get()
             if event is _END:
                 break
             yield event
+        if self._cancelled:
+            await asyncio.wait([self._task])  # never raises, unlike awaiting the task
+            if self._task.cancelled():
+                return
         self._current = await self._task
 
     @property
@@ -237,7 +243,9 @@ class SupervisedRunStreaming:
         return self._task.done()
 
     def cancel(self, mode: str = "immediate") -> None:
-        """Stop the run and its supervision (no validation, no retry)."""
+        """Stop the run and its supervision (no validation, no retry, no reward); the stream
+        of :meth:`stream_events` ends."""
+        self._cancelled = True
         if self._current is not None:
             self._current.cancel(mode=mode)  # type: ignore[arg-type]
         self._task.cancel()

@@ -21,7 +21,16 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.tools import FunctionTool
-from llama_index.core.workflow import Context, Event, StartEvent, StopEvent, Workflow, step
+from llama_index.core.workflow import (
+    Context,
+    Event,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    StartEvent,
+    StopEvent,
+    Workflow,
+    step,
+)
 from pydantic import Field
 
 import atlas_middleware as atlas
@@ -282,10 +291,16 @@ def test_a_supervised_step_is_its_own_session_with_guidance_only_in_its_llm_call
     assert root.attributes[s.ATLAS_FINAL_ANSWER] == "42"
     # The step's LLM call belongs to the step's session; the other step's to the workflow's trace.
     chats = by_name(spans, "chat scripted-llm")
-    assert {c.context.trace_id for c in chats} == {
-        root.context.trace_id,
-        by_name(spans, "invoke_workflow TwoSteps")[0].context.trace_id,
-    }
+    [run] = by_name(spans, "invoke_workflow TwoSteps")
+    assert {c.context.trace_id for c in chats} == {root.context.trace_id, run.context.trace_id}
+    [session_chat] = [c for c in chats if c.context.trace_id == root.context.trace_id]
+    assert session_chat.parent.span_id == root.context.span_id
+    # The session's trace is linked to the workflow's: its root links to the step's span.
+    [step_span] = by_name(spans, "step answer")
+    assert step_span.context.trace_id == run.context.trace_id
+    assert [(x.context.trace_id, x.context.span_id) for x in root.links] == [
+        (step_span.context.trace_id, step_span.context.span_id)
+    ]
 
 
 def add(a: int, b: int) -> int:
@@ -395,6 +410,86 @@ def test_teacher_failures_fail_open_and_the_workflows_error_propagates(memory):
     assert step_span.attributes[s.ERROR_TYPE].endswith("Boom")
 
 
+class AskHuman(Workflow):
+    @step
+    async def ask(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        ctx.write_event_to_stream(InputRequiredEvent(prefix="Send it?"))
+        reply = await ctx.wait_for_event(HumanResponseEvent)
+        return StopEvent(result=f"{ev.question} {reply.response}")
+
+
+def test_send_event_answers_a_human_in_the_loop_step_of_the_attempt_in_progress(memory):
+    async def converse(handler, send) -> list[str]:
+        seen = []
+        async for event in handler.stream_events():
+            seen.append(type(event).__name__)
+            if isinstance(event, InputRequiredEvent):
+                await send(HumanResponseEvent(response="yes"))
+        return seen
+
+    async def main():
+        bare = AskHuman(timeout=10).run(question="42?")
+
+        async def to_bare(event):
+            bare.ctx.send_event(event)
+
+        plain = await converse(bare, to_bare)
+        flow = li.supervise_workflow(
+            AskHuman(timeout=10),
+            agent="asker",
+            teacher=teacher(probe="0.7", validate="VALID"),
+            reward=False,
+            reference="42? yes",
+        )
+        handler = flow.run(question="42?")
+        supervised = await converse(handler, handler.send_event)
+        return plain, supervised, await bare, await handler
+
+    plain, supervised, bare_result, result = asyncio.run(main())
+    assert result == bare_result == "42? yes"
+    # The supervised stream is the workflow's own (LlamaIndex replays the waiting step once the
+    # reply arrives, so the request shows twice in both).
+    assert supervised == plain and plain[-1] == "StopEvent" and "InputRequiredEvent" in plain
+    [root] = by_name(memory.get_finished_spans(), "invoke_agent asker")
+    assert root.attributes[s.ATLAS_FINAL_ANSWER] == "42? yes"
+    assert root.attributes[s.ATLAS_RETRIES] == 0
+
+
+class Slow(Workflow):
+    @step
+    async def wait(self, ev: StartEvent) -> StopEvent:
+        await asyncio.sleep(60)
+        return StopEvent(result="late")
+
+
+def test_cancel_run_stops_the_attempt_and_its_session(memory):
+    from workflows.errors import WorkflowCancelledByUser
+
+    flow = li.supervise_workflow(
+        Slow(timeout=120), agent="slow", lane="auto", reward=judge(), reward_inline=True
+    )
+
+    async def main():
+        handler = flow.run(question="What is 12 + 30?")
+        while handler.run_id is None:  # the attempt has started
+            await asyncio.sleep(0.01)
+        started = asyncio.get_running_loop().time()
+        await handler.cancel_run()
+        took = asyncio.get_running_loop().time() - started
+        done = handler.is_done()
+        with pytest.raises(WorkflowCancelledByUser):
+            await handler
+        return took, done
+
+    took, done = asyncio.run(main())
+    assert done and took < 10  # not the step's 60 s
+    spans = memory.get_finished_spans()
+    [root] = by_name(spans, "invoke_agent slow")
+    assert root.attributes[s.ERROR_TYPE].endswith("WorkflowCancelledByUser")
+    assert s.ATLAS_FINAL_ANSWER not in root.attributes
+    assert not by_name(spans, "evaluate ")  # nothing to reward
+
+
 def test_bad_arguments_say_what_to_do():
     with pytest.raises(TypeError, match="Workflow instance"):
         li.supervise_workflow(object())
@@ -405,67 +500,48 @@ def test_bad_arguments_say_what_to_do():
 
 # --- the real model -----------------------------------------------------------------------------
 @pytest.mark.model
-def test_a_workflow_on_the_real_smollm2_through_openai_like(model_server, postgres_url):
-    from aiohttp import ClientSession, web
+def test_a_workflow_on_the_real_smollm2_through_openai_like(model_server, store_url):
+    """Once per store (SQLite and Postgres): without Postgres the SQLite run still proves it."""
     from llama_index.llms.openai_like import OpenAILike
 
     from atlas_middleware.models import OpenAICompatibleModel
-    from tests.helpers import free_port
+    from tests.integrations.recording_proxy import RecordingProxy, system_texts
 
     served = _served_model(model_server)
-    bodies: list[dict] = []
+    telemetry.configure(exporter="atlas", store=store_url, batch=False)
+    # A recording proxy in front of the model server: what the model really received.
+    with RecordingProxy(model_server) as proxy:
+        llm = OpenAILike(
+            api_base=proxy.url,
+            api_key="none",
+            model=served,
+            is_chat_model=True,
+            max_tokens=16,
+            timeout=300,
+        )
+        judge_model = OpenAICompatibleModel(model_server + "/v1", served)
+        flow = li.supervise_workflow(
+            Solve(llm, timeout=None),  # a loaded CPU may be slow; the test has its own
+            agent="smol-solver",
+            teacher=teacher(probe="0.1"),  # coach lane: guidance on the first attempt
+            reward=RIMReward(judge_model, judges=["accuracy"], samples=1, max_tokens=48),
+            reward_inline=True,
+            reference="42",
+            max_retries=0,
+        )
 
-    async def main() -> tuple[str, str | None]:
-        # A recording proxy in front of the model server: what the model really received.
-        async with ClientSession() as client:
+        async def main() -> tuple[str, str | None]:
+            handler = flow.run(question="What is 12 + 30? Answer with a number.")
+            return await handler, handler.trace_id
 
-            async def forward(request: web.Request) -> web.Response:
-                body = await request.json()
-                bodies.append(body)
-                async with client.post(f"{model_server}/v1/chat/completions", json=body) as r:
-                    return web.Response(
-                        status=r.status, body=await r.read(), content_type="application/json"
-                    )
-
-            app = web.Application()
-            app.router.add_post("/v1/chat/completions", forward)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            port = free_port()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            try:
-                llm = OpenAILike(
-                    api_base=f"http://127.0.0.1:{port}/v1",
-                    api_key="none",
-                    model=served,
-                    is_chat_model=True,
-                    max_tokens=16,
-                    timeout=120,
-                )
-                judge_model = OpenAICompatibleModel(model_server + "/v1", served)
-                flow = li.supervise_workflow(
-                    Solve(llm, timeout=None),  # a loaded CPU may be slow; the test has its own
-                    agent="smol-solver",
-                    teacher=teacher(probe="0.1"),  # coach lane: guidance on the first attempt
-                    reward=RIMReward(judge_model, judges=["accuracy"], samples=1, max_tokens=48),
-                    reward_inline=True,
-                    reference="42",
-                    max_retries=0,
-                )
-                handler = flow.run(question="What is 12 + 30? Answer with a number.")
-                return await handler, handler.trace_id
-            finally:
-                await runner.cleanup()
-
-    telemetry.configure(exporter="atlas", store=postgres_url, batch=False)
-    answer, trace_id = asyncio.run(main())
+        answer, trace_id = asyncio.run(main())
     assert isinstance(answer, str) and answer
     telemetry.shutdown()
 
-    [body] = bodies
-    system = [m for m in body["messages"] if m["role"] == "system"]
-    assert system and GUIDANCE in system[0]["content"]
-    with open_store(postgres_url) as store:
+    [body] = proxy.bodies
+    system = system_texts(body)
+    assert system and GUIDANCE in system[0]
+    with open_store(store_url) as store:
         session = store.get_session(trace_id)
         spans = store.spans_for([trace_id])[trace_id]
     assert session is not None and session.lane == "coach"

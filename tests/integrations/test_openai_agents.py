@@ -345,6 +345,39 @@ def test_streamed_runs_are_validated_but_never_retried(spans):
     assert root.attributes[s.ATLAS_STREAMED] is True
 
 
+def test_cancel_stops_a_streamed_run_and_its_supervision(spans, server):
+    triage, _ = agents_for(server.url)
+    supervised = supervise_agent(
+        triage,
+        teacher=guiding_teacher(),
+        reward=RIMReward(judge(), judges=["accuracy"], samples=1),
+        reward_inline=True,
+        lane="coach",
+        reference="42",
+    )
+
+    async def cancel_at_the_first_item():
+        run = supervised.run_streamed(TASK)
+        seen = []
+        async for event in run.stream_events():  # ends, as the SDK's own stream does
+            seen.append(event)
+            if isinstance(event, RunItemStreamEvent):
+                run.cancel()
+        return run, seen
+
+    run, seen = asyncio.run(cancel_at_the_first_item())
+    assert run.is_complete
+    assert isinstance(seen[-1], RunItemStreamEvent)
+    # The run stopped after its first model call (the full run makes three).
+    assert len(server.bodies) == 1
+    finished = spans.get_finished_spans()
+    [root] = roots(spans)
+    assert root.attributes[s.ATLAS_STREAMED] is True
+    assert s.ERROR_TYPE in root.attributes  # the session ended early, not with an answer
+    assert s.ATLAS_FINAL_ANSWER not in root.attributes
+    assert not [x for x in finished if x.name.startswith("evaluate ")]  # not rewarded
+
+
 def test_run_streamed_outside_an_event_loop_says_what_to_do(server):
     triage, _ = agents_for(server.url)
     with pytest.raises(RuntimeError, match="needs a running event loop"):

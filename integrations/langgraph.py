@@ -12,8 +12,10 @@ Each ``invoke``/``ainvoke``/``stream``/``astream`` of a supervised graph is one 
 retry → RIM reward), with the graph as the student:
 
 - **Guidance** enters the run's input as a ``SystemMessage`` (id ``atlas-guidance``) at the head
-  of the input ``messages`` when the graph's state has a ``messages`` channel; it is always
-  available to nodes through :func:`atlas_middleware.guidance` as well.
+  of the input ``messages`` when the graph's state has a ``messages`` channel; on a thread it is
+  the one such message and stays first (replaced by id, removed on unguided runs, moved to the
+  head by a rewrite when the thread does not start with it). It is always available to nodes
+  through :func:`atlas_middleware.guidance` as well.
 - **Task**: the last human message of the input (or of the thread's state), or ``task=`` (a
   string key of the input, or a callable receiving the input). **Answer**: the last AI message
   of the final state, or ``answer=`` (a callable receiving the final state).
@@ -41,7 +43,7 @@ import contextlib
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from atlas_middleware.integrations._common import require
@@ -75,6 +77,7 @@ from langchain_core.messages import (  # noqa: E402
     SystemMessage,
     convert_to_messages,
 )
+from langgraph.graph.message import REMOVE_ALL_MESSAGES, add_messages  # noqa: E402
 from langgraph.types import Command  # noqa: E402
 
 __all__ = ["GUIDANCE_MESSAGE_ID", "SupervisedGraph", "supervise_graph", "supervise_node"]
@@ -185,7 +188,7 @@ class _Run:
     resume_guidance: str | None = None
     first_span: str | None = None  # the session's first root, "<trace>:<span>"
     fork_from: str | None = None  # checkpoint id a paired retry starts from
-    had_guidance: bool = False  # the thread's state holds an earlier guidance message
+    history: list[BaseMessage] = field(default_factory=list)  # the thread's messages before
     attempts: int = 0
     interrupted: bool = False
     state: Any = None
@@ -306,10 +309,7 @@ class SupervisedGraph:
         call = _Call(options, task, None if reference is None else str(reference))
         run = _Run(call, options, input, config, streaming, checkpointed=snapshot is not None)
         if isinstance(values, Mapping):
-            run.had_guidance = any(
-                getattr(m, "id", None) == GUIDANCE_MESSAGE_ID
-                for m in _messages(values.get("messages"))
-            )
+            run.history = _messages(values.get("messages"))
         if resuming:
             call.session_id = str(meta[_META_SESSION])
             call.parent = _span_context(meta.get(_META_SPAN))
@@ -336,9 +336,30 @@ class SupervisedGraph:
         ):
             return run.input
         text = rendered_guidance()
+        history = run.history
+        had_guidance = any(m.id == GUIDANCE_MESSAGE_ID for m in history)
+        removable = _removable(self.graph)
         if text:
-            return {**run.input, "messages": _guided_messages(run.input.get("messages"), text)}
-        if run.had_guidance and _removable(self.graph):
+            guided = _guided_messages(run.input.get("messages"), text)
+            if history and history[0].id != GUIDANCE_MESSAGE_ID and removable:
+                # A thread whose conversation does not start with atlas's guidance message:
+                # add_messages can only replace in place or append, and appended, the system
+                # message would land mid-history (providers such as Anthropic reject a system
+                # message after the first turn). Rewrite the thread's messages with the
+                # guidance first; every other message keeps its id and place.
+                kept = [m for m in history if m.id != GUIDANCE_MESSAGE_ID]
+                guidance, *new = guided
+                # The input merged into the history as the reducer itself would (replacements
+                # and removals by id), since after REMOVE_ALL_MESSAGES it takes the list as is.
+                merged = add_messages(kept, new) if new else kept
+                return {
+                    **run.input,
+                    "messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), guidance, *merged],
+                }
+            # A new thread, or one led by an earlier guidance message: that one is replaced in
+            # place (same id), so the model sees one guidance message, at the head.
+            return {**run.input, "messages": guided}
+        if had_guidance and removable:
             # An earlier run's guidance is still in the thread: this run has none.
             messages = run.input.get("messages")
             messages = list(messages) if isinstance(messages, list | tuple) else [messages]

@@ -22,6 +22,7 @@ from atlas_middleware.integrations.langgraph import (
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.types import Command, interrupt
 
@@ -227,6 +228,209 @@ def test_interrupt_and_resume_continue_one_session(store_url):
     assert [x.parent_span_id for x in asks] == [first.span_id, second.span_id]
     assert asks[0].status_code != "ERROR" and asks[0].attributes[s.ATLAS_INTERRUPTED] is True
     assert len(by_name(tree, "evaluate atlas.rim")) == 1  # judged once, on the final answer
+
+
+def test_later_guided_turns_on_a_thread_keep_one_guidance_message_at_the_head(memory):
+    """Turns on one checkpointed thread (InMemorySaver, add_messages): guided, guided, unguided,
+    guided, then a paired retry. Each time the model sees at most one guidance message, the
+    current one, first; the rest of the conversation in order, with its ids."""
+    hints: list[str] = []
+
+    def respond(messages):
+        system = messages[0]["content"]
+        if system.startswith("You judge whether"):
+            return "0.5"
+        if system.startswith("You check"):
+            return "VALID"
+        hints.append(f"hint {len(hints) + 1}")
+        return hints[-1]
+
+    llm = student("a1", "a2", "a3", "a4", "wrong", "a5")
+    app = supervise_graph(
+        agent_graph(llm, checkpointer=InMemorySaver()),
+        agent="calc",
+        teacher=ScriptedModel(respond=respond, name="teacher"),
+        reward=False,
+    )
+    config = {"configurable": {"thread_id": "t-turns"}}
+    turns = [("coach", "q1"), ("coach", "q2"), ("auto", "q3"), ("coach", "q4"), ("paired", "q5")]
+    for lane, question in turns:
+        options = {"lane": lane}
+        if lane == "paired":
+            options["reference"] = "a5"  # the first answer is rejected: one guided retry
+        app.options(**options).invoke({"messages": [HumanMessage(question)]}, config)
+
+    chats = by_name(memory.get_finished_spans(), "chat FakeMessagesListChatModel")
+    seen = [orjson.loads(c.attributes[s.GEN_AI_INPUT_MESSAGES]) for c in chats]
+    assert len(seen) == 6  # five turns, one of them retried
+    conversation: list[dict] = []
+    expected_hints = ["hint 1", "hint 2", None, "hint 3", None, "hint 4"]
+    questions = ["q1", "q2", "q3", "q4", "q5", "q5"]
+    for received, hint, question in zip(seen, expected_hints, questions, strict=True):
+        systems = [i for i, m in enumerate(received) if m["role"] == "system"]
+        if hint is None:
+            assert systems == []
+        else:
+            assert systems == [0] and received[0]["content"].endswith(hint)
+        rest = [m for m in received if m["role"] != "system"]
+        assert rest == [*conversation, {"role": "user", "content": question}]
+        if question != "q5" or hint is not None:  # the rejected attempt is not kept
+            answer = {"q1": "a1", "q2": "a2", "q3": "a3", "q4": "a4", "q5": "a5"}[question]
+            conversation = [*rest, {"role": "assistant", "content": answer}]
+
+    # The thread: one guidance message (the last one), first; the history otherwise untouched.
+    state = app.get_state(config).values["messages"]
+    guidance = [m for m in state if m.id == GUIDANCE_MESSAGE_ID]
+    assert len(guidance) == 1 and state[0] is guidance[0]
+    assert guidance[0].content.endswith("hint 4")
+    assert [(m.type, m.content) for m in state[1:]] == [
+        ("human" if x["role"] == "user" else "ai", x["content"]) for x in conversation
+    ]
+    # Every message kept its id through the rewrites: the ids of the first turn's messages are
+    # those of the thread's oldest checkpoint that holds them.
+    oldest = list(app.get_state_history(config))[::-1]
+    first_turn = next(x for x in oldest if len(x.values.get("messages", [])) >= 3).values
+    assert [m.id for m in first_turn["messages"][1:3]] == [m.id for m in state[1:3]]
+    roots = by_name(memory.get_finished_spans(), "invoke_agent calc")
+    assert [r.attributes[s.ATLAS_RETRIES] for r in roots] == [0, 0, 0, 0, 1]
+
+
+def test_an_abandoned_stream_ends_its_session_without_validation_or_reward(memory):
+    the_teacher = teacher()
+    app = supervise_graph(
+        agent_graph(student("42")),
+        agent="calc",
+        teacher=the_teacher,
+        reward=judge(),
+        reward_inline=True,
+    )
+    for chunk in app.stream({"messages": [HumanMessage(TASK)]}, stream_mode="updates"):
+        assert next(iter(chunk)) == "model"
+        break  # the generator is closed here
+
+    async def abandon_async() -> None:
+        stream = app.astream({"messages": [HumanMessage(TASK)]}, stream_mode="updates")
+        async for _ in stream:
+            break
+        await stream.aclose()
+
+    asyncio.run(abandon_async())
+    spans = memory.get_finished_spans()
+    roots = by_name(spans, "invoke_agent calc")
+    assert len(roots) == 2
+    for root in roots:
+        assert root.attributes[s.ERROR_TYPE] == "GeneratorExit"
+        assert s.ATLAS_FINAL_ANSWER not in root.attributes
+    assert not by_name(spans, "node format")  # the graph stopped where the caller did
+    assert not by_name(spans, "evaluate atlas.rim")
+    kinds = [c[0]["content"].split()[1] for c in the_teacher.calls]
+    assert "check" not in kinds and kinds.count("are") == 2  # guided, never validated
+
+
+def test_a_static_breakpoint_pauses_and_resumes_one_session(sqlite_url):
+    telemetry.configure(exporter="atlas", store=sqlite_url, batch=False, set_global=False)
+    builder = StateGraph(MessagesState)
+    llm = student("42")
+    builder.add_node("model", lambda state: {"messages": [llm.invoke(state["messages"])]})
+    builder.add_node("format", lambda state: {})
+    builder.add_edge(START, "model")
+    builder.add_edge("model", "format")
+    builder.add_edge("format", END)
+    graph = builder.compile(checkpointer=InMemorySaver(), interrupt_before=["format"])
+    app = supervise_graph(
+        graph, agent="calc", teacher=teacher(), reward=judge(0.7), reward_inline=True
+    )
+    config = {"configurable": {"thread_id": "bp"}}
+
+    paused = app.invoke({"messages": [HumanMessage(TASK)]}, config)
+    assert texts(paused)[-1] == ("ai", "42")
+    assert app.get_state(config).next == ("format",)
+    done = app.invoke(None, config)  # continue past the breakpoint
+    assert app.get_state(config).next == ()
+    assert texts(done)[-1] == ("ai", "42")
+    telemetry.shutdown()
+
+    [session], spans = read_store(sqlite_url)
+    assert session.final_answer == "42" and session.reward_score == pytest.approx(0.7)
+    tree = spans[session.trace_id]
+    first, second = sorted(by_name(tree, "invoke_agent calc"), key=lambda x: x.start_ns)
+    assert first.attributes[s.ATLAS_INTERRUPTED] is True
+    assert s.ATLAS_INTERRUPTED not in second.attributes
+    assert second.parent_span_id == first.span_id
+    assert [x.parent_span_id for x in by_name(tree, "node model")] == [first.span_id]
+    assert [x.parent_span_id for x in by_name(tree, "node format")] == [second.span_id]
+    assert len(by_name(tree, "evaluate atlas.rim")) == 1
+
+
+def writer_graph(llm: Any, checkpointer: Any = None) -> Any:
+    """model (writes a custom progress chunk) → format."""
+
+    def model(state: MessagesState) -> dict:
+        write = get_stream_writer()
+        write({"progress": "thinking"})
+        reply = llm.invoke(state["messages"])
+        write({"progress": "done"})
+        return {"messages": [reply]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("model", model)
+    builder.add_node("format", lambda state: {})
+    builder.add_edge(START, "model")
+    builder.add_edge("model", "format")
+    builder.add_edge("format", END)
+    return builder.compile(checkpointer=checkpointer)
+
+
+@pytest.mark.parametrize("mode", ["custom", "debug", ["custom", "updates"]])
+def test_custom_and_debug_stream_modes_pass_through(memory, mode):
+    plain = list(
+        writer_graph(student("42")).stream({"messages": [HumanMessage(TASK)]}, stream_mode=mode)
+    )
+    app = supervise_graph(writer_graph(student("42")), agent="calc", lane="auto", reward=False)
+    chunks = list(app.stream({"messages": [HumanMessage(TASK)]}, stream_mode=mode))
+    if mode == "debug":
+        # Debug chunks carry timestamps and ids: compare what happened, in order.
+        def steps(stream):
+            return [(c["type"], c["step"], c["payload"].get("name")) for c in stream]
+
+        assert steps(chunks) == steps(plain) and len(chunks) >= 4
+    elif mode == "custom":
+        assert chunks == plain == [{"progress": "thinking"}, {"progress": "done"}]
+    else:  # the model's message ids differ between the two runs: compare shapes and the custom parts
+        assert [_shape(c) for c in chunks] == [_shape(c) for c in plain]
+        assert [c for c in chunks if c[0] == "custom"] == [
+            ("custom", {"progress": "thinking"}),
+            ("custom", {"progress": "done"}),
+        ]
+    [root] = by_name(memory.get_finished_spans(), "invoke_agent calc")
+    assert root.attributes[s.ATLAS_FINAL_ANSWER] == "42"
+    assert root.attributes[s.ATLAS_STREAMED] is True
+
+
+def test_version_v2_chunks_pass_through_and_the_answer_comes_from_the_checkpoint(memory):
+    def run(graph: Any, thread: str) -> list[Any]:
+        return list(
+            graph.stream(
+                {"messages": [HumanMessage(TASK)]},
+                {"configurable": {"thread_id": thread}},
+                stream_mode=["updates", "custom"],
+                version="v2",
+            )
+        )
+
+    plain = run(writer_graph(student("42"), InMemorySaver()), "plain")
+    app = supervise_graph(
+        writer_graph(student("42"), InMemorySaver()), agent="calc", lane="auto", reward=False
+    )
+    chunks = run(app, "supervised")
+
+    def shape(stream):
+        return [(c["type"], c["ns"], _shape(c["data"])) for c in stream]
+
+    assert shape(chunks) == shape(plain)
+    assert {c["type"] for c in chunks} == {"updates", "custom"}
+    [root] = by_name(memory.get_finished_spans(), "invoke_agent calc")
+    assert root.attributes[s.ATLAS_FINAL_ANSWER] == "42"
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,7 @@ __all__ = [
     "instrument",
     "is_instrumented",
     "uninstrument",
+    "with_guidance",
 ]
 
 _HIDDEN_TAG = "langsmith:hidden"  # LangChain/LangGraph mark their plumbing runnables with it
@@ -358,6 +359,37 @@ class AtlasCallbackHandler(BaseCallbackHandler):
 
     def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._end(run_id, error)
+
+
+# --- the teacher's guidance in a chain ------------------------------------------------------
+def with_guidance(value: Any) -> list[Any]:
+    """The messages of ``value`` (a prompt value, a message list, anything LangChain turns into
+    messages) carrying the current supervised call's guidance: merged into the first system
+    message (after its text), else prepended as one. Outside a supervised call, or without
+    guidance, the messages unchanged. A chain step: ``prompt | with_guidance | llm``."""
+    from langchain_core.messages import SystemMessage, convert_to_messages
+    from langchain_core.prompt_values import PromptValue
+
+    from atlas_middleware.guidance import guided_system_prompt, rendered_guidance
+
+    if isinstance(value, PromptValue):
+        messages = value.to_messages()
+    else:
+        listed = value if isinstance(value, list | tuple) else [value]
+        messages = convert_to_messages(list(listed))
+    text = rendered_guidance()
+    if text is None:
+        return list(messages)
+    for i, message in enumerate(messages):
+        if message.type != "system":
+            continue
+        content = message.content
+        if isinstance(content, str):
+            content = guided_system_prompt(content or None)
+        else:
+            content = [*content, {"type": "text", "text": text}]
+        return [*messages[:i], message.model_copy(update={"content": content}), *messages[i + 1 :]]
+    return [SystemMessage(text), *messages]
 
 
 # --- atlas models as LangChain chat models -------------------------------------------------

@@ -208,3 +208,105 @@ def test_an_atlas_model_as_a_langchain_chat_model(memory):
     [sequence] = named(memory, "chain RunnableSequence")
     assert chats[0].parent.span_id == sequence.context.span_id
     assert chats[0].attributes[s.GEN_AI_USAGE_OUTPUT_TOKENS] >= 1
+
+
+GUIDANCE = "Add the tens first, then the ones."
+
+
+def guided_chain(llm):
+    """The documented way to give a chain the teacher's guidance: a with_guidance step."""
+    prompt = ChatPromptTemplate.from_messages([("system", "Be brief."), ("user", "{question}")])
+    return prompt | lc.with_guidance | llm | StrOutputParser()
+
+
+def test_with_guidance_puts_the_teachers_guidance_in_the_models_input(memory):
+    teacher = ScriptedModel(replies=[GUIDANCE], name="teacher")
+
+    @atlas.supervise(agent="calc", teacher=teacher, lane="coach", reward=False)
+    def solve(question: str) -> str:
+        return guided_chain(chat("42")).invoke({"question": question})
+
+    lc.instrument()
+    assert solve("12 + 30?") == "42"
+    assert guided_chain(chat("42")).invoke({"question": "unsupervised"}) == "42"
+    guided, plain = named(memory, "chat FakeMessagesListChatModel")
+    [root] = named(memory, "invoke_agent calc")
+    assert guided.context.trace_id == root.context.trace_id
+    system, user = orjson.loads(guided.attributes[s.GEN_AI_INPUT_MESSAGES])
+    assert system["role"] == "system" and user == {"role": "user", "content": "12 + 30?"}
+    assert system["content"].startswith("Be brief.\n\n") and GUIDANCE in system["content"]
+    # Outside a supervised call the step changes nothing.
+    assert orjson.loads(plain.attributes[s.GEN_AI_INPUT_MESSAGES])[0] == {
+        "role": "system",
+        "content": "Be brief.",
+    }
+    # Without a system message of its own, the guidance comes first as one.
+    with atlas.use_guidance(GUIDANCE):
+        [first, second] = lc.with_guidance([HumanMessage("hi")])
+    assert first.type == "system" and GUIDANCE in first.content and second.content == "hi"
+
+
+# --- the real model ----------------------------------------------------------------------------
+@pytest.mark.model
+def test_a_supervised_chain_on_the_real_model_through_chat_openai(model_server, sqlite_url):
+    """ChatOpenAI (langchain-openai) against SmolLM2 behind ``atlas serve-model``, through a
+    recording proxy: the session row and reward in the store, the chain's spans under the
+    session, and the teacher's guidance in what the model received. The teacher is scripted
+    (the point is the student path); the served model is the RIM judge."""
+    import httpx
+    from langchain_openai import ChatOpenAI
+
+    from atlas_middleware import telemetry
+    from atlas_middleware.models import OpenAICompatibleModel
+    from atlas_middleware.rim import RIMReward
+    from atlas_middleware.storage import open_store
+    from tests.integrations.recording_proxy import RecordingProxy, system_texts
+
+    name = httpx.get(f"{model_server}/v1/models", timeout=30).json()["data"][0]["id"]
+    telemetry.configure(exporter="atlas", store=sqlite_url, batch=False, set_global=False)
+    judge_model = OpenAICompatibleModel(f"{model_server}/v1", name)
+    with RecordingProxy(model_server) as proxy:
+        llm = ChatOpenAI(
+            base_url=proxy.url, api_key="none", model=name, max_tokens=16, temperature=0
+        )
+
+        @atlas.supervise(
+            agent="smol-chain",
+            teacher=ScriptedModel(replies=[GUIDANCE], name="teacher"),
+            reward=RIMReward(judge_model, judges=["accuracy"], samples=1, max_tokens=48),
+            reward_inline=True,
+            lane="coach",
+            reference="42",
+        )
+        def solve(question: str) -> str:
+            return guided_chain(llm).invoke({"question": question})
+
+        lc.instrument()
+        answer = solve("What is 12 + 30? Answer with a number.")
+    telemetry.shutdown()
+    assert isinstance(answer, str)
+
+    [body] = proxy.bodies
+    assert body["model"] == name
+    [system] = system_texts(body)
+    assert system.startswith("Be brief.") and GUIDANCE in system
+    with open_store(sqlite_url) as store:
+        [session] = list(store.iter_sessions())
+        spans = store.spans_for([session.trace_id])[session.trace_id]
+    assert (session.agent_name, session.lane, session.guidance) == ("smol-chain", "coach", GUIDANCE)
+    assert session.final_answer == answer
+    assert session.reward_score is not None and 0.0 <= session.reward_score <= 1.0
+    by_id = {x.span_id: x for x in spans}
+    [root] = [x for x in spans if x.name == "invoke_agent smol-chain"]
+    [sequence] = [x for x in spans if x.name == "chain RunnableSequence"]
+    assert sequence.parent_span_id == root.span_id
+    [student] = [
+        x for x in spans if x.name == f"chat {name}" and x.parent_span_id == sequence.span_id
+    ]
+    assert student.attributes[s.GEN_AI_PROVIDER_NAME] == "openai"
+    assert student.attributes[s.GEN_AI_USAGE_INPUT_TOKENS] > 0
+    assert student.attributes[s.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
+    received = orjson.loads(student.attributes[s.GEN_AI_INPUT_MESSAGES])
+    assert received[0]["role"] == "system" and GUIDANCE in received[0]["content"]
+    [evaluation] = [x for x in spans if x.name == "evaluate atlas.rim"]
+    assert by_id[evaluation.parent_span_id] is root

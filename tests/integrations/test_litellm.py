@@ -191,26 +191,68 @@ def test_instrument_is_idempotent_and_uninstrument_removes_the_callback(spans, s
 
 
 @pytest.mark.model
-def test_completion_against_the_embedded_model(model_server, spans):
-    name = httpx.get(f"{model_server}/v1/models").json()["data"][0]["id"]
+def test_a_supervised_completion_on_the_embedded_model(model_server, sqlite_url):
+    """litellm's ``openai/`` provider against SmolLM2 behind ``atlas serve-model``, through a
+    recording proxy, in a coached, rewarded session: the session row and reward in the store,
+    the chat span under the session root, and the guidance in what the model received. The
+    teacher is scripted (the point is the student path); the served model is the RIM judge."""
+    from atlas_middleware.models import OpenAICompatibleModel
+    from tests.integrations.recording_proxy import RecordingProxy, system_texts
 
-    @atlas.supervise(agent="smol", lane="auto", reward=False)
-    def solve(task: str) -> str:
-        response = litellm.completion(
-            model=f"openai/{name}",
-            messages=[{"role": "user", "content": task}],
-            api_base=f"{model_server}/v1",
-            api_key="none",
-            max_tokens=8,
-            temperature=0,
+    name = httpx.get(f"{model_server}/v1/models", timeout=30).json()["data"][0]["id"]
+    provider = telemetry.configure(exporter="atlas", store=sqlite_url, batch=False)
+    landed = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(landed))
+    judge_model = OpenAICompatibleModel(f"{model_server}/v1", name)
+    with RecordingProxy(model_server) as proxy:
+
+        @atlas.supervise(
+            agent="smol",
+            teacher=ScriptedModel(replies=[GUIDANCE], name="teacher"),
+            reward=RIMReward(judge_model, judges=["accuracy"], samples=1, max_tokens=48),
+            reward_inline=True,
+            lane="coach",
+            reference="42",
         )
-        return response.choices[0].message.content
+        def solve(task: str) -> str:
+            messages = atlas.with_guidance(
+                [
+                    {"role": "system", "content": "Answer with a number only."},
+                    {"role": "user", "content": task},
+                ]
+            )
+            response = litellm.completion(
+                model=f"openai/{name}",
+                messages=messages,
+                api_base=proxy.url,
+                api_key="none",
+                max_tokens=8,
+                temperature=0,
+            )
+            return response.choices[0].message.content
 
-    answer = solve("What is 2 + 2?")
+        answer = solve("What is 12 + 30?")
+        # litellm reports the call from a background thread: wait for its span to land.
+        [chat] = chats(landed, prefix=f"chat {name}")
+    telemetry.shutdown()
     assert isinstance(answer, str)
-    [chat] = chats(spans)
-    [root] = [x for x in spans.get_finished_spans() if s.ATLAS_SESSION_ID in x.attributes]
-    assert chat.name == f"chat {name}"
-    assert chat.parent.span_id == root.context.span_id
-    assert chat.attributes[s.GEN_AI_USAGE_INPUT_TOKENS] > 0
-    assert 0 < chat.attributes[s.GEN_AI_USAGE_OUTPUT_TOKENS] <= 8
+
+    [body] = proxy.bodies
+    [system] = system_texts(body)
+    assert system.startswith("Answer with a number only.") and GUIDANCE in system
+    with open_store(sqlite_url) as store:
+        [session] = list(store.iter_sessions())
+        spans = store.spans_for([session.trace_id])[session.trace_id]
+    assert (session.agent_name, session.lane, session.guidance) == ("smol", "coach", GUIDANCE)
+    assert session.final_answer == answer
+    assert session.reward_score is not None and 0.0 <= session.reward_score <= 1.0
+    [root] = [x for x in spans if x.attributes.get(s.ATLAS_SESSION_ID)]
+    [student] = [x for x in spans if x.span_id == format(chat.context.span_id, "016x")]
+    assert student.name == f"chat {name}" and student.parent_span_id == root.span_id
+    assert student.attributes[s.GEN_AI_PROVIDER_NAME] == "openai"
+    assert student.attributes[s.GEN_AI_RESPONSE_MODEL]
+    assert student.attributes[s.GEN_AI_USAGE_INPUT_TOKENS] > 0
+    assert 0 < student.attributes[s.GEN_AI_USAGE_OUTPUT_TOKENS] <= 8
+    assert GUIDANCE in student.attributes[s.GEN_AI_INPUT_MESSAGES]
+    [evaluation] = [x for x in spans if x.name == "evaluate atlas.rim"]
+    assert evaluation.parent_span_id == root.span_id

@@ -52,6 +52,9 @@ class SupervisionOptions:
     agent: str
     learning_key: str | None = None
     lane: str | None = None  # forced lane; None lets the probe decide
+    # Probe even when ``lane`` forces one: the confidence is recorded on the session, the forced
+    # lane still runs (shows what the probe would have chosen; calibrates the probe).
+    always_probe: bool = False
     fallback_lane: str = "paired"  # when the probe fails
     auto_threshold: float = 0.85
     paired_threshold: float = 0.65
@@ -62,6 +65,9 @@ class SupervisionOptions:
     reward_rate: float = 1.0
     reward_inline: bool = False
     reference: Any = None  # str, or callable(*args, **kwargs) -> str | None
+    # False: the reference is kept for the reward and the session record only; validation in
+    # the paired/coach lanes is the verifier's or the teacher's own (no peeking at the key).
+    reference_validates: bool = True
     verifier: Callable[[str, str, str | None], Any] | None = None
     task: Any = None  # callable(*args, **kwargs) -> str, or a parameter name
     # Reads the answer text out of the agent's result (adapters whose frameworks return result
@@ -253,7 +259,12 @@ class Supervisor:
                 lane = "auto"
             confidence = None
             lessons: list[str] = []
-            if lane is None:
+            forced = lane
+            # A resumed session (parent set) keeps the lane it began with: no second probe.
+            probe = lane is None or (
+                o.always_probe and supervised and teacher is not None and call.parent is None
+            )
+            if probe:
                 assert teacher is not None
                 key = o.learning_key or o.agent
                 lessons = self.lessons(key)
@@ -264,25 +275,20 @@ class Supervisor:
                 if failed(value) or value is None:
                     if value is None:
                         failures.append("probe: no confidence in the teacher's reply")
-                    lane = o.fallback_lane
+                    lane = forced or o.fallback_lane
                 else:
                     confidence = float(value)
                     root.set_attribute(s.ATLAS_PROBE_CONFIDENCE, confidence)
-                    lane = _plugin(
-                        failures,
-                        "lane plugin",
-                        lambda: plugins.hook().atlas_choose_lane(
-                            confidence=confidence, task=call.task, context=context
-                        ),
-                    )
-                    if lane not in LANES:
-                        lane = (
-                            "auto"
-                            if confidence >= o.auto_threshold
-                            else "paired"
-                            if confidence >= o.paired_threshold
-                            else "coach"
+                    if forced is None:
+                        lane = _plugin(
+                            failures,
+                            "lane plugin",
+                            lambda: plugins.hook().atlas_choose_lane(
+                                confidence=confidence, task=call.task, context=context
+                            ),
                         )
+                        if lane not in LANES:
+                            lane = threshold_lane(confidence, o)
             root.set_attribute(s.ATLAS_LANE, lane)
             call.lessons = lessons
 
@@ -350,7 +356,7 @@ class Supervisor:
         if verifier is not None:
             ok = verifier(call.task, answer, call.reference)
             return Verdict(bool(ok), "" if ok else "the verifier rejected the answer", "verifier")
-        if call.reference is not None:
+        if call.reference is not None and call.options.reference_validates:
             ok = bool(reference_match(call.task, answer, call.reference))
             return Verdict(ok, "" if ok else "does not match the reference", "reference")
         assert self.teacher is not None
@@ -485,6 +491,13 @@ class Supervisor:
             else:
                 get_portal().background(job, what="reward")
         return outcome.result
+
+
+def threshold_lane(confidence: float, options: SupervisionOptions) -> str:
+    """The lane the probe's confidence gives by the options' thresholds (no plugin, no force)."""
+    if confidence >= options.auto_threshold:
+        return "auto"
+    return "paired" if confidence >= options.paired_threshold else "coach"
 
 
 def _with_lessons(guidance: str | None, lessons: list[str]) -> str | None:

@@ -140,6 +140,87 @@ def test_forced_lane_and_per_call_override(spans):
     assert root_of(spans).attributes[s.ATLAS_LANE] == "coach"
 
 
+def jobs_of(teacher: ScriptedModel) -> list[str]:
+    """The teacher's job per call, read off its system prompt."""
+    prefixes = {"You judge whether": "probe", "You check": "validate", "You are a teacher": "guide"}
+    return [
+        next(
+            (job for prefix, job in prefixes.items() if call[0]["content"].startswith(prefix)), "?"
+        )
+        for call in teacher.calls
+    ]
+
+
+def test_always_probe_records_the_confidence_and_keeps_the_forced_lane(spans):
+    # The probe would pick auto (0.95); the forced coach lane still runs, with guidance.
+    teacher = teacher_replies(probe="0.95", guidance="Add the tens first.")
+    seen = []
+
+    @atlas.supervise(agent="calc", teacher=teacher, lane="coach", always_probe=True, reward=False)
+    def solve(task: str) -> str:
+        seen.append(atlas.guidance())
+        return "42"
+
+    solve("What is 12 + 30?")
+    root = root_of(spans)
+    assert root.attributes[s.ATLAS_PROBE_CONFIDENCE] == pytest.approx(0.95)
+    assert root.attributes[s.ATLAS_LANE] == "coach"
+    assert seen == ["Add the tens first."]
+    assert jobs_of(teacher) == ["probe", "guide", "validate"]
+
+    # A failed probe keeps the forced lane (not the fallback lane) and is recorded.
+    spans.clear()
+    broken = ScriptedModel(replies=["no idea"], name="teacher")
+
+    @atlas.supervise(
+        agent="calc", teacher=broken, lane="auto", always_probe=True, fallback_lane="coach",
+        reward=False,
+    )  # fmt: skip
+    def solve_auto(task: str) -> str:
+        return "42"
+
+    solve_auto("What is 12 + 30?")
+    root = root_of(spans)
+    assert root.attributes[s.ATLAS_LANE] == "auto"
+    assert s.ATLAS_PROBE_CONFIDENCE not in root.attributes
+    assert "probe: no confidence in the teacher's reply" in root.attributes[s.ATLAS_FAILURES]
+    assert len(broken.calls) == 1  # the probe only: auto asks nothing else
+
+
+def test_a_reference_for_the_reward_only_leaves_validation_to_the_teacher(spans):
+    from atlas_middleware.rim import RIMReward
+
+    teacher = teacher_replies(
+        probe="0.7", validate="INVALID: 12 + 30 is not 41", guidance="Recount."
+    )
+    judge = ScriptedModel(replies=["unused"], name="judge")
+    answers = iter(["41", "42"])
+
+    @atlas.supervise(
+        agent="calc", teacher=teacher, reference="42", reference_validates=False,
+        reward=RIMReward(judge, judges=["accuracy"], samples=1), reward_inline=True,
+    )  # fmt: skip
+    def solve(task: str) -> str:
+        return next(answers)
+
+    assert solve("What is 12 + 30?") == "42"
+    # The teacher probed, validated (said INVALID) and guided the retry.
+    assert jobs_of(teacher)[:3] == ["probe", "validate", "guide"]
+    validation = teacher.calls[1]
+    assert "41" in validation[1]["content"] and "42" not in validation[1]["content"]
+    root = root_of(spans)
+    assert root.attributes[s.ATLAS_LANE] == "paired" and root.attributes[s.ATLAS_RETRIES] == 1
+    assert root.attributes[s.ATLAS_REFERENCE] == "42"
+    # The reward still had the reference: accuracy decided by it, no judge model call.
+    [evaluation] = [
+        x
+        for x in spans.get_finished_spans()
+        if x.name == s.evaluation_span_name(s.PRIMARY_EVALUATION)
+    ]
+    assert evaluation.events[0].attributes[s.GEN_AI_EVALUATION_SCORE_VALUE] == 1.0
+    assert judge.calls == []
+
+
 def test_methods_and_signature_are_preserved(spans):
     class Agent:
         def __init__(self) -> None:

@@ -19,8 +19,10 @@ moment after the call returned; its times are the call's own.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+import time
 from collections import OrderedDict
 from datetime import datetime
 from typing import Any
@@ -34,7 +36,7 @@ from atlas_middleware.models.litellm_backend import _import_litellm, provider_of
 from atlas_middleware.telemetry import get_tracer
 from atlas_middleware.telemetry import schema as s
 
-__all__ = ["AtlasLiteLLMCallback", "instrument", "uninstrument"]
+__all__ = ["AtlasLiteLLMCallback", "flush", "instrument", "uninstrument"]
 
 # A core dependency (no extra), imported only here and in atlas's litellm backend, never by
 # `import atlas_middleware`. _import_litellm first points litellm at its bundled cost map.
@@ -61,15 +63,45 @@ class AtlasLiteLLMCallback(CustomLogger):
         # where litellm reports it (another thread or task).
         self._pending: OrderedDict[str, tuple[otel_context.Context, bool]] = OrderedDict()
         self._done: OrderedDict[str, None] = OrderedDict()
+        self._writing = 0  # reports being turned into spans right now
+        # call id → the event loop of an async call: its report comes from litellm's logging
+        # worker on that loop, so never once the loop is closed.
+        self._loops: dict[str, asyncio.AbstractEventLoop] = {}
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every call seen starting has been reported and its span ended (litellm
+        reports from a background thread or its logging worker); False on timeout, e.g. for a
+        stream nobody finished reading. Async calls whose event loop has closed are given up
+        (their report can no longer come); inside a running loop, await litellm's
+        ``GLOBAL_LOGGING_WORKER.flush()`` instead: this call would block the worker."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                for call_id in [c for c, loop in self._loops.items() if loop.is_closed()]:
+                    self._pending.pop(call_id, None)
+                    del self._loops[call_id]
+                if not self._pending and not self._writing:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
     def log_pre_api_call(self, model: Any, messages: Any, kwargs: dict[str, Any]) -> None:
         call_id = kwargs.get("litellm_call_id")
         if not self.enabled or call_id is None or kwargs.get("call_type") not in CHAT_CALL_TYPES:
             return
         entry = (otel_context.get_current(), _inside_chat_span())
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
         with self._lock:
             self._pending[call_id] = entry
             _trim(self._pending)
+            if loop is not None and kwargs.get("call_type") == "acompletion":
+                self._loops[call_id] = loop
+                while len(self._loops) > _REMEMBERED:
+                    del self._loops[next(iter(self._loops))]
 
     def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any):
         self._record(kwargs, response_obj, start_time, end_time, None)
@@ -95,9 +127,26 @@ class AtlasLiteLLMCallback(CustomLogger):
             if call_id in self._done:  # litellm reported this call already
                 return
             entry = self._pending.pop(call_id, None) if call_id is not None else None
+            self._loops.pop(call_id, None)
             if error is None and call_id is not None:
                 self._done[call_id] = None
                 _trim(self._done)
+            self._writing += 1
+        try:
+            self._write(kwargs, response, start_time, end_time, error, entry)
+        finally:
+            with self._lock:
+                self._writing -= 1
+
+    def _write(
+        self,
+        kwargs: dict[str, Any],
+        response: Any,
+        start_time: Any,
+        end_time: Any,
+        error: Any,
+        entry: tuple[otel_context.Context, bool] | None,
+    ) -> None:
         if entry is None:  # no pre-call seen (instrumented mid-call): litellm kept our context
             if not self.enabled or kwargs.get("call_type") not in CHAT_CALL_TYPES:
                 return
@@ -192,6 +241,13 @@ def instrument() -> AtlasLiteLLMCallback:
         if _callback not in litellm.callbacks:
             litellm.logging_callback_manager.add_litellm_callback(_callback)
         return _callback
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Wait (up to ``timeout`` seconds) until the spans of the litellm calls made so far have
+    landed; call it before ``atlas.shutdown()`` in short scripts. True when nothing is left."""
+    callback = _callback
+    return True if callback is None else callback.flush(timeout)
 
 
 def uninstrument() -> None:

@@ -190,6 +190,19 @@ def test_instrument_is_idempotent_and_uninstrument_removes_the_callback(spans, s
     assert atlas_litellm.instrument() is callback and litellm.callbacks.count(callback) == 1
 
 
+def test_flush_waits_until_every_started_call_has_its_span(spans, server):
+    for _ in range(3):
+        call(server)
+    assert atlas_litellm.flush(10)
+    assert len([x for x in spans.get_finished_spans() if x.name.startswith("chat ")]) == 3
+    # A stream nobody has finished reading is not reported yet: flush says so when it times out.
+    stream = call(server, stream=True)
+    assert atlas_litellm.flush(0.3) is False
+    assert "".join(c.choices[0].delta.content or "" for c in stream).strip() == "The answer is 42."
+    assert atlas_litellm.flush(10)
+    assert len([x for x in spans.get_finished_spans() if x.name.startswith("chat ")]) == 4
+
+
 @pytest.mark.model
 def test_a_supervised_completion_on_the_embedded_model(model_server, sqlite_url):
     """litellm's ``openai/`` provider against SmolLM2 behind ``atlas serve-model``, through a

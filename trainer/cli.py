@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "--student-url",
                 dest="student",
                 metavar="SPEC",
-                help="frozen student: vllm:/path (starts vLLM), transformers:/path, "
-                "http://host:port/v1[|model] (any OpenAI-compatible server), or an atlas model spec",
+                help="frozen student: vllm:/path (a vLLM engine), vllm-server:/path (vLLM's "
+                "OpenAI server), transformers:/path, http://host:port/v1[|model] (any "
+                "OpenAI-compatible server), or an atlas model spec",
             )
         if name == "gkd":
             p.add_argument("--teacher-model", metavar="DIR", help="the larger teacher to distil")

@@ -146,12 +146,22 @@ def test_grpo_moves_the_teacher_when_the_teaching_reward_differs(sqlite_url, tin
                 "trl.max_completion_length=12",
                 "--set",
                 "student_options.max_tokens=8",
+                "--report-to",
+                "tensorboard",
                 "-q",
             ]
         )
     assert code == 0
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(m.get("reward_std", 0) > 0 for m in logged), logged
+    # TensorBoard got the same teaching metrics as the console and metrics.jsonl.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    [events] = {p.parent for p in out.rglob("events.out.tfevents.*")}
+    board = EventAccumulator(str(events))
+    board.Reload()
+    steps = [e.step for e in board.Scalars("train/teaching/reward_mean")]
+    assert steps == [m["step"] for m in logged if "teaching/reward_mean" in m]
     before, after = _weights(tiny_model), _weights(out / "final")
     changed = [k for k in before if not before[k].equal(after[k])]
     assert changed, "no weight moved although rewards differed within a group"

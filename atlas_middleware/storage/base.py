@@ -36,6 +36,11 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached right now; retrying later may work."""
 
 
+class StoreDataError(StoreError):
+    """The database refused the data itself (a value it cannot hold, e.g. out of range): the same
+    batch will be refused however often it is sent."""
+
+
 @dataclass(slots=True)
 class Session:
     trace_id: str
@@ -269,14 +274,14 @@ class Store(abc.ABC):
         rejected = sum(u.rejected_scores for u in updates)
         now = time.time_ns()
         ids = [u.trace_id for u in updates]
+        in_batch, in_params = self._in_list("trace_id", ids)
         prior = {
             row[0]: row
             for row in self._run(
                 conn,
                 "SELECT trace_id, learning_key, evaluations, reward_score, review_status "
-                f"FROM sessions WHERE trace_id IN ({', '.join(['%s'] * len(ids))})"
-                f"{self._lock_rows}",
-                ids,
+                f"FROM sessions WHERE {in_batch}{self._lock_rows}",
+                in_params,
             )
         }
         plans = [self._plan(u, prior.get(u.trace_id)) for u in updates]
@@ -316,6 +321,13 @@ class Store(abc.ABC):
         return len(updates), len(alerts), rejected
 
     _lock_rows = ""  # SQL appended to the prior-state read to lock the rows (dialects set it)
+
+    @abc.abstractmethod
+    def _in_list(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
+        """SQL true when ``column`` is one of ``values``, and its parameters: a single parameter
+        however many values. One placeholder per value breaks on large batches (a request with
+        more distinct traces than the driver's limit: 65,535 parameters on Postgres, 32,766 in
+        a stock SQLite build)."""
 
     @staticmethod
     def _plan(update: SessionUpdate, prior: Sequence[Any] | None) -> _SessionPlan:
@@ -396,16 +408,16 @@ class Store(abc.ABC):
     ) -> dict[str, list[float]]:
         """The last ``window`` rewards of each learning key, most recent session first, leaving
         out the sessions being written (they are judged against what came before them)."""
-        skip = ", ".join(["%s"] * len(exclude))
+        skip, skip_params = self._in_list("trace_id", exclude)
         return {
             key: [
                 row[0]
                 for row in self._run(
                     conn,
                     "SELECT reward_score FROM sessions WHERE learning_key = %s "
-                    f"AND reward_score IS NOT NULL AND started_ns IS NOT NULL AND trace_id NOT IN ({skip}) "
+                    f"AND reward_score IS NOT NULL AND started_ns IS NOT NULL AND NOT ({skip}) "
                     "ORDER BY started_ns DESC, trace_id DESC LIMIT %s",
-                    (key, *exclude, self.drift_policy.window),
+                    (key, *skip_params, self.drift_policy.window),
                 )
             ]
             for key in keys
@@ -495,10 +507,11 @@ class Store(abc.ABC):
     def spans_for(self, trace_ids: Sequence[str]) -> dict[str, list[SpanRecord]]:
         result: dict[str, list[SpanRecord]] = {t: [] for t in trace_ids}
         if trace_ids:
+            clause, params = self._in_list("trace_id", list(trace_ids))
             rows = self._read(
-                f"SELECT {SPAN_COLUMN_LIST} FROM spans WHERE trace_id IN "
-                f"({', '.join(['%s'] * len(trace_ids))}) ORDER BY start_time_unix_nano, span_id",
-                list(trace_ids),
+                f"SELECT {SPAN_COLUMN_LIST} FROM spans WHERE {clause} "
+                "ORDER BY start_time_unix_nano, span_id",
+                params,
             )
             for row in rows:
                 result[row[0]].append(span_from_row(row))

@@ -20,6 +20,7 @@ from atlas_middleware.storage.base import (
     SPAN_COLUMN_LIST,
     SPAN_COLUMNS,
     Store,
+    StoreDataError,
     StoreError,
     StoreUnavailable,
     WriteResult,
@@ -165,6 +166,10 @@ class PostgresStore(Store):
     def _run(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         cur = conn.execute(sql, tuple(params), prepare=False)
         return cur.fetchall() if cur.description else []
+
+    def _in_list(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
+        # One array parameter: a placeholder per value stops at 65,535 values per statement.
+        return f"{column} = ANY(%s::text[])", [list(values)]
 
     def _run_returning(
         self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]
@@ -450,8 +455,15 @@ def _translate_errors(url: str) -> Iterator[None]:
     where = safe_url(url)
     try:
         yield
+    except pg_errors.ProgramLimitExceeded as exc:
+        # SQLSTATE class 54 (a value too large for its index, say a 6 kB session id) is an
+        # OperationalError to psycopg, but no retry will ever store it: refused data, not an
+        # outage (answering "unavailable" also tripped the breaker for every other writer).
+        raise StoreDataError(f"Postgres at {where}: {_first_line(exc)}") from exc
     except _RETRYABLE as exc:
         raise StoreUnavailable(f"Postgres at {where} unavailable: {_first_line(exc)}") from exc
+    except psycopg.DataError as exc:  # SQLSTATE class 22: a value the column cannot hold
+        raise StoreDataError(f"Postgres at {where}: {_first_line(exc)}") from exc
     except psycopg.Error as exc:
         raise StoreError(f"Postgres at {where}: {_first_line(exc)}") from exc
 

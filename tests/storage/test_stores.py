@@ -616,3 +616,49 @@ def test_concurrent_first_writes_of_a_session_are_judged_on_the_merged_state(pos
     assert session.reward_score == 0.9  # the primary evaluation, which A never saw itself
     assert session.drift is not None
     assert len(fired) == 1
+
+
+# --- batches larger than the drivers' parameter limits ---------------------------------------
+def test_a_batch_with_more_traces_than_bound_parameters_allows(store):
+    """One request may describe more distinct sessions than a statement can take parameters
+    (65,535 on Postgres; 32,766 in a stock SQLite build, which this Python's SQLite raises to
+    250,000, so the stock limit is set here). The batch used to fail on every retry (SQLite:
+    "too many SQL variables", retried forever as unavailable); now it is stored whole, rewards
+    and drift histories included."""
+    import sqlite3
+
+    if is_postgres(store):
+        n = 65_536 + 100
+    else:
+        store._conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32_766)
+        n = 32_766 + 100
+    records = [
+        SpanRecord(
+            tid(i + 1),
+            span_id(1),
+            None,
+            "invoke_agent calc",
+            "INTERNAL",
+            BASE_NS + i,
+            BASE_NS + i + 1,
+            attributes={s.GEN_AI_OPERATION_NAME: s.OP_INVOKE_AGENT, s.ATLAS_LEARNING_KEY: "big"},
+            events=[
+                SpanEvent(
+                    s.EVENT_EVALUATION_RESULT,
+                    BASE_NS + i + 1,
+                    {
+                        s.GEN_AI_EVALUATION_NAME: s.PRIMARY_EVALUATION,
+                        s.GEN_AI_EVALUATION_SCORE_VALUE: 0.5,
+                    },
+                )
+            ],
+        )
+        for i in range(n)
+    ]
+    result = store.write_spans(records)
+    assert (result.received, result.sessions) == (n, n)
+    assert store.count_spans() == n
+    assert store.session_counts()["pending"] == n
+    found = store.spans_for([tid(i + 1) for i in range(n)])
+    assert sum(len(v) for v in found.values()) == n
+    assert store.get_session(tid(n)).reward_score == pytest.approx(0.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -61,9 +62,11 @@ def session_spans(
     score: float | None = 0.8,
     children: int = 2,
     service: str = "test-service",
+    task: str | None = None,
 ) -> list[ReadableSpan]:
     """Real OpenTelemetry SDK spans for ``n`` sessions: a root, ``children`` chat spans and,
-    when ``score`` is given, an evaluation span carrying a reward."""
+    when ``score`` is given, an evaluation span carrying a reward. ``task``: the task of every
+    session (default ``task {i}``)."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -73,7 +76,7 @@ def session_spans(
             tracer,
             agent=agent,
             session_id=f"s-{i}-{time.time_ns()}",
-            task=f"task {i}",
+            task=f"task {i}" if task is None else task,
             learning_key=learning_key,
             content=True,
         ) as root:
@@ -95,7 +98,11 @@ def session_spans(
 class PrivatePostgres:
     """A throw-away Postgres cluster on its own port, for tests that must stop and restart the
     database (the shared server stays up). Uses the machine's Postgres binaries; as root the
-    cluster runs as the ``postgres`` user, since Postgres refuses to run as root."""
+    cluster runs as the ``postgres`` user, since Postgres refuses to run as root.
+
+    The port is picked at the first ``start()`` (initdb takes seconds: a port picked earlier
+    could be taken meanwhile), and picked again if another process took it first; restarts keep
+    it, so clients keep their URL."""
 
     def __init__(self) -> None:
         import glob
@@ -111,9 +118,19 @@ class PrivatePostgres:
         self.root = Path(tempfile.mkdtemp(prefix="atlas-pg-"))
         self.root.chmod(0o755)
         self.data = self.root / "data"
-        self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._port: int | None = None
+        self._started = False
         self._as_postgres = os.geteuid() == 0
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            self._port = free_port()
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *args: str) -> None:
         cmd = [str(a) for a in args]
@@ -132,21 +149,31 @@ class PrivatePostgres:
         return self
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(
-            self.bin / "pg_ctl",
-            "-D",
-            self.data,
-            "-o",
-            options,
-            "-l",
-            self.root / "log",
-            "-w",
-            "start",
-        )
+        log = self.root / "log"
+        for attempt in range(5):
+            before = log.stat().st_size if log.exists() else 0
+            # fsync=off: the tests crash the server process (never the machine), and what a
+            # crashed process wrote is in the OS page cache, which survives it; see
+            # docs/reliability.md.
+            options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+            try:
+                self._run(
+                    self.bin / "pg_ctl", "-D", self.data, "-o", options, "-l", log, "-w", "start"
+                )
+            except RuntimeError:
+                taken = "already in use" in log.read_text(errors="replace")[before:]
+                if self._started or not taken or attempt == 4:
+                    raise
+                self._port = free_port()  # someone took the port first: pick another
+                continue
+            self._started = True
+            return
 
-    def stop(self) -> None:
-        self._run(self.bin / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+    def stop(self, mode: str = "fast") -> None:
+        """``fast``: a clean shutdown (in-flight transactions aborted, then a checkpoint);
+        ``immediate``: the server processes quit at once, as in a crash, and the next start
+        runs crash recovery from the WAL."""
+        self._run(self.bin / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
 
     def __enter__(self) -> PrivatePostgres:
         self.init().start()
@@ -160,16 +187,46 @@ class PrivatePostgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+_LISTENING = re.compile(r"atlas-collector listening: http=(\S+) grpc=(\S+)")
+
+
 class Collector:
-    """A real ``atlas-collector`` process on free loopback ports."""
+    """A real ``atlas-collector`` process on loopback ports.
+
+    Ports are the collector's own choice (it binds port 0 and logs what it got), so no other
+    process can take them between picking and binding; a port is fixed in advance only when a
+    test reads it before the first start (to point a client at a collector that is not up yet)
+    or ``--processes`` needs fixed ones. Restarts keep the ports. Output goes to a file, never
+    a pipe nobody reads while the test runs (a chatty collector would fill it and freeze).
+    """
 
     def __init__(self, store_url: str, *args: str, env: dict | None = None) -> None:
-        self.http_port = free_port()
-        self.grpc_port = free_port()
+        import tempfile
+        import weakref
+
+        self._http_port: int | None = None
+        self._grpc_port: int | None = None
         self.store_url = store_url
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
+        fd, name = tempfile.mkstemp(prefix="atlas-collector-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(name)
+        self._log_from = 0  # where the current process's output starts in the log
+        weakref.finalize(self, self.log_path.unlink, missing_ok=True)
+
+    @property
+    def http_port(self) -> int:
+        if self._http_port is None:
+            self._http_port = free_port()
+        return self._http_port
+
+    @property
+    def grpc_port(self) -> int:
+        if self._grpc_port is None:
+            self._grpc_port = free_port()
+        return self._grpc_port
 
     @property
     def http(self) -> str:
@@ -183,39 +240,67 @@ class Collector:
     def grpc(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self, *, wait: bool = True) -> Collector:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "atlas_middleware.otel_exporters.collector",
-                "--store",
-                self.store_url,
-                "--http",
-                f"127.0.0.1:{self.http_port}",
-                "--grpc",
-                f"127.0.0.1:{self.grpc_port}",
-                *self.args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=self.env,
-        )
-        if not wait:
-            return self
-        wait_for_port(self.http_port, self.proc)
-        if "off" not in self.args:
-            wait_for_port(self.grpc_port, self.proc)
+    def output(self) -> str:
+        """What the current (or last) collector process has written so far."""
+        return self.log_path.read_text(errors="replace")[self._log_from :]
+
+    def start(self, *, wait: bool = True, timeout: float = 60) -> Collector:
+        if "--processes" in self.args:  # several processes share fixed ports
+            self.http_port, self.grpc_port  # noqa: B018 - fixes both ports now
+        self._log_from = len(self.log_path.read_text(errors="replace"))
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "atlas_middleware.otel_exporters.collector",
+                    "--store",
+                    self.store_url,
+                    "--http",
+                    f"127.0.0.1:{self._http_port or 0}",
+                    "--grpc",
+                    f"127.0.0.1:{self._grpc_port or 0}",
+                    *self.args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=self.env,
+            )
+        if wait:
+            self._wait_listening(timeout)
         return self
+
+    def _wait_listening(self, timeout: float) -> None:
+        # The collector logs its line once every receiver listens.
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            found = _LISTENING.search(self.output())
+            if found:
+                http, grpc = found.groups()
+                if http != "None":
+                    self._http_port = int(http)
+                if grpc != "None":
+                    self._grpc_port = int(grpc)
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"atlas-collector exited with {self.proc.returncode}: {self.output()}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"atlas-collector not listening after {timeout}s: {self.output()}"
+                )
+            time.sleep(0.05)
 
     def stop(self, sig: int = 15, timeout: float = 60) -> str:
         """Signal the process (SIGTERM by default), wait, and return its output."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        out, _ = self.proc.communicate(timeout=timeout)
-        return out
+        self.proc.wait(timeout=timeout)
+        return self.output()
 
     def __enter__(self) -> Collector:
         return self.start()

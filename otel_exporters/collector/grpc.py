@@ -1,18 +1,24 @@
 """OTLP/gRPC receiver (``opentelemetry.proto.collector.trace.v1.TraceService/Export``).
 
 Errors use the codes OTLP clients retry on: UNAVAILABLE when the collector is busy or the store
-is down (retryable without RetryInfo), INVALID_ARGUMENT for data no retry will fix.
+is down, a redaction plugin raised or the store failed otherwise (retryable without RetryInfo),
+INVALID_ARGUMENT for data no retry will fix.
 """
 
 from __future__ import annotations
 
 import grpc
 from atlas_middleware.otel_exporters.collector.auth import TokenCheck
-from atlas_middleware.otel_exporters.collector.ingest import Ingestor, Overloaded, StoreDown
+from atlas_middleware.otel_exporters.collector.ingest import (
+    IngestFailed,
+    Ingestor,
+    Overloaded,
+    StoreDown,
+)
 from atlas_middleware.otel_exporters.otlp import DecodeError, decode_protobuf, response_message
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from atlas_middleware.storage import StoreError, StoreUnavailable
+from atlas_middleware.storage import StoreDataError, StoreUnavailable
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
@@ -39,9 +45,13 @@ class TraceService:
         except (StoreDown, StoreUnavailable):
             failure = grpc.StatusCode.UNAVAILABLE, "store unavailable, retry later"
         except DecodeError as exc:
+            self.ingestor.stats.bad_requests += 1
             failure = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-        except StoreError as exc:
-            failure = grpc.StatusCode.INTERNAL, f"store error: {exc}"
+        except StoreDataError as exc:
+            failure = grpc.StatusCode.INVALID_ARGUMENT, f"the store refused this data: {exc}"
+        except IngestFailed as exc:
+            # UNAVAILABLE, which OTLP clients retry (they give up on INTERNAL).
+            failure = grpc.StatusCode.UNAVAILABLE, f"{exc}; retry later"
         if failure is not None:
             # A status, not context.abort(): abort raises, and a refused call's exception kept
             # its frame (and so the request's bytes) alive; under a flood of refused exports

@@ -1,9 +1,11 @@
 """OTLP/HTTP receiver: ``POST /v1/traces`` (protobuf and JSON, optionally gzip) and ``GET /health``.
 
 Status codes follow the OTLP/HTTP spec: 200 (with ``partial_success`` when some spans were
-rejected), 400 with a ``google.rpc.Status`` body for undecodable data (nothing stored), 413 over
-the size limit, 415 for an unsupported content type or encoding, 429 / 503 with ``Retry-After``
-when the collector or its database cannot take the data now (the client keeps it and retries).
+rejected), 400 with a ``google.rpc.Status`` body for undecodable data or data the store refuses
+for good (nothing stored), 413 over the size limit, 415 for an unsupported content type or
+encoding, 429 / 503 with ``Retry-After`` when the collector or its database cannot take the data
+now, a redaction plugin raised or the store failed otherwise (the client keeps it and retries).
+Never a 500: OTLP clients drop a batch answered 500.
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from atlas_middleware.otel_exporters.collector.auth import TokenCheck
-from atlas_middleware.otel_exporters.collector.ingest import Ingestor, Overloaded, StoreDown
+from atlas_middleware.otel_exporters.collector.ingest import (
+    IngestFailed,
+    Ingestor,
+    Overloaded,
+    StoreDown,
+)
 from atlas_middleware.otel_exporters.otlp import (
     Decoded,
     DecodeError,
@@ -26,7 +33,7 @@ from atlas_middleware.otel_exporters.otlp import (
     status_protobuf,
 )
 
-from atlas_middleware.storage import StoreError, StoreUnavailable
+from atlas_middleware.storage import StoreDataError, StoreError, StoreUnavailable
 from atlas_middleware.storage.records import safe_url
 
 PROTOBUF = "application/x-protobuf"
@@ -38,7 +45,6 @@ INVALID_ARGUMENT = 3
 RESOURCE_EXHAUSTED = 8
 UNAVAILABLE = 14
 UNAUTHENTICATED = 16
-INTERNAL = 13
 
 
 def _error(status: int, code: int, message: str, as_json: bool, **headers: str) -> web.Response:
@@ -94,20 +100,24 @@ def build_app(ingestor: Ingestor, check_token: TokenCheck, max_body_bytes: int) 
         except DecodeError as exc:
             ingestor.stats.bad_requests += 1
             return _error(400, INVALID_ARGUMENT, str(exc), as_json)
-        except StoreError as exc:
-            return _error(500, INTERNAL, f"store error: {exc}", as_json)
+        except StoreDataError as exc:  # counted and logged by the ingestor
+            return _error(400, INVALID_ARGUMENT, f"the store refused this data: {exc}", as_json)
+        except IngestFailed as exc:
+            # Never a 500: OTLP clients drop a batch answered 500, they retry a 503.
+            return _error(503, UNAVAILABLE, f"{exc}; retry later", as_json, **retry)
         if as_json:
             return web.Response(body=response_json(decoded), content_type=JSON)
         return web.Response(body=response_protobuf(decoded), content_type=PROTOBUF)
 
     async def health(request: web.Request) -> web.Response:
+        counts = {"inflight": ingestor.inflight, **vars(ingestor.stats)}
         try:
             await asyncio.get_running_loop().run_in_executor(None, ingestor.store.health)
         except StoreError as exc:
-            return web.json_response({"status": "unavailable", "error": str(exc)}, status=503)
-        return web.json_response(
-            {"status": "ok", "store": safe_url(ingestor.store.url), **vars(ingestor.stats)}
-        )
+            return web.json_response(
+                {"status": "unavailable", "error": str(exc), **counts}, status=503
+            )
+        return web.json_response({"status": "ok", "store": safe_url(ingestor.store.url), **counts})
 
     # aiohttp applies the limit to the decompressed body, which also stops gzip bombs.
     app = web.Application(client_max_size=max_body_bytes)

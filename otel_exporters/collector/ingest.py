@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from atlas_middleware.otel_exporters.otlp import Decoded, DecodeError
 
 from atlas_middleware.redaction import Redactor, default_redactors, redact
-from atlas_middleware.storage import Store, StoreUnavailable
+from atlas_middleware.storage import Store, StoreDataError, StoreError, StoreUnavailable
 
 log = logging.getLogger("atlas.collector")
 
@@ -32,6 +32,13 @@ class StoreDown(Exception):
     """The store failed recently; answer 503 at once instead of queueing on a dead database."""
 
 
+class IngestFailed(Exception):
+    """The collector could not process a well-formed request (a redaction plugin raised, the
+    store failed in a way retrying may fix, or a bug): nothing was stored, and the answer is
+    503 + Retry-After so the client keeps the data and sends it again. OTLP clients do not
+    retry a 500, so that answer would lose the data."""
+
+
 @dataclass
 class Stats:
     requests: int = 0
@@ -41,6 +48,7 @@ class Stats:
     store_unavailable: int = 0
     bad_requests: int = 0
     rewards_rejected: int = 0  # evaluation scores that were NaN/inf/not numbers: never rewards
+    ingest_errors: int = 0  # well-formed requests answered 503: redaction or store failures
 
 
 class Ingestor:
@@ -65,7 +73,12 @@ class Ingestor:
         # next batch decoding while Postgres works on the previous one.
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="atlas-ingest")
         self._down_until = 0.0
-        self._last_error_log = 0.0
+        self._last_error_log: dict[str, float] = {}
+
+    @property
+    def inflight(self) -> int:
+        """Requests holding an admission slot right now."""
+        return self._inflight
 
     @property
     def retry_after_header(self) -> str:
@@ -90,7 +103,8 @@ class Ingestor:
                 self._idle.set()
 
     async def ingest(self, decode: Callable[[], Decoded]) -> Decoded:
-        """Decode and store one request's spans; raises DecodeError, StoreUnavailable, StoreError."""
+        """Decode and store one request's spans. Raises DecodeError (400), StoreDataError (400:
+        the store refuses this data for good), StoreUnavailable or IngestFailed (503)."""
         self.stats.requests += 1
         loop = asyncio.get_running_loop()
         try:
@@ -98,7 +112,15 @@ class Ingestor:
         except StoreUnavailable as exc:
             self.stats.store_unavailable += 1
             self._down_until = time.monotonic() + self.retry_after
-            self._log_error("store unavailable, answering 503: %s", exc)
+            self._log_error("unavailable", "store unavailable, answering 503: %s", exc)
+            raise
+        except StoreDataError as exc:
+            self.stats.bad_requests += 1
+            self._log_error("data", "the store refused a batch, answering 400: %s", exc)
+            raise
+        except IngestFailed as exc:
+            self.stats.ingest_errors += 1
+            self._log_error("ingest", "%s; answering 503 so the client retries", exc, level=40)
             raise
         self.stats.spans_stored += len(decoded.spans)
         self.stats.spans_rejected += decoded.rejected
@@ -115,16 +137,35 @@ class Ingestor:
             log.exception("could not decode a request")
             raise DecodeError(f"undecodable request ({type(exc).__name__})") from exc
         if decoded.spans:
-            redact(decoded.spans, self._redactors)
-            written = self.store.write_spans(decoded.spans)
+            try:
+                redact(decoded.spans, self._redactors)
+            except Exception as exc:
+                # A broken redaction plugin: the data is fine, storing it unredacted is not.
+                log.debug("redaction failed", exc_info=True)
+                raise IngestFailed(
+                    f"redaction failed ({type(exc).__name__}: {_one_line(exc)})"
+                ) from exc
+            try:
+                written = self.store.write_spans(decoded.spans)
+            except (StoreUnavailable, StoreDataError):
+                raise
+            except StoreError as exc:
+                raise IngestFailed(f"store error: {_one_line(exc)}") from exc
+            except Exception as exc:  # a bug on this input: keep the data with the client
+                log.debug("store write failed", exc_info=True)
+                raise IngestFailed(
+                    f"store write failed ({type(exc).__name__}: {_one_line(exc)})"
+                ) from exc
             self.stats.rewards_rejected += written.rejected_rewards
         return decoded
 
-    def _log_error(self, message: str, *args: object) -> None:
+    def _log_error(self, kind: str, message: str, *args: object, level: int = 30) -> None:
+        # One line per kind per 10 s: a down database or a broken plugin fails every request,
+        # and must not flood the log (nor hide the other kind of trouble).
         now = time.monotonic()
-        if now - self._last_error_log >= 10:  # a down database must not flood the log
-            self._last_error_log = now
-            log.warning(message, *args)
+        if now - self._last_error_log.get(kind, -1e9) >= 10:
+            self._last_error_log[kind] = now
+            log.log(level, message, *args)
 
     async def drain(self, timeout: float) -> bool:
         """Wait for in-flight requests to finish; True if all did within ``timeout``."""
@@ -136,3 +177,8 @@ class Ingestor:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

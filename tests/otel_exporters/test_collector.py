@@ -4,12 +4,14 @@ cases exporters never produce) against a real collector process and real stores.
 from __future__ import annotations
 
 import gzip
+import os
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import orjson
 import pytest
@@ -316,12 +318,30 @@ def _post_in_background(url: str, body: bytes) -> tuple[threading.Thread, list]:
     return thread, responses
 
 
+def _health(collector: Collector) -> dict:
+    # /health answers 503 (with the same counters) while the store is down.
+    return requests.get(f"{collector.http}/health", timeout=30).json()
+
+
+def _wait_for(predicate, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
+        time.sleep(0.05)
+
+
+def _wait_inflight(collector: Collector, n: int) -> None:
+    """Until ``n`` requests hold an admission slot (the SQLite health check does not queue
+    behind the write those requests wait in)."""
+    _wait_for(lambda: _health(collector)["inflight"] == n, f"{n} requests in flight")
+
+
 def test_overload_answers_429_with_retry_after(sqlite_url: str) -> None:
     body = encode_spans(session_spans(1)).SerializeToString()
     with Collector(sqlite_url, "--max-inflight", "1") as collector:
         with _store_write_lock(sqlite_url):
             thread, first = _post_in_background(collector.traces_url, body)
-            time.sleep(0.5)  # the first request now waits on the lock, holding the only slot
+            _wait_inflight(collector, 1)  # the first request holds the only slot, waiting
             busy = requests.post(collector.traces_url, data=body, headers=PROTOBUF, timeout=10)
             assert busy.status_code == 429
             assert busy.headers["Retry-After"] == "1"
@@ -338,11 +358,20 @@ def test_sigterm_drains_in_flight_batch(sqlite_url: str) -> None:
     collector = Collector(sqlite_url).start()
     with _store_write_lock(sqlite_url):
         thread, responses = _post_in_background(collector.traces_url, body)
-        time.sleep(0.5)
+        _wait_inflight(collector, 1)  # admitted: the batch waits on the lock
         collector.proc.terminate()
-        time.sleep(0.5)
-        assert collector.proc.poll() is None  # still draining the batch waiting on the lock
-        # New connections are no longer accepted while draining.
+
+        def refusing() -> bool:
+            try:
+                requests.get(f"{collector.http}/health", timeout=5)
+            except requests.ConnectionError:
+                return True
+            return False
+
+        # The signal was handled: new connections are no longer accepted while draining...
+        _wait_for(refusing, "the listener to close")
+        # ...and the process waits for the batch held on the lock.
+        assert collector.proc.poll() is None
         with pytest.raises(requests.ConnectionError):
             requests.post(collector.traces_url, data=body, headers=PROTOBUF, timeout=5)
     thread.join(30)
@@ -381,9 +410,14 @@ def test_database_outage_gives_503_then_nothing_is_lost() -> None:
 
             during = session_spans(3)
             result: list[SpanExportResult] = []
+            refused = _health(collector)["store_unavailable"]
             sender = threading.Thread(target=lambda: result.append(exporter.export(during)))
             sender.start()
-            time.sleep(2.5)  # the exporter is now retrying against 503s
+            # The exporter is retrying against 503s: the collector answered it twice.
+            _wait_for(
+                lambda: _health(collector)["store_unavailable"] >= refused + 2,
+                "the exporter retrying",
+            )
             assert not result
             pg.start()
             sender.join(timeout=60)
@@ -439,3 +473,141 @@ def test_processes_need_fixed_ports(sqlite_url: str) -> None:
     )
     assert proc.returncode == 2
     assert "fixed ports" in proc.stderr
+
+
+# --- failures that are not the client's: 503 + Retry-After, never a 500 --------------------------
+REFUSING_TRIGGER = """
+CREATE FUNCTION atlas_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.task = 'bad data' THEN
+        RAISE EXCEPTION 'value out of range (test trigger)' USING ERRCODE = '22003';
+    END IF;
+    IF NEW.task = 'internal failure' THEN
+        RAISE EXCEPTION 'simulated internal failure (test trigger)' USING ERRCODE = 'XX000';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER atlas_test_refuse BEFORE INSERT OR UPDATE ON sessions
+    FOR EACH ROW EXECUTE FUNCTION atlas_test_refuse();
+"""
+
+
+def install_refusing_trigger(url: str) -> None:
+    """Make the real Postgres refuse sessions by task: ``bad data`` with a data exception
+    (SQLSTATE 22003, which no retry fixes), ``internal failure`` with an internal error."""
+    import psycopg
+
+    open_store(url).close()  # the schema first
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(REFUSING_TRIGGER)
+
+
+def _grpc_export(collector: Collector, spans) -> str:
+    import grpc
+
+    with grpc.insecure_channel(collector.grpc) as channel:
+        export = channel.unary_unary(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=ExportTraceServiceResponse.FromString,
+        )
+        try:
+            export(encode_spans(spans), timeout=30)
+        except grpc.RpcError as exc:
+            return exc.code().name
+    return "OK"
+
+
+@pytest.mark.postgres
+def test_store_failures_answer_503_or_400_never_500(postgres_url: str) -> None:
+    install_refusing_trigger(postgres_url)
+    good = session_spans(1)
+    with Collector(postgres_url) as collector:
+
+        def post(spans) -> requests.Response:
+            body = encode_spans(spans).SerializeToString()
+            return requests.post(collector.traces_url, data=body, headers=PROTOBUF, timeout=30)
+
+        # The store failing in a way a retry may fix (here an internal error): 503, retried.
+        internal = post(session_spans(1, task="internal failure"))
+        assert internal.status_code == 503, internal.text
+        assert internal.headers["Retry-After"] == "1"
+        assert "simulated internal failure" in _status(internal).message
+        assert _grpc_export(collector, session_spans(1, task="internal failure")) == "UNAVAILABLE"
+        # Data the store refuses for good: 400, the client drops it instead of retrying forever.
+        bad = post(session_spans(1, task="bad data"))
+        assert bad.status_code == 400, bad.text
+        assert "value out of range" in _status(bad).message
+        assert _grpc_export(collector, session_spans(1, task="bad data")) == "INVALID_ARGUMENT"
+        # Neither broke the collector: the next batch lands.
+        assert post(good).status_code == 200
+        health = _health(collector)
+        assert health["ingest_errors"] == 2 and health["bad_requests"] == 2
+        # The store is not "down" for anyone else after either failure.
+        assert health["store_unavailable"] == 0
+    output = collector.stop()
+    count, sessions = _store_counts(postgres_url)
+    assert count == len(good) and len(sessions) == 1
+    [line] = [ln for ln in output.splitlines() if "answering 503" in ln]
+    assert "ERROR" in line and "simulated internal failure" in line
+    assert "Traceback" not in output
+
+
+BROKEN_REDACTOR = """
+from atlas_middleware.plugins import hookimpl
+
+
+def _redact(record):
+    if record.name.startswith("poison"):
+        raise RuntimeError("redactor bug on " + record.name + "\\nsecond line")
+
+
+@hookimpl
+def atlas_redactors():
+    return [_redact]
+"""
+
+
+def plugin_site(tmp_path, name: str, source: str) -> Path:
+    """A folder for PYTHONPATH holding a plugin module and the ``.dist-info`` whose
+    ``entry_points.txt`` declares it: pluggy's real entry-point discovery loads it."""
+    site = tmp_path / f"site-{name}"
+    dist = site / f"{name}-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (site / f"{name}.py").write_text(source)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[atlas_middleware]\n{name} = {name}\n")
+    return site
+
+
+def test_a_raising_redaction_plugin_answers_503_and_stores_nothing(sqlite_url, tmp_path) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    with provider.get_tracer("t").start_as_current_span("poison pill"):
+        pass
+    poison = list(memory.get_finished_spans())
+    site = plugin_site(tmp_path, "broken_redactor", BROKEN_REDACTOR)
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    good = session_spans(1)
+    with Collector(sqlite_url, env=env) as collector:
+        body = encode_spans(poison).SerializeToString()
+        refused = requests.post(collector.traces_url, data=body, headers=PROTOBUF, timeout=30)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["Retry-After"] == "1"
+        assert "redaction failed (RuntimeError: redactor bug on poison pill)" in (
+            _status(refused).message
+        )
+        assert _grpc_export(collector, poison) == "UNAVAILABLE"
+        # The plugin runs on other batches and lets them through.
+        assert HttpExporter(endpoint=collector.traces_url).export(good) == SpanExportResult.SUCCESS
+        assert _health(collector)["ingest_errors"] == 2
+    output = collector.stop()
+    assert _store_counts(sqlite_url)[0] == len(good)
+    lines = [ln for ln in output.splitlines() if "redaction failed" in ln]
+    assert len(lines) == 1 and "second line" not in output  # one line, however often it fails
+    assert "Traceback" not in output

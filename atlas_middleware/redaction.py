@@ -1,5 +1,10 @@
 """Secrets never leave the process: a redaction pass over span attributes before any export.
 
+In-process, the pass runs once per batch before the batch is queued, spooled to disk or handed
+to any exporter (``RetryingSpanExporter`` / ``RedactingSpanExporter``, set up by
+``telemetry.configure``); the collector runs it again on what it receives, since it cannot
+trust its clients to have done so.
+
 The default pass masks values under keys that name a secret (``api_key``, ``authorization``,
 ``token``, ``password``, ``secret``, ``cookie``) and substrings that look like credentials (provider
 API keys, bearer tokens) inside any string value, including prompts that quote them.
@@ -101,7 +106,15 @@ _last_resource: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, Non
 
 
 def redact_secrets(record: SpanRecord) -> None:
-    """The built-in redactor (in place)."""
+    """The built-in redactor (in place).
+
+    Attributes (of the span, its events and its resource) and the status message are scrubbed
+    in full: values under secret-named keys are masked, credential-shaped text anywhere is
+    replaced. Span and event names only lose credential-shaped substrings (a provider key, a
+    bearer token, ``api_key=…``): names are identifiers by convention (``chat gpt-4o``) that
+    sessions and dashboards group by, so they are never masked whole, but a careless
+    instrumentation that formats a secret into one must not leak it either.
+    """
     global _last_resource
     seen, scrubbed = _last_resource
     if record.resource is not seen:
@@ -109,10 +122,20 @@ def redact_secrets(record: SpanRecord) -> None:
         _last_resource = (record.resource, scrubbed)
     record.resource = scrubbed  # type: ignore[assignment]
     record.attributes = _scrub_mapping(record.attributes)
+    if _suspicious(record.name):
+        record.name = _scrub_text(record.name)
     for event in record.events:
         event.attributes = _scrub_mapping(event.attributes)
+        if _suspicious(event.name):
+            event.name = _scrub_text(event.name)
     if record.status_message:
         record.status_message = _scrub(record.status_message)
+
+
+def scrub_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    """The built-in pass over one attribute mapping (for what a SpanRecord does not carry, such
+    as span links); the same dict when nothing is secret, else a redacted copy."""
+    return _scrub_mapping(attributes)
 
 
 def default_redactors() -> tuple[Redactor, ...]:

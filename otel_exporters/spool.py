@@ -10,9 +10,15 @@ the batch instead, answers at once, and a sender thread delivers it to the wrapp
   full, batches go to an fsync'd on-disk spool bounded by ``spool_max_bytes``; they survive a
   crash or restart of the process and are delivered by the next exporter on that directory.
   One process per directory (an exclusive lock; a second process runs without a spool).
+- Redaction first: the redactors run on each batch in ``export()``, before it is queued,
+  spooled or sent, so no secret reaches the disk or the wire.
 - Nothing is lost silently: a batch that fits nowhere is dropped and counted
   (:meth:`RetryingSpanExporter.stats`, the ``atlas.exporter.spans.dropped`` metric, and a
   warning log line), as is a corrupt spool file.
+- Nothing blocks the queue forever: a batch the destination refuses (a 400, a 413) is dropped
+  and counted as refused once the destination is seen accepting other batches; only failures
+  the wrapped exporter reports as retryable, or that hit every batch alike (an outage), are
+  retried without end.
 
 Spool files hold one batch each: ``MAGIC``, then a frame of a 4-byte big-endian length, a
 4-byte CRC-32 and the payload (the batch as JSON, every SDK span field kept). Files are written
@@ -38,12 +44,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from atlas_middleware.otel_exporters.sdk import redact_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceState
 
+from atlas_middleware.redaction import Redactor, default_redactors
 from atlas_middleware.telemetry import schema
 
 log = logging.getLogger("atlas.exporter")
@@ -65,6 +73,7 @@ class ExportStats:
     corrupt_files: int  # spool files that failed their checksum (moved aside, counted)
     failed_attempts: int
     last_error: str | None
+    refused_spans: int = 0  # of dropped_spans: batches the destination refused for good
 
 
 # --- spans <-> JSON ---------------------------------------------------------------------------
@@ -293,11 +302,20 @@ def _counters() -> tuple[Any, Any]:
 class RetryingSpanExporter(SpanExporter):
     """Wraps ``exporter`` so a down destination delays spans instead of losing them.
 
-    ``export`` never blocks on the destination: it queues the batch (memory, or the disk spool
-    when the destination is failing or the queue is full) and returns. A sender thread delivers
-    batches in order, retrying a failed one after ``initial_backoff_s`` doubling up to
-    ``max_backoff_s`` (with jitter). ``shutdown`` keeps trying for ``shutdown_timeout_s``, then
-    moves what is left to the spool, or counts it as dropped when there is none.
+    ``export`` never blocks on the destination: it redacts the batch (``redactors``: the
+    plugins' by default, ``()`` for none), queues it (memory, or the disk spool when the
+    destination is failing or the queue is full) and returns. A sender thread delivers batches
+    in order, retrying a failed one after ``initial_backoff_s`` doubling up to ``max_backoff_s``
+    (with jitter). ``shutdown`` keeps trying for ``shutdown_timeout_s``, then moves what is left
+    to the spool, or counts it as dropped when there is none.
+
+    A failed batch is retried without end only while that is known to be right. The wrapped
+    exporter may say (``last_failure_retryable``, as ``StoreSpanExporter`` does): True retries,
+    False drops the batch at once. Exporters that do not say (the official OTLP exporters return
+    FAILURE for a 400 and for an outage alike): after ``max_attempts`` failures of one batch the
+    next waiting batch is sent instead; if the destination takes it, the first batch is tried
+    once more and, failing again, dropped as refused (counted). If the other batch fails too,
+    the destination is down: everything waits, nothing is dropped, however long it lasts.
     """
 
     def __init__(
@@ -310,14 +328,20 @@ class RetryingSpanExporter(SpanExporter):
         initial_backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         shutdown_timeout_s: float = 2.0,
+        max_attempts: int = 3,
+        redactors: Sequence[Redactor] | None = None,
     ) -> None:
         if max_queue_spans < 0 or spool_max_bytes <= 0:
             raise ValueError("max_queue_spans must be 0 or more and spool_max_bytes positive")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be 1 or more, got {max_attempts}")
         self.exporter = exporter
         self.max_queue_spans = max_queue_spans
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
         self.shutdown_timeout_s = shutdown_timeout_s
+        self.max_attempts = max_attempts
+        self._redactors = default_redactors() if redactors is None else tuple(redactors)
         self._spool: Spool | None = None
         if spool_dir is not None:
             try:
@@ -337,19 +361,32 @@ class RetryingSpanExporter(SpanExporter):
         self._stopped = False
         self._sent = 0
         self._dropped = 0
+        self._refused = 0
         self._corrupt = 0
         self._failures = 0
         self._last_error: str | None = None
         self._last_drop_log = 0.0
+        # Unclassified failures per batch (keyed by its first span and size, which survive a
+        # trip through the spool); cleared when the batch is delivered or dropped.
+        self._attempts: dict[tuple[Any, ...], int] = {}
         self._dropped_counter, self._spooled_counter = _counters()
         self._thread = threading.Thread(target=self._run, name="atlas-span-retry", daemon=True)
         self._thread.start()
 
     # --- SpanExporter ---
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        batch = list(spans)
-        if not batch:
+        if not spans:
             return SpanExportResult.SUCCESS
+        try:
+            # Before anything else: the queue may spill to disk, and nothing unredacted may.
+            batch = redact_spans(spans, self._redactors)
+        except Exception as exc:
+            with self._cond:
+                self._drop(
+                    len(spans),
+                    f"redaction failed ({type(exc).__name__}: {exc}); never exported unredacted",
+                )
+            return SpanExportResult.FAILURE
         with self._cond:
             if self._closing:
                 self._drop(len(batch), "exporter shut down")
@@ -407,10 +444,12 @@ class RetryingSpanExporter(SpanExporter):
         stats = self.stats()
         if stats.dropped_spans or stats.spooled_spans:
             log.warning(
-                "atlas: exporter stopped: %d spans delivered, %d left in the spool, %d dropped",
+                "atlas: exporter stopped: %d spans delivered, %d left in the spool, %d dropped "
+                "(%d refused by the destination)",
                 stats.sent_spans,
                 stats.spooled_spans,
                 stats.dropped_spans,
+                stats.refused_spans,
             )
         if self._spool is not None:
             self._spool.close()
@@ -429,6 +468,7 @@ class RetryingSpanExporter(SpanExporter):
                 corrupt_files=self._corrupt,
                 failed_attempts=self._failures,
                 last_error=self._last_error,
+                refused_spans=self._refused,
             )
 
     # --- internals ---
@@ -439,11 +479,20 @@ class RetryingSpanExporter(SpanExporter):
 
     def _unqueue(self, batch: list[ReadableSpan]) -> bool:
         # By identity: shutdown may have taken the queue over while this batch was in flight.
-        if self._queue and self._queue[0] is batch:
-            self._queue.popleft()
-            self._queued -= len(batch)
-            return True
+        for i, queued in enumerate(self._queue):
+            if queued is batch:
+                del self._queue[i]
+                self._queued -= len(batch)
+                return True
         return False
+
+    def _discard(self, batch: list[ReadableSpan], path: Path | None) -> None:
+        """Take a delivered or dropped batch out of where it waited. Condition held."""
+        if path is None:
+            self._unqueue(batch)
+        elif self._spool is not None:
+            self._spool.remove(path)
+        self._attempts.pop(_batch_key(batch), None)
 
     def _drop(self, count: int, reason: str) -> None:
         # Called with the condition held.
@@ -455,6 +504,13 @@ class RetryingSpanExporter(SpanExporter):
             log.warning(
                 "atlas: dropped %d spans (%s); %d dropped so far", count, reason, self._dropped
             )
+
+    def _refuse(self, batch: list[ReadableSpan], path: Path | None, error: str | None) -> None:
+        """The destination refused this batch for good: drop it, counted. Condition held."""
+        self._discard(batch, path)
+        self._refused += len(batch)
+        self._drop(len(batch), f"refused by the destination: {error}")
+        self._cond.notify_all()
 
     def _to_spool(self, batch: list[ReadableSpan]) -> bool:
         spool = self._spool
@@ -476,13 +532,16 @@ class RetryingSpanExporter(SpanExporter):
                 self._cond.notify_all()
             return written
 
-    def _next(self) -> tuple[list[ReadableSpan], Path | None] | None:
-        """The oldest waiting batch (memory first: it is older than what spilled past it),
-        with its spool file if it came from disk. Called with the condition held."""
-        if self._queue:
-            return self._queue[0], None
+    def _next(self, skip: int = 0) -> tuple[list[ReadableSpan], Path | None] | None:
+        """The oldest waiting batch (memory first: it is older than what spilled past it), or
+        the one ``skip`` places behind it, with its spool file if it came from disk. Called
+        with the condition held."""
+        if len(self._queue) > skip:
+            return self._queue[skip], None
+        skip -= len(self._queue)
         spool = self._spool
-        while spool is not None and (path := spool.peek()) is not None:
+        while spool is not None and len(spool.files) > skip:
+            path = spool.files[skip]
             try:
                 return decode_batch(Spool.read(path)), path
             except (OSError, SpoolCorrupt, ValueError, KeyError, TypeError) as exc:
@@ -490,6 +549,29 @@ class RetryingSpanExporter(SpanExporter):
                 self._drop(_span_count(path), f"corrupt spool file: {exc}")
                 spool.remove(path, corrupt=True)
         return None
+
+    def _send(self, batch: list[ReadableSpan]) -> tuple[bool, str | None]:
+        try:
+            ok = self.exporter.export(batch) == SpanExportResult.SUCCESS
+        except Exception as exc:  # an exporter must not kill the sender
+            return False, f"{type(exc).__name__}: {exc}"
+        if ok:
+            return True, None
+        return False, getattr(self.exporter, "last_error", None) or "export failed"
+
+    def _retryable(self) -> bool | None:
+        """What the wrapped exporter says of its last failure: None when it does not say."""
+        verdict = getattr(self.exporter, "last_failure_retryable", None)
+        return None if verdict is None else bool(verdict)
+
+    def _delivered(self, batch: list[ReadableSpan], path: Path | None) -> None:
+        # Condition held.
+        self._sent += len(batch)
+        self._discard(batch, path)
+        if self._failing:
+            log.info("atlas: span destination reachable again")
+        self._failing = False
+        self._cond.notify_all()
 
     def _run(self) -> None:
         backoff = self.initial_backoff_s
@@ -501,44 +583,53 @@ class RetryingSpanExporter(SpanExporter):
                     item = self._next()
                 if item is None or self._closing:
                     return  # shutdown() already gave delivery its deadline
-            batch, path = item
-            try:
-                ok = self.exporter.export(batch) == SpanExportResult.SUCCESS
-                error = None if ok else "export failed"
-            except Exception as exc:  # an exporter must not kill the sender
-                ok, error = False, f"{type(exc).__name__}: {exc}"
-            if not ok and error == "export failed":
-                error = getattr(self.exporter, "last_error", None) or error
+                batch, path = item
+                key = _batch_key(batch)
+                # This batch failed again and again without the exporter saying why: send
+                # another one to tell a destination refusing this batch from one that is down.
+                probe = (
+                    self._next(skip=1) if self._attempts.get(key, 0) >= self.max_attempts else None
+                )
+            if probe is not None:
+                ok, error = self._send(probe[0])
+                if ok:
+                    with self._cond:
+                        self._delivered(*probe)
+                    # The destination takes other batches: one more try decides this one.
+                    ok, error = self._send(batch)
+                    with self._cond:
+                        if ok:
+                            self._delivered(batch, path)
+                        else:
+                            self._failures += 1
+                            self._last_error = error
+                            if self._retryable() is not True:
+                                self._refuse(batch, path, error)
+                    backoff = self.initial_backoff_s
+                    continue
+                target, target_path, head = probe[0], probe[1], False
+            else:
+                ok, error = self._send(batch)
+                target, target_path, head = batch, path, True
             with self._cond:
                 if ok:
-                    self._sent += len(batch)
-                    if path is None:
-                        self._unqueue(batch)
-                    else:
-                        self._spool.remove(path)  # type: ignore[union-attr]
-                    if self._failing:
-                        log.info("atlas: span destination reachable again")
-                    self._failing = False
+                    self._delivered(batch, path)
                     backoff = self.initial_backoff_s
-                    self._cond.notify_all()
                     continue
                 self._failures += 1
                 self._last_error = error
-                if not getattr(self.exporter, "last_failure_retryable", True):
-                    # The destination refused this batch for good: retrying would block the
-                    # queue behind it forever.
-                    if path is None:
-                        self._unqueue(batch)
-                    else:
-                        self._spool.remove(path)  # type: ignore[union-attr]
-                    self._drop(len(batch), f"rejected by the destination: {error}")
-                    self._cond.notify_all()
+                retryable = self._retryable()
+                if retryable is False:
+                    # Refused for good: retrying would block the queue behind it forever.
+                    self._refuse(target, target_path, error)
                     continue
+                if retryable is None and head:
+                    self._attempts[key] = self._attempts.get(key, 0) + 1
                 if not self._failing:
                     log.warning("atlas: span export failing (%s); retrying with backoff", error)
                 self._failing = True
                 moved = None
-                if path is None and self._spool is not None and self._unqueue(batch):
+                if head and path is None and self._spool is not None and self._unqueue(batch):
                     # The destination is down: move the batch to disk so a crash cannot lose it.
                     moved = batch
                 delay = backoff * random.uniform(0.8, 1.2)
@@ -562,9 +653,17 @@ class RetryingSpanExporter(SpanExporter):
                     backoff = self.initial_backoff_s
 
 
-def flushing_batch_processor(exporter: RetryingSpanExporter, **options: Any) -> Any:
-    """A BatchSpanProcessor whose ``force_flush`` also waits for the retrying exporter to deliver
-    (the SDK's own only hands spans to the exporter, which here just queues them)."""
+def _batch_key(batch: Sequence[ReadableSpan]) -> tuple[Any, ...]:
+    context = batch[0].context if batch else None
+    if context is None:
+        return (id(batch),)
+    return (context.trace_id, context.span_id, len(batch))
+
+
+def flushing_batch_processor(exporter: SpanExporter, **options: Any) -> Any:
+    """A BatchSpanProcessor whose ``force_flush`` also waits for the exporter's own flush: the
+    retrying exporter's delivers what it queued (the SDK's only hands spans to the exporter,
+    which here just queues them)."""
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     class _Processor(BatchSpanProcessor):

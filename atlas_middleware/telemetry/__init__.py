@@ -36,15 +36,17 @@ def _exporter(
         return None
     if name == "console":
         return ConsoleSpanExporter()
+    # The store and JSONL exporters redact nothing themselves here: configure() runs the
+    # redactors once, in front of every exporter (so the spool never holds a secret either).
     if name == "atlas":
         # Lazy: the exporter package sits above the core in the layering (DESIGN.md).
         from atlas_middleware.otel_exporters import StoreSpanExporter
 
-        return StoreSpanExporter(store)
+        return StoreSpanExporter(store, redactors=())
     if name == "jsonl":
         from atlas_middleware.otel_exporters import JsonlSpanExporter
 
-        return JsonlSpanExporter(jsonl_path or Path(".atlas") / "spans.jsonl")
+        return JsonlSpanExporter(jsonl_path or Path(".atlas") / "spans.jsonl", redactors=())
     if name == "otlp":
         protocol = os.environ.get(
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
@@ -93,6 +95,10 @@ def configure(
       ``retry_queue_spans`` (default 10,000 for ``atlas``/``otlp``, off for other exporters;
       0 disables) and are retried with backoff; ``spool_dir`` adds an fsync'd on-disk spool of
       up to ``spool_max_mb`` that survives restarts. Drops are counted: :func:`export_stats`.
+    - Redaction: the redactors (plugins' ``atlas_redactors``, the built-in secret pass last) run
+      once on every batch before it is queued, spooled or exported, whatever the exporter
+      (an exporter object you pass included; atlas's own store/JSONL exporters you build
+      yourself redact on their own and are not wrapped again).
     """
     global _provider, _retrying
     attributes = dict(resource_attributes or {})
@@ -113,6 +119,7 @@ def configure(
             flushing_batch_processor,
         )
 
+        # The retrying exporter redacts at its entry, before its queue and spool.
         retrying = RetryingSpanExporter(
             span_exporter,
             max_queue_spans=10_000 if retry_queue_spans is None else retry_queue_spans,
@@ -121,6 +128,7 @@ def configure(
         )
         provider.add_span_processor(flushing_batch_processor(retrying))
     elif span_exporter is not None:
+        span_exporter = _redacting(span_exporter)
         processor = (
             BatchSpanProcessor(span_exporter) if batch else SimpleSpanProcessor(span_exporter)
         )
@@ -133,6 +141,25 @@ def configure(
     if set_global:
         _set_global(provider)
     return provider
+
+
+def _redacting(exporter: SpanExporter) -> SpanExporter:
+    """``exporter`` behind the redaction pass, unless it is one of atlas's exporters that
+    already redacts (the store, JSONL and retrying exporters, built by the caller with their
+    default redactors) or is already behind one."""
+    from atlas_middleware.otel_exporters.sdk import (
+        JsonlSpanExporter,
+        RedactingSpanExporter,
+        StoreSpanExporter,
+    )
+    from atlas_middleware.otel_exporters.spool import RetryingSpanExporter
+
+    if isinstance(exporter, RedactingSpanExporter):
+        return exporter
+    ours = (JsonlSpanExporter, StoreSpanExporter, RetryingSpanExporter)
+    if isinstance(exporter, ours) and exporter._redactors:
+        return exporter  # built with redaction (the default): do not run it twice
+    return RedactingSpanExporter(exporter)
 
 
 def _set_global(provider: TracerProvider) -> None:

@@ -3,7 +3,13 @@ parameters only, and the review gate between the store and training."""
 
 from __future__ import annotations
 
+import gzip
+import http.server
 import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 import requests
@@ -14,15 +20,18 @@ from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpExporter,
 )
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link
 
+from atlas_middleware import telemetry
 from atlas_middleware.redaction import REDACTED, redact_secrets
 from atlas_middleware.storage import SessionFilter, open_store
 from atlas_middleware.storage.records import SpanEvent, SpanRecord
 from atlas_middleware.telemetry import schema as s
-from tests.helpers import Collector, atlas_cli, session_spans
+from tests.helpers import Collector, atlas_cli, free_port, session_spans
 from tests.reliability.test_fuzz import HOSTILE
 
 SECRETS = {
@@ -103,18 +112,19 @@ def test_credentials_never_survive_redaction_wherever_they_sit(secret, before, a
     assert REDACTED in dumped
 
 
-def _secret_spans() -> list:
-    """Real SDK spans of a session whose prompt, attributes and events carry credentials."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("tests")
+NAME_SECRET = "xoxb-" + "1234567890-abcdefghij"  # a Slack token formatted into a span name
+
+
+def _emit_secret_session(tracer) -> int:
+    """A session whose prompt, attributes, events, names and links carry credentials; returns
+    the number of spans it made."""
     with s.session_span(
         tracer, agent="leaky", session_id="leaky-1", task="use " + SECRETS["openai"], content=True
     ) as root:
         root.set_attribute("llm.api_key", "plain-value-under-a-secret-key")
         root.set_attribute("http.request.header.authorization", SECRETS["bearer"])
         root.add_event("config", {"line": ASSIGNED[0], "env": ASSIGNED[1]})
+        root.add_event("retry with api_key=evtname-s3cret-99")
         with tracer.start_as_current_span(s.chat_span_name("m")) as chat:
             chat.set_attribute(s.GEN_AI_OPERATION_NAME, s.OP_CHAT)
             chat.set_attribute(
@@ -122,9 +132,21 @@ def _secret_spans() -> list:
                 json.dumps([{"role": "system", "content": f"key {SECRETS['anthropic']}"}]),
             )
             chat.add_event("retry", {"header": ASSIGNED[2], "aws": SECRETS["aws"]})
+        link = Link(root.get_span_context(), {"auth.token": "link-secret-value-42"})
+        with tracer.start_as_current_span(f"execute_tool fetch {NAME_SECRET}", links=[link]):
+            pass
         s.set_final_answer(root, "done with " + SECRETS["github"], content=True)
         context = root.get_span_context()
     s.record_evaluation(tracer, context, name=s.PRIMARY_EVALUATION, score=0.9)
+    return 4
+
+
+def _secret_spans() -> list:
+    """Real SDK spans of a session whose prompt, attributes and events carry credentials."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    _emit_secret_session(provider.get_tracer("tests"))
     provider.shutdown()
     return list(exporter.get_finished_spans())
 
@@ -132,6 +154,7 @@ def _secret_spans() -> list:
 def _leaked(text: str) -> list[str]:
     needles = [v.split()[-1] for v in SECRETS.values()]
     needles += ["hunter2hunter2", "s3cr3t-pass", "dXNlcjpw", "plain-value-under-a-secret-key"]
+    needles += [NAME_SECRET, "evtname-s3cret-99", "link-secret-value-42"]
     return [n for n in needles if n in text]
 
 
@@ -168,6 +191,144 @@ def test_secrets_stay_out_of_the_store_the_export_and_the_logs(postgres_url, tmp
     for text in (log, health):
         assert token not in text and "pw-in-url-123" not in text
     assert "atlas-collector listening" in log
+
+
+# --- in-process: redacted once, before the spool, the wire or the console -------------------
+@pytest.fixture
+def fast_otlp(monkeypatch):
+    # A dead endpoint must fail within a second, not the exporter's default 10 s.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1")
+    yield
+    telemetry.shutdown()
+
+
+def test_secrets_never_reach_the_disk_spool(tmp_path, fast_otlp):
+    """The OTLP exporter with a spool and nothing listening: every span ends up in the spool
+    files, and no secret is in them (the retrying exporter redacts before it queues)."""
+    spool = tmp_path / "spool"
+    provider = telemetry.configure(
+        exporter="otlp",
+        endpoint=f"http://127.0.0.1:{free_port()}",
+        spool_dir=spool,
+        set_global=False,
+    )
+    made = _emit_secret_session(provider.get_tracer("tests"))
+    provider.force_flush(100)  # hands the batch to the retrying exporter
+    telemetry.shutdown(timeout_millis=500)  # undelivered: everything goes to disk
+    files = sorted(spool.glob("*.spool"))
+    assert sum(int(f.stem.rsplit("-", 1)[1]) for f in files) == made
+    on_disk = b"".join(f.read_bytes() for f in files).decode("utf-8", "replace")
+    assert not _leaked(on_disk), _leaked(on_disk)
+    assert REDACTED in on_disk and "llm.api_key" in on_disk  # redacted, not dropped
+
+
+class _RecordingBackend(http.server.ThreadingHTTPServer):
+    """A plain OTLP/HTTP endpoint that is not atlas (no redaction of its own): it keeps every
+    request body and answers 200."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(handler) -> None:
+                body = handler.rfile.read(int(handler.headers["Content-Length"]))
+                if handler.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                self.bodies.append(body)
+                handler.send_response(200)
+                handler.send_header("Content-Type", "application/x-protobuf")
+                handler.send_header("Content-Length", "0")
+                handler.end_headers()
+
+            def log_message(handler, *args) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.mark.parametrize("retry_queue_spans", [None, 0], ids=["retrying", "direct"])
+def test_secrets_never_reach_a_backend_that_does_not_redact(retry_queue_spans):
+    """The real OTLP/HTTP exporter that configure() sets up, pointed at a backend that stores
+    what it gets: with the retrying exporter in front (default) and without it."""
+    backend = _RecordingBackend()
+    try:
+        provider = telemetry.configure(
+            exporter="otlp",
+            endpoint=backend.url,
+            retry_queue_spans=retry_queue_spans,
+            set_global=False,
+        )
+        made = _emit_secret_session(provider.get_tracer("tests"))
+        assert provider.force_flush(30_000)
+        telemetry.shutdown()
+    finally:
+        backend.shutdown()
+    requests_ = [ExportTraceServiceRequest.FromString(b) for b in backend.bodies]
+    spans = [
+        sp for r in requests_ for rs in r.resource_spans for ss in rs.scope_spans for sp in ss.spans
+    ]
+    assert len(spans) == made
+    wire = b"".join(backend.bodies).decode("utf-8", "replace")
+    assert not _leaked(wire), _leaked(wire)
+    names = {sp.name for sp in spans}
+    assert f"execute_tool fetch {REDACTED}" in names  # the name kept, the token gone
+    [tool] = [sp for sp in spans if sp.name.startswith("execute_tool")]
+    assert tool.links[0].attributes[0].value.string_value == REDACTED
+
+
+def test_secrets_never_reach_a_collector_over_otlp(sqlite_url):
+    with Collector(sqlite_url) as collector:
+        provider = telemetry.configure(exporter="otlp", endpoint=collector.http, set_global=False)
+        made = _emit_secret_session(provider.get_tracer("tests"))
+        assert provider.force_flush(30_000)
+        telemetry.shutdown()
+    with open_store(sqlite_url) as store:
+        [session] = list(store.iter_sessions())
+        stored = store.spans_for([session.trace_id])[session.trace_id]
+    assert len(stored) == made
+    everything = json.dumps([r.to_json() for r in stored] + [session.to_json()])
+    assert not _leaked(everything), _leaked(everything)
+
+
+CONSOLE_SCRIPT = """
+from atlas_middleware import telemetry
+from tests.reliability.test_security import _emit_secret_session
+
+provider = telemetry.configure(exporter="console", set_global=False)
+_emit_secret_session(provider.get_tracer("tests"))
+telemetry.shutdown()
+"""
+
+
+@pytest.mark.parametrize("exporter", ["console", "jsonl"])
+def test_secrets_never_reach_the_console_or_a_jsonl_file(exporter, tmp_path):
+    if exporter == "console":
+        # A process of its own: the console exporter binds sys.stdout when it is imported.
+        proc = subprocess.run(
+            [sys.executable, "-c", CONSOLE_SCRIPT],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        assert proc.returncode == 0, proc.stderr
+        text = proc.stdout
+    else:
+        path = tmp_path / "spans.jsonl"
+        provider = telemetry.configure(exporter="jsonl", jsonl_path=path, set_global=False)
+        try:
+            _emit_secret_session(provider.get_tracer("tests"))
+            assert provider.force_flush(30_000)
+        finally:
+            telemetry.shutdown()
+        text = path.read_text()
+    assert not _leaked(text), _leaked(text)
+    assert f"execute_tool fetch {REDACTED}" in text and "llm.api_key" in text
 
 
 # --- SQL only through parameters -------------------------------------------------------------

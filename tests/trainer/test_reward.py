@@ -281,3 +281,18 @@ def test_verifier_names(tmp_path):
     for bad in ("nope", "os.path:nothing_here", "no_such_module_x:f"):
         with pytest.raises(RecipeError, match=r"reward\.verifier"):
             load_verifier(bad)
+
+
+def test_the_baseline_cache_is_bounded_and_a_clear_loses_no_score():
+    model, student = _student()
+    reward = TeachingReward(student, W, cache_size=2)
+    first = ["What is 1 + 2?", "What is 2 + 3?"]
+    reward(prompts=[[]] * 2, completions=["Add."] * 2, task=first, reference=["3", "5"])
+    assert len(model.calls) == 4  # two baselines and two guided answers, in one batch
+    # A new task overflows the cache: it is cleared, yet this call's known baselines still count.
+    tasks = [*first, "What is 4 + 4?"]
+    out = reward(prompts=[[]] * 3, completions=["Add."] * 3, task=tasks, reference=["3", "5", "8"])
+    assert reward.history[-1].branches == {"fixed": 3}
+    assert all(r > 1.0 for r in out)
+    assert len(reward._baselines) <= 2
+    assert len(model.calls) == 4 + 1 + 3

@@ -18,6 +18,10 @@ from tests.helpers import free_port, wait_for_port
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
+# Tests that import litellm before atlas does would otherwise fetch its price list from the
+# network at import (atlas's own backend sets the same default). No hub, no network at test time.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
 
 def _admin_url() -> str:
     return os.environ.get("ATLAS_TEST_DATABASE_URL", DEFAULT_URL)

@@ -282,6 +282,10 @@ class PairOutcome:
     id: str
     chosen_score: float | None
     rejected_score: float | None
+    # The order the judges saw the two answers in (it alternates by pair, so a judge that
+    # prefers a position cannot look accurate), and how many judge-model calls were made.
+    chosen_first: bool = True
+    model_calls: int = 0
 
     @property
     def verdict(self) -> str:
@@ -296,6 +300,7 @@ class PairOutcome:
 @dataclass(frozen=True)
 class RewardEvalReport:
     pairs: list[PairOutcome]
+    references: bool = True  # whether the pairs' references reached RIM
 
     def count(self, verdict: str) -> int:
         return sum(1 for p in self.pairs if p.verdict == verdict)
@@ -308,14 +313,36 @@ class RewardEvalReport:
     def interval(self) -> tuple[float, float]:
         return wilson_interval(self.count("right"), len(self.pairs))
 
+    def to_dict(self) -> dict[str, Any]:
+        """The figures and the per-pair results (what ``--json`` prints)."""
+        from dataclasses import asdict
+
+        low, high = self.interval()
+        return {
+            "n": len(self.pairs),
+            "accuracy": self.accuracy,
+            "ci_low": low,
+            "ci_high": high,
+            **{v: self.count(v) for v in ("right", "wrong", "tie", "unscored")},
+            "references": self.references,
+            "model_calls": sum(p.model_calls for p in self.pairs),
+            "pairs": [{**asdict(p), "verdict": p.verdict} for p in self.pairs],
+        }
+
     def markdown(self) -> str:
         low, high = self.interval()
+        source = (
+            "references decide accuracy where given"
+            if self.references
+            else "no references: the judge models decide"
+        )
         return (
             "| pairs | pairwise accuracy | 95% CI | right | wrong | ties | unscored |\n"
             "|---:|---:|---|---:|---:|---:|---:|\n"
             f"| {len(self.pairs)} | {self.accuracy:.1%} | {low:.1%}–{high:.1%} | "
             f"{self.count('right')} | {self.count('wrong')} | {self.count('tie')} | "
-            f"{self.count('unscored')} |\n"
+            f"{self.count('unscored')} |\n\n"
+            f"{source}; {sum(p.model_calls for p in self.pairs)} judge-model calls.\n"
         )
 
 
@@ -373,21 +400,34 @@ async def run_reward_eval(
     prefs: Sequence[Preference],
     reward: Any,
     *,
+    use_references: bool = True,
     on_pair: Callable[[PairOutcome], None] | None = None,
 ) -> RewardEvalReport:
     """Score chosen and rejected together (RIM's group mode: the judges see both answers in one
-    call, as when ranking GRPO candidates) and count how often chosen wins."""
+    call, as when ranking GRPO candidates) and count how often chosen wins.
+
+    The two answers are shown in an order that alternates by pair (a stable hash of its id), so
+    a judge that favours the first or the second answer scores about half, not 100%.
+    ``use_references=False`` withholds the pairs' references: no verifier can decide accuracy,
+    and the judge models judge every criterion themselves."""
+    import zlib
+
     from atlas_middleware.rim import reference_match
 
     pairs = []
     for pref in prefs:
+        reference = pref.reference if use_references else None
         # With a reference, accuracy is a match against it (as in supervised sessions).
-        verifier = reference_match if pref.reference is not None else None
-        chosen, rejected = await reward.evaluate_group(
-            pref.prompt, [pref.chosen, pref.rejected], pref.reference, verifier=verifier
+        verifier = reference_match if reference is not None else None
+        chosen_first = zlib.crc32(pref.id.encode()) % 2 == 0
+        order = [pref.chosen, pref.rejected] if chosen_first else [pref.rejected, pref.chosen]
+        first, second = await reward.evaluate_group(
+            pref.prompt, order, reference, verifier=verifier
         )
-        outcome = PairOutcome(pref.id, chosen.score, rejected.score)
+        chosen, rejected = (first, second) if chosen_first else (second, first)
+        calls = sum(1 for entry in first.audit if entry.role in ("sample", "escalation"))
+        outcome = PairOutcome(pref.id, chosen.score, rejected.score, chosen_first, calls)
         pairs.append(outcome)
         if on_pair is not None:
             on_pair(outcome)
-    return RewardEvalReport(pairs)
+    return RewardEvalReport(pairs, references=use_references)

@@ -31,7 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "intervals, completion, non-degradation and tokens, and write them as markdown + PNG. "
         "TASKS is a JSONL task file or the bundled set 'arithmetic'. "
         "atlas eval rewards PREFS: score each (prompt, chosen, rejected) pair with RIM and "
-        "report how often chosen wins (PREFS: a JSONL file or the bundled 'arithmetic').",
+        "report how often chosen wins (PREFS: a JSONL file or the bundled 'arithmetic'; "
+        "--no-reference: the judge models decide without the references).",
     )
     parser.add_argument("target", metavar="TASKS", help="task file, 'arithmetic', or 'rewards'")
     parser.add_argument("preferences", nargs="?", metavar="PREFS", help=argparse.SUPPRESS)
@@ -60,6 +61,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--judge", metavar="SPEC", help="rewards: the judge model (default: config rim/teacher)"
+    )
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="rewards: withhold the pairs' references, so RIM's judge models decide accuracy too",
     )
     parser.add_argument(
         "--out",
@@ -188,7 +194,8 @@ def _write(args: argparse.Namespace, report: Any, kind: str, seconds: float) -> 
     if args.json:
         from dataclasses import asdict
 
-        print(orjson.dumps(asdict(report), default=str).decode())
+        data = report.to_dict() if hasattr(report, "to_dict") else asdict(report)
+        print(orjson.dumps(data, default=str).decode())
     else:
         out = console()
         out.print(Markdown(markdown))
@@ -219,7 +226,10 @@ def _rewards(args: argparse.Namespace) -> int:
             with Progress(console=out, transient=True) as bar:
                 job = bar.add_task("judging pairs", total=len(prefs))
                 return await run_reward_eval(
-                    prefs, reward, on_pair=lambda p: bar.update(job, advance=1)
+                    prefs,
+                    reward,
+                    use_references=not args.no_reference,
+                    on_pair=lambda p: bar.update(job, advance=1),
                 )
         finally:
             await models.close()

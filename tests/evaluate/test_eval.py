@@ -133,3 +133,62 @@ def test_reward_eval_counts_wins_ties_and_misses(tmp_path):
     assert [p.verdict for p in report.pairs] == ["tie", "wrong"]
     assert report.accuracy == 0.0
     assert "| 2 | 0.0% |" in report.markdown()
+
+
+def group_judge(prefer) -> ScriptedModel:
+    """A judge model in RIM's group mode: ``prefer(first, second)`` says which answer (1 or 2)
+    it scores higher."""
+    import json
+    import re
+
+    def respond(messages):
+        text = messages[-1]["content"]
+        first, second = (
+            re.search(f"<answer_{i}>\n(.*?)\n</answer_{i}>", text, re.S).group(1) for i in (1, 2)
+        )
+        better = prefer(first, second)
+        scores = [0.9, 0.1] if better == 1 else [0.1, 0.9]
+        return json.dumps(
+            {
+                "principles": [{"name": "correct result", "weight": 1.0}],
+                "scores": [
+                    {"answer": i + 1, "score": s, "rationale": "r"} for i, s in enumerate(scores)
+                ],
+                "uncertainty": 0.05,
+            }
+        )
+
+    return ScriptedModel(respond=respond, name="judge")
+
+
+def last_number(text: str) -> int:
+    import re
+
+    return int(re.findall(r"-?\d+", text)[-1])
+
+
+def test_without_references_the_judge_models_decide_and_the_count_follows_their_verdicts():
+    prefs = load_preferences("arithmetic", limit=20)
+    assert all(p.reference is not None for p in prefs)  # withheld below, not missing
+    # A judge that prefers the larger final number: right exactly where chosen's is larger.
+    judge = group_judge(lambda a, b: 1 if last_number(a) > last_number(b) else 2)
+    rim = RIMReward(judge, judges=["accuracy"], samples=1)
+    report = asyncio.run(run_reward_eval(prefs, rim, use_references=False))
+
+    expected = [last_number(p.chosen) > last_number(p.rejected) for p in prefs]
+    assert [p.verdict == "right" for p in report.pairs] == expected
+    assert 0 < sum(expected) < len(prefs)  # the judge is right on some pairs, wrong on others
+    assert report.accuracy == sum(expected) / len(prefs)
+    assert report.interval() == wilson_interval(sum(expected), len(prefs))
+    assert len(judge.calls) == len(prefs) and all(p.model_calls == 1 for p in report.pairs)
+    assert not any("reference_answer" in m["content"] for call in judge.calls for m in call)
+    summary = report.to_dict()
+    assert (summary["n"], summary["right"], summary["references"]) == (20, sum(expected), False)
+
+    # A judge that always prefers the first answer it sees is right only where chosen came
+    # first: the order alternates by pair, so position bias cannot pass for accuracy.
+    biased = RIMReward(group_judge(lambda a, b: 1), judges=["accuracy"], samples=1)
+    report = asyncio.run(run_reward_eval(prefs, biased, use_references=False))
+    shown_first = [p.chosen_first for p in report.pairs]
+    assert [p.verdict == "right" for p in report.pairs] == shown_first
+    assert 0 < sum(shown_first) < len(prefs)

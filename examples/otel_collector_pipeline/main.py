@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -43,6 +44,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 
+from atlas_middleware.rim import reference_match
 from atlas_middleware.storage import open_store
 from atlas_middleware.telemetry import schema
 
@@ -172,38 +174,62 @@ class _Sent(SpanExporter):
         pass
 
 
-def send_sessions(exporter: SpanExporter, transport: str, count: int, sent: _Sent) -> None:
-    """The app: agent sessions as atlas's span schema describes them, through ``exporter``."""
+def task(i: int) -> tuple[str, str]:
+    """The i-th task and its reference answer: additions and subtractions, alternating."""
+    a, b = 17 + i, 25 + 2 * i
+    if i % 2:
+        return f"What is {b} - {a}?", str(b - a)
+    return f"What is {a} + {b}?", str(a + b)
+
+
+def naive_agent(question: str) -> str:
+    """The app's agent: a deliberately naive calculator that adds every number it reads, so it
+    is right on additions and wrong on subtractions (and the rewards differ)."""
+    return str(sum(int(n) for n in re.findall(r"\d+", question)))
+
+
+def send_sessions(
+    exporter: SpanExporter, transport: str, count: int, sent: _Sent, rewards: dict[str, float]
+) -> None:
+    """The app: agent sessions as atlas's span schema describes them, through ``exporter``.
+    Each session's reward is atlas's reference matcher on the agent's answer; ``rewards`` gets
+    it by trace id."""
     provider = TracerProvider(resource=Resource.create({"service.name": f"pipeline-{transport}"}))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     provider.add_span_processor(SimpleSpanProcessor(sent))
     tracer = provider.get_tracer("atlas.examples.otel_collector_pipeline")
     for i in range(count):
-        a, b = 17 + i, 25 + 2 * i
+        question, reference = task(i)
         with schema.session_span(
             tracer,
             agent="pipeline-calculator",
             session_id=f"pipeline-{transport}-{i}-{time.time_ns()}",
-            task=f"What is {a} + {b}?",
+            task=question,
             learning_key="arithmetic",
             model="demo-model",
             provider="local",
         ) as root:
             root.set_attribute(schema.ATLAS_LANE, "auto")
+            root.set_attribute(schema.ATLAS_REFERENCE, reference)
             with tracer.start_as_current_span(schema.chat_span_name("demo-model")) as chat:
                 chat.set_attribute(schema.GEN_AI_OPERATION_NAME, schema.OP_CHAT)
+                answer = naive_agent(question)
                 schema.set_usage(chat, 30, 8)
             schema.set_usage(root, 30, 8)
-            schema.set_final_answer(root, str(a + b))
+            schema.set_final_answer(root, answer)
             session = root.get_span_context()
-        # The reward arrives as its own span under the session root, as RIM's does.
+        # The reward: the answer checked against the reference, as RIM's accuracy judge does
+        # when a task has one; it arrives as its own span under the session root, as RIM's does.
+        right = bool(reference_match(question, answer, reference))
+        score = 1.0 if right else 0.0
+        rewards[f"{session.trace_id:032x}"] = score
         schema.record_evaluation(
             tracer,
             session,
             name=schema.PRIMARY_EVALUATION,
-            score=1.0,
-            label="correct",
-            explanation=f"{a} + {b} = {a + b}",
+            score=score,
+            label="correct" if right else "incorrect",
+            explanation=f"answer {answer}, reference {reference}",
         )
     provider.shutdown()  # flushes the batch through the OTLP exporter
 
@@ -236,6 +262,7 @@ def run(
     )
 
     sent = _Sent()
+    rewards: dict[str, float] = {}
     with ExitStack() as stack:
         atlas_port = stack.enter_context(atlas_collector(store, workdir))
         print(f"atlas-collector: OTLP/HTTP 127.0.0.1:{atlas_port} → {store}")
@@ -247,7 +274,11 @@ def run(
         )
         half = max(1, sessions // 2)
         send_sessions(
-            HttpExporter(endpoint=f"http://127.0.0.1:{http_port}/v1/traces"), "http", half, sent
+            HttpExporter(endpoint=f"http://127.0.0.1:{http_port}/v1/traces"),
+            "http",
+            half,
+            sent,
+            rewards,
         )
         if sessions > half:
             send_sessions(
@@ -255,6 +286,7 @@ def run(
                 "grpc",
                 sessions - half,
                 sent,
+                rewards,
             )
         if sent_ids:
             Path(sent_ids).write_text("".join(f"{t} {s}\n" for t, s in sent.ids))
@@ -267,6 +299,7 @@ def run(
         "missing": len(missing),
         "duplicated": len(duplicated),
         "traces": len({trace for trace, _ in sent.ids}),
+        "rewards": rewards,  # trace id -> the reward the app computed and sent
     }
 
 
@@ -294,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"sent {summary['sent_spans']} spans in {summary['traces']} traces; stored "
         f"{summary['stored_spans']}, missing {summary['missing']}, "
-        f"duplicated {summary['duplicated']}"
+        f"duplicated {summary['duplicated']}; mean reward "
+        f"{sum(summary['rewards'].values()) / max(1, len(summary['rewards'])):.2f}"
     )
     if args.json:
         print(json.dumps(summary))

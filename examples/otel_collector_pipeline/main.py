@@ -8,8 +8,8 @@
         ──OTLP/HTTP (gzip protobuf)──▶ atlas-collector ──▶ store
 
 The front collector here is rotel (a Rust OTLP collector on PyPI) because it installs with pip;
-in production it is the OpenTelemetry Collector with ``otelcol.yaml`` of this folder (its
-``loadbalancing`` exporter fans traces out to several atlas-collector replicas by trace id).
+in production it is the OpenTelemetry Collector with ``otelcol.yaml`` of this folder (OTLP in,
+``otlphttp`` out to atlas-collector), or ``otelcol-loadbalancing.yaml`` for several replicas.
 The app knows nothing about atlas-collector: it sends standard OTLP to the front collector.
 
 The script starts atlas-collector and rotel on free loopback ports, sends ``--sessions`` agent

@@ -1,10 +1,16 @@
 """``atlas quickstart``: the whole loop on your machine, offline, in a few minutes.
 
 A small LangGraph agent (solve → extract) answers the bundled arithmetic word problems with the
-embedded SmolLM2 as its student; the same model, as teacher, probes, coaches and validates; RIM
-rewards every session; spans and sessions land in the embedded store. ``--train`` continues:
-the sessions train a new teacher with GRPO on the CPU, and ``atlas eval`` measures the student
-with the old and the new teacher.
+embedded SmolLM2 as its student; the same model, as teacher, probes every task, coaches and
+validates; RIM rewards every session; spans and sessions land in the embedded store.
+``--train`` continues: the sessions train a new teacher with GRPO on the CPU, and ``atlas eval``
+measures the student with the old and the new teacher.
+
+The teacher works as in production, with two differences that make one short run show
+everything: ``--lanes rotate`` (the default) runs each task in the next lane of coach → paired →
+auto after the probe has said which lane it would choose (the table marks a lane the rotation
+forced), and the teacher's replies are capped at ``--teacher-max-tokens``. The reference answer
+scores the reward and the table's ✓/✗; the teacher's validation never sees it.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ from atlas_middleware.cli.common import (
     parse_positive_int,
     store_url,
 )
+from atlas_middleware.models.base import ChatModel
 
 ROTATION = ("coach", "paired", "auto")
 AGENT = "quickstart-calculator"
 STUDENT_PROMPT = "Solve the word problem. Show the calculation briefly, then the final number."
+PROBE_MAX_TOKENS = 16  # the probe's reply is one number; a short budget keeps CPU runs short
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -45,11 +53,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--lanes",
         choices=("rotate", "probe"),
         default="rotate",
-        help="rotate: tasks cycle through coach, paired and auto so you see each lane "
-        "(default); probe: the teacher's probe picks, as in production",
+        help="rotate: the teacher probes every task, then tasks cycle through coach, paired "
+        "and auto so you see each lane (default); probe: the probe's lane runs, as in production",
     )
     parser.add_argument(
         "--max-tokens", type=parse_positive_int, default=48, help="student reply budget"
+    )
+    parser.add_argument(
+        "--teacher-max-tokens",
+        type=parse_positive_int,
+        default=64,
+        help="cap on each teacher reply: guidance, validation, lessons (default 64)",
     )
     parser.add_argument(
         "--train",
@@ -99,6 +113,25 @@ def _build_graph(llm: Any) -> Any:
     return builder.compile(name="quickstart")
 
 
+class CappedModel(ChatModel):
+    """A model with every reply capped at ``limit`` tokens (the quickstart's teacher: a CPU-sized
+    demo). Calls, spans and usage are the wrapped model's own; closing is left to its owner."""
+
+    def __init__(self, inner: ChatModel, limit: int) -> None:
+        super().__init__(policy=inner.policy)
+        self.inner, self.limit = inner, limit
+        self.name, self.provider = inner.name, inner.provider
+
+    async def _complete(self, messages, *, max_tokens, temperature, stop):  # type: ignore[no-untyped-def]  # pragma: no cover
+        raise NotImplementedError("CappedModel delegates chat() to the wrapped model")
+
+    async def chat(self, messages, *, max_tokens=256, **kwargs):  # type: ignore[no-untyped-def]
+        return await self.inner.chat(messages, max_tokens=min(max_tokens, self.limit), **kwargs)
+
+    async def aclose(self) -> None:
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         from langchain_core.messages import HumanMessage
@@ -112,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
     from atlas_middleware import telemetry
     from atlas_middleware.cli.eval import Models
+    from atlas_middleware.prompts import as_prompts
     from atlas_middleware.rim import RIMReward
     from atlas_middleware.storage import open_store
     from atlas_middleware.tasks import load_tasks
@@ -124,26 +158,46 @@ def run(args: argparse.Namespace) -> int:
     models = Models(timeout_s=600.0)
     student = models.get(args.student, "student")
     teacher = models.get(args.teacher)
+    # The run's own settings: the playbook lives in the run's store, the probe is short.
+    config = models.config.model_copy(
+        update={
+            "storage": models.config.storage.model_copy(update={"url": url}),
+            "lanes": models.config.lanes.model_copy(update={"probe_max_tokens": PROBE_MAX_TOKENS}),
+        }
+    )
+    prompts = as_prompts(config.teacher.prompts)
     out.print(
         Panel.fit(
             f"[bold]atlas quickstart[/bold]: a LangGraph agent (student [cyan]{student.name}"
             f"[/cyan]) supervised by a teacher ([cyan]{teacher.name}[/cyan]) on {len(tasks)} "
             f"arithmetic word problems.\nEvery run: probe → lane → guidance → answer → "
-            f"validation (→ one guided retry) → RIM reward → spans → [cyan]{url}[/cyan]",
+            f"validation (→ one guided retry) → RIM reward → spans → [cyan]{url}[/cyan]"
+            + (
+                "\nThe probe runs on every task; lanes then rotate coach → paired → auto so you "
+                "see each ([italic]forced[/italic]: the probe would have chosen another)."
+                if args.lanes == "rotate"
+                else "\nThe probe's confidence picks each lane, as in production."
+            ),
             border_style="blue",
         )
     )
     models.load(out)
     provider = telemetry.configure(exporter="atlas", store=url, service_name="atlas-quickstart")
+    coach = CappedModel(teacher, args.teacher_max_tokens)
     app = supervise_graph(
         _build_graph(AtlasChatModel(model=student, max_tokens=args.max_tokens)),
         agent=AGENT,
-        teacher=teacher,
+        teacher=coach,
         # Two judges and one sample keep a CPU run short; accuracy comes from the reference.
         reward=RIMReward(teacher, judges=["accuracy", "helpfulness"], samples=1, max_tokens=48),
         reward_inline=True,  # judged before the row is printed, so the table shows the reward
+        config=config,
         learning_key="arithmetic",
         answer=lambda state: state.get("answer", ""),
+        # The teacher probes even where the rotation forces the lane, and validates on its own:
+        # the reference is for the reward and the table only.
+        always_probe=True,
+        reference_validates=False,
         # A busy CPU must not make the teacher miss its deadline and fail open every time.
         teacher_timeout_s=300.0,
         probe_timeout_s=120.0,
@@ -161,22 +215,70 @@ def run(args: argparse.Namespace) -> int:
             )
             provider.force_flush()
             session = store.get_session(state["trace_id"])
+            spans = store.spans_for([state["trace_id"]]).get(state["trace_id"], [])
             row = {
                 "task": task,
                 "answer": state.get("answer", ""),
                 "correct": bool(task.is_correct(state.get("answer", ""))),
                 "session": session,
                 "seconds": time.perf_counter() - t0,
+                "forced": lane is not None,
+                **teacher_view(spans, prompts),
             }
+            row["probe_lane"] = config.lanes.lane_for(session.probe_confidence if session else None)
             rows.append(row)
             _add_row(table, i + 1, row)
+        lessons = _lessons(store)
     elapsed = time.perf_counter() - started
-    _summary(out, rows, elapsed, url)
+    _summary(out, rows, elapsed, url, lessons)
     if args.train:
         _train_and_evaluate(args, out, url, tasks, models)
     asyncio.run(models.close())
     telemetry.shutdown()
     return 0
+
+
+def teacher_view(spans: list[Any], prompts: Any) -> dict[str, Any]:
+    """What the teacher did in one stored session, read back from its spans: the probe's reply,
+    the validation verdict (None when it did not validate) and the guided retries."""
+    import orjson
+
+    from atlas_middleware.telemetry import schema as s
+
+    def messages(span: Any, key: str) -> list[dict[str, Any]]:
+        try:
+            value = orjson.loads(span.attributes.get(key) or "[]")
+        except orjson.JSONDecodeError:
+            return []
+        return value if isinstance(value, list) else []
+
+    probe_reply = validation = None
+    retries = 0
+    for span in spans:
+        if span.attributes.get(s.ATLAS_SPAN_ROLE) == s.ROLE_SESSION:
+            retries = int(span.attributes.get(s.ATLAS_RETRIES) or 0)
+        if not span.name.startswith("chat "):
+            continue
+        sent = messages(span, s.GEN_AI_INPUT_MESSAGES)
+        system = sent[0].get("content") if sent else None
+        reply = "".join(
+            str(m.get("content") or "") for m in messages(span, s.GEN_AI_OUTPUT_MESSAGES)
+        )
+        if system == prompts.probe:
+            probe_reply = reply
+        elif system == prompts.validate_:
+            head = reply.strip().upper()
+            validation = head.startswith("VALID")  # as the teacher reads it: INVALID fails
+    return {"probe_reply": probe_reply, "valid": validation, "retries": retries}
+
+
+def _lessons(store: Any) -> list[str]:
+    from atlas_middleware.playbook import Playbook
+
+    try:
+        return Playbook(store, "arithmetic").lessons()
+    except Exception:  # a store without playbooks: the summary just says nothing about them
+        return []
 
 
 def _table() -> Any:
@@ -186,12 +288,13 @@ def _table() -> Any:
     for name, justify in [
         ("#", "right"),
         ("task", "left"),
+        ("probe", "left"),
         ("lane", "left"),
         ("answer", "right"),
         ("ref", "right"),
         ("", "center"),
+        ("teacher check", "left"),
         ("reward", "right"),
-        ("retry", "center"),
         ("tokens", "right"),
         ("time", "right"),
     ]:
@@ -204,22 +307,39 @@ def _add_row(table: Any, number: int, row: dict[str, Any]) -> None:
 
     session, task = row["session"], row["task"]
     tokens = (session.input_tokens or 0) + (session.output_tokens or 0) if session else 0
-    retried = bool(session and session.guidance and session.lane == "paired")
+    lane = session.lane if session else "?"
+    confidence = session.probe_confidence if session else None
+    probe = (
+        f"{confidence:.2f} → {row['probe_lane']}"
+        if confidence is not None
+        else f"no number → {row['probe_lane']}"
+    )
+    if row["forced"] and lane != row["probe_lane"]:
+        lane += " [italic](forced)[/italic]"
+    if row["valid"] is None:
+        check = ""
+    elif row["valid"]:
+        check = "valid"
+    else:
+        check = "invalid → retry ↻" if row["retries"] else "invalid"
     table.add_row(
         str(number),
         truncate(task.task, 48),
-        session.lane if session else "?",
+        probe,
+        lane,
         row["answer"] or "-",
         task.reference or "",
         "[green]✓[/green]" if row["correct"] else "[red]✗[/red]",
+        check,
         format_reward(session.reward_score if session else None),
-        "↻" if retried else "",
         f"{tokens:,}",
         f"{row['seconds']:.0f}s",
     )
 
 
-def _summary(out: Any, rows: list[dict[str, Any]], elapsed: float, url: str) -> None:
+def _summary(
+    out: Any, rows: list[dict[str, Any]], elapsed: float, url: str, lessons: list[str]
+) -> None:
     from collections import Counter
 
     from atlas_middleware.evaluate import wilson_interval
@@ -231,11 +351,24 @@ def _summary(out: Any, rows: list[dict[str, Any]], elapsed: float, url: str) -> 
     lanes = Counter(s.lane for s in sessions)
     rewards = [s.reward_score for s in sessions if s.reward_score is not None]
     tokens = sum((s.input_tokens or 0) + (s.output_tokens or 0) for s in sessions)
+    probed = sum(r["probe_reply"] is not None for r in rows)
+    confident = sum(s.probe_confidence is not None for s in sessions)
+    forced = sum(
+        r["forced"] and r["session"] and r["session"].lane != r["probe_lane"] for r in rows
+    )
+    checked = [r for r in rows if r["valid"] is not None]
     out.print(
         f"\n[bold]{right}/{n} correct[/bold] ({right / n:.0%}, 95% CI {low:.0%}–{high:.0%}) · "
         f"lanes {', '.join(f'{k} {v}' for k, v in sorted(lanes.items()))} · "
         f"mean reward {sum(rewards) / len(rewards) if rewards else float('nan'):.2f} · "
         f"{tokens:,} tokens · {elapsed:.0f} s"
+    )
+    out.print(
+        f"teacher: probed {probed}/{n} tasks ({confident} replies held a confidence"
+        + (f"; the rotation forced {forced} lanes" if forced else "")
+        + f") · validated {len(checked)} answers, {sum(not r['valid'] for r in checked)} "
+        f"invalid, {sum(r['retries'] for r in rows)} guided retries · "
+        f"playbook 'arithmetic': {len(lessons)} lessons"
     )
     out.print(
         f"{len(sessions)} sessions with their spans are in [cyan]{url}[/cyan]. Next:\n"

@@ -9,9 +9,34 @@ import sys
 import orjson
 import pytest
 
+from atlas_middleware.config import AtlasConfig
+from atlas_middleware.prompts import DEFAULT_PROMPTS
 from atlas_middleware.storage import open_store
 from atlas_middleware.tasks import load_tasks
-from atlas_middleware.telemetry.schema import GEN_AI_INPUT_MESSAGES
+from atlas_middleware.teacher import parse_confidence
+from atlas_middleware.telemetry.schema import (
+    ATLAS_FAILURES,
+    ATLAS_RETRIES,
+    ATLAS_SPAN_ROLE,
+    GEN_AI_INPUT_MESSAGES,
+    GEN_AI_OUTPUT_MESSAGES,
+    ROLE_SESSION,
+)
+
+
+def _messages(span, key: str) -> list[dict]:
+    return orjson.loads(span.attributes.get(key) or "[]")
+
+
+def _teacher_calls(spans, system: str) -> list[tuple[str, str]]:
+    """(prompt, reply) of every chat call whose system prompt is ``system``."""
+    calls = []
+    for span in spans:
+        sent = _messages(span, GEN_AI_INPUT_MESSAGES) if span.name.startswith("chat ") else []
+        if sent and sent[0]["content"] == system:
+            reply = "".join(m["content"] for m in _messages(span, GEN_AI_OUTPUT_MESSAGES))
+            calls.append((sent[-1]["content"], reply))
+    return calls
 
 
 @pytest.mark.model
@@ -34,7 +59,11 @@ def test_quickstart_stores_rewarded_sessions_in_every_lane(tmp_path, embedded_ca
     assert len(sessions) == 3
     assert {x.task for x in sessions} == set(tasks)
     assert {x.lane for x in sessions} == {"auto", "paired", "coach"}
+    lanes = AtlasConfig().lanes
+    forced = 0
     for session in sessions:
+        tree = spans[session.trace_id]
+        [root] = [x for x in tree if x.attributes.get(ATLAS_SPAN_ROLE) == ROLE_SESSION]
         assert session.agent_name == "quickstart-calculator"
         assert session.learning_key == "arithmetic"
         assert session.reward_score is not None
@@ -43,22 +72,50 @@ def test_quickstart_stores_rewarded_sessions_in_every_lane(tmp_path, embedded_ca
         # Accuracy is the reference check on the graph's extracted answer.
         right = tasks[session.task].is_correct(session.final_answer)
         assert judges["accuracy"]["score"] == (1.0 if right else 0.0)
-        names = [x.name for x in spans[session.trace_id]]
+        names = [x.name for x in tree]
         assert "node solve" in names and "node extract" in names
         assert any(n.startswith("chat smollm2") for n in names)
         assert (session.input_tokens or 0) > 0
+
+        # The teacher probed every task, whatever lane the rotation forced: the stored
+        # confidence is what its reply said (or the failure to say one is recorded).
+        [(_, reply)] = _teacher_calls(tree, DEFAULT_PROMPTS.probe)
+        assert session.probe_confidence == parse_confidence(reply)
+        if session.probe_confidence is None:
+            assert "probe: no confidence in the teacher's reply" in root.attributes[ATLAS_FAILURES]
+        forced += lanes.lane_for(session.probe_confidence) != session.lane
+
+        # Validation is the teacher's own in the paired and coach lanes; none in auto.
+        checks = _teacher_calls(tree, DEFAULT_PROMPTS.validate_)
+        retries = int(root.attributes.get(ATLAS_RETRIES) or 0)
+        if session.lane == "auto":
+            assert checks == [] and retries == 0 and names.count("node solve") == 1
+            continue
+        [(prompt, verdict)] = checks
+        assert prompt.startswith("Task:\n" + session.task)
+        if session.lane == "paired":
+            # The guided retry ran exactly when the teacher said INVALID.
+            invalid = not verdict.strip().upper().startswith("VALID")
+            assert retries == int(invalid)
+            assert names.count("node solve") == 1 + int(invalid)
+            if invalid:
+                assert session.guidance
         if session.lane == "coach":
             assert session.guidance
             guided = [
                 x
-                for x in spans[session.trace_id]
+                for x in tree
                 if x.name.startswith("chat ")
                 and any(
                     session.guidance in message["content"]
-                    for message in orjson.loads(x.attributes.get(GEN_AI_INPUT_MESSAGES, "[]"))
+                    for message in _messages(x, GEN_AI_INPUT_MESSAGES)
                 )
             ]
             assert guided, "the coach's guidance never reached the student's model call"
+    assert "probed 3/3 tasks" in proc.stdout
+    assert ("(forced)" in proc.stdout) == (forced > 0)
+    if forced:
+        assert f"the rotation forced {forced} lanes" in proc.stdout
 
 
 @pytest.mark.model

@@ -9,14 +9,17 @@ field for field, or nothing.
 
 from __future__ import annotations
 
+import copy
 import math
 import secrets
+from dataclasses import dataclass, field
 
 import orjson
 import psycopg
 import pytest
 import requests
 from atlas_middleware.otel_exporters.otlp import (
+    MAX_DEPTH,
     Decoded,
     DecodeError,
     decode_json,
@@ -31,8 +34,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from atlas_middleware.redaction import default_redactors, redact
 from atlas_middleware.storage import open_store
 from atlas_middleware.storage.base import span_rows
+from atlas_middleware.storage.postgres import _without_nul
 from atlas_middleware.storage.records import (
     SpanEvent,
     SpanRecord,
@@ -88,10 +93,11 @@ scalar = st.one_of(
 
 
 # --- protobuf ------------------------------------------------------------------------------------
-def _any_value(value: AnyValue, depth: int, draw) -> None:
-    kind = draw(st.integers(0, 6 if depth < 24 else 4))
+def _any_value(value: AnyValue, budget: int, draw) -> None:
+    """A random AnyValue; arrays and kvlists nest up to ``budget`` more levels."""
+    kind = draw(st.integers(0, 6 if budget > 0 else 4))
     if kind == 0:
-        value.string_value = draw(text).replace("\x00", "\x00")
+        value.string_value = draw(text)
     elif kind == 1:
         value.int_value = draw(st.integers(-(2**63), 2**63 - 1))
     elif kind == 2:
@@ -102,16 +108,50 @@ def _any_value(value: AnyValue, depth: int, draw) -> None:
         value.bytes_value = draw(st.binary(max_size=20))
     elif kind == 5:
         for _ in range(draw(st.integers(0, 2))):
-            _any_value(value.array_value.values.add(), depth + 1, draw)
+            _any_value(value.array_value.values.add(), budget - 1, draw)
         if not value.array_value.values:
             value.array_value.SetInParent()
     else:
         for _ in range(draw(st.integers(0, 2))):
             kv = value.kvlist_value.values.add()
             kv.key = draw(text)
-            _any_value(kv.value, depth + 1, draw)
+            _any_value(kv.value, budget - 1, draw)
         if not value.kvlist_value.values:
             value.kvlist_value.SetInParent()
+
+
+# Chains of nested arrays/kvlists around the decoder's limit (MAX_DEPTH containers deep is the
+# deepest a span may carry), well past it, and past protobuf's own parse recursion limit (100
+# messages: each level is two), which refuses the whole body.
+CHAIN_LENGTHS = [MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 30, 40, 60]
+
+
+def _attribute_value(value: AnyValue, draw) -> None:
+    if draw(st.integers(0, 15)):  # mostly shallow random trees
+        _any_value(value, draw(st.sampled_from([0, 1, 4])), draw)
+        return
+    for _ in range(draw(st.sampled_from(CHAIN_LENGTHS))):
+        if draw(st.booleans()):
+            value = value.array_value.values.add()
+        else:
+            kv = value.kvlist_value.values.add()
+            kv.key = draw(text)
+            value = kv.value
+    _any_value(value, 0, draw)
+
+
+def _too_deep(value: AnyValue, depth: int = 0) -> bool:
+    """Whether the decoder must refuse this value: a container (or bytes) at depth MAX_DEPTH."""
+    kind = value.WhichOneof("value")
+    if kind in (None, "string_value", "int_value", "double_value", "bool_value"):
+        return False
+    if depth >= MAX_DEPTH:
+        return True
+    if kind == "array_value":
+        return any(_too_deep(v, depth + 1) for v in value.array_value.values)
+    if kind == "kvlist_value":
+        return any(_too_deep(kv.value, depth + 1) for kv in value.kvlist_value.values)
+    return False
 
 
 @st.composite
@@ -124,7 +164,7 @@ def otlp_requests(draw) -> ExportTraceServiceRequest:
         for _ in range(draw(st.integers(0, 3))):
             kv = rs.resource.attributes.add()
             kv.key = draw(key)
-            _any_value(kv.value, draw(st.sampled_from([0, 0, 20])), draw)
+            _attribute_value(kv.value, draw)
         ss = rs.scope_spans.add()
         ss.scope.name = draw(text)
         trace_id = draw(
@@ -150,7 +190,7 @@ def otlp_requests(draw) -> ExportTraceServiceRequest:
             for _ in range(draw(st.integers(0, 5))):
                 kv = span.attributes.add()
                 kv.key = draw(key)
-                _any_value(kv.value, draw(st.sampled_from([0, 0, 0, 20])), draw)
+                _attribute_value(kv.value, draw)
             if draw(st.booleans()):
                 event = span.events.add()
                 event.name = draw(st.sampled_from([s.EVENT_EVALUATION_RESULT, "x"]))
@@ -199,10 +239,81 @@ def _check_updates(records: list[SpanRecord]) -> None:
 @given(otlp_requests())
 def test_protobuf_decoding_accepts_whole_spans_or_refuses(request):
     body = request.SerializeToString()
-    decoded = decode_protobuf(body)
+    too_deep = _message_depth(request) > PROTOBUF_MAX_DEPTH
+    try:
+        decoded = decode_protobuf(body)
+    except DecodeError:
+        # Only protobuf's own recursion limit refuses a structurally valid request whole.
+        assert too_deep
+        return
+    assert not too_deep
     total = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
     assert len(decoded.spans) + decoded.rejected == total
     _check_whole(decoded)
+    # A span carrying a value nested past the limit is never accepted.
+    spans = [sp for rs in request.resource_spans for ss in rs.scope_spans for sp in ss.spans]
+    deep = {
+        (sp.trace_id.hex(), sp.span_id.hex())
+        for sp in spans
+        if any(_too_deep(kv.value) for kv in sp.attributes)
+        or any(_too_deep(kv.value) for e in sp.events for kv in e.attributes)
+    }
+    assert not deep & {(r.trace_id, r.span_id) for r in decoded.spans}
+
+
+def _message_depth(request: ExportTraceServiceRequest) -> int:
+    """How deep protobuf messages nest in ``request``: each array level is two messages
+    (ArrayValue, AnyValue), each kvlist level three (KeyValueList, KeyValue, AnyValue)."""
+
+    def depth(value: AnyValue) -> int:
+        kind = value.WhichOneof("value")
+        if kind == "array_value":
+            return 2 + max((depth(v) for v in value.array_value.values), default=0)
+        if kind == "kvlist_value":
+            return 3 + max((depth(kv.value) for kv in value.kvlist_value.values), default=0)
+        return 0
+
+    # Request > ResourceSpans > Resource | ScopeSpans > Span [> Event] > KeyValue > AnyValue
+    deepest = 1
+    for rs in request.resource_spans:
+        for kv in rs.resource.attributes:
+            deepest = max(deepest, 5 + depth(kv.value))
+        for ss in rs.scope_spans:
+            for sp in ss.spans:
+                for kv in sp.attributes:
+                    deepest = max(deepest, 6 + depth(kv.value))
+                for event in sp.events:
+                    for kv in event.attributes:
+                        deepest = max(deepest, 7 + depth(kv.value))
+    return deepest
+
+
+PROTOBUF_MAX_DEPTH = 100  # protobuf's parse recursion limit
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 31, 32, 47, 48, 200])
+@pytest.mark.parametrize("container", ["array", "kvlist"])
+def test_deep_protobuf_nesting_is_refused_per_span_not_fatal(depth, container):
+    request = encode_spans(session_spans(1, score=None, children=0))
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    value = span.attributes.add(key="deep").value
+    for _ in range(depth):
+        if container == "array":
+            value = value.array_value.values.add()
+        else:
+            kv = value.kvlist_value.values.add()
+            kv.key = "k"
+            value = kv.value
+    value.string_value = "leaf"
+    too_deep = _message_depth(request) > PROTOBUF_MAX_DEPTH
+    try:
+        decoded = decode_protobuf(request.SerializeToString())
+    except DecodeError:  # protobuf's recursion limit refuses the whole body
+        assert too_deep
+        return
+    assert not too_deep
+    assert len(decoded.spans) + decoded.rejected == 1
+    assert (decoded.rejected == 1) == (depth > MAX_DEPTH)
 
 
 @settings(max_examples=300, deadline=None)
@@ -401,7 +512,11 @@ def test_session_builder_never_raises_and_types_every_field(records):
     _check_updates(records)
 
 
-def test_nan_and_infinite_rewards_are_rejected_and_counted(tmp_path):
+BAD_SCORES = [math.nan, math.inf, -math.inf, "high", True]
+
+
+def test_nan_and_infinite_rewards_are_rejected_and_counted(store):
+    """Both stores (the store fixture runs SQLite and Postgres)."""
     records = []
     for i, score in enumerate([0.5, math.nan, math.inf, -math.inf, "high", True, 0.9]):
         trace = f"{i + 1:032x}"
@@ -427,53 +542,162 @@ def test_nan_and_infinite_rewards_are_rejected_and_counted(tmp_path):
                 ],
             )
         )
-    with open_store(f"sqlite:///{tmp_path / 'a.db'}") as store:
-        result = store.write_spans(records)
-        assert result.rejected_rewards == 5
-        assert store.rejected_rewards == 5
-        rewards = {x.trace_id: x.reward_score for x in store.iter_sessions()}
-    assert sorted(v for v in rewards.values() if v is not None) == [0.5, 0.9]
+    result = store.write_spans(records)
+    assert result.rejected_rewards == 5
+    assert store.rejected_rewards == 5
+    sessions = {x.trace_id: x for x in store.iter_sessions()}
+    assert len(sessions) == 7
+    assert sorted(x.reward_score for x in sessions.values() if x.reward_score is not None) == [
+        0.5,
+        0.9,
+    ]
+    # The evaluation is kept, without a score: no NaN ever lands in a reward column.
+    for x in sessions.values():
+        assert s.PRIMARY_EVALUATION in x.evaluations
+        assert all(math.isfinite(e.get("score", 0.0)) for e in x.evaluations.values())
+    # An OTLP retry re-sends the batch: its scores are refused (and counted) again, and still
+    # none of them becomes a reward.
+    assert store.write_spans(records).rejected_rewards == 5
+    assert store.rejected_rewards == 10
+    assert sum(x.reward_score is not None for x in store.iter_sessions()) == 2
+
+
+@pytest.mark.postgres
+def test_collector_health_counts_rejected_rewards(postgres_url):
+    """Through the real collector into Postgres: the official exporter sends evaluation events
+    whose scores are NaN, infinite, a string and a boolean; none becomes a reward, and /health
+    says how many were refused."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("t")
+    for score in [0.5, *BAD_SCORES]:
+        with s.session_span(tracer, agent="a", session_id=secrets.token_hex(4), task="t") as root:
+            root.add_event(
+                s.EVENT_EVALUATION_RESULT,
+                {
+                    s.GEN_AI_EVALUATION_NAME: s.PRIMARY_EVALUATION,
+                    s.GEN_AI_EVALUATION_SCORE_VALUE: score,
+                },
+            )
+    spans = list(memory.get_finished_spans())
+    with Collector(postgres_url) as collector:
+        exporter = OTLPSpanExporter(endpoint=collector.traces_url)
+        assert exporter.export(spans) == SpanExportResult.SUCCESS
+        health = requests.get(f"{collector.http}/health", timeout=30).json()
+    assert health["rewards_rejected"] == len(BAD_SCORES)
+    assert health["spans_stored"] == len(spans)
+    with open_store(postgres_url) as store:
+        rewards = [x.reward_score for x in store.iter_sessions()]
+    assert sorted(rewards, key=lambda r: (r is not None, r)) == [None] * len(BAD_SCORES) + [0.5]
 
 
 # --- through the real collector into Postgres ----------------------------------------------------
+@dataclass
+class FuzzTarget:
+    """The module's collector and its store, with what the store must hold: every span and
+    session accepted so far, and nothing else."""
+
+    collector: Collector
+    url: str
+    spans: int = 0
+    sessions: set[str] = field(default_factory=set)
+    channel: object = None
+
+    def grpc_export(self, body: bytes) -> tuple[str, ExportTraceServiceResponse | None]:
+        import grpc
+
+        export = self.channel.unary_unary(  # type: ignore[attr-defined]
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            request_serializer=lambda raw: raw,
+            response_deserializer=ExportTraceServiceResponse.FromString,
+        )
+        try:
+            return "OK", export(body, timeout=60)
+        except grpc.RpcError as exc:
+            return exc.code().name, None
+
+
 @pytest.fixture(scope="module")
 def fuzz_collector(postgres_server):
     import os
+
+    import grpc
 
     name = f"atlas_fuzz_{os.getpid()}_{secrets.token_hex(3)}"
     with psycopg.connect(postgres_server, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = f"{postgres_server.rsplit('/', 1)[0]}/{name}"
     try:
-        with Collector(url, "--max-body-mb", "2") as collector:
-            yield collector, url
+        with (
+            Collector(url, "--max-body-mb", "2") as collector,
+            grpc.insecure_channel(collector.grpc) as channel,
+        ):
+            yield FuzzTarget(collector, url, channel=channel)
     finally:
         with psycopg.connect(postgres_server, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _stored(url: str, span_ids: set[str]) -> dict[str, SpanRecord]:
-    with open_store(url) as store:
-        rows = store._read(
-            "SELECT trace_id FROM spans WHERE span_id = ANY(%s)", (sorted(span_ids),)
-        )
-        traces = sorted({r[0] for r in rows})
-        return {
-            r.span_id: r
+def _as_stored(record: SpanRecord) -> dict:
+    """What the store must give back for an accepted span: redacted as the collector redacts,
+    NUL replaced (Postgres text cannot hold it), through JSON (NaN becomes null)."""
+    record = copy.deepcopy(record)
+    redact([record], default_redactors())
+    return orjson.loads(json_dumps(_without_nul(record).to_json()))
+
+
+def _check_store(target: FuzzTarget, expected: Decoded | None) -> None:
+    """Every span accepted is stored whole, value for value; the store's totals are exactly
+    what was accepted so far (nothing extra, nothing from a refused request)."""
+    want: dict[tuple[str, str], dict] = {}
+    if expected is not None:
+        want = {(r.trace_id, r.span_id): _as_stored(r) for r in expected.spans}
+        target.spans += len(want)  # fresh ids per example: none of them was stored before
+        target.sessions |= set(derive_session_updates(expected.spans))
+    with open_store(target.url) as store:
+        total = store.count_spans()
+        sessions = sum(store.session_counts().values())
+        traces = sorted({trace for trace, _ in want})
+        stored = {
+            (r.trace_id, r.span_id): orjson.loads(json_dumps(r.to_json()))
             for records in store.spans_for(traces).values()
             for r in records
-            if r.span_id in span_ids
         }
+    assert stored.keys() == want.keys()
+    for key, record in want.items():
+        assert _same(stored[key], record), (key, stored[key], record)
+    assert (total, sessions) == (target.spans, len(target.sessions))
 
 
-def _post_and_check(collector, url: str, body: bytes, as_json: bool, expected: Decoded | None):
+def _same(stored: object, sent: object) -> bool:
+    """Equal, value for value. One exception, found by this test: Postgres JSONB keeps numbers
+    as decimals and prints a whole one without a fraction, so a double written in exponent form
+    (5.155946265290995e16, any whole double of 1e16 or more) comes back as an integer. It is the
+    same double once read as one; its type is what is lost (docs/reliability.md)."""
+    if isinstance(sent, float) and type(stored) is int:
+        return float(stored) == sent
+    if isinstance(sent, dict) and isinstance(stored, dict):
+        return sent.keys() == stored.keys() and all(_same(stored[k], sent[k]) for k in sent)
+    if isinstance(sent, list) and isinstance(stored, list):
+        return len(sent) == len(stored) and all(map(_same, stored, sent))
+    return type(stored) is type(sent) and stored == sent
+
+
+def _post_and_check(target: FuzzTarget, body: bytes, as_json: bool, expected: Decoded | None):
     content_type = "application/json" if as_json else "application/x-protobuf"
     response = requests.post(
-        collector.traces_url, data=body, headers={"Content-Type": content_type}, timeout=60
+        target.collector.traces_url, data=body, headers={"Content-Type": content_type}, timeout=60
     )
     assert response.status_code in (200, 400, 413), (response.status_code, response.text[:200])
     if expected is None:  # undecodable: refused whole
         assert response.status_code in (400, 413)
+        _check_store(target, None)
         return
     assert response.status_code == 200, response.text[:300]
     if as_json:
@@ -483,20 +707,7 @@ def _post_and_check(collector, url: str, body: bytes, as_json: bool, expected: D
         rejected = ExportTraceServiceResponse.FromString(response.content).partial_success
         rejected = rejected.rejected_spans
     assert rejected == expected.rejected
-    # What was accepted is stored whole (redaction aside: compare what has no secrets in it).
-    want = {r.span_id: r for r in expected.spans}
-    stored = _stored(url, set(want))
-    assert stored.keys() == want.keys()
-    for span_id, record in want.items():
-        got = stored[span_id]
-        assert (got.trace_id, got.start_ns, got.end_ns, got.kind, got.status_code) == (
-            record.trace_id,
-            record.start_ns,
-            record.end_ns,
-            record.kind,
-            record.status_code,
-        )
-        assert set(got.attributes) == set(record.attributes)
+    _check_store(target, expected)
 
 
 def _fresh_ids(request: ExportTraceServiceRequest) -> None:
@@ -542,10 +753,30 @@ def _expected(decode, body: bytes) -> Decoded | None:
 )
 @given(request=otlp_requests())
 def test_collector_protobuf_fuzz_never_500s(fuzz_collector, request):
-    collector, url = fuzz_collector
     _fresh_ids(request)
     body = request.SerializeToString()
-    _post_and_check(collector, url, body, False, _expected(decode_protobuf, body))
+    _post_and_check(fuzz_collector, body, False, _expected(decode_protobuf, body))
+
+
+@pytest.mark.postgres
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(request=otlp_requests())
+def test_collector_grpc_fuzz_answers_ok_or_invalid_argument(fuzz_collector, request):
+    _fresh_ids(request)
+    body = request.SerializeToString()
+    expected = _expected(decode_protobuf, body)
+    code, response = fuzz_collector.grpc_export(body)
+    if expected is None:
+        assert code == "INVALID_ARGUMENT"
+        _check_store(fuzz_collector, None)
+        return
+    assert code == "OK"
+    assert response.partial_success.rejected_spans == expected.rejected
+    _check_store(fuzz_collector, expected)
 
 
 @pytest.mark.postgres
@@ -556,15 +787,14 @@ def test_collector_protobuf_fuzz_never_500s(fuzz_collector, request):
 )
 @given(request=json_requests())
 def test_collector_json_fuzz_never_500s(fuzz_collector, request):
-    collector, url = fuzz_collector
     request = _fresh_json_ids(request)
     body = orjson.dumps(request, option=orjson.OPT_NON_STR_KEYS, default=str)
-    _post_and_check(collector, url, body, True, _expected(decode_json, body))
+    _post_and_check(fuzz_collector, body, True, _expected(decode_json, body))
 
 
 @pytest.mark.postgres
 def test_collector_huge_and_hostile_bodies(fuzz_collector):
-    collector, url = fuzz_collector
+    collector = fuzz_collector.collector
     huge = encode_spans(session_spans(1))
     huge.resource_spans[0].scope_spans[0].spans[0].attributes.add(key="big").value.string_value = (
         "y" * (3 * 1024 * 1024)
@@ -585,7 +815,7 @@ def test_collector_huge_and_hostile_bodies(fuzz_collector):
         span.CopyFrom(template)
         span.span_id = (i + 1).to_bytes(8, "big")
     body = many.SerializeToString()
-    _post_and_check(collector, url, body, False, decode_protobuf(body))
+    _post_and_check(fuzz_collector, body, False, decode_protobuf(body))
     deep = orjson.dumps(
         {
             "resourceSpans": [
@@ -613,7 +843,7 @@ def test_collector_huge_and_hostile_bodies(fuzz_collector):
             ]
         }
     )
-    _post_and_check(collector, url, deep, True, decode_json(deep))
+    _post_and_check(fuzz_collector, deep, True, decode_json(deep))
     assert requests.get(f"{collector.http}/health", timeout=30).json()["status"] == "ok"
 
 

@@ -133,12 +133,15 @@ def held_session_writes(url: str) -> Iterator[psycopg.Connection]:
         conn.close()
 
 
+def lock_waiters(url: str) -> int:
+    """How many backends of this database wait on a lock (held batches)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"
+        ).fetchone()[0]
+
+
 def waiting_on_lock(url: str) -> bool:
     """Whether a backend of this database is waiting on a lock (a held batch)."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        return bool(
-            conn.execute(
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'"
-            ).fetchone()[0]
-        )
+    return lock_waiters(url) > 0

@@ -1,6 +1,10 @@
 """The fault suite: clients keep sending while Postgres restarts and the collector is killed
 with SIGKILL in the middle of a batch, then every span sent must be stored exactly once.
 
+Injected per round: Postgres stopped cleanly (``pg_ctl stop -m fast``) and restarted, Postgres
+killed as in a crash (``-m immediate``: no checkpoint, crash recovery from the WAL on restart)
+and restarted, each while batches are being written; then the collector SIGKILLed mid-batch.
+
 Clients: the retrying exporter (with its disk spool) in front of the official OTLP/HTTP
 exporter, the retrying exporter in front of the official OTLP/gRPC exporter, and the official
 OTLP/HTTP exporter alone with the application retrying what it refuses. The short variant runs
@@ -11,9 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
+import requests
 from atlas_middleware.otel_exporters.spool import RetryingSpanExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
     OTLPSpanExporter as GrpcExporter,
@@ -69,17 +73,33 @@ def test_every_span_exactly_once_through_restarts_and_kills(private_pg, tmp_path
             retry_loop=True,
         ),
     ]
-    injected = {"postgres_restarts": 0, "collector_sigkills": 0, "killed_mid_batch": 0}
+    injected = {
+        "postgres_restarts": 0,  # pg_ctl stop -m fast: a clean shutdown
+        "postgres_crashes": 0,  # pg_ctl stop -m immediate: crash recovery from the WAL on start
+        "collector_503s": 0,  # answers the collector gave while its Postgres was down
+        "collector_sigkills": 0,
+        "killed_mid_batch": 0,
+    }
+
+    def unavailable_answers() -> int:
+        # /health keeps its counters while the store is down (it answers 503 then).
+        return requests.get(f"{collector.http}/health", timeout=30).json()["store_unavailable"]
+
     try:
         for client in clients:
             client.start()
         for _ in range(rounds):
-            _advance(clients, 200)
-            # Postgres restarted while batches are being written.
-            private_pg.stop()
-            time.sleep(1.0)
-            private_pg.start()
-            injected["postgres_restarts"] += 1
+            for mode in ("fast", "immediate"):
+                _advance(clients, 200)
+                # Postgres stopped (cleanly, or killed as in a crash) while batches are being
+                # written, and started again once the outage was seen by the clients: the
+                # collector answered at least one of them 503.
+                before = unavailable_answers()
+                private_pg.stop(mode)
+                wait_until(lambda b=before: unavailable_answers() > b, 60, "a 503 while down")
+                private_pg.start()
+                injected["collector_503s"] += unavailable_answers() - before
+                injected["postgres_restarts" if mode == "fast" else "postgres_crashes"] += 1
             _advance(clients, 200)
             # SIGKILL while a batch sits inside its transaction (spans COPY'd, not committed).
             with held_session_writes(private_pg.url):
@@ -87,7 +107,6 @@ def test_every_span_exactly_once_through_restarts_and_kills(private_pg, tmp_path
                 collector.stop(sig=9)
             injected["collector_sigkills"] += 1
             injected["killed_mid_batch"] += 1
-            time.sleep(0.5)
             collector.start()
         _advance(clients, 200)
     finally:
@@ -105,9 +124,10 @@ def test_every_span_exactly_once_through_restarts_and_kills(private_pg, tmp_path
         exporter.shutdown()
     sent = [span for client in clients for span in client.sent]
     counts = assert_exactly_once(private_pg.url, sent)
-    # The faults reached the clients: they saw refusals and retried through them.
-    assert all(s.failed_attempts > 0 for s in stats.values())
-    assert clients[2].failures > 0
+    # What matters is above: every span once. Whether a client saw a failure depends on timing
+    # (an exporter may ride out a short outage inside its own retries); that the faults really
+    # happened is checked where they were injected (503s seen, a batch held at the SIGKILL).
+    assert injected["collector_503s"] >= 2 * rounds
     # Drops happen only when a bound is hit (the memory-only client over long outages) and are
     # accounted for exactly: what the exporter counted is what its client saw refused.
     assert stats["spool-http"].dropped_spans == clients[0].refused

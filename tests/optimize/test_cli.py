@@ -96,3 +96,35 @@ def test_the_time_budget_stops_the_run_and_keeps_the_active_prompts(tmp_path):
     assert result.stop_reason.startswith("time budget")
     assert result.ledger.calls == 0 and not result.adopted
     assert load_prompts(tmp_path).same_texts(DEFAULT_PROMPTS)
+
+
+def test_the_time_budget_can_run_out_mid_run(tmp_path):
+    # Without a time limit, the call budget pays for a number of iterations (a reflection that
+    # never helps keeps GEPA proposing until the budget ends; enough tasks that its minibatches,
+    # and so its prompts, keep changing) ...
+    tasks = world.tasks(20)
+    planned = optimize(
+        tasks,
+        OptimizeSettings(out=tmp_path / "calls", judges=["accuracy"], max_calls=300),
+        student=world.student(),
+        teacher=world.teacher(),
+        reflection=world.reflection(helpful=False),
+    )
+    assert planned.stop_reason.startswith("model-call budget")
+    assert len(planned.iterations) >= 6, planned.stop_reason
+
+    # ... and with models slow enough that the wall-time budget ends first, the run stops
+    # between iterations, for the time budget, with the same call budget left unspent.
+    slow = 0.1  # seconds per model call
+    result = optimize(
+        tasks,
+        OptimizeSettings(out=tmp_path / "time", judges=["accuracy"], max_calls=300, max_time_s=14),
+        student=world.student(delay_s=slow),
+        teacher=world.teacher(delay_s=slow),
+        reflection=world.reflection(helpful=False, delay_s=slow),
+    )
+    assert result.stop_reason.startswith("time budget"), result.stop_reason
+    assert 1 <= len(result.iterations) < len(planned.iterations)
+    assert result.ledger.calls < planned.ledger.calls
+    assert result.baseline_heldout is not None and not result.adopted
+    assert load_prompts(tmp_path / "time").same_texts(DEFAULT_PROMPTS)

@@ -31,7 +31,9 @@ def heldout_ids(n: int = 6, **split: float) -> list[str]:
     return [t.id for t in split_tasks(tasks(n), **split).heldout]
 
 
-def student(*, fail_after: int | None = None, error: BaseException | None = None) -> ScriptedModel:
+def student(
+    *, fail_after: int | None = None, error: BaseException | None = None, delay_s: float = 0.0
+) -> ScriptedModel:
     calls = {"n": 0}
 
     def respond(messages):
@@ -43,10 +45,10 @@ def student(*, fail_after: int | None = None, error: BaseException | None = None
         hint, trap = "HINT" in text, "[trap]" in text
         return str(a + b) if hint != trap else "0"
 
-    return ScriptedModel(respond=respond, name="student")
+    return ScriptedModel(respond=respond, name="student", delay_s=delay_s)
 
 
-def teacher() -> ScriptedModel:
+def teacher(*, delay_s: float = 0.0) -> ScriptedModel:
     def respond(messages):
         system = messages[0]["content"]
         if system.startswith("You judge whether"):
@@ -55,10 +57,10 @@ def teacher() -> ScriptedModel:
             return "VALID"
         return "HINT: add the numbers." if "HINT" in system else "Think carefully."
 
-    return ScriptedModel(respond=respond, name="teacher")
+    return ScriptedModel(respond=respond, name="teacher", delay_s=delay_s)
 
 
-def reflection(*, helpful: bool = True) -> ScriptedModel:
+def reflection(*, helpful: bool = True, delay_s: float = 0.0) -> ScriptedModel:
     """``helpful``: proposes the HINT guidance prompt; else a new useless text every call."""
     calls = {"n": 0}
 
@@ -68,4 +70,4 @@ def reflection(*, helpful: bool = True) -> ScriptedModel:
             return "```\n" + HINT_PROMPT + "\n```"
         return f"```\nYou are a teacher. Think about step {calls['n']}.\n```"
 
-    return ScriptedModel(respond=respond, name="reflector")
+    return ScriptedModel(respond=respond, name="reflector", delay_s=delay_s)

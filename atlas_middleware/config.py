@@ -144,6 +144,9 @@ class TeacherSettings(ModelSettings):
     None: atlas's built-in prompts."""
 
     prompts: str | None = None
+    # Guidance and validation replies; they sit on the agent's call path, so shorter than a
+    # general model budget (the probe has its own, lanes.probe_max_tokens).
+    max_tokens: PositiveInt = 160
 
 
 class LaneSettings(_Section):

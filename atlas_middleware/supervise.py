@@ -150,13 +150,21 @@ class Supervisor:
         reward: Any = None,
         signature: inspect.Signature | None = None,
         probe_max_tokens: int = 50,
+        teacher_max_tokens: int = 160,
+        teacher_temperature: float = 0.0,
         store_url: str | None = None,
         prompts: TeacherPrompts | None = None,
     ) -> None:
         self.options = options
         self.prompts = prompts or DEFAULT_PROMPTS
         self.teacher = (
-            Teacher(teacher, prompts=self.prompts, probe_max_tokens=probe_max_tokens)
+            Teacher(
+                teacher,
+                prompts=self.prompts,
+                probe_max_tokens=probe_max_tokens,
+                guidance_max_tokens=teacher_max_tokens,
+                temperature=teacher_temperature,
+            )
             if teacher is not None
             else None
         )
@@ -636,6 +644,7 @@ def _build_supervisor(
     }
     options = SupervisionOptions(agent=agent, **{**defaults, **explicit})
     if not telemetry.is_configured():
+        s.set_capture_content(cfg.telemetry.capture_content)
         exporter = cfg.telemetry.exporter
         store: Any = cfg.storage.url
         if exporter in (None, "atlas") and os.environ.get("OTEL_TRACES_EXPORTER") is None:
@@ -668,6 +677,8 @@ def _build_supervisor(
         reward=judge,
         signature=signature,
         probe_max_tokens=lanes.probe_max_tokens,
+        teacher_max_tokens=cfg.teacher.max_tokens,
+        teacher_temperature=cfg.teacher.temperature,
         store_url=cfg.storage.url,
         prompts=as_prompts(prompts if prompts is not None else cfg.teacher.prompts),
     )

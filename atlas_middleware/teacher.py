@@ -65,18 +65,22 @@ class Teacher:
         prompts: TeacherPrompts | None = None,
         probe_max_tokens: int = 50,
         guidance_max_tokens: int = 160,
+        temperature: float = 0.0,
     ):
         self.model = model
         self.prompts = prompts or DEFAULT_PROMPTS
         self.probe_max_tokens = probe_max_tokens
         self.guidance_max_tokens = guidance_max_tokens
+        self.temperature = temperature
 
     async def probe(self, task: str, playbook: Sequence[str] = ()) -> float | None:
         messages: list[ChatMessage] = [
             {"role": "system", "content": self.prompts.probe},
             {"role": "user", "content": "Task:\n" + task + _memory(playbook) + "\n\nConfidence:"},
         ]
-        result = await self.model.chat(messages, max_tokens=self.probe_max_tokens)
+        result = await self.model.chat(
+            messages, max_tokens=self.probe_max_tokens, temperature=self.temperature
+        )
         return parse_confidence(result.text)
 
     async def guidance(
@@ -96,7 +100,9 @@ class Teacher:
             {"role": "system", "content": self.prompts.guidance},
             {"role": "user", "content": content + "\n\nGuidance:"},
         ]
-        result = await self.model.chat(messages, max_tokens=self.guidance_max_tokens)
+        result = await self.model.chat(
+            messages, max_tokens=self.guidance_max_tokens, temperature=self.temperature
+        )
         return result.text.strip()
 
     async def validate(self, task: str, answer: str) -> Verdict:
@@ -104,7 +110,9 @@ class Teacher:
             {"role": "system", "content": self.prompts.validate_},
             {"role": "user", "content": "Task:\n" + task + "\n\nStudent's answer:\n" + answer},
         ]
-        result = await self.model.chat(messages, max_tokens=self.guidance_max_tokens)
+        result = await self.model.chat(
+            messages, max_tokens=self.guidance_max_tokens, temperature=self.temperature
+        )
         text = result.text.strip()
         head = text.upper()
         # "INVALID" contains "VALID": check the negative first; anything unclear is not a pass.

@@ -198,12 +198,23 @@ def step_span_name(step: str) -> str:
 CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 
 
-def capture_content(default: bool = True) -> bool:
+_capture_default = True
+
+
+def set_capture_content(value: bool) -> None:
+    """The process-wide default for :func:`capture_content` (``telemetry.capture_content`` in
+    the config); the environment variable still wins when set."""
+    global _capture_default
+    _capture_default = bool(value)
+
+
+def capture_content(default: bool | None = None) -> bool:
     """Whether prompts and answers go on spans. On by default for the embedded setup;
-    ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=false`` switches it off."""
+    ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=false`` (or the config's
+    ``telemetry.capture_content: false``) switches it off."""
     raw = os.environ.get(CAPTURE_CONTENT_ENV)
     if raw is None:
-        return default
+        return _capture_default if default is None else default
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 

@@ -501,3 +501,63 @@ def test_auto_configured_store_uses_the_configs_drift_policy(private_store):
         assert (policy.window, policy.min_baseline) == (7, 2)
     finally:
         telemetry.shutdown()
+
+
+def test_the_configs_teacher_budget_temperature_and_content_capture_apply(private_store):
+    """teacher.max_tokens / teacher.temperature reach the teacher's guidance and validation
+    calls, and telemetry.capture_content=false keeps prompts and answers off the spans."""
+    from dataclasses import dataclass, field
+
+    from atlas_middleware.config import AtlasConfig
+
+    @dataclass(eq=False)
+    class Recording(ScriptedModel):
+        seen: list = field(default_factory=list)
+
+        async def _complete(self, messages, *, max_tokens, temperature, stop):
+            self.seen.append((messages[0]["content"][:12], max_tokens, temperature))
+            return await super()._complete(
+                messages, max_tokens=max_tokens, temperature=temperature, stop=stop
+            )
+
+    teacher = Recording(respond=teacher_replies(probe="0.1").respond, name="teacher")
+    telemetry.shutdown()  # nothing configured: supervise sets tracing up from the config
+    config = AtlasConfig(
+        storage={"url": private_store},
+        teacher={"max_tokens": 33, "temperature": 0.7},
+        lanes={"probe_max_tokens": 7},
+        telemetry={"capture_content": False},
+    )
+
+    @atlas.supervise(agent="calc", teacher=teacher, reward=False, config=config)
+    def solve(task: str) -> str:
+        return "5"
+
+    try:
+        assert solve("What is 2 + 3?") == "5"
+        budgets = {budget for _, budget, _ in teacher.seen}
+        assert budgets == {7, 33}  # the probe's own budget, then guidance and validation
+        assert {temperature for *_, temperature in teacher.seen} == {0.7}
+        assert s.capture_content() is False
+    finally:
+        s.set_capture_content(True)
+        telemetry.shutdown()
+
+
+def test_content_capture_off_keeps_prompts_and_answers_off_the_spans(spans):
+    s.set_capture_content(False)
+    try:
+
+        @atlas.supervise(agent="calc", teacher=teacher_replies(probe="0.1"), reward=False)
+        def solve(task: str) -> str:
+            return "secret-answer-5"
+
+        solve("What is secret 2 + 3?")
+    finally:
+        s.set_capture_content(True)
+    chats = [x for x in spans.get_finished_spans() if x.name.startswith("chat ")]
+    assert chats
+    for span in spans.get_finished_spans():
+        for value in (span.attributes or {}).values():
+            if isinstance(value, str):
+                assert "secret" not in value, (span.name, value)

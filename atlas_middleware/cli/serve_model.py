@@ -10,11 +10,14 @@ not token streams), then sent as a few chunks, so streaming clients work but gai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
+import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -24,6 +27,44 @@ if TYPE_CHECKING:
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 DEFAULT_MAX_TOKENS = 256
+
+
+@contextlib.contextmanager
+def serving(port: int, *, model: str = "embedded", start_timeout: float = 300.0) -> Iterator[str]:
+    """Run ``atlas serve-model`` for ``model`` on loopback ``port`` as a subprocess and yield its
+    OpenAI base URL (``http://127.0.0.1:PORT/v1``); stopped on exit. For examples and scripts
+    that want an offline OpenAI-compatible endpoint without a second terminal."""
+    import httpx
+
+    command = [
+        sys.executable, "-m", "atlas_middleware.cli", "serve-model",
+        "--port", str(port), "--model", model,
+    ]  # fmt: skip
+    server = subprocess.Popen(command)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout  # the first start converts the model once
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"atlas serve-model exited with {server.returncode}")
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"atlas serve-model did not come up within {start_timeout:.0f} s"
+                )
+            time.sleep(0.5)
+        yield f"{base}/v1"
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -16,11 +16,6 @@ here and stopped at the end), which is student, teacher and judge. Sessions land
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import litellm
@@ -28,6 +23,7 @@ from atlas_middleware.integrations import litellm as atlas_litellm
 
 import atlas_middleware as atlas
 from atlas_middleware import telemetry
+from atlas_middleware.cli.serve_model import serving
 from atlas_middleware.models import LiteLLMModel
 from atlas_middleware.rim import RIMReward
 
@@ -35,31 +31,6 @@ TASKS = [
     ("A bus carries 12 people and 30 more get on. How many people are on the bus?", "42"),
     ("Tom had 70 marbles and gave away 27. How many marbles does Tom have left?", "43"),
 ]
-
-
-@contextmanager
-def served_model(port: int) -> Iterator[str]:
-    """``atlas serve-model`` (the embedded SmolLM2) on loopback; yields its ``/v1`` URL."""
-    command = [sys.executable, "-m", "atlas_middleware.cli", "serve-model", "--port", str(port)]
-    server = subprocess.Popen(command)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300  # the first start converts the model once
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"atlas serve-model exited with {server.returncode}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("atlas serve-model did not come up within 300 s")
-            time.sleep(0.5)
-        yield f"{base}/v1"
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def run(model: str, teacher_model: str, base_url: str | None, args: argparse.Namespace) -> None:
@@ -120,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         model = args.model or f"openai/{name}"
         run(model, args.teacher or model, base_url, args)
     else:
-        with served_model(args.port) as base_url:
+        with serving(args.port) as base_url:
             name = httpx.get(f"{base_url}/models", timeout=10).json()["data"][0]["id"]
             run(f"openai/{name}", f"openai/{name}", base_url, args)
     atlas_litellm.flush()  # litellm reports calls from a background thread
@@ -130,4 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except RuntimeError as exc:  # e.g. atlas serve-model could not start: one line, no traceback
+        raise SystemExit(f"error: {exc}") from None

@@ -17,11 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 from agents import Agent, ModelSettings, OpenAIChatCompletionsModel
@@ -30,6 +25,7 @@ from openai import AsyncOpenAI
 
 import atlas_middleware as atlas
 from atlas_middleware import telemetry
+from atlas_middleware.cli.serve_model import serving
 from atlas_middleware.models import OpenAICompatibleModel
 from atlas_middleware.rim import RIMReward
 
@@ -37,31 +33,6 @@ TASKS = [
     ("A bus carries 12 people and 30 more get on. How many people are on the bus?", "42"),
     ("Tom had 70 marbles and gave away 27. How many marbles does Tom have left?", "43"),
 ]
-
-
-@contextmanager
-def served_model(port: int) -> Iterator[str]:
-    """``atlas serve-model`` (the embedded SmolLM2) on loopback; yields its ``/v1`` URL."""
-    command = [sys.executable, "-m", "atlas_middleware.cli", "serve-model", "--port", str(port)]
-    server = subprocess.Popen(command)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300  # the first start converts the model once
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"atlas serve-model exited with {server.returncode}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("atlas serve-model did not come up within 300 s")
-            time.sleep(0.5)
-        yield f"{base}/v1"
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 async def stream(calc, task: str) -> str:
@@ -122,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.base_url:
         run(args.base_url.rstrip("/"), args)
     else:
-        with served_model(args.port) as base_url:
+        with serving(args.port) as base_url:
             run(base_url, args)
     atlas.shutdown()
     print("sessions stored; see them with: atlas sessions list")
@@ -130,4 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except RuntimeError as exc:  # e.g. atlas serve-model could not start: one line, no traceback
+        raise SystemExit(f"error: {exc}") from None

@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eager", action="store_true", help="no torch.compile (faster start)")
     args = parser.parse_args()
 
     # The protocol keeps the real stdout; everything else printing to fd 1 lands in the log.
@@ -41,7 +42,7 @@ def main() -> None:
         model=args.model,
         dtype=args.dtype,
         max_model_len=args.max_model_len,
-        enforce_eager=True,
+        enforce_eager=args.eager,
         seed=args.seed,
     )
     protocol.write(json.dumps({"ready": True}) + "\n")

@@ -72,12 +72,14 @@ def run(base_url: str, args: argparse.Namespace) -> None:
         reward_inline=True,  # judge before returning, so the reward is stored at once
         lane=args.lane,
         teacher_timeout_s=120,
+        # teacher.max_tokens caps guidance and validation (the CPU tests keep them short)
+        config=atlas.AtlasConfig(teacher={"max_tokens": args.guidance_tokens})
+        if args.guidance_tokens
+        else None,
     )
     def solve(task: str) -> str:
         return chain.invoke({"task": task}, {"callbacks": [handler]})
 
-    if args.guidance_tokens:
-        solve.supervisor().teacher.guidance_max_tokens = args.guidance_tokens
     for task, reference in TASKS[: args.tasks]:
         answer = solve.options(reference=reference)(task)
         print(f"{task}\n  answer {answer or '-'} (reference {reference})")

@@ -44,6 +44,10 @@ def run(model: str, teacher_model: str, base_url: str | None, args: argparse.Nam
         reward_inline=True,  # judge before returning, so the reward is stored at once
         lane=args.lane,
         teacher_timeout_s=120,
+        # teacher.max_tokens caps guidance and validation (the CPU tests keep them short)
+        config=atlas.AtlasConfig(teacher={"max_tokens": args.guidance_tokens})
+        if args.guidance_tokens
+        else None,
     )
     def solve(task: str) -> str:
         messages = atlas.with_guidance(  # the teacher's guidance, in the system message
@@ -57,8 +61,6 @@ def run(model: str, teacher_model: str, base_url: str | None, args: argparse.Nam
         )
         return response.choices[0].message.content or ""
 
-    if args.guidance_tokens:
-        solve.supervisor().teacher.guidance_max_tokens = args.guidance_tokens
     for task, reference in TASKS[: args.tasks]:
         answer = solve.options(reference=reference)(task)
         print(f"{task}\n  answer {answer.strip() or '-'} (reference {reference})")

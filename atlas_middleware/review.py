@@ -10,10 +10,16 @@ whatever its status was, so a drifting agent's output never flows into training 
 
 from __future__ import annotations
 
+import getpass
 import math
+import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from atlas_middleware.storage import Session, SessionFilter, Store
 
 # Constants that make MAD (and, when MAD is 0, the mean absolute deviation) comparable to a
 # standard deviation under normality (Iglewicz & Hoaglin; IBM's modified z-score).
@@ -81,3 +87,124 @@ def _finite(value: float) -> float:
     if value == float("-inf"):
         return -1e9
     return round(value, 4)
+
+
+# --- review actions: one code path for `atlas sessions approve/quarantine` and `atlas ui` -----
+_CHUNK = 500  # sessions per store.set_review call (one transaction each)
+
+
+def default_actor() -> str:
+    """Who is reviewing: ``$ATLAS_REVIEWER``, else the login name."""
+    name = os.environ.get("ATLAS_REVIEWER")
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        return "unknown"
+
+
+@dataclass(slots=True)
+class ReviewOutcome:
+    """What a review action did (or, with ``dry_run``, would do)."""
+
+    status: str
+    targets: dict[str, str]  # trace id -> review status before
+    skipped_drift: int = 0
+    dry_run: bool = False
+    action_id: str | None = None  # its entry in the store's review log
+
+    @property
+    def changing(self) -> list[str]:
+        return [t for t, before in self.targets.items() if before != self.status]
+
+    @property
+    def already(self) -> int:
+        return len(self.targets) - len(self.changing)
+
+
+def review_sessions(
+    store: Store,
+    sessions: Sequence[Session],
+    status: str,
+    *,
+    note: str | None = None,
+    actor: str | None = None,
+    source: str = "api",
+    dry_run: bool = False,
+) -> ReviewOutcome:
+    """Set the review status of the given sessions (approve or quarantine by id)."""
+    outcome = ReviewOutcome(status, {s.trace_id: s.review_status for s in sessions}, 0, dry_run)
+    if not dry_run and outcome.targets:
+        outcome.action_id = _write(store, outcome, note, actor, source)
+    return outcome
+
+
+def review_pending(
+    store: Store,
+    where: SessionFilter,
+    status: str,
+    *,
+    include_drift: bool = False,
+    note: str | None = None,
+    actor: str | None = None,
+    source: str = "api",
+    dry_run: bool = False,
+) -> ReviewOutcome:
+    """Approve (or quarantine) every pending session matching ``where``. Approving skips
+    sessions with a drift alert unless ``include_drift``: a drifting agent's output is never
+    approved in bulk unseen. Both conditions are checked again at write time, so a session
+    quarantined or flagged since it was listed keeps that state."""
+    import dataclasses
+
+    outcome = ReviewOutcome(status, {}, 0, dry_run)
+    skip_drift = status == "approved" and not include_drift
+    for session in store.iter_sessions(dataclasses.replace(where, review_status="pending")):
+        if skip_drift and session.drift and session.drift.get("alert"):
+            outcome.skipped_drift += 1
+        else:
+            outcome.targets[session.trace_id] = session.review_status
+    if not dry_run and outcome.targets:
+        detail = {
+            "filter": {
+                name: value
+                for name, value in dataclasses.asdict(where).items()
+                if value not in (None, False) and name != "review_status"
+            },
+            "include_drift": include_drift,
+            "skipped_drift": outcome.skipped_drift,
+        }
+        outcome.action_id = _write(
+            store, outcome, note, actor, source, bulk=True, unless_drift=skip_drift, detail=detail
+        )
+    return outcome
+
+
+def _write(
+    store: Store,
+    outcome: ReviewOutcome,
+    note: str | None,
+    actor: str | None,
+    source: str,
+    *,
+    bulk: bool = False,
+    unless_drift: bool = False,
+    detail: dict | None = None,
+) -> str:
+    from atlas_middleware.storage.base import new_action_id
+
+    action_id = new_action_id()
+    ids = list(outcome.targets)
+    for start in range(0, len(ids), _CHUNK):
+        store.set_review(
+            ids[start : start + _CHUNK],
+            outcome.status,
+            note,
+            only_from=("pending",) if bulk else None,
+            unless_drift=unless_drift,
+            actor=actor or default_actor(),
+            source=source,
+            action_id=action_id,
+            detail=detail,
+        )
+    return action_id

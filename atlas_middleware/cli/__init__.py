@@ -35,6 +35,7 @@ COMMANDS: list[str] = [
     "collector",
     "sessions",
     "export",
+    "ui",
     "db",
     "serve_model",
     "eval",

@@ -6,10 +6,10 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from atlas_middleware.cli.common import (
     REVIEW_STATUSES,
@@ -22,6 +22,9 @@ from atlas_middleware.cli.common import (
     parse_positive_int,
     session_filter,
 )
+
+if TYPE_CHECKING:
+    from atlas_middleware.storage import SessionFilter, Store
 
 DEFAULT_PAGE_SIZE = 500
 
@@ -84,33 +87,57 @@ def _open_output(target: str) -> Iterator[IO[bytes]]:
         raise
 
 
+def export_chunks(
+    store: Store,
+    where: SessionFilter,
+    statuses: Sequence[str],
+    *,
+    spans: bool = True,
+    page_size: int = DEFAULT_PAGE_SIZE,
+    counts: list[int] | None = None,
+) -> Iterator[bytes]:
+    """The export of the sessions matching ``where``: one chunk of JSON lines per page of
+    ``page_size`` sessions, each a session's fields plus (with ``spans``) its spans. ``atlas
+    export`` and the download of ``atlas ui`` both write this. ``counts``, when given, is kept
+    at [sessions, spans] written so far."""
+    counts = counts if counts is not None else [0, 0]
+    pages = store.iter_sessions(where, page_size=page_size)
+    while page := list(islice(pages, page_size)):
+        # Belt and braces: whatever the filter did, quarantined sessions leave only when
+        # asked for by name.
+        if "quarantined" not in statuses:
+            page = [s for s in page if s.review_status != "quarantined"]
+        found = store.spans_for([s.trace_id for s in page]) if spans else {}
+        chunk = bytearray()
+        for session in page:
+            line = session.to_json()
+            if spans:
+                records = found.get(session.trace_id, [])
+                line["spans"] = [r.to_json() for r in records]
+                counts[1] += len(records)
+            chunk += json_line(line)
+        counts[0] += len(page)
+        yield bytes(chunk)
+
+
 def run(args: argparse.Namespace) -> int:
     statuses = list(dict.fromkeys(args.status or ["approved"]))
     where = session_filter(args, review_status=statuses)
     to_stdout = args.output == "-"
-    sessions_written = spans_written = 0
+    counts = [0, 0]
     show_progress = sys.stderr.isatty() and not (to_stdout and sys.stdout.isatty())
-    with open_cli_store(args) as store, _progress(show_progress) as advance:
-        pages = store.iter_sessions(where, page_size=args.page_size)
-        with _open_output(args.output) as out:
-            while page := list(islice(pages, args.page_size)):
-                # Belt and braces: whatever the filter did, quarantined sessions leave only when
-                # asked for by name.
-                if "quarantined" not in statuses:
-                    page = [s for s in page if s.review_status != "quarantined"]
-                spans = store.spans_for([s.trace_id for s in page]) if args.spans else {}
-                chunk = bytearray()
-                for session in page:
-                    line = session.to_json()
-                    if args.spans:
-                        records = spans.get(session.trace_id, [])
-                        line["spans"] = [r.to_json() for r in records]
-                        spans_written += len(records)
-                    chunk += json_line(line)
-                out.write(chunk)
-                out.flush()
-                sessions_written += len(page)
-                advance(sessions_written, spans_written)
+    with (
+        open_cli_store(args) as store,
+        _progress(show_progress) as advance,
+        _open_output(args.output) as out,
+    ):
+        for chunk in export_chunks(
+            store, where, statuses, spans=args.spans, page_size=args.page_size, counts=counts
+        ):
+            out.write(chunk)
+            out.flush()
+            advance(*counts)
+    sessions_written, spans_written = counts
 
     where_to = "stdout" if to_stdout else args.output
     summary = f"exported {sessions_written} sessions"

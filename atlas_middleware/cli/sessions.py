@@ -332,34 +332,31 @@ def run_review(args: argparse.Namespace) -> int:
         if used:
             raise UsageError(f"{', '.join(used)}: only with --all-pending")
 
+    from atlas_middleware.review import review_pending, review_sessions
+
     with open_cli_store(args) as store:
-        skipped_drift = 0
-        targets: dict[str, str] = {}  # trace id -> review status before
         if args.all_pending:
-            for session in store.iter_sessions(session_filter(args, review_status="pending")):
-                if status == "approved" and not args.include_drift and has_drift_alert(session):
-                    skipped_drift += 1
-                else:
-                    targets[session.trace_id] = session.review_status
+            outcome = review_pending(
+                store,
+                session_filter(args),
+                status,
+                include_drift=getattr(args, "include_drift", False),
+                note=args.note,
+                source="cli",
+                dry_run=args.dry_run,
+            )
         else:
-            for key in args.ids:  # resolve every ID first: one typo changes nothing
-                session = _resolve(store, key)
-                targets[session.trace_id] = session.review_status
-        changing = [t for t, before in targets.items() if before != status]
-        if not args.dry_run:
-            ids = list(targets)
-            for start in range(0, len(ids), _SET_REVIEW_CHUNK):
-                store.set_review(
-                    ids[start : start + _SET_REVIEW_CHUNK],
-                    status,
-                    args.note,
-                    # Re-checked at write time: a session quarantined or flagged since the
-                    # listing keeps that state.
-                    only_from=("pending",) if args.all_pending else None,
-                    unless_drift=args.all_pending
-                    and status == "approved"
-                    and not args.include_drift,
-                )
+            # Resolve every ID first: one typo changes nothing.
+            sessions = {s.trace_id: s for s in (_resolve(store, key) for key in args.ids)}
+            outcome = review_sessions(
+                store,
+                list(sessions.values()),
+                status,
+                note=args.note,
+                source="cli",
+                dry_run=args.dry_run,
+            )
+    changing, targets, skipped_drift = outcome.changing, outcome.targets, outcome.skipped_drift
 
     noun = "session" if len(changing) == 1 else "sessions"
     message = (

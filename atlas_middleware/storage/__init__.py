@@ -7,17 +7,20 @@ from pathlib import Path
 
 from atlas_middleware.review import DriftPolicy
 from atlas_middleware.storage.base import (
+    ReviewAction,
     Session,
     SessionFilter,
     Store,
     StoreDataError,
     StoreError,
     StoreUnavailable,
+    UndoResult,
     WriteResult,
 )
 from atlas_middleware.storage.records import SpanEvent, SpanRecord
 
 __all__ = [
+    "ReviewAction",
     "Session",
     "SessionFilter",
     "SpanEvent",
@@ -26,6 +29,7 @@ __all__ = [
     "StoreDataError",
     "StoreError",
     "StoreUnavailable",
+    "UndoResult",
     "WriteResult",
     "default_store_url",
     "open_store",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 import importlib.resources
 import logging
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -82,6 +84,11 @@ class SessionFilter:
     since_ns: int | None = None
     until_ns: int | None = None
     drift_only: bool = False
+    lane: str | None = None
+    max_reward: float | None = None
+    # Text in the task or the final answer (case-insensitive for ASCII on SQLite, fully on
+    # Postgres); a literal substring: ``%`` and ``_`` match themselves.
+    text: str | None = None
 
     def statuses(self) -> list[str] | None:
         if self.review_status is None:
@@ -104,6 +111,53 @@ class WriteResult:
     # Evaluations whose score was NaN, infinite or not a number: stored without a score, never
     # a reward (Store.rejected_rewards keeps the running total).
     rejected_rewards: int = 0
+
+
+# Schema version that added the review log (review_actions, review_changes).
+REVIEW_LOG_VERSION = 5
+UNDO_ACTION = "undo"
+# RIM's accuracy judge, the learning page's accuracy.
+ACCURACY_EVALUATION = "atlas.rim.accuracy"
+HOUR_NS = 3_600 * 1_000_000_000
+BUCKET_WIDTHS_NS = (HOUR_NS, 6 * HOUR_NS, 24 * HOUR_NS, 7 * 24 * HOUR_NS, 28 * 24 * HOUR_NS)
+
+
+def new_action_id() -> str:
+    return uuid.uuid4().hex
+
+
+def session_cursor(session: Session) -> tuple[int, str]:
+    """Where ``session`` sits in the newest-first order (see :meth:`Store.page_sessions`)."""
+    return (session.started_ns or 0, session.trace_id)
+
+
+@dataclass(slots=True)
+class ReviewAction:
+    """One logged review action: approve / quarantine / pending of some sessions, or an undo."""
+
+    action_id: str
+    created_ns: int
+    actor: str
+    source: str  # cli, ui, api
+    action: str  # a review status, or "undo"
+    note: str | None
+    sessions: int  # sessions it matched
+    changed: int  # of which changed status
+    detail: dict[str, Any] | None  # e.g. the filter of a bulk action
+    undoes: str | None
+    undone_by: str | None
+    # Only when listed for one session: that session's status and note before the action.
+    previous_status: str | None = None
+    previous_note: str | None = None
+
+
+@dataclass(slots=True)
+class UndoResult:
+    action_id: str  # the undo's own log entry
+    undid: str
+    restored: int  # sessions put back
+    moved_on: int  # sessions whose status changed again since, left as they are
+    held_for_drift: int  # of the restored, sent to pending instead of approved (drift alert)
 
 
 def check_review_status(status: str) -> str:
@@ -189,6 +243,8 @@ class Store(abc.ABC):
     rejected_rewards: int = 0  # running total of WriteResult.rejected_rewards (see _written)
     _json_merge: str  # SQL merging sessions.evaluations with excluded.evaluations
     _drift_alert: str  # SQL that is true when a session's last drift check alerted
+    _ilike = "LIKE"  # case-insensitive LIKE (SQLite's LIKE is, for ASCII)
+    _lock_joined_sessions = ""  # locks the rows of ``sessions AS s`` in a join (Postgres)
 
     # --- dialect primitives --------------------------------------------------------------------
     @abc.abstractmethod
@@ -434,8 +490,10 @@ class Store(abc.ABC):
                 params.extend(statuses)
             for column, op, value in (
                 ("reward_score", ">=", where.min_reward),
+                ("reward_score", "<=", where.max_reward),
                 ("learning_key", "=", where.learning_key),
                 ("agent_name", "=", where.agent_name),
+                ("lane", "=", where.lane),
                 ("started_ns", ">=", where.since_ns),
                 ("started_ns", "<", where.until_ns),
             ):
@@ -444,6 +502,13 @@ class Store(abc.ABC):
                     params.append(value)
             if where.drift_only:
                 clauses.append(self._drift_alert)
+            if where.text:
+                pattern = "%" + _like_literal(where.text) + "%"
+                clauses.append(
+                    f"(task {self._ilike} %s ESCAPE '\\' OR final_answer {self._ilike} %s "
+                    "ESCAPE '\\')"
+                )
+                params.extend((pattern, pattern))
         return (" AND ".join(clauses) or "1=1"), params
 
     def iter_sessions(
@@ -492,7 +557,7 @@ class Store(abc.ABC):
         )
         if not rows:
             # A prefix is literal text: "_" and "%" in an id are not wildcards.
-            prefix = key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            prefix = _like_literal(key) + "%"
             rows = self._read(
                 f"SELECT {_SESSION_SELECT} FROM sessions WHERE trace_id LIKE %s ESCAPE '\\' "
                 "OR session_id LIKE %s ESCAPE '\\' LIMIT 2",
@@ -525,12 +590,22 @@ class Store(abc.ABC):
         *,
         only_from: Sequence[str] | None = None,
         unless_drift: bool = False,
+        actor: str | None = None,
+        source: str = "api",
+        action_id: str | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> int:
         """Set the review status of sessions; returns how many rows matched.
 
         ``only_from`` and ``unless_drift`` make the change conditional on the state at write
         time, so a bulk approval cannot overwrite a quarantine or a drift alert that landed
         after the sessions were listed.
+
+        The change is logged in the review log (who: ``actor``, from where: ``source``, the
+        note, and each session's status and note before it) in the same transaction, so it can
+        be audited and undone (:meth:`undo_review`). Calls passing the same ``action_id`` (a bulk
+        action written in chunks) add up to one logged action. A store not yet migrated to the
+        review log (schema version 5) changes the sessions without logging.
         """
         check_review_status(status)
         conditions = ""
@@ -542,30 +617,371 @@ class Store(abc.ABC):
             params.extend(only_from)
         if unless_drift:
             conditions += f" AND (drift IS NULL OR NOT ({self._drift_alert}))"
+        ids = list(dict.fromkeys(trace_ids))
+        if not ids:
+            return 0
+        in_ids, in_params = self._in_list("trace_id", ids)
         with self._transaction() as conn:
-            return self._run_many(
+            before = self._run(
+                conn,
+                "SELECT trace_id, review_status, review_note FROM sessions "
+                f"WHERE {in_ids}{conditions}{self._lock_rows}",
+                (*in_params, *params),
+            )
+            if not before:
+                return 0
+            in_matched, matched_params = self._in_list("trace_id", [row[0] for row in before])
+            self._run(
                 conn,
                 "UPDATE sessions SET review_status = %s, review_note = COALESCE(%s, review_note) "
-                f"WHERE trace_id = %s{conditions}",
-                [(status, note, t, *params) for t in trace_ids],
+                f"WHERE {in_matched}",
+                (status, note, *matched_params),
             )
+            if self._has_review_log(conn):
+                self._log_review(
+                    conn,
+                    action_id or new_action_id(),
+                    action=status,
+                    actor=actor,
+                    source=source,
+                    note=note,
+                    detail=detail,
+                    before=before,
+                )
+        return len(before)
 
-    def session_counts(self) -> dict[str, int]:
-        """Number of sessions per review status."""
+    # --- the review log ------------------------------------------------------------------------
+    def _has_review_log(self, conn: Any) -> bool:
+        version = self._run(conn, "SELECT MAX(version) FROM atlas_schema_version")[0][0]
+        return (version or 0) >= REVIEW_LOG_VERSION
+
+    def _log_review(
+        self,
+        conn: Any,
+        action_id: str,
+        *,
+        action: str,
+        actor: str | None,
+        source: str,
+        note: str | None,
+        detail: dict[str, Any] | None,
+        before: Sequence[Sequence[Any]],
+        undoes: str | None = None,
+    ) -> None:
+        """One review_actions row (counts added up when the id is already logged) and a
+        review_changes row per session: its status and note before the action."""
+        changed = sum(1 for row in before if row[1] != action)
+        self._run(
+            conn,
+            "INSERT INTO review_actions (action_id, created_ns, actor, source, action, note, "
+            "sessions, changed, detail, undoes) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (action_id) DO UPDATE SET "
+            "sessions = review_actions.sessions + excluded.sessions, "
+            "changed = review_actions.changed + excluded.changed",
+            (
+                action_id,
+                time.time_ns(),
+                actor or "unknown",
+                source,
+                action,
+                note,
+                len(before),
+                changed,
+                None if detail is None else json_dumps(detail),
+                undoes,
+            ),
+        )
+        self._run_many(
+            conn,
+            "INSERT INTO review_changes VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [(action_id, trace_id, status, old_note) for trace_id, status, old_note in before],
+        )
+
+    def undo_review(
+        self, action_id: str, *, actor: str | None = None, source: str = "api"
+    ) -> UndoResult:
+        """Put the sessions an action changed back to the status and note they had before it.
+
+        A session whose status changed again since (another review, a drift alert) keeps its
+        new status; one that would go back to ``approved`` while it carries a drift alert goes
+        to ``pending`` instead (the drift gate holds for undo too). The undo is logged as an
+        action of its own and marks the original as undone; an action is undone at most once.
+        """
+        with self._transaction() as conn:
+            rows = self._run(
+                conn, "SELECT action FROM review_actions WHERE action_id = %s", (action_id,)
+            )
+            if not rows:
+                raise StoreError(f"no review action {action_id!r} in the review log")
+            action = rows[0][0]
+            if action == UNDO_ACTION:
+                raise StoreError(
+                    f"review action {action_id} is itself an undo; review the sessions again instead"
+                )
+            undo_id = new_action_id()
+            claimed = self._run_many(
+                conn,
+                "UPDATE review_actions SET undone_by = %s "
+                "WHERE action_id = %s AND undone_by IS NULL",
+                [(undo_id, action_id)],
+            )
+            if claimed != 1:
+                raise StoreError(f"review action {action_id} was already undone")
+            changes = self._run(
+                conn,
+                "SELECT s.trace_id, c.previous_status, c.previous_note, s.review_status, "
+                "s.review_note, s.drift FROM review_changes c "
+                "JOIN sessions s ON s.trace_id = c.trace_id WHERE c.action_id = %s "
+                f"ORDER BY s.trace_id{self._lock_joined_sessions}",
+                (action_id,),
+            )
+            restore: list[tuple[Any, ...]] = []
+            before: list[tuple[Any, ...]] = []
+            moved_on = held = 0
+            for trace_id, previous, previous_note, current, current_note, drift_json in changes:
+                if current != action:
+                    moved_on += 1
+                    continue
+                target = previous
+                drift_record = _loads(drift_json)
+                if target == "approved" and drift_record and drift_record.get("alert"):
+                    target = "pending"
+                    held += 1
+                restore.append((target, previous_note, trace_id))
+                before.append((trace_id, current, current_note))
+            if restore:
+                self._run_many(
+                    conn,
+                    "UPDATE sessions SET review_status = %s, review_note = %s WHERE trace_id = %s",
+                    restore,
+                )
+            self._log_review(
+                conn,
+                undo_id,
+                action=UNDO_ACTION,
+                actor=actor,
+                source=source,
+                note=None,
+                detail={"undoes": action_id, "action": action},
+                before=before,
+                undoes=action_id,
+            )
+        return UndoResult(undo_id, action_id, len(restore), moved_on, held)
+
+    def review_log(
+        self,
+        *,
+        trace_id: str | None = None,
+        limit: int = 50,
+        before: tuple[int, str] | None = None,
+    ) -> list[ReviewAction]:
+        """Logged review actions, newest first: all of them (paged with ``before``, the
+        ``(created_ns, action_id)`` of the last one seen) or those that touched ``trace_id``
+        (with that session's status and note before each)."""
+        columns = (
+            "a.action_id, a.created_ns, a.actor, a.source, a.action, a.note, a.sessions, "
+            "a.changed, a.detail, a.undoes, a.undone_by"
+        )
+        if trace_id is not None:
+            rows = self._read(
+                f"SELECT {columns}, c.previous_status, c.previous_note FROM review_changes c "
+                "JOIN review_actions a ON a.action_id = c.action_id WHERE c.trace_id = %s "
+                "ORDER BY a.created_ns DESC, a.action_id DESC LIMIT %s",
+                (trace_id, limit),
+            )
+        else:
+            keyset, params = "", []
+            if before is not None:
+                keyset, params = "WHERE (a.created_ns, a.action_id) < (%s, %s) ", list(before)
+            rows = self._read(
+                f"SELECT {columns}, NULL, NULL FROM review_actions a {keyset}"
+                "ORDER BY a.created_ns DESC, a.action_id DESC LIMIT %s",
+                (*params, limit),
+            )
+        return [
+            ReviewAction(*row[:8], _loads(row[8]) if row[8] is not None else None, *row[9:])
+            for row in rows
+        ]
+
+    def review_action(self, action_id: str) -> ReviewAction | None:
+        rows = self._read(
+            "SELECT action_id, created_ns, actor, source, action, note, sessions, changed, "
+            "detail, undoes, undone_by FROM review_actions WHERE action_id = %s",
+            (action_id,),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return ReviewAction(*row[:8], _loads(row[8]) if row[8] is not None else None, *row[9:])
+
+    def session_counts(self, where: SessionFilter | None = None) -> dict[str, int]:
+        """Number of sessions per review status, of those matching ``where`` (its review status
+        aside: the counts are what each status would show)."""
+        if where is not None:
+            where = dataclasses.replace(where, review_status=None)
+        clause, params = self._where(where)
         counts = dict.fromkeys(REVIEW_STATUSES, 0)
-        rows = self._read("SELECT review_status, COUNT(*) FROM sessions GROUP BY review_status")
+        rows = self._read(
+            f"SELECT review_status, COUNT(*) FROM sessions WHERE {clause} GROUP BY review_status",
+            params,
+        )
         counts.update({status: int(n) for status, n in rows})
         return counts
+
+    # --- browsing (atlas ui) -------------------------------------------------------------------
+    def page_sessions(
+        self,
+        where: SessionFilter | None = None,
+        *,
+        limit: int = 50,
+        cursor: tuple[int, str] | None = None,
+        newer: bool = False,
+    ) -> list[Session]:
+        """One page of sessions, newest first. ``cursor`` is :func:`session_cursor` of a
+        session already shown: the page holds the sessions after it (older), or with
+        ``newer=True`` the ``limit`` sessions just before it (newer). Keyset pagination: every
+        page costs the same, however deep."""
+        clause, params = self._where(where)
+        keyset = ""
+        if cursor is not None:
+            keyset = f" AND (COALESCE(started_ns, 0), trace_id) {'>' if newer else '<'} (%s, %s)"
+            params = [*params, *cursor]
+        order = "ASC" if newer else "DESC"
+        rows = self._read(
+            f"SELECT {_SESSION_SELECT} FROM sessions WHERE {clause}{keyset} "
+            f"ORDER BY COALESCE(started_ns, 0) {order}, trace_id {order} LIMIT %s",
+            (*params, limit),
+        )
+        sessions = [self._session_from_row(row) for row in rows]
+        return sessions[::-1] if newer else sessions
+
+    def session_facets(self) -> dict[str, list[str]]:
+        """The agents, learning keys and lanes that occur, for filter choices."""
+        return {
+            column: [
+                row[0]
+                for row in self._read(
+                    f"SELECT {column} FROM sessions WHERE {column} IS NOT NULL "
+                    f"GROUP BY {column} ORDER BY {column}"
+                )
+            ]
+            for column in ("agent_name", "learning_key", "lane")
+        }
+
+    def learning_keys(self) -> list[dict[str, Any]]:
+        """Per learning key: sessions, sessions per review status, mean reward, the last start,
+        and the number of playbook lessons; most recently active first."""
+        rows = self._read(
+            "SELECT learning_key, COUNT(*), "
+            + ", ".join(
+                f"SUM(CASE WHEN review_status = '{status}' THEN 1 ELSE 0 END)"
+                for status in REVIEW_STATUSES
+            )
+            + ", AVG(reward_score), COUNT(reward_score), MAX(started_ns) FROM sessions "
+            "WHERE learning_key IS NOT NULL GROUP BY learning_key "
+            "ORDER BY MAX(COALESCE(started_ns, 0)) DESC, learning_key"
+        )
+        lessons = {
+            key: len((_loads(playbook) or {}).get("lessons") or [])
+            for key, playbook in self._read("SELECT learning_key, playbook FROM playbooks")
+        }
+        names = ("learning_key", "sessions", *REVIEW_STATUSES, "mean_reward", "rewarded", "last_ns")
+        keys = []
+        for row in rows:
+            entry = dict(zip(names, row, strict=True))
+            for name in ("sessions", *REVIEW_STATUSES, "rewarded"):
+                entry[name] = int(entry[name] or 0)
+            entry["lessons"] = lessons.get(entry["learning_key"], 0)
+            keys.append(entry)
+        return keys
+
+    def learning_series(
+        self, learning_key: str, *, buckets: int = 40, min_per_bucket: int = 5
+    ) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
+        """A learning key over time: (bucket width in ns, per bucket sessions / mean reward /
+        accuracy, per bucket and lane the number of sessions). The width is 1 or 6 hours, a day,
+        a week or 4 weeks: the narrowest that spans the key's history in at most ``buckets``
+        buckets with ``min_per_bucket`` sessions in each on average. Accuracy
+        is the mean score of RIM's accuracy judge (``atlas.rim.accuracy``; decided by the
+        reference or verifier when there was one), over the sessions it scored."""
+        first, last, count = self._read(
+            "SELECT MIN(started_ns), MAX(started_ns), COUNT(*) FROM sessions "
+            "WHERE learning_key = %s AND started_ns IS NOT NULL",
+            (learning_key,),
+        )[0]
+        if first is None:
+            return HOUR_NS, [], []
+        # The narrowest width that fits in ``buckets`` and averages a few sessions per bucket
+        # (one session a bucket is noise, not a trend).
+        fitting = [w for w in BUCKET_WIDTHS_NS if (last - first) // w < buckets]
+        width = next(
+            (w for w in fitting if count / ((last - first) // w + 1) >= min_per_bucket),
+            fitting[-1] if fitting else BUCKET_WIDTHS_NS[-1],
+        )
+        accuracy_sql, accuracy_params = self._evaluation_score(ACCURACY_EVALUATION)
+        rows = self._read(
+            "SELECT b, COUNT(*), AVG(reward_score), COUNT(reward_score), AVG(acc), COUNT(acc) "
+            f"FROM (SELECT started_ns / CAST(%s AS BIGINT) AS b, reward_score, {accuracy_sql} "
+            "AS acc FROM sessions WHERE learning_key = %s AND started_ns IS NOT NULL) t "
+            "GROUP BY b ORDER BY b",
+            (width, *accuracy_params, learning_key),
+        )
+        series = [
+            {
+                "start_ns": int(b) * width,
+                "sessions": int(n),
+                "mean_reward": reward,
+                "rewarded": int(rewarded),
+                "accuracy": accuracy,
+                "judged": int(judged),
+            }
+            for b, n, reward, rewarded, accuracy, judged in rows
+        ]
+        lanes = [
+            {"start_ns": int(b) * width, "lane": lane, "sessions": int(n)}
+            for b, lane, n in self._read(
+                "SELECT started_ns / CAST(%s AS BIGINT) AS b, COALESCE(lane, '-'), COUNT(*) "
+                "FROM sessions WHERE learning_key = %s AND started_ns IS NOT NULL "
+                "GROUP BY b, COALESCE(lane, '-') ORDER BY b",
+                (width, learning_key),
+            )
+        ]
+        return width, series, lanes
+
+    @abc.abstractmethod
+    def _evaluation_score(self, name: str) -> tuple[str, list[Any]]:
+        """SQL (and its parameters) for the score of evaluation ``name`` of a session row."""
+
+    def training_runs_for(self, learning_key: str) -> list[dict[str, Any]]:
+        """The training runs that used sessions of ``learning_key``, each with ``key_sessions``,
+        how many of its sessions were of that key."""
+        used = dict(
+            self._read(
+                "SELECT t.run_id, COUNT(*) FROM training_run_sessions t "
+                "JOIN sessions s ON s.trace_id = t.trace_id WHERE s.learning_key = %s "
+                "GROUP BY t.run_id",
+                (learning_key,),
+            )
+        )
+        runs = [run for run in self.training_runs() if run["run_id"] in used]
+        for run in runs:
+            run["key_sessions"] = int(used[run["run_id"]])
+        return runs
 
     def count_spans(self) -> int:
         return self._read("SELECT COUNT(*) FROM spans")[0][0]
 
-    def drift_alerts(self, learning_key: str | None = None) -> list[dict[str, Any]]:
+    def drift_alerts(
+        self, learning_key: str | None = None, *, trace_id: str | None = None
+    ) -> list[dict[str, Any]]:
         # The filter is built here, not as "%s IS NULL OR ...": Postgres cannot type a bare
         # parameter in "$1 IS NULL" and rejects the query.
-        where, params = "", ()
-        if learning_key is not None:
-            where, params = "WHERE learning_key = %s", (learning_key,)
+        clauses, params = [], []
+        for column, value in (("learning_key", learning_key), ("trace_id", trace_id)):
+            if value is not None:
+                clauses.append(f"{column} = %s")
+                params.append(value)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         rows = self._read(
             "SELECT trace_id, learning_key, reward, z, mad_z, baseline, created_ns "
             f"FROM drift_alerts {where} ORDER BY created_ns",
@@ -632,6 +1048,11 @@ class Store(abc.ABC):
 
 
 _SESSION_SELECT = ", ".join(SESSION_FIELDS)
+
+
+def _like_literal(text: str) -> str:
+    """``text`` for a LIKE pattern with ESCAPE '\\': its ``%`` and ``_`` match themselves."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 SPAN_COLUMNS = (

@@ -72,6 +72,8 @@ class PostgresStore(Store):
     _json_merge = "sessions.evaluations || excluded.evaluations"
     _lock_rows = " ORDER BY trace_id FOR UPDATE"
     _drift_alert = "(drift->>'alert')::boolean"
+    _ilike = "ILIKE"
+    _lock_joined_sessions = " FOR UPDATE OF s"
 
     def __init__(
         self,
@@ -170,6 +172,9 @@ class PostgresStore(Store):
     def _in_list(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
         # One array parameter: a placeholder per value stops at 65,535 values per statement.
         return f"{column} = ANY(%s::text[])", [list(values)]
+
+    def _evaluation_score(self, name: str) -> tuple[str, list[Any]]:
+        return "(evaluations -> %s::text ->> 'score')::float8", [name]
 
     def _run_returning(
         self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]

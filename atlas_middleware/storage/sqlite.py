@@ -99,6 +99,9 @@ class SQLiteStore(Store):
         # bound parameters (32,766 in a stock build, 999 before 3.32).
         return f"{column} IN (SELECT value FROM json_each(%s))", [json_dumps(list(values))]
 
+    def _evaluation_score(self, name: str) -> tuple[str, list[Any]]:
+        return "json_extract(evaluations, %s)", ['$."' + name.replace('"', "") + '".score']
+
     def health(self) -> None:
         # A connection of its own: the store's connection is held for as long as a write waits
         # on another process's lock (up to its busy timeout), and a health check must not queue

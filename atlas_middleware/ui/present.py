@@ -268,6 +268,13 @@ def token_split(session: Session, spans: list[SpanRecord]) -> TokenSplit:
     return split
 
 
+def _weight(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _int(value: Any) -> int:
     try:
         return int(value)
@@ -321,6 +328,8 @@ def rewards(session: Session) -> Rewards:
                     principles=[p for p in j.get("principles") or [] if isinstance(p, Mapping)],
                 )
             )
+    # Heaviest first; Postgres's JSONB does not keep the payload's key order.
+    judges.sort(key=lambda j: (-_weight(j.weight), j.name))
     prefix = s.PRIMARY_EVALUATION + "."
     if not judges:  # no payload (another producer, or content capture off): the per-judge events
         for name, e in sorted(evaluations.items()):

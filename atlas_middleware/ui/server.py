@@ -42,7 +42,11 @@ MAX_FORM_BYTES = 1 << 20
 TOKEN_ENV = "ATLAS_UI_TOKEN"
 CSRF_COOKIE = "atlas_csrf"
 REVIEWER_COOKIE = "atlas_reviewer"
-_STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+_STATIC_TYPES = {
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 _SECURITY_HEADERS = (
     (
         "Content-Security-Policy",
@@ -288,6 +292,8 @@ class UIApp:
                 raise HTTPError(421, "this server answers only requests addressed to localhost")
             if request.path.startswith("/static/"):
                 return self._static(request.path[len("/static/") :])
+            if request.path == "/favicon.ico":
+                return self._static("favicon.svg")
             public = request.path == "/login"
             if not public and not self._authenticated(request):
                 if request.method == "GET" and "Authorization" not in request.headers:

@@ -42,11 +42,15 @@ PROBLEMS = [
 ]
 
 
+EVAL_RUN = "20261203-101500-a1b2c3"
+
+
 @dataclass
 class Seeded:
     ids: dict[str, str] = field(default_factory=dict)  # role in the test -> trace id
     all_ids: list[str] = field(default_factory=list)
     run_dir: Path | None = None
+    report: Path | None = None  # the eval report PNG
 
 
 def _provider() -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -59,6 +63,10 @@ def _provider() -> tuple[TracerProvider, InMemorySpanExporter]:
 def _chat(tracer, model: str, system: str, user: str, reply: str, tokens: tuple[int, int]):
     with tracer.start_as_current_span(s.chat_span_name(model)) as span:
         span.set_attribute(s.GEN_AI_OPERATION_NAME, s.OP_CHAT)
+        # The role every LLM span will carry once issue 12 lands (the page reads it already).
+        span.set_attribute(
+            s.ATLAS_SPAN_ROLE, "teacher" if model.startswith("teacher") else "student"
+        )
         span.set_attribute(s.GEN_AI_REQUEST_MODEL, model)
         span.set_attribute(
             s.GEN_AI_INPUT_MESSAGES,
@@ -218,7 +226,13 @@ def _move(record: SpanRecord, start_ns: int, duration_ns: int) -> None:
 
 
 def seed_store(
-    store: Store, *, now_ns: int, days: int = 10, per_day: int = 6, run_dir: Path | None = None
+    store: Store,
+    *,
+    now_ns: int,
+    days: int = 10,
+    per_day: int = 6,
+    run_dir: Path | None = None,
+    reports_dir: Path | None = None,
 ) -> Seeded:
     """Sessions of two agents over ``days`` days, plus the ones the tests look for: a session
     whose task is markup, a drift outlier, one without a reward."""
@@ -307,6 +321,24 @@ def seed_store(
         valid=True,
         score=None,
     )
+    if reports_dir is not None:  # an `atlas eval` run: its sessions and its report
+        for k, (task, reference) in enumerate(PROBLEMS[:6]):
+            seeded.all_ids.append(
+                session(
+                    now_ns - (40 - k) * HOUR_NS,
+                    agent="eval/student + teacher",
+                    key=f"eval:{EVAL_RUN}",
+                    task=task,
+                    reference=reference,
+                    answer=f"Answer: {reference if k % 3 else int(reference) + 1}",
+                    lane="coach",
+                    confidence=None,
+                    guidance="Add the amounts; give one number.",
+                    valid=bool(k % 3),
+                    score=0.85 if k % 3 else 0.2,
+                )
+            )
+        seeded.report = _eval_report(reports_dir, rng)
     for records in written:
         store.write_spans(records)
     # A drift outlier, written after the history it is judged against.
@@ -354,6 +386,30 @@ def seed_store(
         seeded.run_dir = run_dir
         _training_run(store, run_dir, seeded.all_ids[: len(seeded.all_ids) // 2])
     return seeded
+
+
+def _eval_report(folder: Path, rng: random.Random) -> Path:
+    """The markdown table and PNG ``atlas eval`` writes, from its own report code."""
+    from atlas_middleware.evaluate import (
+        STUDENT_ALONE,
+        WITH_TEACHER,
+        WITH_TRAINED,
+        EvalReport,
+        TaskOutcome,
+        summarise,
+    )
+
+    conditions = [STUDENT_ALONE, WITH_TEACHER, WITH_TRAINED]
+    odds = {STUDENT_ALONE: 0.3, WITH_TEACHER: 0.45, WITH_TRAINED: 0.6}
+    outcomes = [
+        TaskOutcome(f"t{i}", c, "42", rng.random() < odds[c], True, None, 1.0)
+        for c in conditions
+        for i in range(40)
+    ]
+    report = EvalReport(EVAL_RUN, outcomes, summarise(outcomes, conditions))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"eval-{EVAL_RUN}.md").write_text(report.markdown())
+    return report.plot(folder / f"eval-{EVAL_RUN}.png")
 
 
 def _training_run(store: Store, run_dir: Path, trace_ids: list[str]) -> None:

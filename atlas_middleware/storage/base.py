@@ -530,8 +530,8 @@ class Store(abc.ABC):
             size = page_size if remaining is None else min(page_size, remaining)
             keyset, page_params = "", list(params)
             if after is not None:
-                keyset = f" AND (COALESCE(started_ns, 0), trace_id) {cmp} (%s, %s)"
-                page_params.extend(after)
+                keyset, keyset_params = _keyset(cmp, after)
+                page_params.extend(keyset_params)
             rows = self._read(
                 f"SELECT {_SESSION_SELECT}, COALESCE(started_ns, 0) FROM sessions "
                 f"WHERE {clause}{keyset} "
@@ -844,8 +844,8 @@ class Store(abc.ABC):
         clause, params = self._where(where)
         keyset = ""
         if cursor is not None:
-            keyset = f" AND (COALESCE(started_ns, 0), trace_id) {'>' if newer else '<'} (%s, %s)"
-            params = [*params, *cursor]
+            keyset, keyset_params = _keyset(">" if newer else "<", cursor)
+            params = [*params, *keyset_params]
         order = "ASC" if newer else "DESC"
         rows = self._read(
             f"SELECT {_SESSION_SELECT} FROM sessions WHERE {clause}{keyset} "
@@ -1048,6 +1048,17 @@ class Store(abc.ABC):
 
 
 _SESSION_SELECT = ", ".join(SESSION_FIELDS)
+
+
+def _keyset(cmp: str, after: tuple[int, str]) -> tuple[str, list[Any]]:
+    """SQL for "after ``after`` in (start, trace id) order". The scalar bound repeats what the
+    row comparison implies: SQLite seeks an index only on it (a row comparison alone makes it
+    scan from the first entry, so every page would cost as much as all before it)."""
+    return (
+        f" AND COALESCE(started_ns, 0) {cmp}= %s AND (COALESCE(started_ns, 0), trace_id) {cmp} "
+        "(%s, %s)",
+        [after[0], *after],
+    )
 
 
 def _like_literal(text: str) -> str:

@@ -367,6 +367,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
     timeout = 30  # a client that stops sending does not hold its thread forever
 
+    head = False  # a HEAD request: answered as GET, without the body
+
     def _serve(self) -> None:
         app = self.server.app
         body = b""
@@ -379,9 +381,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._write(Response(413, b"request too large", "text/plain; charset=utf-8"), [])
                 return
             body = self.rfile.read(length)
-        request = Request(
-            self.command, self.path, self.headers, body, client=self.client_address[0]
-        )
+        method = "GET" if self.head else self.command
+        request = Request(method, self.path, self.headers, body, client=self.client_address[0])
         response = app.handle(request)
         self._write(response, request.set_cookies)
 
@@ -397,10 +398,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if isinstance(response.body, bytes):
             self.send_header("Content-Length", str(len(response.body)))
             self.end_headers()
-            if self.command != "HEAD":
+            if not self.head:
                 self.wfile.write(response.body)
             return
         self.end_headers()  # streamed: HTTP/1.0, the end of the body is the end of the connection
+        if self.head:
+            return
         for chunk in response.body:
             self.wfile.write(chunk)
 
@@ -411,7 +414,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._serve()
 
     def do_HEAD(self) -> None:
-        self.command = "GET"
+        self.head = True
         self._serve()
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -86,6 +86,9 @@ def test_pages_render_filter_and_escape_user_content(seeded):
         ):
             assert web.get(path).status_code == 404, path
         assert web.get("/sessions/0123456789abcdef0123456789abcdef").status_code == 404
+        head = web.head("/sessions")
+        assert head.status_code == 200 and head.content == b""
+        assert int(head.headers["content-length"]) > 1000
 
 
 def test_pagination_walks_every_session_once(seeded):

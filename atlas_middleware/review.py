@@ -159,11 +159,12 @@ def review_pending(
 
     outcome = ReviewOutcome(status, {}, 0, dry_run)
     skip_drift = status == "approved" and not include_drift
-    for session in store.iter_sessions(dataclasses.replace(where, review_status="pending")):
-        if skip_drift and session.drift and session.drift.get("alert"):
+    pending = dataclasses.replace(where, review_status="pending")
+    for trace_id, status_before, flagged in store.iter_review_states(pending):
+        if skip_drift and flagged:
             outcome.skipped_drift += 1
         else:
-            outcome.targets[session.trace_id] = session.review_status
+            outcome.targets[trace_id] = status_before
     if not dry_run and outcome.targets:
         detail = {
             "filter": {

@@ -546,6 +546,27 @@ class Store(abc.ABC):
             if remaining is not None:
                 remaining -= len(rows)
 
+    def iter_review_states(
+        self, where: SessionFilter | None = None, *, page_size: int = 5000
+    ) -> Iterator[tuple[str, str, bool]]:
+        """(trace id, review status, has a drift alert) of the sessions matching ``where``, in
+        start order: what a bulk review decides on, without reading whole rows."""
+        clause, params = self._where(where)
+        alert = f"CASE WHEN drift IS NOT NULL AND {self._drift_alert} THEN 1 ELSE 0 END"
+        after: tuple[int, str] | None = None
+        while True:
+            keyset, keyset_params = ("", []) if after is None else _keyset(">", after)
+            rows = self._read(
+                f"SELECT trace_id, review_status, {alert}, COALESCE(started_ns, 0) FROM sessions "
+                f"WHERE {clause}{keyset} ORDER BY COALESCE(started_ns, 0), trace_id LIMIT %s",
+                (*params, *keyset_params, page_size),
+            )
+            for trace_id, status, flagged, _ in rows:
+                yield trace_id, status, bool(flagged)
+            if len(rows) < page_size:
+                return
+            after = (rows[-1][3], rows[-1][0])
+
     def get_session(self, key: str) -> Session | None:
         """By trace id, session id, or a unique prefix of either."""
         # Exact matches first: with "job-1", "job-10" and "job-11" stored, "job-1" is not a

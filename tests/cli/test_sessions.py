@@ -96,6 +96,20 @@ def test_approve_and_quarantine_by_id(seed):
     assert store.get_session(c).review_note == "leaks the answer"  # no --note: note kept
 
 
+def test_cli_reviews_are_in_the_review_log(seed):
+    a, b = seed(2)
+    seed.cli("sessions", "quarantine", a, "--note", "odd", env={"ATLAS_REVIEWER": "dana"})
+    seed.cli("sessions", "approve", "--all-pending", env={"ATLAS_REVIEWER": "eli"})
+    seed.cli("sessions", "approve", "--all-pending", "--dry-run")  # a dry run logs nothing
+    log = seed.store.review_log()
+    assert [(x.actor, x.source, x.action, x.sessions, x.note) for x in log] == [
+        ("eli", "cli", "approved", 1, None),
+        ("dana", "cli", "quarantined", 1, "odd"),
+    ]
+    assert log[0].detail == {"filter": {}, "include_drift": False, "skipped_drift": 0}
+    assert [x.previous_status for x in seed.store.review_log(trace_id=b)] == ["pending"]
+
+
 def test_drift_is_listed_and_skipped_by_bulk_approve(seed):
     steady = [seed(1, learning_key="steady", score=s)[0] for s in (0.8, 0.82, 0.78, 0.81, 0.79)]
     steady += seed(1, learning_key="steady", score=0.8)

@@ -266,3 +266,14 @@ def test_training_runs_drift_alerts_and_facets_by_key(store):
     outlier = _write(store, 20, 0.0, start_ns=BASE_NS + 20 * HOUR_NS)
     assert [x["trace_id"] for x in store.drift_alerts(trace_id=outlier)] == [outlier]
     assert store.drift_alerts(trace_id=a) == []
+
+
+def test_review_states_page_through_every_match_in_start_order(store):
+    ids = [_write(store, i, 0.9, start_ns=BASE_NS + i * HOUR_NS) for i in range(1, 8)]
+    store.set_review(ids[:2], "approved", actor="x")
+    states = list(store.iter_review_states(page_size=3))
+    assert [t for t, _, _ in states] == ids
+    assert [status for _, status, _ in states] == ["approved"] * 2 + ["pending"] * 5
+    assert not any(flagged for _, _, flagged in states)
+    pending = list(store.iter_review_states(SessionFilter(review_status="pending"), page_size=2))
+    assert [t for t, _, _ in pending] == ids[2:]

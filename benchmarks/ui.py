@@ -23,7 +23,6 @@ import secrets
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,13 +34,13 @@ from rich.progress import Progress
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atlas_middleware.storage import SpanEvent, SpanRecord, open_store
 from atlas_middleware.telemetry import schema as s
-from atlas_middleware.ui import UISettings, make_server
 from benchmarks._report import (
     markdown_table,
     postgres_version,
     print_table,
     write_section,
 )
+from tests.ui.conftest import serving
 
 ADMIN_URL = os.environ.get("ATLAS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 DAY_NS = 86_400 * 1_000_000_000
@@ -162,20 +161,6 @@ def pages(n: int, now_ns: int) -> list[tuple[str, str]]:
 
 def session_cursor_text(started_ns: int, trace_id: str) -> str:
     return f"{started_ns}.{trace_id}"
-
-
-@contextlib.contextmanager
-def serving(url: str) -> Iterator[str]:
-    store = open_store(url)
-    server = make_server(UISettings(store_url=url, port=0), store)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.url
-    finally:
-        server.shutdown()
-        server.server_close()
-        store.close()
 
 
 @contextlib.contextmanager

@@ -290,11 +290,7 @@ def _span_tree(trace_id: str, spans: list[SpanRecord]):
     from rich.text import Text
     from rich.tree import Tree
 
-    ids = {s.span_id for s in spans}
-    children: dict[str | None, list[SpanRecord]] = {}
-    for span in spans:  # already in start order
-        parent = span.parent_span_id if span.parent_span_id in ids else None
-        children.setdefault(parent, []).append(span)
+    from atlas_middleware.storage.records import span_tree
 
     def label(span: SpanRecord) -> Text:
         text = Text(span.name, style="bold" if span.parent_span_id is None else "")
@@ -305,15 +301,10 @@ def _span_tree(trace_id: str, spans: list[SpanRecord]):
         return text
 
     tree = Tree(Text(f"trace {trace_id}", style="dim"))
-    stack = [(tree, s) for s in reversed(children.get(None, []))]
-    seen: set[str] = set()
-    while stack:  # iterative: a deep or cyclic parent chain cannot blow the recursion limit
-        node, span = stack.pop()
-        if span.span_id in seen:
-            continue
-        seen.add(span.span_id)
-        branch = node.add(label(span))
-        stack.extend((branch, c) for c in reversed(children.get(span.span_id, [])))
+    branches = [tree]  # branches[d]: the node new spans of depth d hang under
+    for span, depth in span_tree(spans):
+        del branches[depth + 1 :]
+        branches.append(branches[depth].add(label(span)))
     return tree
 
 

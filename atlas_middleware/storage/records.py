@@ -240,6 +240,28 @@ def derive_session_updates(records: Iterable[SpanRecord]) -> dict[str, SessionUp
     return updates
 
 
+def span_tree(spans: Iterable[SpanRecord]) -> list[tuple[SpanRecord, int]]:
+    """Spans in tree order with their depth: each after its parent, siblings by start time. A
+    span whose parent is not among them is a root; spans that only point at each other (a cycle)
+    are left out; a deep chain cannot exhaust the recursion limit."""
+    ordered = sorted(spans, key=lambda sp: (sp.start_ns, sp.span_id))
+    ids = {sp.span_id for sp in ordered}
+    children: dict[str | None, list[SpanRecord]] = {}
+    for sp in ordered:
+        children.setdefault(sp.parent_span_id if sp.parent_span_id in ids else None, []).append(sp)
+    found: list[tuple[SpanRecord, int]] = []
+    stack = [(sp, 0) for sp in reversed(children.get(None, []))]
+    seen: set[str] = set()
+    while stack:
+        span, depth = stack.pop()
+        if span.span_id in seen:
+            continue
+        seen.add(span.span_id)
+        found.append((span, depth))
+        stack.extend((c, depth + 1) for c in reversed(children.get(span.span_id, [])))
+    return found
+
+
 def reward_score(evaluations: Mapping[str, Mapping[str, Any]]) -> float | None:
     """The session's reward: the primary (RIM) evaluation when present, else the mean of all."""
     primary = evaluations.get(s.PRIMARY_EVALUATION)

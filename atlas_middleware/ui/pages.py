@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from atlas_middleware.cli.common import format_duration, format_time
 from atlas_middleware.storage import SessionFilter
 from atlas_middleware.storage.base import REVIEW_STATUSES, session_cursor
 from atlas_middleware.telemetry import schema as s
@@ -47,8 +48,8 @@ ACTION_LABELS = {
 
 def install_filters(env: jinja2.Environment) -> None:
     env.filters.update(
-        time=present.format_time,
-        duration=present.format_duration,
+        time=format_time,
+        duration=format_duration,
         score=present.format_score,
         short=lambda trace_id: (trace_id or "")[:12],
         truncate_text=_truncate,

@@ -5,14 +5,15 @@ Nothing here guesses: a value the store does not hold is shown as not recorded."
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from atlas_middleware.cli.common import format_duration
 from atlas_middleware.storage import Session, SpanRecord
+from atlas_middleware.storage.records import span_tree
 from atlas_middleware.telemetry import schema as s
 
 # Span roles (atlas.span.role) of the teacher's calls, of the student's, and of judges. Roles
@@ -24,25 +25,6 @@ STUDENT_ROLES = frozenset({"student"})
 JUDGE_ROLES = frozenset({"judge", "reward", "verifier"})
 _LLM_OPERATIONS = frozenset({s.OP_CHAT, s.OP_TEXT_COMPLETION})
 MAX_VALUE_CHARS = 20_000
-
-
-def format_time(ns: int | None, *, seconds: bool = True) -> str:
-    if not ns:
-        return "-"
-    when = dt.datetime.fromtimestamp(ns / 1e9).astimezone()
-    return when.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
-
-
-def format_duration(ns: int | None) -> str:
-    if ns is None or ns < 0:
-        return "-"
-    if ns < 1_000_000:
-        return f"{ns / 1000:.0f} µs"
-    if ns < 1_000_000_000:
-        return f"{ns / 1e6:.1f} ms"
-    if ns < 120 * 1_000_000_000:
-        return f"{ns / 1e9:.2f} s"
-    return f"{ns / 6e10:.1f} min"
 
 
 def format_score(value: Any) -> str:
@@ -169,19 +151,8 @@ def waterfall(spans: list[SpanRecord]) -> list[SpanRow]:
     t0 = min(sp.start_ns for sp in spans)
     t1 = max(max(sp.end_ns, sp.start_ns) for sp in spans)
     total = max(1, t1 - t0)
-    ids = {sp.span_id for sp in spans}
-    children: dict[str | None, list[SpanRecord]] = {}
-    for sp in sorted(spans, key=lambda x: (x.start_ns, x.span_id)):
-        parent = sp.parent_span_id if sp.parent_span_id in ids else None
-        children.setdefault(parent, []).append(sp)
     rows: list[SpanRow] = []
-    stack = [(sp, 0) for sp in reversed(children.get(None, []))]
-    seen: set[str] = set()
-    while stack:  # iterative: a deep or cyclic parent chain cannot exhaust the recursion limit
-        span, depth = stack.pop()
-        if span.span_id in seen:
-            continue
-        seen.add(span.span_id)
+    for span, depth in span_tree(spans):
         rows.append(
             SpanRow(
                 span=span,
@@ -203,7 +174,6 @@ def waterfall(spans: list[SpanRecord]) -> list[SpanRow]:
                 job=teacher_job(span),
             )
         )
-        stack.extend((c, depth + 1) for c in reversed(children.get(span.span_id, [])))
     return rows
 
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
 import os
 import random
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -35,7 +38,7 @@ from atlas_middleware.portal import get_portal
 from atlas_middleware.prompts import DEFAULT_PROMPTS, TeacherPrompts
 from atlas_middleware.rim.judges import reference_match
 from atlas_middleware.teacher import Teacher, Verdict
-from atlas_middleware.telemetry import get_tracer
+from atlas_middleware.telemetry import get_tracer, usage
 from atlas_middleware.telemetry import schema as s
 from atlas_middleware.telemetry.usage import session_usage
 
@@ -105,6 +108,17 @@ class _Ask:  # ask the teacher; the driver returns its result or a Failed
     step: str
     make: Callable[[], Awaitable[Any]]
 
+    def __post_init__(self) -> None:
+        # Whatever drives the step (a supervisor's driver, an integration's), the model calls
+        # it makes are the teacher's, marked so on their spans and in the session's tokens.
+        make, step = self.make, self.step
+
+        async def as_teacher() -> Any:
+            with usage.acting(s.ROLE_TEACHER, step):
+                return await make()
+
+        self.make = as_teacher
+
 
 @dataclass
 class _Invoke:  # run the agent with this guidance in context
@@ -117,6 +131,54 @@ class _Outcome:
     answer: str
     session: SpanContext
     call: _Call
+
+
+@dataclass(frozen=True, slots=True)
+class SessionHandle:
+    """One supervised session: what :func:`atlas_middleware.feedback` needs to attach a score
+    to it later, and the key of its row in the store (``atlas sessions show <session_id>``)."""
+
+    session_id: str
+    trace_id: str  # 32 hex digits: the session's trace
+    span_id: str  # 16 hex digits: its root span
+    agent: str
+
+
+_active: contextvars.ContextVar[SessionHandle | None] = contextvars.ContextVar(
+    "atlas_session", default=None
+)
+_last: contextvars.ContextVar[SessionHandle | None] = contextvars.ContextVar(
+    "atlas_last_session", default=None
+)
+# Recent sessions of this process by session id, so feedback given by id needs no store lookup.
+_recent: OrderedDict[str, SessionHandle] = OrderedDict()
+_RECENT_SESSIONS = 10_000
+_recent_lock = threading.Lock()
+
+
+def current_session() -> SessionHandle | None:
+    """The supervised session this code runs in (inside a supervised function, a node, a tool
+    of a supervised agent run), or None outside any."""
+    return _active.get()
+
+
+def last_session() -> SessionHandle | None:
+    """The session that the last supervised call made from here (this thread or task) ran as:
+    read it right after the call returns to keep its id for feedback."""
+    return _last.get()
+
+
+def recent_session(session_id: str) -> SessionHandle | None:
+    with _recent_lock:
+        return _recent.get(session_id)
+
+
+def _remember(handle: SessionHandle) -> None:
+    with _recent_lock:
+        _recent[handle.session_id] = handle
+        _recent.move_to_end(handle.session_id)
+        while len(_recent) > _RECENT_SESSIONS:
+            _recent.popitem(last=False)
 
 
 _logged: set[str] = set()
@@ -250,7 +312,8 @@ class Supervisor:
                 learning_key=o.learning_key or o.agent,
                 parent=call.parent,
             ) as root,
-            session_usage(lambda used: s.set_usage(root, used.input_tokens, used.output_tokens)),
+            session_usage(lambda used: root.set_attributes(used.attributes())),
+            _activated(root, call, o.agent),
         ):
             if call.reference is not None:
                 # Kept with the session so training can score guidance against it later.
@@ -281,6 +344,10 @@ class Supervisor:
                 if value is None:
                     value = yield _Ask("probe", lambda: teacher.probe(call.task, lessons))
                 if failed(value) or value is None:
+                    # No confidence is recorded rather than a guessed one: "unparsed" when the
+                    # reply had no confidence field, "failed" when the call itself failed.
+                    status = s.PROBE_UNPARSED if value is None else s.PROBE_FAILED
+                    root.set_attribute(s.ATLAS_PROBE_STATUS, status)
                     if value is None:
                         failures.append("probe: no confidence in the teacher's reply")
                     lane = forced or o.fallback_lane
@@ -386,33 +453,36 @@ class Supervisor:
                 verifier = reference_match
             # The judges' model calls join the session's trace (under its root, which has ended:
             # OpenTelemetry allows that), not traces of their own.
+            # The judges' and the lesson's model calls join the session's trace too.
             token = otel_context.attach(
                 trace.set_span_in_context(trace.NonRecordingSpan(outcome.session))
             )
             try:
-                result = await reward.evaluate(
-                    call.task, outcome.answer, call.reference, verifier=verifier
-                )
+                with usage.acting(s.ROLE_JUDGE):
+                    result = await reward.evaluate(
+                        call.task, outcome.answer, call.reference, verifier=verifier
+                    )
+                from atlas_middleware.rim import record
+
+                record(result, outcome.session)
+                if result.score is None or self.teacher is None:
+                    return
+                # Learning memory: account the lessons this session was shown, and let a
+                # clearly good or bad session teach a new one.
+                key = o.learning_key or o.agent
+                playbook = self._playbook(key)
+                playbook.record(call.lessons, result.score)
+                with usage.acting(s.ROLE_TEACHER, "lesson"):
+                    await playbook.learn(
+                        self.teacher.model,
+                        task=call.task,
+                        answer=outcome.answer,
+                        reward=result.score,
+                        trace_id=format(outcome.session.trace_id, "032x"),
+                    )
+                self._lessons.pop(key, None)
             finally:
                 otel_context.detach(token)
-            from atlas_middleware.rim import record
-
-            record(result, outcome.session)
-            if result.score is None or self.teacher is None:
-                return
-            # Learning memory: account the lessons this session was shown, and let a clearly
-            # good or bad session teach a new one.
-            key = o.learning_key or o.agent
-            playbook = self._playbook(key)
-            playbook.record(call.lessons, result.score)
-            await playbook.learn(
-                self.teacher.model,
-                task=call.task,
-                answer=outcome.answer,
-                reward=result.score,
-                trace_id=format(outcome.session.trace_id, "032x"),
-            )
-            self._lessons.pop(key, None)
 
         return judge
 
@@ -446,6 +516,7 @@ class Supervisor:
                             send = fn(*args, **kwargs)
                     except Exception as exc:
                         throw = exc
+                    usage.settle()  # usage reported late (litellm) joins this session
         job = self._reward_job(outcome)
         if job is not None:
             if options.reward_inline:
@@ -489,6 +560,7 @@ class Supervisor:
                             send = await fn(*args, **kwargs)
                     except Exception as exc:
                         throw = exc
+                    await usage.asettle()
         job = self._reward_job(outcome)
         if job is not None:
             if options.reward_inline:
@@ -499,6 +571,25 @@ class Supervisor:
             else:
                 get_portal().background(job, what="reward")
         return outcome.result
+
+
+@contextlib.contextmanager
+def _activated(root: Any, call: _Call, agent: str) -> Generator[SessionHandle, None, None]:
+    """The session as :func:`current_session` while it runs and :func:`last_session` after."""
+    context = root.get_span_context()
+    handle = SessionHandle(
+        call.session_id, format(context.trace_id, "032x"), format(context.span_id, "016x"), agent
+    )
+    _remember(handle)
+    token = _active.set(handle)
+    try:
+        yield handle
+    finally:
+        # A stream abandoned mid-run may be closed from another context (by the GC): the
+        # session still ends, only the variable cannot be reset there.
+        with contextlib.suppress(ValueError):
+            _active.reset(token)
+        _last.set(handle)
 
 
 def threshold_lane(confidence: float, options: SupervisionOptions) -> str:

@@ -168,16 +168,18 @@ def last_session() -> SessionHandle | None:
     return _last.get()
 
 
-def recent_session(session_id: str) -> SessionHandle | None:
+def recent_session(key: str) -> SessionHandle | None:
+    """A session this process ran recently, by session id or trace id."""
     with _recent_lock:
-        return _recent.get(session_id)
+        return _recent.get(key)
 
 
 def _remember(handle: SessionHandle) -> None:
     with _recent_lock:
-        _recent[handle.session_id] = handle
-        _recent.move_to_end(handle.session_id)
-        while len(_recent) > _RECENT_SESSIONS:
+        for key in (handle.session_id, handle.trace_id):
+            _recent[key] = handle
+            _recent.move_to_end(key)
+        while len(_recent) > 2 * _RECENT_SESSIONS:
             _recent.popitem(last=False)
 
 
@@ -715,7 +717,6 @@ def _build_supervisor(
     signature: inspect.Signature | None,
     prompts: Any = None,
 ) -> Supervisor:
-    from atlas_middleware import telemetry
     from atlas_middleware.config import AtlasConfig
     from atlas_middleware.prompts import as_prompts
 
@@ -734,23 +735,7 @@ def _build_supervisor(
         "reward_inline": rim.mode == "inline",
     }
     options = SupervisionOptions(agent=agent, **{**defaults, **explicit})
-    if not telemetry.is_configured():
-        s.set_capture_content(cfg.telemetry.capture_content)
-        exporter = cfg.telemetry.exporter
-        store: Any = cfg.storage.url
-        if exporter in (None, "atlas") and os.environ.get("OTEL_TRACES_EXPORTER") is None:
-            from atlas_middleware.storage import open_store
-
-            # The store that derives sessions applies the config's drift policy.
-            store = open_store(cfg.storage.url, drift_policy=cfg.review.policy())
-        telemetry.ensure_configured(
-            exporter=exporter,
-            service_name=cfg.telemetry.service_name,
-            store=store,
-            retry_queue_spans=cfg.telemetry.retry_queue_spans,
-            spool_dir=cfg.telemetry.spool_dir,
-            spool_max_mb=cfg.telemetry.spool_max_mb,
-        )
+    configure_telemetry(cfg)
     teacher_model = _resolve_model(teacher) if teacher is not None else _model(cfg.teacher)
     judge: Any = None
     if reward is not False:
@@ -772,6 +757,31 @@ def _build_supervisor(
         teacher_temperature=cfg.teacher.temperature,
         store_url=cfg.storage.url,
         prompts=as_prompts(prompts if prompts is not None else cfg.teacher.prompts),
+    )
+
+
+def configure_telemetry(cfg: Any) -> None:
+    """Set up atlas's tracing from an AtlasConfig, unless it already is (see
+    :func:`atlas_middleware.telemetry.ensure_configured`)."""
+    from atlas_middleware import telemetry
+
+    if telemetry.is_configured():
+        return
+    s.set_capture_content(cfg.telemetry.capture_content)
+    exporter = cfg.telemetry.exporter
+    store: Any = cfg.storage.url
+    if exporter in (None, "atlas") and os.environ.get("OTEL_TRACES_EXPORTER") is None:
+        from atlas_middleware.storage import open_store
+
+        # The store that derives sessions applies the config's drift policy.
+        store = open_store(cfg.storage.url, drift_policy=cfg.review.policy())
+    telemetry.ensure_configured(
+        exporter=exporter,
+        service_name=cfg.telemetry.service_name,
+        store=store,
+        retry_queue_spans=cfg.telemetry.retry_queue_spans,
+        spool_dir=cfg.telemetry.spool_dir,
+        spool_max_mb=cfg.telemetry.spool_max_mb,
     )
 
 

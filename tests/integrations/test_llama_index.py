@@ -9,7 +9,6 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import orjson
 import pytest
 from atlas_middleware.integrations import llama_index as li
 from llama_index.core.base.llms.types import (
@@ -39,6 +38,7 @@ from atlas_middleware.models import ModelError, ScriptedModel
 from atlas_middleware.rim import RIMReward
 from atlas_middleware.storage import open_store
 from atlas_middleware.telemetry import schema as s
+from tests.helpers import plain_messages
 
 GUIDANCE = "Add the tens first, then the ones."
 
@@ -194,7 +194,7 @@ def test_supervised_run_retries_with_guidance_in_the_llm_input_and_lands_in_the_
     assert len(chats) == 2  # achat → chat on one LLM is one span
     thinks = {x.span_id for x in steps if x.name == "step think"}
     assert all(parent_of(c) in thinks for c in chats)
-    inputs = [orjson.loads(c.attributes[s.GEN_AI_INPUT_MESSAGES]) for c in chats]
+    inputs = [plain_messages(c.attributes[s.GEN_AI_INPUT_MESSAGES]) for c in chats]
     assert sum(any(GUIDANCE in m["content"] for m in msgs) for msgs in inputs) == 1
     assert all(c.attributes[s.GEN_AI_USAGE_INPUT_TOKENS] == 11 for c in chats)
     assert by_name(spans, "evaluate atlas.rim")
@@ -349,7 +349,7 @@ def test_instrument_alone_traces_a_plain_workflow_as_its_own_session(store_url):
     [chat] = by_name(spans, "chat scripted-llm")
     assert parent_of(chat) == step_span.span_id
     assert chat.attributes[s.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
-    assert orjson.loads(chat.attributes[s.GEN_AI_OUTPUT_MESSAGES]) == [
+    assert plain_messages(chat.attributes[s.GEN_AI_OUTPUT_MESSAGES]) == [
         {"role": "assistant", "content": "42"}
     ]
 

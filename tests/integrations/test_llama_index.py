@@ -354,17 +354,26 @@ def test_instrument_alone_traces_a_plain_workflow_as_its_own_session(store_url):
     ]
 
 
-def test_guidance_wrappers_pass_through_outside_supervised_runs_and_uninstrument_removes_them():
+def test_instrument_changes_no_call_and_guidance_wrappers_take_every_call_shape():
+    """Finding 1: ``instrument()`` broke ``llm.chat(messages=[...])`` for everyone. Tracing
+    patches nothing; the wrappers supervision installs pass calls through untouched."""
     li.instrument()
     llm = ScriptedLLM(respond=lambda messages: "ok")
+    assert not getattr(ScriptedLLM.__dict__["chat"], "_atlas_guided", False)
     messages = [ChatMessage(role="user", content="hi")]
+    llm.chat(messages=messages)  # keyword call: a TypeError before
+    li.supervise_workflow(Solve(llm=llm, timeout=10), agent="x", teacher=ScriptedModel(["0.9"]))
+    assert getattr(ScriptedLLM.__dict__["chat"], "_atlas_guided", False)
+    llm.chat(messages=messages)
     llm.chat(messages)
     with atlas.use_guidance(GUIDANCE):
+        llm.chat(messages=messages)
         llm.chat(messages)
-        llm.complete("hi")
-    assert [guided(call) for call in llm.calls] == [False, True]
+        assert llm.complete(prompt="hi").text == "ok"
+    assert [guided(call) for call in llm.calls] == [False, False, False, True, True]
     assert len(messages) == 1  # the caller's list is never changed
     li.uninstrument()
+    assert not getattr(ScriptedLLM.__dict__["chat"], "_atlas_guided", False)
     with atlas.use_guidance(GUIDANCE):
         llm.chat(messages)
     assert not guided(llm.calls[-1])

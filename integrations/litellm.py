@@ -168,7 +168,7 @@ class AtlasLiteLLMCallback(CustomLogger):
         attributes = genai.llm_attributes(
             model=model,
             provider=str(provider),
-            messages=_messages(kwargs.get("messages")),
+            messages=genai.openai_messages(kwargs.get("messages") or []),
             content=content,
         )
         attributes.update(entry.role)  # whose call it was, where it was made
@@ -209,28 +209,6 @@ class _Call:
         self.pending = pending
 
 
-def _messages(raw: Any) -> list[dict[str, Any]] | None:
-    """OpenAI-shaped request messages in the plain shape atlas's span helpers take."""
-    if not isinstance(raw, list):
-        return None
-    out = []
-    for message in raw:
-        if not isinstance(message, dict):
-            continue
-        entry = {k: message.get(k) for k in ("role", "content", "tool_call_id", "name")}
-        calls = message.get("tool_calls") or []
-        entry["tool_calls"] = [_call(c) for c in calls]
-        out.append(entry)
-    return out
-
-
-def _call(call: Any) -> dict[str, Any]:
-    get = call.get if isinstance(call, dict) else lambda k, d=None: getattr(call, k, d)
-    function = get("function") or {}
-    fget = function.get if isinstance(function, dict) else lambda k, d=None: getattr(function, k, d)
-    return {"id": get("id"), "name": fget("name"), "arguments": fget("arguments")}
-
-
 def _response(span: otel_trace.Span, response: Any, content: bool) -> tuple[int | None, int | None]:
     """Fill the span from a ModelResponse; returns its (input, output) tokens when reported."""
     reported = getattr(response, "usage", None)
@@ -248,7 +226,7 @@ def _response(span: otel_trace.Span, response: Any, content: bool) -> tuple[int 
         response_model=getattr(response, "model", None),
         response_id=getattr(response, "id", None),
         text=getattr(message, "content", None) if message is not None else None,
-        tool_calls=[_call(c) for c in getattr(message, "tool_calls", None) or []],
+        tool_calls=[genai.openai_tool_call(c) for c in getattr(message, "tool_calls", None) or []],
         finish=getattr(choices[0], "finish_reason", None) if choices else None,
         content=content,
         has_output=message is not None,

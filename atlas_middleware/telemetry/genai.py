@@ -95,6 +95,58 @@ def message_text(message: Any) -> str:
     return text_of(message.get("content"))
 
 
+def _get(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
+
+
+def openai_tool_call(call: Any) -> dict[str, Any]:
+    """An OpenAI tool call (a dict or the client's object) as ``{"id", "name", "arguments"}``."""
+    function = _get(call, "function")
+    if function is None:  # a Responses API function_call item
+        return {
+            "id": _get(call, "call_id") or _get(call, "id"),
+            "name": _get(call, "name"),
+            "arguments": _get(call, "arguments"),
+        }
+    return {
+        "id": _get(call, "id"),
+        "name": _get(function, "name"),
+        "arguments": _get(function, "arguments"),
+    }
+
+
+def openai_messages(raw: Any) -> list[dict[str, Any]]:
+    """OpenAI-shaped messages in the plain shape these helpers take: Chat Completions messages
+    (``tool_calls``, ``role: tool``) and Responses API input/output items (``message``,
+    ``function_call``, ``function_call_output``), as dicts or the client's objects."""
+    if isinstance(raw, str):
+        return [{"role": "user", "content": raw}]
+    out: list[dict[str, Any]] = []
+    for item in raw if isinstance(raw, Iterable) else ():
+        if hasattr(item, "model_dump"):
+            item = item.model_dump(mode="json", exclude_none=True)
+        if not isinstance(item, Mapping):
+            continue
+        kind = item.get("type")
+        if kind == "function_call":
+            out.append({"role": "assistant", "content": "", "tool_calls": [openai_tool_call(item)]})
+        elif kind == "function_call_output":
+            out.append(
+                {"role": "tool", "tool_call_id": item.get("call_id"), "content": item.get("output")}
+            )
+        elif "role" in item:
+            out.append(
+                {
+                    "role": item.get("role"),
+                    "content": item.get("content"),
+                    "name": item.get("name"),
+                    "tool_call_id": item.get("tool_call_id"),
+                    "tool_calls": [openai_tool_call(c) for c in item.get("tool_calls") or ()],
+                }
+            )
+    return out
+
+
 def _parts(message: Mapping[str, Any]) -> list[dict[str, Any]]:
     role = role_of(message.get("role"))
     parts: list[dict[str, Any]] = []

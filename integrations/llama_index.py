@@ -271,6 +271,7 @@ class _Span(BaseSpan):
     alias: bool = False  # a nested call on the same LLM/tool: shares the outer span
     streaming: bool = False  # ends when the stream's end event arrives
     has_input: bool = False
+    counted: bool = False  # its tokens are in the session's tally
 
 
 def _label(id_: str) -> str:
@@ -467,6 +468,7 @@ class _SpanHandler(BaseSpanHandler[_Span]):
                 attributes[s.ATLAS_STEP_INPUT_EVENT] = event
         else:
             name = label
+            attributes = genai.framework_attributes("call")  # another instrumented call
         if (
             parent is not None
             and kind in ("llm", "tool")
@@ -582,13 +584,18 @@ class _EventHandler(BaseEventHandler):
         if span is None or span.kind == "atlas":
             return  # an atlas model counts and traces its own calls
         ended = isinstance(event, LLMChatEndEvent | LLMCompletionEndEvent)
-        if ended and span.kind == "llm" and not span.alias and event.response is not None:
-            # The student's model call, in this session's tokens (unknown if it reported none).
-            response = event.response
-            model = _response_model(response)
-            if model is None and span.otel is not None:
-                model = (getattr(span.otel, "attributes", None) or {}).get(s.GEN_AI_REQUEST_MODEL)
-            usage.count(*_usage(response), model)
+        if ended and span.kind == "llm" and event.response is not None:
+            # The student's model call, in this session's tokens (unknown if it reported none);
+            # once per call, whichever of its nested methods reports first.
+            owner = self._owner(span)
+            if not owner.counted:
+                owner.counted = True
+                response = event.response
+                model = _response_model(response)
+                if model is None and span.otel is not None:
+                    attributes = getattr(span.otel, "attributes", None) or {}
+                    model = attributes.get(s.GEN_AI_REQUEST_MODEL)
+                usage.count(*_usage(response), model)
         if span.otel is None or not span.otel.is_recording():
             return
         otel = span.otel
@@ -626,6 +633,15 @@ class _EventHandler(BaseEventHandler):
             self._finish_stream(span)
         else:
             otel.add_event(event.class_name())
+
+    def _owner(self, span: _Span) -> _Span:
+        """The outermost span of a model call (nested calls on one LLM are its aliases)."""
+        while span.alias:
+            parent = self.spans.lookup(span.parent_id)
+            if parent is None or parent.kind != span.kind:
+                break
+            span = parent
+        return span
 
     def _finish_stream(self, span: _Span) -> None:
         target = span

@@ -128,7 +128,9 @@ def openai_messages(raw: Any) -> list[dict[str, Any]]:
         if not isinstance(item, Mapping):
             continue
         kind = item.get("type")
-        if kind == "function_call":
+        if item.get("object") == "response" and isinstance(item.get("output"), list):
+            out.extend(openai_messages(item["output"]))  # a whole Responses API response
+        elif kind == "function_call":
             out.append({"role": "assistant", "content": "", "tool_calls": [openai_tool_call(item)]})
         elif kind == "function_call_output":
             out.append(

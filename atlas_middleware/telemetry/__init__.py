@@ -188,8 +188,9 @@ class _Attached(SpanProcessor):
     register()``, Langfuse, an APM agent installed it first). It takes atlas's spans and the
     spans of other instrumentations that belong to an atlas session's trace (an OpenInference
     instrumentor's model calls inside a supervised run), not the application's other traffic;
-    those session spans get ``atlas.span.role`` too. Shutting it down leaves the application's
-    provider running."""
+    in atlas's copy, those session spans carry ``atlas.span.role`` too (the application's
+    pipeline gets them as their instrumentation made them). Shutting it down leaves the
+    application's provider running."""
 
     _REMEMBERED = 10_000
 
@@ -198,6 +199,9 @@ class _Attached(SpanProcessor):
         self.active = True
         self._traces: dict[int, None] = {}  # trace ids of atlas sessions, oldest first
         self._traces_lock = threading.Lock()
+        # Other instrumentations' spans in a session: whose call each one is, as seen where it
+        # started (instrumentors such as OpenInference's set their attributes only at the end).
+        self._roles: dict[int, dict[str, str]] = {}
 
     def _ours(self, span: Any) -> bool:
         scope = getattr(span, "instrumentation_scope", None)
@@ -214,14 +218,25 @@ class _Attached(SpanProcessor):
                     while len(self._traces) > self._REMEMBERED:
                         del self._traces[next(iter(self._traces))]
         elif trace_id in self._traces:
-            _enrich(span)
+            from atlas_middleware.telemetry import usage
+
+            with self._traces_lock:
+                self._roles[span.get_span_context().span_id] = usage.role_attributes()
+                while len(self._roles) > self._REMEMBERED:
+                    del self._roles[next(iter(self._roles))]
         else:
             return
         self.inner.on_start(span, parent_context)
 
     def on_end(self, span: Any) -> None:
-        if self.active and (self._ours(span) or span.context.trace_id in self._traces):
+        if not self.active:
+            return
+        if self._ours(span):
             self.inner.on_end(span)
+        elif span.context.trace_id in self._traces:
+            with self._traces_lock:
+                role = self._roles.pop(span.context.span_id, None)
+            self.inner.on_end(_with_role(span, role))
 
     def shutdown(self) -> None:
         self.active = False
@@ -231,23 +246,37 @@ class _Attached(SpanProcessor):
         return self.inner.force_flush(timeout_millis)
 
 
-def _enrich(span: Any) -> None:
-    """``atlas.span.role`` on another instrumentation's span inside a session, from its
-    OpenInference kind (model calls: whose call it is, as atlas's own spans say)."""
-    attributes = getattr(span, "attributes", None) or {}
+def _with_role(span: Any, caller: dict[str, str] | None) -> Any:
+    """Another instrumentation's ended span inside a session, with ``atlas.span.role`` from
+    its OpenInference kind (a model call: whose call it was where it started)."""
+    attributes = dict(span.attributes or {})
     if s.ATLAS_SPAN_ROLE in attributes:
-        return
+        return span
     kind = attributes.get(s.OPENINFERENCE_SPAN_KIND)
     if kind == s.OI_KIND_LLM:
-        from atlas_middleware.telemetry import usage
-
-        span.set_attributes(usage.role_attributes())
+        attributes.update(caller or {s.ATLAS_SPAN_ROLE: s.ROLE_STUDENT})
     elif kind == s.OI_KIND_TOOL:
-        span.set_attribute(s.ATLAS_SPAN_ROLE, s.ROLE_TOOL)
+        attributes[s.ATLAS_SPAN_ROLE] = s.ROLE_TOOL
     elif kind == s.OI_KIND_AGENT:
-        span.set_attribute(s.ATLAS_SPAN_ROLE, s.ROLE_AGENT)
-    elif kind is not None:
-        span.set_attribute(s.ATLAS_SPAN_ROLE, s.ROLE_FRAMEWORK)
+        attributes[s.ATLAS_SPAN_ROLE] = s.ROLE_AGENT
+    else:
+        attributes[s.ATLAS_SPAN_ROLE] = s.ROLE_FRAMEWORK
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes,
+        events=span.events,
+        links=span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
 
 
 def attach(provider: TracerProvider, **options: Any) -> TracerProvider:

@@ -20,7 +20,9 @@ from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 
 import atlas_middleware as atlas
+from atlas_middleware import telemetry
 from atlas_middleware.models import ScriptedModel
+from atlas_middleware.storage import open_store
 from atlas_middleware.telemetry import get_tracer
 from atlas_middleware.telemetry import schema as s
 from tests.helpers import plain_messages
@@ -322,3 +324,53 @@ def test_a_supervised_chain_on_the_real_model_through_chat_openai(model_server, 
     assert received[0]["role"] == "system" and GUIDANCE in received[0]["content"]
     [evaluation] = [x for x in spans if x.name == "evaluate atlas.rim"]
     assert by_id[evaluation.parent_span_id] is root
+
+
+# --- beside OpenInference's instrumentor (Phoenix users) ---------------------------------------
+def test_beside_openinference_each_model_call_is_traced_once_and_still_counted(sqlite_url):
+    """Finding 3's other half: with OpenInference's LangChain instrumentor on the application's
+    provider, atlas makes no second span per step; the session still gets its row, the student's
+    tokens and a role on OpenInference's model-call span."""
+    from langchain_openai import ChatOpenAI
+    from openinference.instrumentation.langchain import LangChainInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from tests.integrations.scripted_openai import ScriptedOpenAI
+
+    phoenix = InMemorySpanExporter()  # what the application's own backend receives
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(phoenix))
+    openinference = LangChainInstrumentor()
+    openinference.instrument(tracer_provider=provider)
+    try:
+        telemetry.attach(provider, exporter="atlas", store=sqlite_url, batch=False)
+        lc.instrument()
+        with ScriptedOpenAI(lambda body: "42") as server:
+            llm = ChatOpenAI(base_url=server.url, api_key="none", model="scripted-gpt")
+
+            @atlas.supervise(agent="calc", teacher=ScriptedModel(replies=["0.95"]), reward=False)
+            def solve(question: str) -> str:
+                return chain(llm).invoke({"question": question})
+
+            assert solve("12 + 30?") == "42"
+        telemetry.shutdown()
+    finally:
+        openinference.uninstrument()
+        lc.uninstrument()
+    llm_spans = [
+        x
+        for x in phoenix.get_finished_spans()
+        if x.attributes.get(s.OPENINFERENCE_SPAN_KIND) == s.OI_KIND_LLM
+        and x.attributes.get(s.ATLAS_SPAN_ROLE) != s.ROLE_TEACHER
+    ]
+    assert len(llm_spans) == 1  # OpenInference's; atlas added none of its own
+    assert llm_spans[0].instrumentation_scope.name.startswith("openinference")
+    with open_store(sqlite_url) as store:
+        [session] = list(store.iter_sessions())
+        spans = store.spans_for([session.trace_id])[session.trace_id]
+    [student] = [x for x in spans if x.attributes.get(s.ATLAS_SPAN_ROLE) == s.ROLE_STUDENT]
+    assert student.span_id == format(llm_spans[0].context.span_id, "016x")
+    assert session.final_answer == "42" and session.student_input_tokens
+    assert session.student_input_tokens == student.attributes["llm.token_count.prompt"]

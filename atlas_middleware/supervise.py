@@ -151,6 +151,7 @@ _last: contextvars.ContextVar[SessionHandle | None] = contextvars.ContextVar(
     "atlas_last_session", default=None
 )
 # Recent sessions of this process by session id, so feedback given by id needs no store lookup.
+_last_in_thread = threading.local()
 _recent: OrderedDict[str, SessionHandle] = OrderedDict()
 _RECENT_SESSIONS = 10_000
 _recent_lock = threading.Lock()
@@ -163,9 +164,11 @@ def current_session() -> SessionHandle | None:
 
 
 def last_session() -> SessionHandle | None:
-    """The session that the last supervised call made from here (this thread or task) ran as:
-    read it right after the call returns to keep its id for feedback."""
-    return _last.get()
+    """The session that the last supervised call made from here ran as: read it right after
+    the call returns to keep its id for feedback. "Here" is this task or thread's context; when
+    no call was made from it, the last session this thread ran (so a script's
+    ``asyncio.run(solve(task))`` followed by ``last_session()`` works too)."""
+    return _last.get() or getattr(_last_in_thread, "handle", None)
 
 
 def recent_session(key: str) -> SessionHandle | None:
@@ -592,6 +595,7 @@ def _activated(root: Any, call: _Call, agent: str) -> Generator[SessionHandle, N
         with contextlib.suppress(ValueError):
             _active.reset(token)
         _last.set(handle)
+        _last_in_thread.handle = handle
 
 
 def threshold_lane(confidence: float, options: SupervisionOptions) -> str:

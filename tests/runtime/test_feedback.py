@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -73,6 +74,18 @@ def test_the_session_is_reachable_inside_and_after_the_call(private_store):
 
     answer, after = asyncio.run(main())
     assert answer == after != inside.session_id
+    # A script's asyncio.run(...) runs the call in a task of its own: still its last session.
+    seen: list = []
+
+    def script() -> None:
+        answer = asyncio.run(asolve("once more"))
+        seen.append((answer, atlas.last_session()))
+
+    thread = threading.Thread(target=script)
+    thread.start()
+    thread.join()
+    [(direct, handle)] = seen
+    assert handle.session_id == direct not in (after, inside.session_id)
 
 
 def test_feedback_by_handle_session_id_and_trace_id_is_stored_like_a_reward(store_url, monkeypatch):

@@ -182,6 +182,9 @@ def check_session(store_url: str, handle: atlas.SessionHandle, answer: str | Non
             assert f"{s.OI_LLM_OUTPUT_MESSAGES}.0.{s.OI_MESSAGE_ROLE}" in a
         if s.GEN_AI_USAGE_INPUT_TOKENS in a:
             assert a[s.OI_LLM_TOKEN_COUNT_PROMPT] == a[s.GEN_AI_USAGE_INPUT_TOKENS]
+    for span in spans:
+        if span.attributes.get(s.GEN_AI_OPERATION_NAME) in s.SESSION_OPERATIONS:  # agents
+            assert span.attributes[s.OPENINFERENCE_SPAN_KIND] == s.OI_KIND_AGENT
     for tool in (
         x for x in spans if x.attributes.get(s.GEN_AI_OPERATION_NAME) == s.OP_EXECUTE_TOOL
     ):
@@ -232,6 +235,13 @@ def run_shape(shape: str, endpoint: Endpoint, store_url: str, pipeline: str) -> 
 
 def _check(shape: str, endpoint: Endpoint, store_url: str, outcome: Outcome) -> None:
     assert outcome.runs, "the shape ran nothing"
+    # Every stored span belongs to a session's trace: no stray one-span traces (the teacher's
+    # lesson calls used to make those).
+    with open_store(store_url) as store:
+        rows = list(store.iter_sessions())
+        assert len(rows) == len(outcome.runs)
+        in_sessions = sum(len(v) for v in store.spans_for([r.trace_id for r in rows]).values())
+        assert store.count_spans() == in_sessions
     for answer, handle, error in outcome.runs:
         assert handle is not None, "no session handle for the run"
         if endpoint.scripted:

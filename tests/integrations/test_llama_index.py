@@ -588,3 +588,19 @@ def test_an_atlas_model_as_the_llm_records_one_chat_span_under_its_step(memory):
     [think] = by_name(spans, "step think")
     assert chat.parent.span_id == think.context.span_id
     assert chat.attributes[s.GEN_AI_USAGE_INPUT_TOKENS] > 0
+
+
+def test_an_agents_answer_is_the_text_of_its_final_message():
+    """Finding 2: a FunctionAgent's AgentOutput was stored as the whole event in JSON (raw stream
+    chunk, tool output and all), so a reference matched text the user never saw."""
+    from llama_index.core.agent.workflow import AgentOutput
+    from llama_index.core.tools import ToolSelection
+
+    output = AgentOutput(
+        response=ChatMessage(role="assistant", content="The sum is 43."),
+        current_agent_name="calc",
+        raw={"choices": [{"delta": {"content": "The sum is 43."}}], "note": "42"},
+        tool_calls=[ToolSelection(tool_id="1", tool_name="add", tool_kwargs={"a": 40, "b": 2})],
+    )
+    assert li._answer(output) == "The sum is 43." == str(output)
+    assert li._answer(StopEvent(result=output)) == "The sum is 43."

@@ -133,7 +133,7 @@ class _Outcome:
     call: _Call
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SessionHandle:
     """One supervised session: what :func:`atlas_middleware.feedback` needs to attach a score
     to it later, and the key of its row in the store (``atlas sessions show <session_id>``)."""
@@ -174,15 +174,16 @@ def last_session() -> SessionHandle | None:
 def recent_session(key: str) -> SessionHandle | None:
     """A session this process ran recently, by session id or trace id."""
     with _recent_lock:
-        return _recent.get(key)
+        found = _recent.get(key)
+        if found is None and len(key) == 32:  # rare (feedback by trace id): a scan will do
+            found = next((h for h in _recent.values() if h.trace_id == key), None)
+        return found
 
 
 def _remember(handle: SessionHandle) -> None:
     with _recent_lock:
-        for key in (handle.session_id, handle.trace_id):
-            _recent[key] = handle
-            _recent.move_to_end(key)
-        while len(_recent) > 2 * _RECENT_SESSIONS:
+        _recent[handle.session_id] = handle
+        if len(_recent) > _RECENT_SESSIONS:
             _recent.popitem(last=False)
 
 
@@ -578,24 +579,32 @@ class Supervisor:
         return outcome.result
 
 
-@contextlib.contextmanager
-def _activated(root: Any, call: _Call, agent: str) -> Generator[SessionHandle, None, None]:
+class _activated:
     """The session as :func:`current_session` while it runs and :func:`last_session` after."""
-    context = root.get_span_context()
-    handle = SessionHandle(
-        call.session_id, format(context.trace_id, "032x"), format(context.span_id, "016x"), agent
-    )
-    _remember(handle)
-    token = _active.set(handle)
-    try:
-        yield handle
-    finally:
+
+    __slots__ = ("handle", "token")
+
+    def __init__(self, root: Any, call: _Call, agent: str) -> None:
+        context = root.get_span_context()
+        self.handle = SessionHandle(
+            call.session_id,
+            format(context.trace_id, "032x"),
+            format(context.span_id, "016x"),
+            agent,
+        )
+
+    def __enter__(self) -> SessionHandle:
+        _remember(self.handle)
+        self.token = _active.set(self.handle)
+        return self.handle
+
+    def __exit__(self, *exc: object) -> None:
         # A stream abandoned mid-run may be closed from another context (by the GC): the
         # session still ends, only the variable cannot be reset there.
         with contextlib.suppress(ValueError):
-            _active.reset(token)
-        _last.set(handle)
-        _last_in_thread.handle = handle
+            _active.reset(self.token)
+        _last.set(self.handle)
+        _last_in_thread.handle = self.handle
 
 
 def threshold_lane(confidence: float, options: SupervisionOptions) -> str:

@@ -228,6 +228,8 @@ def _give_up(tally: SessionUsage | None) -> None:
 def settle(timeout: float = SETTLE_TIMEOUT_S) -> None:
     """Wait (briefly) for this session's late usage reports, from synchronous code."""
     tally = _current.get()
+    if tally is None or not tally._pending:
+        return
     deadline = time.monotonic() + timeout
     while _waiting(tally) and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -237,6 +239,8 @@ def settle(timeout: float = SETTLE_TIMEOUT_S) -> None:
 async def asettle(timeout: float = SETTLE_TIMEOUT_S) -> None:
     """:func:`settle` for async code: reports from the running loop's tasks can arrive."""
     tally = _current.get()
+    if tally is None or not tally._pending:
+        return
     deadline = time.monotonic() + timeout
     while _waiting(tally) and time.monotonic() < deadline:
         await asyncio.sleep(0.005)

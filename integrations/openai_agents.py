@@ -547,18 +547,7 @@ def _finish(span: otel_trace.Span, data: Any, content: bool) -> None:
             span.set_attributes(genai.input_attributes(genai.openai_messages(data.input)))
         tokens: tuple[int | None, int | None] = (None, None)
         if response is not None:
-            tokens = _tokens(response.usage)
-            text, calls = _output(response.output)
-            genai.set_llm_response(
-                span,
-                input_tokens=tokens[0],
-                output_tokens=tokens[1],
-                response_model=model,
-                response_id=response.id,
-                text=text,
-                tool_calls=calls,
-                content=content,
-            )
+            tokens = _answered(span, response, response.id, model, content)
         usage.count(*tokens, model)
     elif kind == "function":
         if content and data.input is not None:
@@ -593,6 +582,26 @@ def _tokens(reported: Any) -> tuple[int | None, int | None]:
     if not input_tokens and not output_tokens:
         return None, None
     return input_tokens, output_tokens
+
+
+def _answered(
+    span: otel_trace.Span, response: Any, response_id: Any, model: str | None, content: bool
+) -> tuple[int | None, int | None]:
+    """Fill a model-call span from a Responses API response or a ModelResponse (``output``
+    items and ``usage``); returns its tokens (None when unreported)."""
+    tokens = _tokens(response.usage)
+    text, calls = _output(response.output)
+    genai.set_llm_response(
+        span,
+        input_tokens=tokens[0],
+        output_tokens=tokens[1],
+        response_model=model,
+        response_id=response_id,
+        text=text,
+        tool_calls=calls,
+        content=content,
+    )
+    return tokens
 
 
 def _output(items: Any) -> tuple[str, list[dict[str, Any]]]:
@@ -682,16 +691,7 @@ class _AtlasHooks(agents.RunHooks):  # type: ignore[misc]
     async def on_llm_end(self, context: Any, agent: Any, response: Any) -> None:
         span = self._llm.pop(id(agent), None)
         if span is not None:
-            tokens = _tokens(response.usage)
-            text, calls = _output(response.output)
-            genai.set_llm_response(
-                span,
-                input_tokens=tokens[0],
-                output_tokens=tokens[1],
-                response_id=response.response_id,
-                text=text,
-                tool_calls=calls,
-            )
+            tokens = _answered(span, response, response.response_id, None, s.capture_content())
             span.end()
             usage.count(*tokens, _model_name(agent))
         await self._forward("on_llm_end", context, agent, response)

@@ -31,6 +31,21 @@ ADD = {
 }
 USER = [{"role": "user", "content": "What is 12 + 30?"}]
 CALL = '<tool_call>[{"name": "add", "arguments": {"a": 12, "b": 30}}]</tool_call>'
+# The model called add(12, 30) and the tool answered 42: the turns an agent sends back.
+TOOL_TURN = [
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "add", "arguments": '{"a": 12, "b": 30}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+]
 
 
 async def _ask(url: str, *, stream: bool = False, **options):
@@ -95,18 +110,7 @@ def test_tool_results_are_accepted_and_rendered_as_tool_responses():
     history = [
         {"role": "system", "content": "You are a calculator."},
         *USER,
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "call_1",
-                    "type": "function",
-                    "function": {"name": "add", "arguments": '{"a": 12, "b": 30}'},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+        *TOOL_TURN,
     ]
     response = _run(model, messages=history, tools=[ADD])
     assert response.choices[0].message.content == "The answer is 42."
@@ -199,21 +203,7 @@ def test_the_embedded_model_answers_a_tool_request_either_way(model_server: str)
             first = await client.chat.completions.create(
                 model=name, messages=USER, tools=[ADD], max_tokens=48, temperature=0
             )
-            history = [
-                *USER,
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": "call_1",
-                            "type": "function",
-                            "function": {"name": "add", "arguments": '{"a": 12, "b": 30}'},
-                        }
-                    ],
-                },
-                {"role": "tool", "tool_call_id": "call_1", "content": "42"},
-            ]
+            history = [*USER, *TOOL_TURN]
             second = await client.chat.completions.create(
                 model=name, messages=history, tools=[ADD], max_tokens=16, temperature=0
             )

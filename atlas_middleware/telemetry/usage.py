@@ -140,7 +140,8 @@ def session_usage(
         yield tally
     finally:
         _current.reset(token)
-        _give_up(tally)  # calls still unreported now are unknown, not free
+        if tally._pending:
+            _give_up(tally)  # calls still unreported now are unknown, not free
         if on_end is not None and tally.calls:
             on_end(tally)
 

@@ -150,8 +150,8 @@ _active: contextvars.ContextVar[SessionHandle | None] = contextvars.ContextVar(
 _last: contextvars.ContextVar[SessionHandle | None] = contextvars.ContextVar(
     "atlas_last_session", default=None
 )
-# Recent sessions of this process by session id, so feedback given by id needs no store lookup.
 _last_in_thread = threading.local()
+# Recent sessions of this process by session id, so feedback given by id needs no store lookup.
 _recent: OrderedDict[str, SessionHandle] = OrderedDict()
 _RECENT_SESSIONS = 10_000
 _recent_lock = threading.Lock()
@@ -457,9 +457,8 @@ class Supervisor:
             verifier = o.verifier
             if verifier is None and call.reference is not None:
                 verifier = reference_match
-            # The judges' model calls join the session's trace (under its root, which has ended:
-            # OpenTelemetry allows that), not traces of their own.
-            # The judges' and the lesson's model calls join the session's trace too.
+            # The judges' and the lesson's model calls join the session's trace (under its root,
+            # which has ended: OpenTelemetry allows that), not traces of their own.
             token = otel_context.attach(
                 trace.set_span_in_context(trace.NonRecordingSpan(outcome.session))
             )

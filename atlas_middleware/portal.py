@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import concurrent.futures.thread  # its exit hook must be registered before ours
+import contextlib
 import contextvars
 import logging
 import threading
@@ -37,6 +39,8 @@ class Portal:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pending: set[concurrent.futures.Future[Any]] = set()
+        self._what: dict[concurrent.futures.Future[Any], str] = {}
+        self.closed = False  # the process is exiting: no new background jobs
 
     def _ensure(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
@@ -80,7 +84,16 @@ class Portal:
             raise TimeoutError(f"no result within {timeout:g}s") from None
 
     def background(self, make: Callable[[], Awaitable[Any]], *, what: str) -> bool:
-        """Queue a job off the request path; False (and counted) when the queue is full."""
+        """Queue a job off the request path; False (and counted) when the queue is full, or
+        when the process is already exiting (then it could not finish: said, not failed)."""
+        if self.closed:
+            self.stats.dropped += 1
+            log.warning(
+                "atlas: a %s scheduled while the process exits was dropped (its model calls "
+                "cannot run any more); call atlas.shutdown() before exiting",
+                what,
+            )
+            return False
         # Start the loop before taking the lock: _ensure() takes it too (not re-entrant), so an
         # async-only program whose first portal use is a background reward would deadlock.
         self._ensure()
@@ -95,12 +108,14 @@ class Portal:
             self.stats.submitted += 1
             future = self._submit(make)
             self._pending.add(future)
+            self._what[future] = what
         future.add_done_callback(lambda f: self._done(f, what))
         return True
 
     def _done(self, future: concurrent.futures.Future[Any], what: str) -> None:
         with self._lock:
             self._pending.discard(future)
+            self._what.pop(future, None)
         if future.cancelled():
             self.stats.failed += 1
         elif future.exception() is not None:
@@ -129,6 +144,31 @@ class Portal:
         _, not_done = concurrent.futures.wait(pending, timeout=timeout)
         return not not_done
 
+    def finish(self, timeout: float, *, why: str) -> int:
+        """Wait up to ``timeout`` for the background jobs, then cancel what is left and say
+        what was dropped (one warning: how many of which kind); returns that number."""
+        if self.drain(timeout):
+            return 0
+        with self._lock:
+            left = [f for f in self._pending if not f.done()]
+            kinds: dict[str, int] = {}
+            for future in left:
+                kind = self._what.get(future, "job")
+                kinds[kind] = kinds.get(kind, 0) + 1
+        cancelled = sum(1 for future in left if future.cancel())
+        what = ", ".join(f"{n} {kind}{'s' if n > 1 else ''}" for kind, n in sorted(kinds.items()))
+        log.warning(
+            "atlas: %s: %s still pending after %.3g s %s dropped (cancelled); "
+            "sessions keep their spans but not these results",
+            why,
+            what,
+            timeout,
+            "were" if len(left) > 1 else "was",
+        )
+        if cancelled:
+            self.drain(2.0)  # let cancelled jobs unwind (local generations stop at a token)
+        return len(left)
+
 
 _portal: Portal | None = None
 _portal_lock = threading.Lock()
@@ -140,15 +180,23 @@ def get_portal() -> Portal:
         with _portal_lock:
             if _portal is None:
                 _portal = Portal()
+                # Pending rewards finish while the interpreter still runs thread pools: the
+                # threading exit hooks run before concurrent.futures refuses new work (its own
+                # hook, registered earlier, runs after ours), and before atexit handlers.
+                register = getattr(threading, "_register_atexit", None)
+                if register is not None:
+                    with contextlib.suppress(RuntimeError):  # already exiting
+                        register(_at_exit)
                 atexit.register(_at_exit)
     return _portal
 
 
 def _at_exit() -> None:
     portal = _portal
+    if portal is None or portal.closed:
+        return
+    portal.closed = True
     # Bounded: process exit must not hang on a slow judge. What is left is cancelled, which also
     # stops queued local-model generations (their worker threads are joined at exit).
-    if portal is not None and portal.pending and not portal.drain(5.0):
-        cancelled = portal.cancel_pending()
-        log.warning("atlas: %d background jobs unfinished at exit were cancelled", cancelled)
-        portal.drain(2.0)
+    if portal.pending:
+        portal.finish(5.0, why="at exit")

@@ -31,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 PROBE_SYSTEM = (
     "You judge whether a student AI will solve a task correctly without help. "
-    "Reply with one number between 0 and 1: your confidence that it will."
+    "Answer with one line in exactly this form:\n"
+    "Confidence: <a number between 0 and 1>"
 )
 GUIDANCE_SYSTEM = (
     "You are a teacher. Give the student brief, concrete guidance for the task: the method to "

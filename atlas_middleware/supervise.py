@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
 import os
 import random
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -35,7 +38,7 @@ from atlas_middleware.portal import get_portal
 from atlas_middleware.prompts import DEFAULT_PROMPTS, TeacherPrompts
 from atlas_middleware.rim.judges import reference_match
 from atlas_middleware.teacher import Teacher, Verdict
-from atlas_middleware.telemetry import get_tracer
+from atlas_middleware.telemetry import get_tracer, usage
 from atlas_middleware.telemetry import schema as s
 from atlas_middleware.telemetry.usage import session_usage
 
@@ -105,6 +108,17 @@ class _Ask:  # ask the teacher; the driver returns its result or a Failed
     step: str
     make: Callable[[], Awaitable[Any]]
 
+    def __post_init__(self) -> None:
+        # Whatever drives the step (a supervisor's driver, an integration's), the model calls
+        # it makes are the teacher's, marked so on their spans and in the session's tokens.
+        make, step = self.make, self.step
+
+        async def as_teacher() -> Any:
+            with usage.acting(s.ROLE_TEACHER, step):
+                return await make()
+
+        self.make = as_teacher
+
 
 @dataclass
 class _Invoke:  # run the agent with this guidance in context
@@ -117,6 +131,60 @@ class _Outcome:
     answer: str
     session: SpanContext
     call: _Call
+
+
+@dataclass(slots=True)
+class SessionHandle:
+    """One supervised session: what :func:`atlas_middleware.feedback` needs to attach a score
+    to it later, and the key of its row in the store (``atlas sessions show <session_id>``)."""
+
+    session_id: str
+    trace_id: str  # 32 hex digits: the session's trace
+    span_id: str  # 16 hex digits: its root span
+    agent: str
+
+
+_active: contextvars.ContextVar[SessionHandle | None] = contextvars.ContextVar(
+    "atlas_session", default=None
+)
+_last: contextvars.ContextVar[SessionHandle | None] = contextvars.ContextVar(
+    "atlas_last_session", default=None
+)
+_last_in_thread = threading.local()
+# Recent sessions of this process by session id, so feedback given by id needs no store lookup.
+_recent: OrderedDict[str, SessionHandle] = OrderedDict()
+_RECENT_SESSIONS = 10_000
+_recent_lock = threading.Lock()
+
+
+def current_session() -> SessionHandle | None:
+    """The supervised session this code runs in (inside a supervised function, a node, a tool
+    of a supervised agent run), or None outside any."""
+    return _active.get()
+
+
+def last_session() -> SessionHandle | None:
+    """The session that the last supervised call made from here ran as: read it right after
+    the call returns to keep its id for feedback. "Here" is this task or thread's context; when
+    no call was made from it, the last session this thread ran (so a script's
+    ``asyncio.run(solve(task))`` followed by ``last_session()`` works too)."""
+    return _last.get() or getattr(_last_in_thread, "handle", None)
+
+
+def recent_session(key: str) -> SessionHandle | None:
+    """A session this process ran recently, by session id or trace id."""
+    with _recent_lock:
+        found = _recent.get(key)
+        if found is None and len(key) == 32:  # rare (feedback by trace id): a scan will do
+            found = next((h for h in _recent.values() if h.trace_id == key), None)
+        return found
+
+
+def _remember(handle: SessionHandle) -> None:
+    with _recent_lock:
+        _recent[handle.session_id] = handle
+        if len(_recent) > _RECENT_SESSIONS:
+            _recent.popitem(last=False)
 
 
 _logged: set[str] = set()
@@ -250,7 +318,8 @@ class Supervisor:
                 learning_key=o.learning_key or o.agent,
                 parent=call.parent,
             ) as root,
-            session_usage(lambda used: s.set_usage(root, used.input_tokens, used.output_tokens)),
+            session_usage(lambda used: root.set_attributes(used.attributes())),
+            _activated(root, call, o.agent),
         ):
             if call.reference is not None:
                 # Kept with the session so training can score guidance against it later.
@@ -281,6 +350,10 @@ class Supervisor:
                 if value is None:
                     value = yield _Ask("probe", lambda: teacher.probe(call.task, lessons))
                 if failed(value) or value is None:
+                    # No confidence is recorded rather than a guessed one: "unparsed" when the
+                    # reply had no confidence field, "failed" when the call itself failed.
+                    status = s.PROBE_UNPARSED if value is None else s.PROBE_FAILED
+                    root.set_attribute(s.ATLAS_PROBE_STATUS, status)
                     if value is None:
                         failures.append("probe: no confidence in the teacher's reply")
                     lane = forced or o.fallback_lane
@@ -384,35 +457,37 @@ class Supervisor:
             verifier = o.verifier
             if verifier is None and call.reference is not None:
                 verifier = reference_match
-            # The judges' model calls join the session's trace (under its root, which has ended:
-            # OpenTelemetry allows that), not traces of their own.
+            # The judges' and the lesson's model calls join the session's trace (under its root,
+            # which has ended: OpenTelemetry allows that), not traces of their own.
             token = otel_context.attach(
                 trace.set_span_in_context(trace.NonRecordingSpan(outcome.session))
             )
             try:
-                result = await reward.evaluate(
-                    call.task, outcome.answer, call.reference, verifier=verifier
-                )
+                with usage.acting(s.ROLE_JUDGE):
+                    result = await reward.evaluate(
+                        call.task, outcome.answer, call.reference, verifier=verifier
+                    )
+                from atlas_middleware.rim import record
+
+                record(result, outcome.session)
+                if result.score is None or self.teacher is None:
+                    return
+                # Learning memory: account the lessons this session was shown, and let a
+                # clearly good or bad session teach a new one.
+                key = o.learning_key or o.agent
+                playbook = self._playbook(key)
+                playbook.record(call.lessons, result.score)
+                with usage.acting(s.ROLE_TEACHER, "lesson"):
+                    await playbook.learn(
+                        self.teacher.model,
+                        task=call.task,
+                        answer=outcome.answer,
+                        reward=result.score,
+                        trace_id=format(outcome.session.trace_id, "032x"),
+                    )
+                self._lessons.pop(key, None)
             finally:
                 otel_context.detach(token)
-            from atlas_middleware.rim import record
-
-            record(result, outcome.session)
-            if result.score is None or self.teacher is None:
-                return
-            # Learning memory: account the lessons this session was shown, and let a clearly
-            # good or bad session teach a new one.
-            key = o.learning_key or o.agent
-            playbook = self._playbook(key)
-            playbook.record(call.lessons, result.score)
-            await playbook.learn(
-                self.teacher.model,
-                task=call.task,
-                answer=outcome.answer,
-                reward=result.score,
-                trace_id=format(outcome.session.trace_id, "032x"),
-            )
-            self._lessons.pop(key, None)
 
         return judge
 
@@ -446,6 +521,7 @@ class Supervisor:
                             send = fn(*args, **kwargs)
                     except Exception as exc:
                         throw = exc
+                    usage.settle()  # usage reported late (litellm) joins this session
         job = self._reward_job(outcome)
         if job is not None:
             if options.reward_inline:
@@ -489,6 +565,7 @@ class Supervisor:
                             send = await fn(*args, **kwargs)
                     except Exception as exc:
                         throw = exc
+                    await usage.asettle()
         job = self._reward_job(outcome)
         if job is not None:
             if options.reward_inline:
@@ -499,6 +576,34 @@ class Supervisor:
             else:
                 get_portal().background(job, what="reward")
         return outcome.result
+
+
+class _activated:
+    """The session as :func:`current_session` while it runs and :func:`last_session` after."""
+
+    __slots__ = ("handle", "token")
+
+    def __init__(self, root: Any, call: _Call, agent: str) -> None:
+        context = root.get_span_context()
+        self.handle = SessionHandle(
+            call.session_id,
+            format(context.trace_id, "032x"),
+            format(context.span_id, "016x"),
+            agent,
+        )
+
+    def __enter__(self) -> SessionHandle:
+        _remember(self.handle)
+        self.token = _active.set(self.handle)
+        return self.handle
+
+    def __exit__(self, *exc: object) -> None:
+        # A stream abandoned mid-run may be closed from another context (by the GC): the
+        # session still ends, only the variable cannot be reset there.
+        with contextlib.suppress(ValueError):
+            _active.reset(self.token)
+        _last.set(self.handle)
+        _last_in_thread.handle = self.handle
 
 
 def threshold_lane(confidence: float, options: SupervisionOptions) -> str:
@@ -624,7 +729,6 @@ def _build_supervisor(
     signature: inspect.Signature | None,
     prompts: Any = None,
 ) -> Supervisor:
-    from atlas_middleware import telemetry
     from atlas_middleware.config import AtlasConfig
     from atlas_middleware.prompts import as_prompts
 
@@ -643,23 +747,7 @@ def _build_supervisor(
         "reward_inline": rim.mode == "inline",
     }
     options = SupervisionOptions(agent=agent, **{**defaults, **explicit})
-    if not telemetry.is_configured():
-        s.set_capture_content(cfg.telemetry.capture_content)
-        exporter = cfg.telemetry.exporter
-        store: Any = cfg.storage.url
-        if exporter in (None, "atlas") and os.environ.get("OTEL_TRACES_EXPORTER") is None:
-            from atlas_middleware.storage import open_store
-
-            # The store that derives sessions applies the config's drift policy.
-            store = open_store(cfg.storage.url, drift_policy=cfg.review.policy())
-        telemetry.ensure_configured(
-            exporter=exporter,
-            service_name=cfg.telemetry.service_name,
-            store=store,
-            retry_queue_spans=cfg.telemetry.retry_queue_spans,
-            spool_dir=cfg.telemetry.spool_dir,
-            spool_max_mb=cfg.telemetry.spool_max_mb,
-        )
+    configure_telemetry(cfg)
     teacher_model = _resolve_model(teacher) if teacher is not None else _model(cfg.teacher)
     judge: Any = None
     if reward is not False:
@@ -681,6 +769,31 @@ def _build_supervisor(
         teacher_temperature=cfg.teacher.temperature,
         store_url=cfg.storage.url,
         prompts=as_prompts(prompts if prompts is not None else cfg.teacher.prompts),
+    )
+
+
+def configure_telemetry(cfg: Any) -> None:
+    """Set up atlas's tracing from an AtlasConfig, unless it already is (see
+    :func:`atlas_middleware.telemetry.ensure_configured`)."""
+    from atlas_middleware import telemetry
+
+    if telemetry.is_configured():
+        return
+    s.set_capture_content(cfg.telemetry.capture_content)
+    exporter = cfg.telemetry.exporter
+    store: Any = cfg.storage.url
+    if exporter in (None, "atlas") and os.environ.get("OTEL_TRACES_EXPORTER") is None:
+        from atlas_middleware.storage import open_store
+
+        # The store that derives sessions applies the config's drift policy.
+        store = open_store(cfg.storage.url, drift_policy=cfg.review.policy())
+    telemetry.ensure_configured(
+        exporter=exporter,
+        service_name=cfg.telemetry.service_name,
+        store=store,
+        retry_queue_spans=cfg.telemetry.retry_queue_spans,
+        spool_dir=cfg.telemetry.spool_dir,
+        spool_max_mb=cfg.telemetry.spool_max_mb,
     )
 
 

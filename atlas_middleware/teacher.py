@@ -30,7 +30,21 @@ __all__ = [
     "parse_confidence",
 ]
 
-_NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?|\.\d+)\s*(%?)")
+_NUMBER = r"(\d+(?:\.\d+)?|\.\d+)"
+# "Confidence: 0.9", "confidence is 90%", "Confidence = 8/10", "my confidence level: 0.7".
+_LABELLED = re.compile(
+    r"\bconfidence(?:\s+(?:level|score))?\s*(?:is|of|at|[:=\-])?\s*[:=]?\s*\**\s*"
+    + _NUMBER
+    + r"\s*(%|/\s*(?:10|100)\b|out of\s*(?:10|100)\b)?",
+    re.IGNORECASE,
+)
+# {"confidence": 0.9} (a JSON answer, possibly inside other text).
+_JSON = re.compile(r'"confidence"\s*:\s*"?' + _NUMBER + r"\s*(%)?", re.IGNORECASE)
+# The reply is the value of the prompt's own "Confidence:" label: the number alone on its line,
+# or followed by words; never arithmetic ("12 + 30 = 42") or a list item ("1. 3 boxes …").
+_LEADING = re.compile(
+    r"^\s*\**\s*" + _NUMBER + r"\s*(%)?\**\s*(?:[.,;]?\s*(?:\n|$)|[.,;]?\s+[A-Za-z(])"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,15 +54,41 @@ class Verdict:
     source: str  # "reference", "verifier" or "teacher"
 
 
-def parse_confidence(text: str) -> float | None:
-    """The first number in a reply as a confidence in [0, 1] (``85%`` and ``85`` mean 0.85)."""
-    match = _NUMBER.search(text)
-    if match is None:
-        return None
-    value = float(match.group(1))
-    if match.group(2) == "%" or 1 < value <= 100:
+def _scaled(number: str, unit: str | None, *, labelled: bool) -> float | None:
+    value = float(number)
+    unit = (unit or "").replace(" ", "").lower()
+    if unit == "%":
         value /= 100
+    elif unit.endswith("10") and not unit.endswith("100"):
+        value /= 10
+    elif unit.endswith("100"):
+        value /= 100
+    elif value > 1 and labelled and value <= 100:
+        value /= 100  # "Confidence: 85" under the label: a percentage
     return value if 0.0 <= value <= 1.0 else None
+
+
+def parse_confidence(text: str) -> float | None:
+    """The confidence the probe's reply states, in [0, 1], or None when it states none.
+
+    Read from a labelled field (``Confidence: 0.9``, ``confidence is 90%``, ``8/10``), a JSON
+    ``{"confidence": …}``, or a reply that starts with the value (the prompt ends with the
+    ``Confidence:`` label). Any other number in the reply is not a confidence: ``"Step 1:
+    easy"`` or the task's own numbers are never read as one; such replies are "unparsed"."""
+    for pattern in (_JSON, _LABELLED):
+        match = pattern.search(text)
+        if match is not None:
+            return _scaled(match.group(1), match.group(2), labelled=True)
+    match = _LEADING.match(text)
+    if match is not None and not _list_item(match):
+        return _scaled(match.group(1), match.group(2), labelled=False)
+    return None
+
+
+def _list_item(match: re.Match[str]) -> bool:
+    """``1. First, …`` / ``2) …``: a numbered step, not a value."""
+    number, rest = match.group(1), match.string[match.end(1) :]
+    return "." not in number and rest[:1] in (".", ")")
 
 
 def _memory(playbook: Sequence[str]) -> str:

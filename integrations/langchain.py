@@ -35,12 +35,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from atlas_middleware.integrations._base import Instrumentor, openinference_active
 from atlas_middleware.integrations._common import require
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from atlas_middleware.telemetry import get_tracer
+from atlas_middleware.telemetry import genai, get_tracer, usage
 from atlas_middleware.telemetry import schema as s
 
 require("langchain_core", "langchain")
@@ -71,7 +72,7 @@ _ATLAS_PROVIDER = "atlas-middleware"  # ls_provider of AtlasChatModel: it traces
 class _Run:
     span: Span | None  # None: a run that gets no span of its own (hidden, or the graph root)
     context: otel_context.Context  # where this run's children hang
-    chat: bool = False
+    count: bool = False  # a model call whose tokens this handler adds to the session's tally
 
 
 class AtlasCallbackHandler(BaseCallbackHandler):
@@ -116,9 +117,14 @@ class AtlasCallbackHandler(BaseCallbackHandler):
         name: str,
         attributes: Mapping[str, Any],
         *,
-        chat: bool = False,
+        count: bool = False,
         kind: SpanKind = SpanKind.INTERNAL,
-    ) -> Span:
+    ) -> Span | None:
+        if openinference_active("langchain"):
+            # OpenInference's LangChain instrumentor traces this run already: no second span;
+            # model calls are still counted in the session's tokens.
+            self._skip(run_id, parent_run_id, count=count)
+            return None
         parent = self._parent(parent_run_id)
         span = get_tracer().start_span(
             name,
@@ -127,13 +133,13 @@ class AtlasCallbackHandler(BaseCallbackHandler):
             attributes={k: v for k, v in attributes.items() if v is not None},
         )
         with self._lock:
-            self._runs[run_id] = _Run(span, trace.set_span_in_context(span, parent), chat)
+            self._runs[run_id] = _Run(span, trace.set_span_in_context(span, parent), count)
         return span
 
-    def _skip(self, run_id: UUID, parent_run_id: UUID | None) -> None:
+    def _skip(self, run_id: UUID, parent_run_id: UUID | None, *, count: bool = False) -> None:
         parent = self._parent(parent_run_id)
         with self._lock:
-            self._runs[run_id] = _Run(None, parent)
+            self._runs[run_id] = _Run(None, parent, count)
 
     def context_of(self, run_id: UUID) -> otel_context.Context | None:
         """Where spans made inside run ``run_id`` belong (None for a run it has not seen)."""
@@ -183,33 +189,27 @@ class AtlasCallbackHandler(BaseCallbackHandler):
             return
         node = metadata.get("langgraph_node")
         content = self._content()
+        value = _text(inputs) if content else None
         if node is not None and node == name:
-            attributes: dict[str, Any] = {
-                s.ATLAS_SPAN_ROLE: s.ROLE_NODE,
-                s.ATLAS_NODE_NAME: node,
-                s.ATLAS_NODE_STEP: _int(metadata.get("langgraph_step")),
-                s.OPENINFERENCE_SPAN_KIND: s.OI_KIND_CHAIN,
-            }
+            attributes = genai.framework_attributes(s.FRAMEWORK_NODE, input=value, content=content)
+            attributes[s.ATLAS_NODE_NAME] = node
+            attributes[s.ATLAS_NODE_STEP] = _int(metadata.get("langgraph_step"))
             span_name = s.node_span_name(node)
         else:
-            attributes = {
-                s.ATLAS_SPAN_ROLE: s.ROLE_CHAIN,
-                s.OPENINFERENCE_SPAN_KIND: s.OI_KIND_CHAIN,
-            }
+            attributes = genai.framework_attributes(s.FRAMEWORK_CHAIN, input=value, content=content)
             span_name = s.chain_span_name(name)
             top = parent_run_id is None and not trace.get_current_span().get_span_context().is_valid
-            if top:
+            if top:  # an unsupervised run of its own: the agent's run, a session in the store
                 attributes[s.GEN_AI_OPERATION_NAME] = s.OP_INVOKE_WORKFLOW
+                attributes[s.ATLAS_SPAN_ROLE] = s.ROLE_AGENT
                 span_name = s.workflow_span_name(name)
-        if content:
-            attributes[s.OI_INPUT_VALUE] = _text(inputs)
         self._start(run_id, parent_run_id, span_name, attributes)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         with self._lock:
             run = self._runs.get(run_id)
         if run is not None and run.span is not None and self._content():
-            run.span.set_attribute(s.OI_OUTPUT_VALUE, _text(outputs))
+            genai.set_output(run.span, _text(outputs))
         self._end(run_id)
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
@@ -232,20 +232,19 @@ class AtlasCallbackHandler(BaseCallbackHandler):
             # under this run's parent; a second span here would count the call twice.
             self._skip(run_id, parent_run_id)
             return
-        model, attributes = _model_attributes(serialized, metadata, kwargs)
-        attributes[s.GEN_AI_OPERATION_NAME] = s.OP_CHAT
-        if self._content() and messages:
-            from atlas_middleware.storage.records import json_dumps
-
-            attributes[s.GEN_AI_INPUT_MESSAGES] = json_dumps(
-                [_message_dict(m) for m in messages[0]]
-            )
+        model, provider = _model_of(serialized, metadata, kwargs)
+        attributes = genai.llm_attributes(
+            model=model,
+            provider=provider,
+            messages=[_message_dict(m) for m in messages[0]] if messages else None,
+            content=self._content(),
+        )
         self._start(
             run_id,
             parent_run_id,
             s.chat_span_name(model),
             attributes,
-            chat=True,
+            count=True,
             kind=SpanKind.CLIENT,
         )
 
@@ -260,41 +259,42 @@ class AtlasCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        model, attributes = _model_attributes(serialized, metadata, kwargs)
-        attributes[s.GEN_AI_OPERATION_NAME] = s.OP_TEXT_COMPLETION
-        if self._content() and prompts:
-            from atlas_middleware.storage.records import json_dumps
-
-            attributes[s.GEN_AI_INPUT_MESSAGES] = json_dumps(
-                [{"role": "user", "content": p} for p in prompts]
-            )
+        model, provider = _model_of(serialized, metadata, kwargs)
+        attributes = genai.llm_attributes(
+            model=model,
+            provider=provider,
+            operation=s.OP_TEXT_COMPLETION,
+            messages=[{"role": "user", "content": p} for p in prompts] if prompts else None,
+            content=self._content(),
+        )
         self._start(
             run_id,
             parent_run_id,
             s.text_completion_span_name(model),
             attributes,
+            count=True,
             kind=SpanKind.CLIENT,
         )
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         with self._lock:
             run = self._runs.get(run_id)
-        if run is not None and run.span is not None:
-            span = run.span
+        if run is not None:
             input_tokens, output_tokens, model = _usage(response)
-            s.set_usage(span, input_tokens, output_tokens)
-            _count_session_usage(input_tokens, output_tokens)
-            if model:
-                span.set_attribute(s.GEN_AI_RESPONSE_MODEL, model)
-            if self._content():
-                from atlas_middleware.storage.records import json_dumps
-
-                outputs = [
-                    _message_dict(g.message) if hasattr(g, "message") else _assistant(g.text)
-                    for batch in response.generations[:1]
-                    for g in batch
-                ]
-                span.set_attribute(s.GEN_AI_OUTPUT_MESSAGES, json_dumps(outputs))
+            if run.count:
+                usage.count(input_tokens, output_tokens, model)
+            if run.span is not None:
+                text, calls, finish = _reply(response)
+                genai.set_llm_response(
+                    run.span,
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    response_model=model,
+                    text=text,
+                    tool_calls=calls,
+                    finish=finish,
+                    content=self._content(),
+                )
         self._end(run_id)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
@@ -314,14 +314,12 @@ class AtlasCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         name = kwargs.get("name") or _serialized_name(serialized) or "tool"
-        attributes: dict[str, Any] = {
-            s.GEN_AI_OPERATION_NAME: s.OP_EXECUTE_TOOL,
-            s.GEN_AI_TOOL_NAME: name,
-            s.GEN_AI_TOOL_CALL_ID: kwargs.get("tool_call_id"),
-            s.OPENINFERENCE_SPAN_KIND: s.OI_KIND_TOOL,
-        }
-        if self._content():
-            attributes[s.OI_INPUT_VALUE] = _text(inputs if inputs is not None else input_str)
+        attributes = genai.tool_attributes(
+            name,
+            call_id=kwargs.get("tool_call_id"),
+            arguments=inputs if inputs is not None else input_str,
+            content=self._content(),
+        )
         self._start(run_id, parent_run_id, s.tool_span_name(name), attributes)
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
@@ -331,8 +329,9 @@ class AtlasCallbackHandler(BaseCallbackHandler):
             call_id = getattr(output, "tool_call_id", None)
             if call_id:
                 run.span.set_attribute(s.GEN_AI_TOOL_CALL_ID, str(call_id))
-            if self._content():
-                run.span.set_attribute(s.OI_OUTPUT_VALUE, _text(getattr(output, "content", output)))
+            genai.set_tool_result(
+                run.span, _text(getattr(output, "content", output)), content=self._content()
+            )
         self._end(run_id)
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
@@ -349,9 +348,9 @@ class AtlasCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         name = kwargs.get("name") or _serialized_name(serialized) or "retriever"
-        attributes: dict[str, Any] = {s.ATLAS_SPAN_ROLE: s.ROLE_CHAIN}
-        if self._content():
-            attributes[s.OI_INPUT_VALUE] = query
+        attributes = genai.framework_attributes(
+            s.FRAMEWORK_CHAIN, input=query, content=self._content()
+        )
         self._start(run_id, parent_run_id, s.chain_span_name(name), attributes)
 
     def on_retriever_end(self, documents: Any, *, run_id: UUID, **kwargs: Any) -> None:
@@ -543,18 +542,29 @@ def default_handler() -> AtlasCallbackHandler:
     return _default
 
 
+class LangChainInstrumentor(Instrumentor):
+    def _instrument(self, handler: AtlasCallbackHandler | None = None) -> AtlasCallbackHandler:
+        _register()
+        _hook.installed = handler or default_handler()
+        return _hook.installed
+
+    def _uninstrument(self) -> None:
+        _hook.installed = None
+
+
 def instrument(handler: AtlasCallbackHandler | None = None) -> AtlasCallbackHandler:
     """Trace every LangChain run in this process (all threads), without passing callbacks.
-    Idempotent; returns the installed handler."""
-    _register()
-    if _hook.installed is None or handler is not None:
-        _hook.installed = handler or default_handler()
-    return _hook.installed
+    Idempotent; returns the installed handler (a later ``handler=`` replaces it)."""
+    instrumentor = LangChainInstrumentor()
+    installed = instrumentor.instrument(handler=handler)
+    if handler is not None and installed is not handler:
+        _hook.installed = instrumentor._installed = handler
+    return _hook.installed or installed
 
 
 def uninstrument() -> None:
     """Stop tracing LangChain runs globally (handlers passed explicitly keep working)."""
-    _hook.installed = None
+    LangChainInstrumentor().uninstrument()
 
 
 def is_instrumented() -> bool:
@@ -614,11 +624,12 @@ def _serialized_name(serialized: Mapping[str, Any] | None) -> str | None:
     return None
 
 
-def _model_attributes(
+def _model_of(
     serialized: Mapping[str, Any] | None,
     metadata: Mapping[str, Any] | None,
     kwargs: Mapping[str, Any],
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, str | None]:
+    """(model name, provider) of a LangChain model run."""
     metadata = metadata or {}
     params = kwargs.get("invocation_params") or {}
     ser_kwargs = (serialized or {}).get("kwargs") or {}
@@ -631,12 +642,8 @@ def _model_attributes(
         or _serialized_name(serialized)
         or "unknown"
     )
-    attributes: dict[str, Any] = {
-        s.GEN_AI_REQUEST_MODEL: str(model),
-        s.GEN_AI_PROVIDER_NAME: metadata.get("ls_provider"),
-        s.OPENINFERENCE_SPAN_KIND: s.OI_KIND_LLM,
-    }
-    return str(model), attributes
+    provider = metadata.get("ls_provider")
+    return str(model), str(provider) if provider else None
 
 
 def _usage(response: LLMResult) -> tuple[int | None, int | None, str | None]:
@@ -665,15 +672,25 @@ def _usage(response: LLMResult) -> tuple[int | None, int | None, str | None]:
     return input_tokens, output_tokens, model
 
 
-def _count_session_usage(input_tokens: int | None, output_tokens: int | None) -> None:
-    if input_tokens is None and output_tokens is None:
-        return
-    from atlas_middleware.telemetry import usage
-
-    usage.count(input_tokens, output_tokens)
+def _reply(response: LLMResult) -> tuple[str, list[dict[str, Any]], Any]:
+    """(text, tool calls, finish reason) of a model run's first generation."""
+    for batch in response.generations[:1]:
+        for generation in batch[:1]:
+            message = getattr(generation, "message", None)
+            info = getattr(generation, "generation_info", None) or {}
+            meta = getattr(message, "response_metadata", None) or {}
+            finish = (
+                info.get("finish_reason") or meta.get("finish_reason") or meta.get("stop_reason")
+            )
+            if message is None:
+                return generation.text, [], finish
+            normal = _message_dict(message)
+            return genai.text_of(normal["content"]), normal.get("tool_calls", []), finish
+    return "", [], None
 
 
 def _message_dict(message: Any) -> dict[str, Any]:
+    """A LangChain message in the plain shape atlas's span helpers take."""
     role = _ROLES.get(getattr(message, "type", ""), getattr(message, "type", "user"))
     out: dict[str, Any] = {"role": role, "content": getattr(message, "content", message)}
     tool_calls = getattr(message, "tool_calls", None)
@@ -682,11 +699,9 @@ def _message_dict(message: Any) -> dict[str, Any]:
             {"id": c.get("id"), "name": c.get("name"), "arguments": c.get("args")}
             for c in tool_calls
         ]
+    if getattr(message, "tool_call_id", None):
+        out["tool_call_id"] = message.tool_call_id
     return out
-
-
-def _assistant(text: str) -> dict[str, Any]:
-    return {"role": "assistant", "content": text}
 
 
 def _text(value: Any) -> str:

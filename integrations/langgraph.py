@@ -67,6 +67,7 @@ from atlas_middleware.supervise import (
 )
 from atlas_middleware.teacher import Verdict
 from atlas_middleware.telemetry import schema as s
+from atlas_middleware.telemetry import usage
 
 require("langgraph", "langgraph")  # first: its hint names the extra that also brings LangChain
 
@@ -499,6 +500,7 @@ class SupervisedGraph:
                         send = self._finish(run, state, latest)
                 except Exception as exc:
                     throw = exc
+                usage.settle()
         self._reward(run, outcome)
         holder.append(_value(outcome))
 
@@ -556,6 +558,7 @@ class SupervisedGraph:
                         send = self._finish(run, state, latest)
                 except Exception as exc:
                     throw = exc
+                await usage.asettle()
         await self._areward(run, outcome)
         holder.append(_value(outcome))
 

@@ -27,13 +27,14 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Any
 
+from atlas_middleware.integrations._base import Instrumentor
 from atlas_middleware.integrations._common import require
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from atlas_middleware.models.litellm_backend import _import_litellm, provider_of
-from atlas_middleware.telemetry import get_tracer
+from atlas_middleware.telemetry import genai, get_tracer, usage
 from atlas_middleware.telemetry import schema as s
 
 __all__ = ["AtlasLiteLLMCallback", "flush", "instrument", "uninstrument"]
@@ -59,9 +60,9 @@ class AtlasLiteLLMCallback(CustomLogger):
         super().__init__()
         self.enabled = True
         self._lock = threading.Lock()
-        # litellm_call_id → (the caller's context, skip); set where the call is made, read
-        # where litellm reports it (another thread or task).
-        self._pending: OrderedDict[str, tuple[otel_context.Context, bool]] = OrderedDict()
+        # litellm_call_id → what the call's report needs from where it was made (litellm
+        # reports it from another thread or task): its context, its role, its session's tally.
+        self._pending: OrderedDict[str, _Call] = OrderedDict()
         self._done: OrderedDict[str, None] = OrderedDict()
         self._writing = 0  # reports being turned into spans right now
         # call id → the event loop of an async call: its report comes from litellm's logging
@@ -90,7 +91,14 @@ class AtlasLiteLLMCallback(CustomLogger):
         call_id = kwargs.get("litellm_call_id")
         if not self.enabled or call_id is None or kwargs.get("call_type") not in CHAT_CALL_TYPES:
             return
-        entry = (otel_context.get_current(), _inside_chat_span())
+        skip = _inside_chat_span()
+        # A call traced by atlas's own model (or another instrumentation) is counted there.
+        entry = _Call(
+            otel_context.get_current(),
+            skip,
+            usage.role_attributes(),
+            None if skip else usage.expect(),
+        )
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -145,64 +153,95 @@ class AtlasLiteLLMCallback(CustomLogger):
         start_time: Any,
         end_time: Any,
         error: Any,
-        entry: tuple[otel_context.Context, bool] | None,
+        entry: _Call | None,
     ) -> None:
         if entry is None:  # no pre-call seen (instrumented mid-call): litellm kept our context
             if not self.enabled or kwargs.get("call_type") not in CHAT_CALL_TYPES:
                 return
-            entry = (otel_context.get_current(), _inside_chat_span())
-        parent, skip = entry
-        if skip:
+            skip = _inside_chat_span()
+            entry = _Call(otel_context.get_current(), skip, usage.role_attributes(), None)
+        if entry.skip:
             return
         model = str(kwargs.get("model") or "unknown")
         provider = kwargs.get("custom_llm_provider") or provider_of(model)
+        content = s.capture_content()
+        attributes = genai.llm_attributes(
+            model=model,
+            provider=str(provider),
+            messages=genai.openai_messages(kwargs.get("messages") or []),
+            content=content,
+        )
+        attributes.update(entry.role)  # whose call it was, where it was made
         span = get_tracer().start_span(
             s.chat_span_name(model),
-            context=parent,
+            context=entry.context,
             kind=SpanKind.CLIENT,
             start_time=_ns(start_time),
-            attributes={
-                s.GEN_AI_OPERATION_NAME: s.OP_CHAT,
-                s.GEN_AI_REQUEST_MODEL: model,
-                s.GEN_AI_PROVIDER_NAME: str(provider),
-            },
+            attributes=attributes,
         )
+        tokens: tuple[int | None, int | None] = (None, None)
         try:
-            content = s.capture_content()
-            if content and kwargs.get("messages") is not None:
-                span.set_attribute(s.GEN_AI_INPUT_MESSAGES, _json(kwargs["messages"]))
             if error is not None:
                 kind = type(error).__name__ if isinstance(error, BaseException) else "error"
                 span.set_attribute(s.ERROR_TYPE, kind)
                 span.set_status(Status(StatusCode.ERROR, _one_line(error)))
             elif response is not None:
-                _response(span, response, content)
+                tokens = _response(span, response, content)
         finally:
             span.end(end_time=_ns(end_time))
+            if entry.pending is not None:
+                entry.pending.count(*tokens, model)
 
 
-def _response(span: otel_trace.Span, response: Any, content: bool) -> None:
-    usage = getattr(response, "usage", None)
-    if usage is not None:
-        s.set_usage(
-            span, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
-        )
-    if getattr(response, "model", None):
-        span.set_attribute(s.GEN_AI_RESPONSE_MODEL, str(response.model))
-    if getattr(response, "id", None):
-        span.set_attribute(s.GEN_AI_RESPONSE_ID, str(response.id))
-    if content:
-        messages = []
-        for choice in getattr(response, "choices", None) or []:
-            message = getattr(choice, "message", None)
-            if message is not None:
-                messages.append({"role": message.role, "content": message.content})
-        span.set_attribute(s.GEN_AI_OUTPUT_MESSAGES, _json(messages))
+class _Call:
+    __slots__ = ("context", "pending", "role", "skip")
+
+    def __init__(
+        self,
+        context: otel_context.Context,
+        skip: bool,
+        role: dict[str, str],
+        pending: usage.Pending | None,
+    ) -> None:
+        self.context = context
+        self.skip = skip
+        self.role = role
+        self.pending = pending
+
+
+def _response(span: otel_trace.Span, response: Any, content: bool) -> tuple[int | None, int | None]:
+    """Fill the span from a ModelResponse; returns its (input, output) tokens when reported."""
+    reported = getattr(response, "usage", None)
+    tokens = (
+        (getattr(reported, "prompt_tokens", None), getattr(reported, "completion_tokens", None))
+        if reported is not None
+        else (None, None)
+    )
+    choices = getattr(response, "choices", None) or []
+    message = getattr(choices[0], "message", None) if choices else None
+    genai.set_llm_response(
+        span,
+        input_tokens=tokens[0],
+        output_tokens=tokens[1],
+        response_model=getattr(response, "model", None),
+        response_id=getattr(response, "id", None),
+        text=getattr(message, "content", None) if message is not None else None,
+        tool_calls=[genai.openai_tool_call(c) for c in getattr(message, "tool_calls", None) or []],
+        finish=getattr(choices[0], "finish_reason", None) if choices else None,
+        content=content,
+        has_output=message is not None,
+    )
+    return tokens
 
 
 def _inside_chat_span() -> bool:
+    """Whether the call is already traced where it is made: atlas's own litellm backend's chat
+    span, or an OpenInference instrumentor's LLM span (Phoenix users)."""
     attributes = getattr(otel_trace.get_current_span(), "attributes", None) or {}
-    return attributes.get(s.GEN_AI_OPERATION_NAME) == s.OP_CHAT
+    return (
+        attributes.get(s.GEN_AI_OPERATION_NAME) == s.OP_CHAT
+        or attributes.get(s.OPENINFERENCE_SPAN_KIND) == s.OI_KIND_LLM
+    )
 
 
 def _ns(moment: Any) -> int | None:
@@ -231,16 +270,27 @@ _install_lock = threading.Lock()
 _callback: AtlasLiteLLMCallback | None = None
 
 
+class LiteLLMInstrumentor(Instrumentor):
+    def _instrument(self) -> AtlasLiteLLMCallback:
+        global _callback
+        with _install_lock:
+            if _callback is None:
+                _callback = AtlasLiteLLMCallback()
+            _callback.enabled = True
+            if _callback not in litellm.callbacks:
+                litellm.logging_callback_manager.add_litellm_callback(_callback)
+            return _callback
+
+    def _uninstrument(self) -> None:
+        with _install_lock:
+            if _callback is not None:
+                _callback.enabled = False
+                litellm.logging_callback_manager.remove_callback_from_all_lists(_callback)
+
+
 def instrument() -> AtlasLiteLLMCallback:
     """Add atlas's callback to ``litellm.callbacks`` (idempotent); returns it."""
-    global _callback
-    with _install_lock:
-        if _callback is None:
-            _callback = AtlasLiteLLMCallback()
-        _callback.enabled = True
-        if _callback not in litellm.callbacks:
-            litellm.logging_callback_manager.add_litellm_callback(_callback)
-        return _callback
+    return LiteLLMInstrumentor().instrument()
 
 
 def flush(timeout: float = 5.0) -> bool:
@@ -252,7 +302,4 @@ def flush(timeout: float = 5.0) -> bool:
 
 def uninstrument() -> None:
     """Remove atlas's callback from litellm (from every list litellm copied it into)."""
-    with _install_lock:
-        if _callback is not None:
-            _callback.enabled = False
-            litellm.logging_callback_manager.remove_callback_from_all_lists(_callback)
+    LiteLLMInstrumentor().uninstrument()

@@ -16,11 +16,12 @@ dispatcher, and the teacher's guidance in every LLM call of a supervised run.
 
     instrument()  # tracing only: workflow runs, steps, LLM and tool calls become spans
 
-Guidance reaches the model through LlamaIndex's own LLM classes: :func:`instrument` (called by the
-supervising wrappers) wraps the chat and completion methods of every ``LLM`` class so that, while a
-supervised run is in progress, the rendered guidance is merged into the first system message (or
-prepended as one) and put before completion prompts. Outside a supervised run the wrappers pass
-calls through untouched. See docs/integrations/llama-index.md.
+Guidance reaches the model through LlamaIndex's own LLM classes: the supervising wrappers (never
+:func:`instrument`, which only traces) wrap the chat and completion methods of the ``LLM`` classes
+so that, while a supervised run is in progress, the rendered guidance is merged into the first
+system message (or prepended as one) and put before completion prompts. Outside a supervised run
+the wrappers call the original method with exactly the caller's arguments, positional or
+keyword. See docs/integrations/llama-index.md.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ from atlas_middleware.integrations._common import require
 
 require("llama_index.core", "llama-index")
 
+from atlas_middleware.integrations._base import (  # noqa: E402
+    Instrumentor,
+    openinference_active,
+)
 from llama_index.core.base.llms.base import BaseLLM  # noqa: E402
 from llama_index.core.base.llms.types import (  # noqa: E402
     ChatMessage,
@@ -74,7 +79,7 @@ from pydantic import Field, PrivateAttr  # noqa: E402
 
 from atlas_middleware.guidance import guided_system_prompt, rendered_guidance  # noqa: E402
 from atlas_middleware.supervise import answer_text, supervise  # noqa: E402
-from atlas_middleware.telemetry import get_tracer  # noqa: E402
+from atlas_middleware.telemetry import genai, get_tracer, usage  # noqa: E402
 from atlas_middleware.telemetry import schema as s  # noqa: E402
 
 __all__ = [
@@ -103,9 +108,13 @@ def _event_fields(event: Event) -> dict[str, Any]:
 
 def _answer(result: Any) -> str:
     """The answer text of a workflow result or a step's output event (what validation and the
-    reward read)."""
+    reward read): for an agent's output (``FunctionAgent``, ``AgentWorkflow``: an
+    ``AgentOutput``), the text of its final message, the text the user saw."""
     if isinstance(result, StopEvent):
         return _answer(result.result)
+    message = getattr(result, "response", None)
+    if isinstance(result, Event) and isinstance(message, ChatMessage):
+        return message.content or ""
     if isinstance(result, Event):
         fields = _event_fields(result)
         if len(fields) == 1:
@@ -132,7 +141,8 @@ def _run_task(field: str | None) -> Callable[..., str]:
     """The session's task for ``run(**kwargs)``: the named keyword, else the first text one."""
 
     def task(ctx: Any = None, start_event: Any = None, **kwargs: Any) -> str:
-        instrument()  # cheap when done; picks up LLM classes defined since the last run
+        instrument()
+        _install_guidance()  # cheap when done; picks up LLM classes defined since the last run
         if isinstance(start_event, Event):
             return _event_task(start_event, field)
         if field is not None and field in kwargs:
@@ -176,17 +186,28 @@ def _guided_prompt(prompt: Any, text: str) -> Any:
 def _guided_method(original: Any, name: str) -> Callable[..., Any]:
     chat = name in _CHAT_METHODS
     guide = _guided_messages if chat else _guided_prompt
+    # The messages/prompt parameter: the first after self, passed by position or by name
+    # (FunctionAgent calls ``astream_chat(messages=...)``).
+    try:
+        parameter = list(inspect.signature(original).parameters)[1]
+    except (TypeError, ValueError, IndexError):
+        parameter = "messages" if chat else "prompt"
 
-    def call(self: Any, first: Any, *args: Any, **kwargs: Any) -> Any:
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        bound = original.__get__(self, type(self))
         text = rendered_guidance()
-        if text is not None:
-            first = guide(first, text)
-        return original.__get__(self, type(self))(first, *args, **kwargs)
+        if text is None:  # not in a supervised run: the caller's arguments, untouched
+            return bound(*args, **kwargs)
+        if args:
+            args = (guide(args[0], text), *args[1:])
+        elif parameter in kwargs:
+            kwargs = {**kwargs, parameter: guide(kwargs[parameter], text)}
+        return bound(*args, **kwargs)
 
     if name.startswith("a"):
 
-        async def acall(self: Any, first: Any, *args: Any, **kwargs: Any) -> Any:
-            return await call(self, first, *args, **kwargs)
+        async def acall(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return await call(self, *args, **kwargs)
 
         method: Callable[..., Any] = acall
     else:
@@ -250,6 +271,7 @@ class _Span(BaseSpan):
     alias: bool = False  # a nested call on the same LLM/tool: shares the outer span
     streaming: bool = False  # ends when the stream's end event arrives
     has_input: bool = False
+    counted: bool = False  # its tokens are in the session's tally
 
 
 def _label(id_: str) -> str:
@@ -269,14 +291,42 @@ def _model_name(llm: Any) -> str:
     return name if isinstance(name, str) and name and name != "unknown" else type(llm).__name__
 
 
-def _json(value: Any) -> str:
-    from atlas_middleware.storage.records import json_dumps
+def _plain_messages(messages: Any) -> list[dict[str, Any]]:
+    """LlamaIndex chat messages in the plain shape atlas's span helpers take."""
+    out = []
+    for message in messages:
+        entry: dict[str, Any] = {
+            "role": str(getattr(message.role, "value", message.role)),
+            "content": message.content or "",
+            "tool_calls": _tool_calls(message),
+        }
+        extra = getattr(message, "additional_kwargs", None) or {}
+        if extra.get("tool_call_id"):
+            entry["tool_call_id"] = extra["tool_call_id"]
+        out.append(entry)
+    return out
 
-    return json_dumps(value)
 
-
-def _messages_json(messages: Any) -> str:
-    return _json([{"role": str(m.role.value), "content": m.content or ""} for m in messages])
+def _tool_calls(message: Any) -> list[dict[str, Any]]:
+    """The tool calls a message carries: ``ToolCallBlock`` blocks, or the OpenAI-style
+    ``additional_kwargs["tool_calls"]`` older LLM classes put there."""
+    calls = [
+        {"id": b.tool_call_id, "name": b.tool_name, "arguments": b.tool_kwargs}
+        for b in getattr(message, "blocks", None) or []
+        if getattr(b, "block_type", None) == "tool_call"
+    ]
+    if calls:
+        return calls
+    for call in (getattr(message, "additional_kwargs", None) or {}).get("tool_calls") or []:
+        get = call.get if isinstance(call, dict) else lambda k, c=call: getattr(c, k, None)
+        function = get("function")
+        fget = (
+            function.get
+            if isinstance(function, dict)
+            else lambda k, f=function: getattr(f, k, None)
+        )
+        calls.append({"id": get("id"), "name": fget("name"), "arguments": fget("arguments")})
+    return calls
 
 
 def _usage(response: Any) -> tuple[int | None, int | None]:
@@ -295,6 +345,19 @@ def _usage(response: Any) -> tuple[int | None, int | None]:
     return (
         prompt if isinstance(prompt, int) else None,
         completion if isinstance(completion, int) else None,
+    )
+
+
+def _finish_reason(raw: Any) -> Any:
+    """The provider's finish reason from a response's raw payload (OpenAI-style), if any."""
+    choices = raw.get("choices") if isinstance(raw, Mapping) else getattr(raw, "choices", None)
+    if not choices:
+        return None
+    first = choices[0]
+    return (
+        first.get("finish_reason")
+        if isinstance(first, Mapping)
+        else getattr(first, "finish_reason", None)
     )
 
 
@@ -366,12 +429,11 @@ class _SpanHandler(BaseSpanHandler[_Span]):
             model = _model_name(instance)
             chat = method in _CHAT_METHODS
             name = s.chat_span_name(model) if chat else s.text_completion_span_name(model)
-            attributes = {
-                s.GEN_AI_OPERATION_NAME: s.OP_CHAT if chat else s.OP_TEXT_COMPLETION,
-                s.GEN_AI_REQUEST_MODEL: model,
-                s.GEN_AI_PROVIDER_NAME: instance.class_name(),
-                s.OPENINFERENCE_SPAN_KIND: s.OI_KIND_LLM,
-            }
+            attributes = genai.llm_attributes(
+                model=model,
+                provider=instance.class_name(),
+                operation=s.OP_CHAT if chat else s.OP_TEXT_COMPLETION,
+            )
         elif isinstance(instance, BaseTool) and method in _TOOL_METHODS:
             kind = "tool"
             try:
@@ -379,44 +441,34 @@ class _SpanHandler(BaseSpanHandler[_Span]):
             except Exception:
                 tool = type(instance).__name__
             name = s.tool_span_name(tool)
-            attributes = {
-                s.GEN_AI_OPERATION_NAME: s.OP_EXECUTE_TOOL,
-                s.GEN_AI_TOOL_NAME: tool,
-                s.OPENINFERENCE_SPAN_KIND: s.OI_KIND_TOOL,
-            }
-            if content:
-                arguments = {
-                    k: v for k, v in bound_args.arguments.items() if k not in ("self", "args")
-                }
-                arguments.update(arguments.pop("kwargs", None) or {})
-                if bound_args.arguments.get("args"):
-                    arguments["args"] = list(bound_args.arguments["args"])
-                attributes[s.GEN_AI_TOOL_CALL_ARGUMENTS] = _json(arguments)
+            arguments = {k: v for k, v in bound_args.arguments.items() if k not in ("self", "args")}
+            arguments.update(arguments.pop("kwargs", None) or {})
+            if bound_args.arguments.get("args"):
+                arguments["args"] = list(bound_args.arguments["args"])
+            attributes = genai.tool_attributes(tool, arguments=arguments, content=content)
         elif isinstance(instance, Workflow) and method == "run":
             kind = "workflow"
             workflow = instance._workflow_name or type(instance).__name__
             name = s.workflow_span_name(workflow)
-            attributes = {
-                s.GEN_AI_OPERATION_NAME: s.OP_INVOKE_WORKFLOW,
-                s.GEN_AI_AGENT_NAME: workflow,
-                s.OPENINFERENCE_SPAN_KIND: s.OI_KIND_CHAIN,
-            }
             start = bound_args.arguments.get("start_event")
-            if content and isinstance(start, Event):
-                attributes[s.OI_INPUT_VALUE] = _event_task(start, None)
+            task = _event_task(start, None) if isinstance(start, Event) else None
+            if task is None and bound_args.arguments.get("kwargs"):
+                task = _run_task(None)(**bound_args.arguments["kwargs"])
+            attributes = genai.agent_attributes(workflow, input=task, content=content)
+            # A workflow (or agent) run: a session of its own in the store when nothing
+            # encloses it, the agent's run inside a supervised session otherwise.
+            attributes[s.GEN_AI_OPERATION_NAME] = s.OP_INVOKE_WORKFLOW
         elif parent is not None and parent.kind == "workflow" and instance is None:
             kind = "step"
             name = s.step_span_name(method)
-            attributes = {
-                s.ATLAS_STEP_NAME: method,
-                s.ATLAS_SPAN_ROLE: s.ROLE_STEP,
-                s.OPENINFERENCE_SPAN_KIND: s.OI_KIND_CHAIN,
-            }
+            attributes = genai.framework_attributes(s.FRAMEWORK_STEP)
+            attributes[s.ATLAS_STEP_NAME] = method
             event = (tags or {}).get("llamaindex.step.input_event")
             if event:
                 attributes[s.ATLAS_STEP_INPUT_EVENT] = event
         else:
             name = label
+            attributes = genai.framework_attributes("call")  # another instrumented call
         if (
             parent is not None
             and kind in ("llm", "tool")
@@ -432,6 +484,10 @@ class _SpanHandler(BaseSpanHandler[_Span]):
                 alias=True,
                 has_input=parent.has_input,
             )
+        if openinference_active("llama_index"):
+            # OpenInference's LlamaIndex instrumentor traces these calls already: no second
+            # span; the placeholder still lets the model call count in the session's tokens.
+            return _Span(id_=id_, parent_id=parent_span_id, kind=kind, owner=owner)
         context = _parent_context(parent.otel if parent is not None else None)
         otel = get_tracer().start_span(name, context=context, attributes=attributes)
         return _Span(id_=id_, parent_id=parent_span_id, otel=otel, kind=kind, owner=owner)
@@ -459,12 +515,12 @@ class _SpanHandler(BaseSpanHandler[_Span]):
         if span.kind == "tool":
             if getattr(result, "is_error", False):
                 span.otel.set_status(Status(StatusCode.ERROR))
-            if content and result is not None:
-                span.otel.set_attribute(
-                    s.GEN_AI_TOOL_CALL_RESULT, str(getattr(result, "content", result))
+            if result is not None:
+                genai.set_tool_result(
+                    span.otel, str(getattr(result, "content", result)), content=content
                 )
-        elif span.kind in ("workflow", "step") and content and result is not None:
-            span.otel.set_attribute(s.OI_OUTPUT_VALUE, _answer(result))
+        elif span.kind in ("workflow", "step") and result is not None:
+            genai.set_output(span.otel, _answer(result), content=content)
         span.otel.end()
         return span
 
@@ -525,44 +581,67 @@ class _EventHandler(BaseEventHandler):
         if isinstance(event, LLMChatInProgressEvent | LLMCompletionInProgressEvent | SpanDropEvent):
             return  # one per streamed token, or already seen as the span's drop
         span = self.spans.lookup(event.span_id) if self.spans is not None else None
-        if span is None or span.kind == "atlas" or span.otel is None:
-            return
-        if not span.otel.is_recording():
+        if span is None or span.kind == "atlas":
+            return  # an atlas model counts and traces its own calls
+        ended = isinstance(event, LLMChatEndEvent | LLMCompletionEndEvent)
+        if ended and span.kind == "llm" and event.response is not None:
+            # The student's model call, in this session's tokens (unknown if it reported none);
+            # once per call, whichever of its nested methods reports first.
+            owner = self._owner(span)
+            if not owner.counted:
+                owner.counted = True
+                response = event.response
+                model = _response_model(response)
+                if model is None and span.otel is not None:
+                    attributes = getattr(span.otel, "attributes", None) or {}
+                    model = attributes.get(s.GEN_AI_REQUEST_MODEL)
+                usage.count(*_usage(response), model)
+        if span.otel is None or not span.otel.is_recording():
             return
         otel = span.otel
         content = s.capture_content()
         if isinstance(event, LLMChatStartEvent | LLMCompletionStartEvent):
             if content and not span.has_input:
                 if isinstance(event, LLMChatStartEvent):
-                    value = _messages_json(event.messages)
+                    messages = _plain_messages(event.messages)
                 else:
-                    value = _json([{"role": "user", "content": event.prompt}])
-                otel.set_attribute(s.GEN_AI_INPUT_MESSAGES, value)
+                    messages = [{"role": "user", "content": event.prompt}]
+                otel.set_attributes(genai.input_attributes(messages, content=content))
                 span.has_input = True
         elif isinstance(event, LLMChatEndEvent | LLMCompletionEndEvent):
             response = event.response
             if response is None:
                 return
-            s.set_usage(otel, *_usage(response))
+            tokens = _usage(response)
             model = _response_model(response)
-            if model:
-                otel.set_attribute(s.GEN_AI_RESPONSE_MODEL, model)
-            if content:
-                text = (
-                    response.message.content
-                    if isinstance(event, LLMChatEndEvent)
-                    else response.text
-                )
-                otel.set_attribute(
-                    s.GEN_AI_OUTPUT_MESSAGES,
-                    _json([{"role": "assistant", "content": text or ""}]),
-                )
+            chat = isinstance(event, LLMChatEndEvent)
+            message = response.message if chat else None
+            raw = getattr(response, "raw", None)
+            genai.set_llm_response(
+                otel,
+                input_tokens=tokens[0],
+                output_tokens=tokens[1],
+                response_model=model,
+                text=(message.content if message is not None else response.text) or "",
+                tool_calls=_tool_calls(message) if message is not None else [],
+                finish=_finish_reason(raw),
+                content=content,
+            )
             self._finish_stream(span)
         elif isinstance(event, ExceptionEvent):
             _fail(otel, event.exception)
             self._finish_stream(span)
         else:
             otel.add_event(event.class_name())
+
+    def _owner(self, span: _Span) -> _Span:
+        """The outermost span of a model call (nested calls on one LLM are its aliases)."""
+        while span.alias:
+            parent = self.spans.lookup(span.parent_id)
+            if parent is None or parent.kind != span.kind:
+                break
+            span = parent
+        return span
 
     def _finish_stream(self, span: _Span) -> None:
         target = span
@@ -577,37 +656,43 @@ _instrument_lock = threading.Lock()
 _handlers: tuple[_SpanHandler, _EventHandler] | None = None
 
 
-def instrument() -> None:
-    """Turn LlamaIndex's instrumentation into OpenTelemetry spans (on atlas's tracer) and let
-    supervised runs' guidance reach LLM calls. Idempotent; :func:`uninstrument` undoes it.
-
-    Workflow runs become ``invoke_workflow {name}`` spans (a session of their own when nothing
-    encloses them), steps ``step {name}``, LLM calls ``chat {model}`` with messages and token
-    usage, tool calls ``execute_tool {name}``; other instrumented calls keep LlamaIndex's name.
-    """
-    global _handlers
-    with _instrument_lock:
-        if _handlers is None:
+class LlamaIndexInstrumentor(Instrumentor):
+    def _instrument(self) -> None:
+        global _handlers
+        with _instrument_lock:
             spans = _SpanHandler()
             events = _EventHandler(spans=spans)
             root = get_dispatcher()
             root.add_span_handler(spans)
             root.add_event_handler(events)
             _handlers = (spans, events)
-    _install_guidance()
+
+    def _uninstrument(self) -> None:
+        global _handlers
+        with _instrument_lock:
+            handlers, _handlers = _handlers, None
+            if handlers is not None:
+                spans, events = handlers
+                root = get_dispatcher()
+                root.span_handlers = [h for h in root.span_handlers if h is not spans]
+                root.event_handlers = [h for h in root.event_handlers if h is not events]
+                spans.close()
+
+
+def instrument() -> None:
+    """Turn LlamaIndex's instrumentation into OpenTelemetry spans (on atlas's tracer).
+    Idempotent; :func:`uninstrument` undoes it. Tracing only: nothing about the calls changes.
+
+    Workflow runs become ``invoke_workflow {name}`` spans (a session of their own when nothing
+    encloses them), steps ``step {name}``, LLM calls ``chat {model}`` with messages and token
+    usage, tool calls ``execute_tool {name}``; other instrumented calls keep LlamaIndex's name.
+    """
+    LlamaIndexInstrumentor().instrument()
 
 
 def uninstrument() -> None:
-    """Remove the span and event handlers and the LLM guidance wrappers."""
-    global _handlers
-    with _instrument_lock:
-        handlers, _handlers = _handlers, None
-        if handlers is not None:
-            spans, events = handlers
-            root = get_dispatcher()
-            root.span_handlers = [h for h in root.span_handlers if h is not spans]
-            root.event_handlers = [h for h in root.event_handlers if h is not events]
-            spans.close()
+    """Remove the span and event handlers, and the guidance wrappers supervision installed."""
+    LlamaIndexInstrumentor().uninstrument()
     _remove_guidance()
 
 
@@ -890,6 +975,7 @@ def supervise_workflow(
             f"{type(workflow).__name__}; for one step use @supervise_step"
         )
     instrument()
+    _install_guidance()
     task = options.pop("task", None)
     if not callable(task):
         task = _run_task(task)
@@ -951,6 +1037,7 @@ def supervise_step(
 
     def task_of(*args: Any, **kwargs: Any) -> str:
         instrument()
+        _install_guidance()
         event = _step_event(args, kwargs)
         if callable(task):
             return str(task(event))
@@ -970,6 +1057,7 @@ def supervise_step(
 
     def decorate(func: Callable[..., Any]) -> Any:
         instrument()  # the step's workflow runs are traced from the start, not from this step on
+        _install_guidance()
         supervised = supervise(
             func,
             agent=agent or func.__name__,

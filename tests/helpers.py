@@ -308,3 +308,13 @@ class Collector:
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.stop()
+
+
+def plain_messages(value: str) -> list[dict]:
+    """Recorded ``gen_ai.*.messages`` (the GenAI ``parts`` shape) as ``{"role", "content"}``
+    pairs, for tests that compare what a model was sent or answered."""
+    import orjson
+
+    from atlas_middleware.telemetry.genai import message_text
+
+    return [{"role": m["role"], "content": message_text(m)} for m in orjson.loads(value)]

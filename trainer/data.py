@@ -19,6 +19,7 @@ from typing import Any
 
 from atlas_middleware.storage import SessionFilter, open_store
 from atlas_middleware.telemetry import schema as s
+from atlas_middleware.telemetry.genai import message_text
 
 __all__ = ["DataFilter", "DataStats", "TeacherExample", "iter_examples", "load_references"]
 
@@ -312,8 +313,8 @@ def _attempt(messages: Any) -> str | None:
     for message in messages:
         if not isinstance(message, Mapping):
             continue
-        content = message.get("content")
-        if not isinstance(content, str) or _ATTEMPT_MARK not in content:
+        content = message_text(message)  # GenAI parts, or the older {"role", "content"}
+        if _ATTEMPT_MARK not in content:
             continue
         attempt = content.split(_ATTEMPT_MARK, 1)[1]
         for end in _ATTEMPT_ENDS:

@@ -244,6 +244,7 @@ def teacher_view(spans: list[Any], prompts: Any) -> dict[str, Any]:
     import orjson
 
     from atlas_middleware.telemetry import schema as s
+    from atlas_middleware.telemetry.genai import message_text
 
     def messages(span: Any, key: str) -> list[dict[str, Any]]:
         try:
@@ -260,10 +261,8 @@ def teacher_view(spans: list[Any], prompts: Any) -> dict[str, Any]:
         if not span.name.startswith("chat "):
             continue
         sent = messages(span, s.GEN_AI_INPUT_MESSAGES)
-        system = sent[0].get("content") if sent else None
-        reply = "".join(
-            str(m.get("content") or "") for m in messages(span, s.GEN_AI_OUTPUT_MESSAGES)
-        )
+        system = message_text(sent[0]) if sent else None
+        reply = "".join(message_text(m) for m in messages(span, s.GEN_AI_OUTPUT_MESSAGES))
         if system == prompts.probe:
             probe_reply = reply
         elif system == prompts.validate_:

@@ -5,6 +5,11 @@ becomes an endpoint that OpenAI clients, litellm, agent frameworks and
 :class:`~atlas_middleware.models.OpenAICompatibleModel` talk to. ``stream: true`` is answered with
 server-sent events in OpenAI's chunk format; the reply is generated whole first (atlas models are
 not token streams), then sent as a few chunks, so streaming clients work but gain no latency.
+
+Tool calling works as OpenAI's: ``tools`` (and ``tool_choice``) are offered to the model in its
+tool-calling format, its calls come back as ``tool_calls`` (streamed too, finish reason
+``tool_calls``), and ``role: tool`` results are accepted; see
+:mod:`atlas_middleware.models.tool_calls`. A reply that is not a valid call stays text.
 """
 
 from __future__ import annotations
@@ -20,12 +25,28 @@ import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from atlas_middleware.models.tool_calls import (
+    Tool,
+    ToolCall,
+    ToolRequestError,
+    parse_reply,
+    parse_tools,
+    render,
+    tool_choice_allows,
+)
+
 if TYPE_CHECKING:
     from aiohttp import web
 
     from atlas_middleware.models import ChatMessage, ChatModel
 
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
 DEFAULT_MAX_TOKENS = 256
 
 
@@ -72,7 +93,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "serve-model",
         help="serve a model over the OpenAI chat-completions API (default: the embedded model)",
         description="Serve a model as an OpenAI-compatible endpoint: POST /v1/chat/completions "
-        "(stream=true answers with server-sent events once the reply is complete), "
+        "(stream=true answers with server-sent events once the reply is complete; tools, "
+        "tool_calls and role 'tool' messages as OpenAI's), "
         "GET /v1/models, GET /health. The port opens once the model is loaded.",
     )
     parser.add_argument(
@@ -205,7 +227,7 @@ class _Server:
         try:
             self._authorize(request)
             body = await _json_body(request)
-            messages, options = self._parse(body)
+            messages, options, tools = self._parse(body)
             stream, include_usage = _stream_options(body)
             if self.pending >= self.max_pending:
                 raise _RequestError(429, "server busy: too many pending requests", "rate_limit")
@@ -224,21 +246,20 @@ class _Server:
             # The model could not take this request (prompt too long, template rejected it, the
             # upstream provider refused it): the client's to fix, as OpenAI reports it.
             return _error(400, str(exc), "invalid_request_error")
+        text, calls = parse_reply(result.text, tools)
+        finish = "tool_calls" if calls else (result.finish_reason or "stop")
         if stream:
-            return await self._stream(request, result, include_usage)
+            return await self._stream(request, result, include_usage, text, calls, finish)
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            message["tool_calls"] = [call.to_openai() for call in calls]
         return _json(
             {
                 "id": f"chatcmpl-{uuid.uuid4().hex}",
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": self.name,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": result.text},
-                        "finish_reason": result.finish_reason or "stop",
-                    }
-                ],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                 "usage": {
                     "prompt_tokens": result.input_tokens,
                     "completion_tokens": result.output_tokens,
@@ -248,10 +269,17 @@ class _Server:
         )
 
     async def _stream(
-        self, request: web.Request, result: Any, include_usage: bool
+        self,
+        request: web.Request,
+        result: Any,
+        include_usage: bool,
+        text: str | None,
+        calls: list[ToolCall],
+        finish: str,
     ) -> web.StreamResponse:
         """The finished reply as OpenAI ``chat.completion.chunk`` events: the role, the text in
-        word-sized pieces, the finish reason, the usage chunk when asked for, then ``[DONE]``."""
+        word-sized pieces, each tool call (its name, then its arguments), the finish reason, the
+        usage chunk when asked for, then ``[DONE]``."""
         from aiohttp import web
 
         response = web.StreamResponse(
@@ -277,8 +305,25 @@ class _Server:
             return [{"index": 0, "delta": content, "finish_reason": finish}]
 
         events = [chunk(delta({"role": "assistant", "content": ""}))]
-        events += [chunk(delta({"content": piece})) for piece in _pieces(result.text)]
-        events.append(chunk(delta({}, result.finish_reason or "stop")))
+        events += [chunk(delta({"content": piece})) for piece in _pieces(text or "")]
+        for i, call in enumerate(calls):
+            opening = {"index": i, "id": call.id, "type": "function"}
+            events.append(
+                chunk(
+                    delta(
+                        {
+                            "tool_calls": [
+                                {**opening, "function": {"name": call.name, "arguments": ""}}
+                            ]
+                        }
+                    )
+                )
+            )
+            arguments = call.to_openai()["function"]["arguments"]
+            events.append(
+                chunk(delta({"tool_calls": [{"index": i, "function": {"arguments": arguments}}]}))
+            )
+        events.append(chunk(delta({}, finish)))
         if include_usage:
             usage = {
                 "prompt_tokens": result.input_tokens,
@@ -313,7 +358,7 @@ class _Server:
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             raise _RequestError(401, "missing or wrong API key", "authentication_error")
 
-    def _parse(self, body: Any) -> tuple[list[ChatMessage], dict[str, Any]]:
+    def _parse(self, body: Any) -> tuple[list[ChatMessage], dict[str, Any], list[Tool]]:
         if not isinstance(body, dict):
             raise _RequestError(400, "the body must be a JSON object")
         requested = body.get("model")
@@ -326,7 +371,16 @@ class _Server:
         raw = body.get("messages")
         if not isinstance(raw, list) or not raw:
             raise _RequestError(400, "'messages' must be a non-empty list")
-        messages: list[ChatMessage] = [_message(m, i) for i, m in enumerate(raw)]
+        parsed = [_message(m, i) for i, m in enumerate(raw)]
+        try:
+            tools = parse_tools(body.get("tools"))
+            if not tool_choice_allows(body.get("tool_choice")):
+                tools = []
+        except ToolRequestError as exc:
+            raise _RequestError(400, str(exc)) from None
+        # Tool turns (assistant calls, tool results) and offered tools become plain turns in the
+        # model's tool-calling format; a plain conversation passes as it is.
+        messages: list[ChatMessage] = render(parsed, tools)  # type: ignore[assignment]
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         if max_tokens is None:
             max_tokens = DEFAULT_MAX_TOKENS
@@ -350,7 +404,7 @@ class _Server:
             "temperature": float(temperature),
             "stop": stop or None,
         }
-        return messages, options
+        return messages, options, tools
 
 
 def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
@@ -375,14 +429,15 @@ def _pieces(text: str) -> list[str]:
     return re.findall(r"\s*\S+|\s+$", text)
 
 
-def _message(raw: Any, index: int) -> ChatMessage:
+def _message(raw: Any, index: int) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise _RequestError(400, f"messages[{index}] must be an object")
     role = ROLES.get(raw.get("role"))  # type: ignore[arg-type]
     if role is None:
         raise _RequestError(
             400,
-            f"messages[{index}].role {raw.get('role')!r} is not supported (system, user, assistant)",
+            f"messages[{index}].role {raw.get('role')!r} is not supported "
+            "(system, developer, user, assistant, tool)",
         )
     content = raw.get("content")
     if isinstance(content, list):  # content parts: keep the text ones
@@ -396,7 +451,22 @@ def _message(raw: Any, index: int) -> ChatMessage:
         content = ""
     if not isinstance(content, str):
         raise _RequestError(400, f"messages[{index}].content must be a string or text parts")
-    return {"role": role, "content": content}  # type: ignore[typeddict-item]
+    message: dict[str, Any] = {"role": role, "content": content}
+    calls = raw.get("tool_calls")
+    if role == "assistant" and calls:
+        if not isinstance(calls, list) or not all(
+            isinstance(c, dict)
+            and isinstance(c.get("function"), dict)
+            and isinstance(c["function"].get("name"), str)
+            for c in calls
+        ):
+            raise _RequestError(
+                400, f"messages[{index}].tool_calls must be a list of function calls"
+            )
+        message["tool_calls"] = calls
+    if role == "tool":
+        message["tool_call_id"] = raw.get("tool_call_id")
+    return message
 
 
 async def _json_body(request: web.Request) -> Any:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
-from atlas_middleware.telemetry import get_tracer
+from atlas_middleware.telemetry import genai, get_tracer
 from atlas_middleware.telemetry import schema as s
 from atlas_middleware.telemetry import usage as session_usage
 
@@ -109,14 +109,10 @@ class ChatModel(abc.ABC):
         content = s.capture_content()
         with tracer.start_as_current_span(
             s.chat_span_name(self.name),
-            attributes={
-                s.GEN_AI_OPERATION_NAME: s.OP_CHAT,
-                s.GEN_AI_REQUEST_MODEL: self.name,
-                s.GEN_AI_PROVIDER_NAME: self.provider,
-            },
+            attributes=genai.llm_attributes(
+                model=self.name, provider=self.provider, messages=messages, content=content
+            ),
         ) as span:
-            if content:
-                span.set_attribute(s.GEN_AI_INPUT_MESSAGES, _as_json(messages))
             attempt = 0
             while True:
                 started = time.perf_counter()
@@ -136,6 +132,8 @@ class ChatModel(abc.ABC):
                             else exc
                         )
                         span.set_attribute(s.ERROR_TYPE, type(error).__name__)
+                        # What a failed call spent is not known: its role's total is not either.
+                        session_usage.count(None, None)
                         raise error from exc
                     attempt += 1
                     delay = self.policy.backoff_s * 2 ** (attempt - 1)
@@ -145,18 +143,23 @@ class ChatModel(abc.ABC):
                     self.usage.failures += 1
                     span.set_attribute(s.ERROR_TYPE, type(exc).__name__)
                     raise
+                except asyncio.CancelledError:  # the caller gave up (a step's timeout)
+                    session_usage.count(None, None)
+                    raise
                 break
             if not result.latency_s:
                 result = _with_latency(result, time.perf_counter() - started)
             self.usage.add(result)
-            session_usage.count(result.input_tokens, result.output_tokens)
-            s.set_usage(span, result.input_tokens, result.output_tokens)
-            span.set_attribute(s.GEN_AI_RESPONSE_MODEL, result.model)
-            if content:
-                span.set_attribute(
-                    s.GEN_AI_OUTPUT_MESSAGES,
-                    _as_json([{"role": "assistant", "content": result.text}]),
-                )
+            session_usage.count(result.input_tokens, result.output_tokens, self.name)
+            genai.set_llm_response(
+                span,
+                input_tokens=result.input_tokens,
+                output_tokens=result.output_tokens,
+                response_model=result.model,
+                text=result.text,
+                finish=result.finish_reason,
+                content=content,
+            )
             return result
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
@@ -175,12 +178,6 @@ def _with_latency(result: ChatResult, latency: float) -> ChatResult:
         result.finish_reason,
         latency,
     )
-
-
-def _as_json(value: object) -> str:
-    from atlas_middleware.storage.records import json_dumps
-
-    return json_dumps(value)
 
 
 def approx_tokens(text: str) -> int:

@@ -24,16 +24,26 @@ def record(
     after the root ended still joins its trace).
 
     ``content=False`` (default: the capture-content setting) leaves raw judge replies, which
-    quote the evaluated prompt and answer, out of the payload. Returns False, emitting nothing,
-    when the reward has no score (every judge failed): there is no value to report, and the
-    session stays unrewarded rather than scored 0.
+    quote the evaluated prompt and answer, out of the payload. A reward no judge could score is
+    recorded without a score (label ``unscored``, the reason as its explanation, the payload with
+    every judge's error), so the session shows why it has no reward instead of being scored 0;
+    then this returns False.
     """
-    if reward.score is None:
-        return False
     tracer = tracer or get_tracer()
     if content is None:
         content = s.capture_content()
     payload = json.dumps(reward.to_payload(include_replies=content), ensure_ascii=False)
+    if reward.score is None:
+        s.record_evaluation(
+            tracer,
+            session,
+            name=s.PRIMARY_EVALUATION,
+            score=None,
+            label=s.LABEL_UNSCORED,
+            explanation=reward.error or "no judge produced a score",
+            payload=payload,
+        )
+        return False
     s.record_evaluation(
         tracer,
         session,

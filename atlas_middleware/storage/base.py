@@ -58,8 +58,12 @@ class Session:
     model: str | None = None
     status: str | None = None
     error_type: str | None = None
-    input_tokens: int | None = None
+    input_tokens: int | None = None  # student + teacher (null when either is unknown)
     output_tokens: int | None = None
+    student_input_tokens: int | None = None  # the supervised agent's own model calls
+    student_output_tokens: int | None = None
+    teacher_input_tokens: int | None = None  # probe, guidance, validation, lessons
+    teacher_output_tokens: int | None = None
     started_ns: int | None = None
     ended_ns: int | None = None
     evaluations: dict[str, Any] = field(default_factory=dict)

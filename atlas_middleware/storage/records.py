@@ -120,8 +120,12 @@ class SessionUpdate:
     model: str | None = None
     status: str | None = None
     error_type: str | None = None
-    input_tokens: int | None = None
+    input_tokens: int | None = None  # student + teacher, when both are known
     output_tokens: int | None = None
+    student_input_tokens: int | None = None
+    student_output_tokens: int | None = None
+    teacher_input_tokens: int | None = None
+    teacher_output_tokens: int | None = None
     started_ns: int | None = None
     ended_ns: int | None = None
     evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -144,6 +148,10 @@ class SessionUpdate:
         "error_type",
         "input_tokens",
         "output_tokens",
+        "student_input_tokens",
+        "student_output_tokens",
+        "teacher_input_tokens",
+        "teacher_output_tokens",
         "started_ns",
         "ended_ns",
     )
@@ -227,6 +235,10 @@ def derive_session_updates(records: Iterable[SpanRecord]) -> dict[str, SessionUp
             update.error_type = _str(a.get(s.ERROR_TYPE))
             update.input_tokens = _int(a.get(s.GEN_AI_USAGE_INPUT_TOKENS))
             update.output_tokens = _int(a.get(s.GEN_AI_USAGE_OUTPUT_TOKENS))
+            update.student_input_tokens = _int(a.get(s.ATLAS_USAGE_STUDENT_INPUT_TOKENS))
+            update.student_output_tokens = _int(a.get(s.ATLAS_USAGE_STUDENT_OUTPUT_TOKENS))
+            update.teacher_input_tokens = _int(a.get(s.ATLAS_USAGE_TEACHER_INPUT_TOKENS))
+            update.teacher_output_tokens = _int(a.get(s.ATLAS_USAGE_TEACHER_OUTPUT_TOKENS))
             update.started_ns = record.start_ns
             update.ended_ns = record.end_ns
         for event in evaluations:

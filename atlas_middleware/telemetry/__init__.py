@@ -3,6 +3,7 @@ environment variables and sends spans where atlas can learn from them."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Mapping
@@ -11,7 +12,7 @@ from typing import Any, Literal
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -19,6 +20,9 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 
+from atlas_middleware.telemetry import schema as s
+
+log = logging.getLogger("atlas")
 ExporterName = Literal["atlas", "otlp", "jsonl", "console", "none"]
 EXPORTERS = ("atlas", "otlp", "jsonl", "console", "none")
 TRACER_NAME = "atlas_middleware"
@@ -27,6 +31,7 @@ _lock = threading.Lock()
 _provider: TracerProvider | None = None
 _installed_global: TracerProvider | None = None  # the global provider atlas set, if any
 _retrying: Any = None  # the RetryingSpanExporter of the current provider, if any
+_attached: _Attached | None = None  # atlas's processor on the application's provider, if any
 
 
 def _exporter(
@@ -100,11 +105,53 @@ def configure(
       (an exporter object you pass included; atlas's own store/JSONL exporters you build
       yourself redact on their own and are not wrapped again).
     """
-    global _provider, _retrying
     attributes = dict(resource_attributes or {})
     if service_name:
         attributes["service.name"] = service_name
     provider = TracerProvider(resource=Resource.create(attributes))
+    processor, retrying = _pipeline(
+        exporter=exporter,
+        store=store,
+        endpoint=endpoint,
+        jsonl_path=jsonl_path,
+        batch=batch,
+        retry_queue_spans=retry_queue_spans,
+        spool_dir=spool_dir,
+        spool_max_mb=spool_max_mb,
+    )
+    if processor is not None:
+        provider.add_span_processor(processor)
+    _install(provider, retrying, None)
+    if set_global:
+        _set_global(provider)
+    return provider
+
+
+def _install(provider: TracerProvider, retrying: Any, attached: _Attached | None) -> None:
+    global _provider, _retrying, _attached
+    with _lock:
+        previous, _provider = _provider, provider
+        previous_attached, _attached = _attached, attached
+        _retrying = retrying
+    if previous_attached is not None:
+        previous_attached.shutdown()  # the application's provider itself stays theirs
+    elif previous is not None:
+        previous.shutdown()
+
+
+def _pipeline(
+    *,
+    exporter: ExporterName | SpanExporter | None,
+    store: Any,
+    endpoint: str | None,
+    jsonl_path: str | Path | None,
+    batch: bool,
+    retry_queue_spans: int | None,
+    spool_dir: str | Path | None,
+    spool_max_mb: float,
+) -> tuple[SpanProcessor | None, Any]:
+    """The span processor that sends spans where ``configure()``'s options say, and the
+    retrying exporter inside it (or None)."""
     if isinstance(exporter, SpanExporter):
         span_exporter: SpanExporter | None = exporter
     else:
@@ -126,20 +173,135 @@ def configure(
             spool_dir=spool_dir,
             spool_max_bytes=int(spool_max_mb * 1024 * 1024),
         )
-        provider.add_span_processor(flushing_batch_processor(retrying))
-    elif span_exporter is not None:
+        return flushing_batch_processor(retrying), retrying
+    if span_exporter is not None:
         span_exporter = _redacting(span_exporter)
         processor = (
             BatchSpanProcessor(span_exporter) if batch else SimpleSpanProcessor(span_exporter)
         )
-        provider.add_span_processor(processor)
-    with _lock:
-        previous, _provider = _provider, provider
-        _retrying = retrying
-    if previous is not None:
-        previous.shutdown()
-    if set_global:
-        _set_global(provider)
+        return processor, None
+    return None, None
+
+
+class _Attached(SpanProcessor):
+    """atlas's pipeline inside the application's own SDK TracerProvider (``phoenix.otel.
+    register()``, Langfuse, an APM agent installed it first). It takes atlas's spans and the
+    spans of other instrumentations that belong to an atlas session's trace (an OpenInference
+    instrumentor's model calls inside a supervised run), not the application's other traffic;
+    in atlas's copy, those session spans carry ``atlas.span.role`` too (the application's
+    pipeline gets them as their instrumentation made them). Shutting it down leaves the
+    application's provider running."""
+
+    _REMEMBERED = 10_000
+
+    def __init__(self, inner: SpanProcessor) -> None:
+        self.inner = inner
+        self.active = True
+        self._traces: dict[int, None] = {}  # trace ids of atlas sessions, oldest first
+        self._traces_lock = threading.Lock()
+        # Other instrumentations' spans in a session: whose call each one is, as seen where it
+        # started (instrumentors such as OpenInference's set their attributes only at the end).
+        self._roles: dict[int, dict[str, str]] = {}
+
+    def _ours(self, span: Any) -> bool:
+        scope = getattr(span, "instrumentation_scope", None)
+        return scope is not None and scope.name == TRACER_NAME
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        if not self.active:
+            return
+        trace_id = span.get_span_context().trace_id
+        if self._ours(span):
+            with self._traces_lock:
+                if trace_id not in self._traces:
+                    self._traces[trace_id] = None
+                    while len(self._traces) > self._REMEMBERED:
+                        del self._traces[next(iter(self._traces))]
+        elif trace_id in self._traces:
+            from atlas_middleware.telemetry import usage
+
+            with self._traces_lock:
+                self._roles[span.get_span_context().span_id] = usage.role_attributes()
+                while len(self._roles) > self._REMEMBERED:
+                    del self._roles[next(iter(self._roles))]
+        else:
+            return
+        self.inner.on_start(span, parent_context)
+
+    def on_end(self, span: Any) -> None:
+        if not self.active:
+            return
+        if self._ours(span):
+            self.inner.on_end(span)
+        elif span.context.trace_id in self._traces:
+            with self._traces_lock:
+                role = self._roles.pop(span.context.span_id, None)
+            self.inner.on_end(_with_role(span, role))
+
+    def shutdown(self) -> None:
+        self.active = False
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def _with_role(span: Any, caller: dict[str, str] | None) -> Any:
+    """Another instrumentation's ended span inside a session, with ``atlas.span.role`` from
+    its OpenInference kind (a model call: whose call it was where it started)."""
+    attributes = dict(span.attributes or {})
+    if s.ATLAS_SPAN_ROLE in attributes:
+        return span
+    kind = attributes.get(s.OPENINFERENCE_SPAN_KIND)
+    if kind == s.OI_KIND_LLM:
+        attributes.update(caller or {s.ATLAS_SPAN_ROLE: s.ROLE_STUDENT})
+    elif kind == s.OI_KIND_TOOL:
+        attributes[s.ATLAS_SPAN_ROLE] = s.ROLE_TOOL
+    elif kind == s.OI_KIND_AGENT:
+        attributes[s.ATLAS_SPAN_ROLE] = s.ROLE_AGENT
+    else:
+        attributes[s.ATLAS_SPAN_ROLE] = s.ROLE_FRAMEWORK
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes,
+        events=span.events,
+        links=span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+def attach(provider: TracerProvider, **options: Any) -> TracerProvider:
+    """Send atlas's spans through ``provider`` (the application's SDK TracerProvider) *and*
+    to atlas's own exporter (``configure()``'s options: the store by default), so the
+    application's pipeline and the atlas store both get them. Returns ``provider``."""
+    options.pop("service_name", None)  # the application's resource names the service
+    options.pop("resource_attributes", None)
+    options.pop("set_global", None)
+    processor, retrying = _pipeline(
+        exporter=options.pop("exporter", None),
+        store=options.pop("store", None),
+        endpoint=options.pop("endpoint", None),
+        jsonl_path=options.pop("jsonl_path", None),
+        batch=options.pop("batch", True),
+        retry_queue_spans=options.pop("retry_queue_spans", None),
+        spool_dir=options.pop("spool_dir", None),
+        spool_max_mb=options.pop("spool_max_mb", 256.0),
+    )
+    if options:
+        raise TypeError(f"attach() got unknown option(s) {', '.join(sorted(options))}")
+    attached = _Attached(processor) if processor is not None else None
+    if attached is not None:
+        provider.add_span_processor(attached)
+    _install(provider, retrying, attached)
     return provider
 
 
@@ -172,23 +334,43 @@ def _set_global(provider: TracerProvider) -> None:
 
 
 def is_configured() -> bool:
-    """Whether spans already have somewhere to go: ``configure()`` ran, or the application set
-    its own SDK TracerProvider."""
-    if _provider is not None:
-        return True
-    current = trace.get_tracer_provider()
-    # A global provider atlas installed itself (and may since have shut down) is not the
-    # application's pipeline.
-    return not isinstance(current, trace.ProxyTracerProvider) and current is not _installed_global
+    """Whether atlas's tracing is set up (``configure()`` or ``attach()`` ran, directly or on
+    the first supervised call)."""
+    return _provider is not None
+
+
+_warned_foreign = False
 
 
 def ensure_configured(**options: Any) -> None:
-    """Configure atlas's tracing on first use unless someone already did: ``configure()`` was
-    called, or the application set its own SDK TracerProvider (then atlas's spans go through
-    the application's pipeline)."""
-    if is_configured():
+    """Set up atlas's tracing on first use unless it already is:
+
+    - no global provider yet (or only one atlas installed): ``configure(**options)``;
+    - the application installed an OpenTelemetry SDK ``TracerProvider`` first (Phoenix's
+      ``register()``, Langfuse, an APM agent): :func:`attach` to it, so atlas's spans go
+      through the application's pipeline *and* into atlas's store;
+    - a global provider that is not the SDK's (spans cannot be added to it): atlas uses a
+      provider of its own, and says so once (its spans do not reach that pipeline).
+    """
+    global _warned_foreign
+    if _provider is not None:
         return
-    configure(**options)
+    current = trace.get_tracer_provider()
+    if isinstance(current, trace.ProxyTracerProvider) or current is _installed_global:
+        configure(**options)
+    elif isinstance(current, TracerProvider):
+        attach(current, **options)
+    else:
+        if not _warned_foreign:
+            _warned_foreign = True
+            log.warning(
+                "atlas: the global tracer provider (%s) is not an OpenTelemetry SDK "
+                "TracerProvider, so atlas cannot add its exporter to it: atlas's spans go to "
+                "atlas's own pipeline only. Call atlas_middleware.telemetry.attach(provider) "
+                "with an SDK TracerProvider to share one.",
+                type(current).__name__,
+            )
+        configure(**{**options, "set_global": False})
 
 
 def export_stats() -> Any:
@@ -207,10 +389,15 @@ def get_tracer() -> trace.Tracer:
 
 
 def shutdown(timeout_millis: int = 5000) -> None:
-    """Flush pending spans within the deadline and stop exporting."""
-    global _provider
+    """Flush pending spans within the deadline and stop exporting. A provider atlas attached
+    to (the application's) keeps running; only atlas's exporter on it stops."""
+    global _provider, _attached
     with _lock:
         provider, _provider = _provider, None
-    if provider is not None:
+        attached, _attached = _attached, None
+    if attached is not None:
+        attached.force_flush(timeout_millis)
+        attached.shutdown()
+    elif provider is not None:
         provider.force_flush(timeout_millis)
         provider.shutdown()

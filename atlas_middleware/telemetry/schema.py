@@ -31,7 +31,6 @@ GEN_AI_TOOL_NAME = "gen_ai.tool.name"
 GEN_AI_TOOL_CALL_ID = "gen_ai.tool.call.id"
 GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"
 GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"
-GEN_AI_SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
 ERROR_TYPE = "error.type"
 GEN_AI_RESPONSE_ID = "gen_ai.response.id"
 GEN_AI_TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
@@ -85,13 +84,44 @@ ATLAS_STREAMED = "atlas.streamed"  # the answer was streamed to the caller (no r
 ATLAS_STEP_NAME = "atlas.step.name"
 ATLAS_STEP_INPUT_EVENT = "atlas.step.input_event"
 
-ROLE_SESSION = "session"
-ROLE_EVALUATION = "evaluation"
-ROLE_PROBE = "probe"
-ROLE_GUIDANCE = "guidance"
-ROLE_NODE = "node"  # a graph node (LangGraph)
-ROLE_CHAIN = "chain"  # any other framework step (a LangChain chain/runnable)
-ROLE_STEP = "step"  # a workflow step (LlamaIndex)
+# Token usage of a session by whose calls they were (the root's gen_ai.usage.* is their sum).
+ATLAS_USAGE_STUDENT_INPUT_TOKENS = "atlas.usage.student.input_tokens"
+ATLAS_USAGE_STUDENT_OUTPUT_TOKENS = "atlas.usage.student.output_tokens"
+ATLAS_USAGE_TEACHER_INPUT_TOKENS = "atlas.usage.teacher.input_tokens"
+ATLAS_USAGE_TEACHER_OUTPUT_TOKENS = "atlas.usage.teacher.output_tokens"
+# The probe's outcome when it gave no confidence: "unparsed" (the reply had no confidence
+# field) or "failed" (the call failed); absent when atlas.probe.confidence is set.
+ATLAS_PROBE_STATUS = "atlas.probe.status"
+PROBE_UNPARSED = "unparsed"
+PROBE_FAILED = "failed"
+# A reward no judge could score: its evaluation carries this label and says why.
+LABEL_UNSCORED = "unscored"
+
+# atlas.span.role: whose work a span is, one vocabulary for every integration.
+ROLE_SESSION = "session"  # the session's root
+ROLE_STUDENT = "student"  # a model call of the supervised agent
+ROLE_TEACHER = "teacher"  # a teacher model call; atlas.teacher.step says which job
+ROLE_JUDGE = "judge"  # a reward judge's model call
+ROLE_TOOL = "tool"  # a tool call
+ROLE_AGENT = "agent"  # an agent or workflow run of the framework, inside the session
+ROLE_FRAMEWORK = "framework"  # any other framework step: graph node, chain, workflow step, …
+ROLE_EVALUATION = "evaluation"  # a reward (gen_ai.evaluation.result)
+SPAN_ROLES = (
+    ROLE_SESSION,
+    ROLE_STUDENT,
+    ROLE_TEACHER,
+    ROLE_JUDGE,
+    ROLE_TOOL,
+    ROLE_AGENT,
+    ROLE_FRAMEWORK,
+    ROLE_EVALUATION,
+)
+ATLAS_TEACHER_STEP = "atlas.teacher.step"
+TEACHER_STEPS = ("probe", "guidance", "validate", "lesson")
+# Framework steps (role framework): what the framework called it.
+FRAMEWORK_NODE = "node"  # a graph node (LangGraph)
+FRAMEWORK_CHAIN = "chain"  # a chain/runnable or retriever (LangChain)
+FRAMEWORK_STEP = "step"  # a workflow step (LlamaIndex)
 
 # The evaluation whose score becomes the session's reward; other evaluations are kept beside it.
 PRIMARY_EVALUATION = "atlas.rim"
@@ -122,8 +152,28 @@ ATLAS_GUARDRAIL_TRIGGERED = "atlas.guardrail.triggered"
 # --- OpenInference mirror ---------------------------------------------------------------------
 OPENINFERENCE_SPAN_KIND = "openinference.span.kind"
 OI_INPUT_VALUE = "input.value"
+OI_INPUT_MIME_TYPE = "input.mime_type"
 OI_OUTPUT_VALUE = "output.value"
+OI_OUTPUT_MIME_TYPE = "output.mime_type"
 OI_SESSION_ID = "session.id"
+OI_LLM_MODEL_NAME = "llm.model_name"
+OI_LLM_PROVIDER = "llm.provider"
+OI_LLM_TOKEN_COUNT_PROMPT = "llm.token_count.prompt"
+OI_LLM_TOKEN_COUNT_COMPLETION = "llm.token_count.completion"
+OI_LLM_TOKEN_COUNT_TOTAL = "llm.token_count.total"
+OI_LLM_INPUT_MESSAGES = "llm.input_messages"  # llm.input_messages.<i>.message.<field>
+OI_LLM_OUTPUT_MESSAGES = "llm.output_messages"
+OI_MESSAGE_ROLE = "message.role"
+OI_MESSAGE_CONTENT = "message.content"
+OI_MESSAGE_TOOL_CALLS = "message.tool_calls"  # message.tool_calls.<j>.tool_call.<field>
+OI_MESSAGE_TOOL_CALL_ID = "message.tool_call_id"
+OI_TOOL_CALL_ID = "tool_call.id"
+OI_TOOL_CALL_FUNCTION_NAME = "tool_call.function.name"
+OI_TOOL_CALL_FUNCTION_ARGUMENTS = "tool_call.function.arguments"
+OI_TOOL_NAME = "tool.name"
+OI_AGENT_NAME = "agent.name"
+MIME_JSON = "application/json"
+MIME_TEXT = "text/plain"
 OI_KIND_AGENT = "AGENT"
 OI_KIND_EVALUATOR = "EVALUATOR"
 OI_KIND_CHAIN = "CHAIN"
@@ -134,6 +184,17 @@ OI_KIND_TOOL = "TOOL"
 def oi_evaluation_key(index: int, field: str) -> str:
     """``evaluations.<i>.evaluation.<field>`` (field: name, score, label, explanation)."""
     return f"evaluations.{index}.evaluation.{field}"
+
+
+def oi_message_key(prefix: str, index: int, field: str) -> str:
+    """``llm.input_messages.<i>.message.role`` and the like (``prefix``: OI_LLM_*_MESSAGES,
+    ``field``: an OI_MESSAGE_* name)."""
+    return f"{prefix}.{index}.{field}"
+
+
+def oi_tool_call_key(prefix: str, index: int, call: int, field: str) -> str:
+    """``llm.output_messages.<i>.message.tool_calls.<j>.tool_call.function.name`` and the like."""
+    return f"{prefix}.{index}.{OI_MESSAGE_TOOL_CALLS}.{call}.{field}"
 
 
 # --- span names -------------------------------------------------------------------------------
@@ -309,7 +370,7 @@ def record_evaluation(
     session: SpanContext,
     *,
     name: str,
-    score: float,
+    score: float | None,
     label: str | None = None,
     explanation: str | None = None,
     uncertainty: float | None = None,
@@ -320,14 +381,18 @@ def record_evaluation(
 
     Judging may finish long after the root span ended, so this takes the root's SpanContext, not
     the span: a late reward still lands in the same trace and updates its session on ingest.
+    ``score=None`` records an evaluation that could not be scored (say why in ``explanation``):
+    kept with the session, never a reward.
     """
-    if not 0.0 <= score <= 1.0 or score != score:
-        raise ValueError(f"evaluation score must be within [0, 1], got {score!r}")
+    if score is not None and (
+        isinstance(score, bool) or not isinstance(score, int | float) or not 0.0 <= score <= 1.0
+    ):
+        raise ValueError(f"evaluation score must be a number within [0, 1], got {score!r}")
     parent = trace.set_span_in_context(trace.NonRecordingSpan(session))
     event = _clean(
         {
             GEN_AI_EVALUATION_NAME: name,
-            GEN_AI_EVALUATION_SCORE_VALUE: float(score),
+            GEN_AI_EVALUATION_SCORE_VALUE: None if score is None else float(score),
             GEN_AI_EVALUATION_SCORE_LABEL: label,
             GEN_AI_EVALUATION_EXPLANATION: explanation,
         }
@@ -335,7 +400,7 @@ def record_evaluation(
     mirror = _clean(
         {
             oi_evaluation_key(index, "name"): name,
-            oi_evaluation_key(index, "score"): float(score),
+            oi_evaluation_key(index, "score"): None if score is None else float(score),
             oi_evaluation_key(index, "label"): label,
             oi_evaluation_key(index, "explanation"): explanation,
         }

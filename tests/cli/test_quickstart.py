@@ -14,6 +14,7 @@ from atlas_middleware.prompts import DEFAULT_PROMPTS
 from atlas_middleware.storage import open_store
 from atlas_middleware.tasks import load_tasks
 from atlas_middleware.teacher import parse_confidence
+from atlas_middleware.telemetry.genai import message_text
 from atlas_middleware.telemetry.schema import (
     ATLAS_FAILURES,
     ATLAS_RETRIES,
@@ -33,9 +34,9 @@ def _teacher_calls(spans, system: str) -> list[tuple[str, str]]:
     calls = []
     for span in spans:
         sent = _messages(span, GEN_AI_INPUT_MESSAGES) if span.name.startswith("chat ") else []
-        if sent and sent[0]["content"] == system:
-            reply = "".join(m["content"] for m in _messages(span, GEN_AI_OUTPUT_MESSAGES))
-            calls.append((sent[-1]["content"], reply))
+        if sent and message_text(sent[0]) == system:
+            reply = "".join(message_text(m) for m in _messages(span, GEN_AI_OUTPUT_MESSAGES))
+            calls.append((message_text(sent[-1]), reply))
     return calls
 
 
@@ -107,7 +108,7 @@ def test_quickstart_stores_rewarded_sessions_in_every_lane(tmp_path, embedded_ca
                 for x in tree
                 if x.name.startswith("chat ")
                 and any(
-                    session.guidance in message["content"]
+                    session.guidance in message_text(message)
                     for message in _messages(x, GEN_AI_INPUT_MESSAGES)
                 )
             ]

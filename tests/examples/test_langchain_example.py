@@ -4,7 +4,6 @@ model's input."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 
 from atlas_middleware.storage import open_store
 from atlas_middleware.telemetry import schema as s
-from tests.helpers import free_port
+from tests.helpers import free_port, plain_messages
 
 pytestmark = pytest.mark.model
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +53,6 @@ def test_the_langchain_example_runs(embedded_cache, tmp_path):
         if x.name.startswith("chat smollm2") and x.parent_span_id == sequence.span_id
     ]
     assert chat.attributes[s.GEN_AI_USAGE_INPUT_TOKENS] > 0
-    system = json.loads(chat.attributes[s.GEN_AI_INPUT_MESSAGES])[0]
+    system = plain_messages(chat.attributes[s.GEN_AI_INPUT_MESSAGES])[0]
     assert system["role"] == "system" and session.guidance in system["content"]
     assert any(x.name == "evaluate atlas.rim" and x.parent_span_id == root.span_id for x in spans)

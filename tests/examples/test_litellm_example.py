@@ -4,7 +4,6 @@ in its messages, and atlas's own litellm calls (teacher, judge) without a second
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 
 from atlas_middleware.storage import open_store
 from atlas_middleware.telemetry import schema as s
+from tests.helpers import plain_messages
 
 pytestmark = pytest.mark.model
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def test_the_litellm_example_runs(model_server, tmp_path):
     assert chat.parent_span_id == root.span_id
     assert chat.attributes[s.GEN_AI_PROVIDER_NAME] == "openai"
     assert chat.attributes[s.GEN_AI_USAGE_INPUT_TOKENS] > 0
-    system = json.loads(chat.attributes[s.GEN_AI_INPUT_MESSAGES])[0]
+    system = plain_messages(chat.attributes[s.GEN_AI_INPUT_MESSAGES])[0]
     assert system["role"] == "system" and session.guidance in system["content"]
     # Teacher and judge calls go through atlas's LiteLLMModel: its spans, no callback duplicates.
     assert any(x.name == f"chat openai/{name}" and x.parent_span_id == root.span_id for x in spans)

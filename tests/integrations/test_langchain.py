@@ -20,9 +20,12 @@ from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 
 import atlas_middleware as atlas
+from atlas_middleware import telemetry
 from atlas_middleware.models import ScriptedModel
+from atlas_middleware.storage import open_store
 from atlas_middleware.telemetry import get_tracer
 from atlas_middleware.telemetry import schema as s
+from tests.helpers import plain_messages
 
 
 @pytest.fixture(autouse=True)
@@ -65,11 +68,22 @@ def test_chat_and_chain_spans_nest_under_the_current_span(memory):
     assert a[s.GEN_AI_REQUEST_MODEL] == "FakeMessagesListChatModel"
     assert a[s.GEN_AI_PROVIDER_NAME] == "fakemessageslistchatmodel"
     assert (a[s.GEN_AI_USAGE_INPUT_TOKENS], a[s.GEN_AI_USAGE_OUTPUT_TOKENS]) == (9, 3)
+    # The GenAI conventions' message shape: parts, and a finish reason on outputs.
     assert orjson.loads(a[s.GEN_AI_INPUT_MESSAGES]) == [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "12 + 30?"},
+        {"role": "system", "parts": [{"type": "text", "content": "Be brief."}]},
+        {"role": "user", "parts": [{"type": "text", "content": "12 + 30?"}]},
     ]
-    assert orjson.loads(a[s.GEN_AI_OUTPUT_MESSAGES]) == [{"role": "assistant", "content": "42"}]
+    [output] = orjson.loads(a[s.GEN_AI_OUTPUT_MESSAGES])
+    assert output["role"] == "assistant"
+    assert output["parts"] == [{"type": "text", "content": "42"}]
+    # OpenInference's names for the same call, for Phoenix.
+    assert a[s.OPENINFERENCE_SPAN_KIND] == s.OI_KIND_LLM
+    assert a[s.OI_LLM_MODEL_NAME] == "FakeMessagesListChatModel"
+    assert (a[s.OI_LLM_TOKEN_COUNT_PROMPT], a[s.OI_LLM_TOKEN_COUNT_COMPLETION]) == (9, 3)
+    assert a["llm.input_messages.1.message.content"] == "12 + 30?"
+    assert a["llm.output_messages.0.message.content"] == "42"
+    assert a[s.OI_OUTPUT_VALUE] == "42" and "12 + 30?" in a[s.OI_INPUT_VALUE]
+    assert a[s.ATLAS_SPAN_ROLE] == s.ROLE_STUDENT
     assert model.kind.name == "CLIENT" and model.end_time >= model.start_time
 
 
@@ -232,11 +246,11 @@ def test_with_guidance_puts_the_teachers_guidance_in_the_models_input(memory):
     guided, plain = named(memory, "chat FakeMessagesListChatModel")
     [root] = named(memory, "invoke_agent calc")
     assert guided.context.trace_id == root.context.trace_id
-    system, user = orjson.loads(guided.attributes[s.GEN_AI_INPUT_MESSAGES])
+    system, user = plain_messages(guided.attributes[s.GEN_AI_INPUT_MESSAGES])
     assert system["role"] == "system" and user == {"role": "user", "content": "12 + 30?"}
     assert system["content"].startswith("Be brief.\n\n") and GUIDANCE in system["content"]
     # Outside a supervised call the step changes nothing.
-    assert orjson.loads(plain.attributes[s.GEN_AI_INPUT_MESSAGES])[0] == {
+    assert plain_messages(plain.attributes[s.GEN_AI_INPUT_MESSAGES])[0] == {
         "role": "system",
         "content": "Be brief.",
     }
@@ -306,7 +320,57 @@ def test_a_supervised_chain_on_the_real_model_through_chat_openai(model_server, 
     assert student.attributes[s.GEN_AI_PROVIDER_NAME] == "openai"
     assert student.attributes[s.GEN_AI_USAGE_INPUT_TOKENS] > 0
     assert student.attributes[s.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
-    received = orjson.loads(student.attributes[s.GEN_AI_INPUT_MESSAGES])
+    received = plain_messages(student.attributes[s.GEN_AI_INPUT_MESSAGES])
     assert received[0]["role"] == "system" and GUIDANCE in received[0]["content"]
     [evaluation] = [x for x in spans if x.name == "evaluate atlas.rim"]
     assert by_id[evaluation.parent_span_id] is root
+
+
+# --- beside OpenInference's instrumentor (Phoenix users) ---------------------------------------
+def test_beside_openinference_each_model_call_is_traced_once_and_still_counted(sqlite_url):
+    """Finding 3's other half: with OpenInference's LangChain instrumentor on the application's
+    provider, atlas makes no second span per step; the session still gets its row, the student's
+    tokens and a role on OpenInference's model-call span."""
+    from langchain_openai import ChatOpenAI
+    from openinference.instrumentation.langchain import LangChainInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from tests.integrations.scripted_openai import ScriptedOpenAI
+
+    phoenix = InMemorySpanExporter()  # what the application's own backend receives
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(phoenix))
+    openinference = LangChainInstrumentor()
+    openinference.instrument(tracer_provider=provider)
+    try:
+        telemetry.attach(provider, exporter="atlas", store=sqlite_url, batch=False)
+        lc.instrument()
+        with ScriptedOpenAI(lambda body: "42") as server:
+            llm = ChatOpenAI(base_url=server.url, api_key="none", model="scripted-gpt")
+
+            @atlas.supervise(agent="calc", teacher=ScriptedModel(replies=["0.95"]), reward=False)
+            def solve(question: str) -> str:
+                return chain(llm).invoke({"question": question})
+
+            assert solve("12 + 30?") == "42"
+        telemetry.shutdown()
+    finally:
+        openinference.uninstrument()
+        lc.uninstrument()
+    llm_spans = [
+        x
+        for x in phoenix.get_finished_spans()
+        if x.attributes.get(s.OPENINFERENCE_SPAN_KIND) == s.OI_KIND_LLM
+        and x.attributes.get(s.ATLAS_SPAN_ROLE) != s.ROLE_TEACHER
+    ]
+    assert len(llm_spans) == 1  # OpenInference's; atlas added none of its own
+    assert llm_spans[0].instrumentation_scope.name.startswith("openinference")
+    with open_store(sqlite_url) as store:
+        [session] = list(store.iter_sessions())
+        spans = store.spans_for([session.trace_id])[session.trace_id]
+    [student] = [x for x in spans if x.attributes.get(s.ATLAS_SPAN_ROLE) == s.ROLE_STUDENT]
+    assert student.span_id == format(llm_spans[0].context.span_id, "016x")
+    assert session.final_answer == "42" and session.student_input_tokens
+    assert session.student_input_tokens == student.attributes["llm.token_count.prompt"]

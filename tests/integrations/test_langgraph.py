@@ -32,6 +32,7 @@ from atlas_middleware.models import ModelError, ScriptedModel
 from atlas_middleware.rim import RIMReward
 from atlas_middleware.storage import open_store
 from atlas_middleware.telemetry import schema as s
+from tests.helpers import plain_messages
 
 GUIDANCE = "Add the tens first, then the ones."
 TASK = "What is 12 + 30?"
@@ -146,13 +147,16 @@ def test_a_graph_run_is_one_session_with_node_spans_reward_and_guidance(store_ur
     nodes = {x.name: x for x in tree if x.name.startswith("node ")}
     assert set(nodes) == {"node model", "node format"}
     assert all(x.parent_span_id == root.span_id for x in nodes.values())
-    assert all(x.attributes[s.ATLAS_SPAN_ROLE] == s.ROLE_NODE for x in nodes.values())
+    assert all(x.attributes[s.ATLAS_SPAN_ROLE] == s.ROLE_FRAMEWORK for x in nodes.values())
+    assert all(
+        x.attributes[s.ATLAS_FRAMEWORK_SPAN_TYPE] == s.FRAMEWORK_NODE for x in nodes.values()
+    )
     [chat] = [x for x in tree if x.name == "chat FakeMessagesListChatModel"]
     assert chat.parent_span_id == nodes["node model"].span_id
     assert chat.attributes[s.GEN_AI_USAGE_INPUT_TOKENS] == 11
     assert chat.attributes[s.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
     # What the chat model was given: the guidance as a system message, then the task.
-    received = orjson.loads(chat.attributes[s.GEN_AI_INPUT_MESSAGES])
+    received = plain_messages(chat.attributes[s.GEN_AI_INPUT_MESSAGES])
     assert received[0]["role"] == "system" and GUIDANCE in received[0]["content"]
     assert received[1] == {"role": "user", "content": TASK}
     # No span for the graph's own outer chain: the session root stands for it.
@@ -181,7 +185,7 @@ def test_paired_retry_on_a_thread_forks_from_where_the_run_started(memory):
     assert root.attributes[s.ATLAS_THREAD_ID] == "t-1"
     assert root.attributes[s.GEN_AI_CONVERSATION_ID] == "t-1"
     chats = by_name(memory.get_finished_spans(), "chat FakeMessagesListChatModel")
-    first, retry = (orjson.loads(c.attributes[s.GEN_AI_INPUT_MESSAGES]) for c in chats)
+    first, retry = (plain_messages(c.attributes[s.GEN_AI_INPUT_MESSAGES]) for c in chats)
     assert [m["role"] for m in first] == ["user"]
     assert [m["role"] for m in retry] == ["system", "user"] and GUIDANCE in retry[0]["content"]
 
@@ -261,7 +265,7 @@ def test_later_guided_turns_on_a_thread_keep_one_guidance_message_at_the_head(me
         app.options(**options).invoke({"messages": [HumanMessage(question)]}, config)
 
     chats = by_name(memory.get_finished_spans(), "chat FakeMessagesListChatModel")
-    seen = [orjson.loads(c.attributes[s.GEN_AI_INPUT_MESSAGES]) for c in chats]
+    seen = [plain_messages(c.attributes[s.GEN_AI_INPUT_MESSAGES]) for c in chats]
     assert len(seen) == 6  # five turns, one of them retried
     conversation: list[dict] = []
     expected_hints = ["hint 1", "hint 2", None, "hint 3", None, "hint 4"]
@@ -682,7 +686,7 @@ def test_a_langgraph_agent_on_the_real_model(model_server, tmp_path):
     [chat] = [x for x in tree if x.name == f"chat {served}" and x.parent_span_id == node.span_id]
     assert node.parent_span_id == root.span_id
     assert chat.attributes[s.GEN_AI_USAGE_INPUT_TOKENS] > 0
-    received = orjson.loads(chat.attributes[s.GEN_AI_INPUT_MESSAGES])
+    received = plain_messages(chat.attributes[s.GEN_AI_INPUT_MESSAGES])
     assert received[0]["role"] == "system" and session.guidance in received[0]["content"]
 
 

@@ -22,7 +22,7 @@ from atlas_middleware.models import LiteLLMModel, ScriptedModel
 from atlas_middleware.rim import RIMReward
 from atlas_middleware.storage import open_store
 from atlas_middleware.telemetry import schema as s
-from tests.helpers import free_port
+from tests.helpers import free_port, plain_messages
 from tests.integrations.scripted_openai import MODEL, ScriptedOpenAI, system_text
 
 USER = [{"role": "user", "content": "What is 12 + 30?"}]
@@ -109,10 +109,17 @@ def test_completion_in_a_supervised_session_is_a_chat_span_with_usage(store_url,
     assert attributes[s.GEN_AI_USAGE_OUTPUT_TOKENS] == 7
     # The guidance the function merged into its messages is what litellm sent.
     assert GUIDANCE in attributes[s.GEN_AI_INPUT_MESSAGES]
-    assert json.loads(attributes[s.GEN_AI_OUTPUT_MESSAGES]) == [
+    assert plain_messages(attributes[s.GEN_AI_OUTPUT_MESSAGES]) == [
         {"role": "assistant", "content": "42"}
     ]
     assert stored.start_ns >= root.start_ns and stored.end_ns <= root.end_ns
+    # The student's litellm call is in the session's tokens, apart from the teacher's.
+    assert attributes[s.ATLAS_SPAN_ROLE] == s.ROLE_STUDENT
+    assert session.student_input_tokens == attributes[s.GEN_AI_USAGE_INPUT_TOKENS]
+    assert session.student_output_tokens == 7
+    assert session.teacher_input_tokens and session.teacher_output_tokens
+    assert session.input_tokens == session.student_input_tokens + session.teacher_input_tokens
+    assert session.model == MODEL
 
 
 def test_acompletion_and_streams_are_traced_under_the_current_span(spans, server):

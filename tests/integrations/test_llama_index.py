@@ -9,7 +9,6 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import orjson
 import pytest
 from atlas_middleware.integrations import llama_index as li
 from llama_index.core.base.llms.types import (
@@ -39,6 +38,7 @@ from atlas_middleware.models import ModelError, ScriptedModel
 from atlas_middleware.rim import RIMReward
 from atlas_middleware.storage import open_store
 from atlas_middleware.telemetry import schema as s
+from tests.helpers import plain_messages
 
 GUIDANCE = "Add the tens first, then the ones."
 
@@ -194,7 +194,7 @@ def test_supervised_run_retries_with_guidance_in_the_llm_input_and_lands_in_the_
     assert len(chats) == 2  # achat → chat on one LLM is one span
     thinks = {x.span_id for x in steps if x.name == "step think"}
     assert all(parent_of(c) in thinks for c in chats)
-    inputs = [orjson.loads(c.attributes[s.GEN_AI_INPUT_MESSAGES]) for c in chats]
+    inputs = [plain_messages(c.attributes[s.GEN_AI_INPUT_MESSAGES]) for c in chats]
     assert sum(any(GUIDANCE in m["content"] for m in msgs) for msgs in inputs) == 1
     assert all(c.attributes[s.GEN_AI_USAGE_INPUT_TOKENS] == 11 for c in chats)
     assert by_name(spans, "evaluate atlas.rim")
@@ -349,22 +349,31 @@ def test_instrument_alone_traces_a_plain_workflow_as_its_own_session(store_url):
     [chat] = by_name(spans, "chat scripted-llm")
     assert parent_of(chat) == step_span.span_id
     assert chat.attributes[s.GEN_AI_USAGE_OUTPUT_TOKENS] == 2
-    assert orjson.loads(chat.attributes[s.GEN_AI_OUTPUT_MESSAGES]) == [
+    assert plain_messages(chat.attributes[s.GEN_AI_OUTPUT_MESSAGES]) == [
         {"role": "assistant", "content": "42"}
     ]
 
 
-def test_guidance_wrappers_pass_through_outside_supervised_runs_and_uninstrument_removes_them():
+def test_instrument_changes_no_call_and_guidance_wrappers_take_every_call_shape():
+    """Finding 1: ``instrument()`` broke ``llm.chat(messages=[...])`` for everyone. Tracing
+    patches nothing; the wrappers supervision installs pass calls through untouched."""
     li.instrument()
     llm = ScriptedLLM(respond=lambda messages: "ok")
+    assert not getattr(ScriptedLLM.__dict__["chat"], "_atlas_guided", False)
     messages = [ChatMessage(role="user", content="hi")]
+    llm.chat(messages=messages)  # keyword call: a TypeError before
+    li.supervise_workflow(Solve(llm=llm, timeout=10), agent="x", teacher=ScriptedModel(["0.9"]))
+    assert getattr(ScriptedLLM.__dict__["chat"], "_atlas_guided", False)
+    llm.chat(messages=messages)
     llm.chat(messages)
     with atlas.use_guidance(GUIDANCE):
+        llm.chat(messages=messages)
         llm.chat(messages)
-        llm.complete("hi")
-    assert [guided(call) for call in llm.calls] == [False, True]
+        assert llm.complete(prompt="hi").text == "ok"
+    assert [guided(call) for call in llm.calls] == [False, False, False, True, True]
     assert len(messages) == 1  # the caller's list is never changed
     li.uninstrument()
+    assert not getattr(ScriptedLLM.__dict__["chat"], "_atlas_guided", False)
     with atlas.use_guidance(GUIDANCE):
         llm.chat(messages)
     assert not guided(llm.calls[-1])
@@ -579,3 +588,19 @@ def test_an_atlas_model_as_the_llm_records_one_chat_span_under_its_step(memory):
     [think] = by_name(spans, "step think")
     assert chat.parent.span_id == think.context.span_id
     assert chat.attributes[s.GEN_AI_USAGE_INPUT_TOKENS] > 0
+
+
+def test_an_agents_answer_is_the_text_of_its_final_message():
+    """Finding 2: a FunctionAgent's AgentOutput was stored as the whole event in JSON (raw stream
+    chunk, tool output and all), so a reference matched text the user never saw."""
+    from llama_index.core.agent.workflow import AgentOutput
+    from llama_index.core.tools import ToolSelection
+
+    output = AgentOutput(
+        response=ChatMessage(role="assistant", content="The sum is 43."),
+        current_agent_name="calc",
+        raw={"choices": [{"delta": {"content": "The sum is 43."}}], "note": "42"},
+        tool_calls=[ToolSelection(tool_id="1", tool_name="add", tool_kwargs={"a": 40, "b": 2})],
+    )
+    assert li._answer(output) == "The sum is 43." == str(output)
+    assert li._answer(StopEvent(result=output)) == "The sum is 43."

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 from agents import (
     Agent,
@@ -43,6 +42,7 @@ from atlas_middleware.models.base import approx_tokens
 from atlas_middleware.rim import RIMReward
 from atlas_middleware.storage import open_store
 from atlas_middleware.telemetry import schema as s
+from tests.helpers import plain_messages
 from tests.integrations.scripted_openai import (
     MODEL,
     ScriptedOpenAI,
@@ -510,7 +510,7 @@ def test_streamed_agent_on_the_embedded_model(model_server, tmp_path, monkeypatc
     [student] = [x for x in spans if x.parent_span_id == agent_span.span_id]
     assert student.name == f"chat {name}"
     assert student.attributes[s.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
-    messages = orjson.loads(student.attributes[s.GEN_AI_INPUT_MESSAGES])
+    messages = plain_messages(student.attributes[s.GEN_AI_INPUT_MESSAGES])
     system = next(m["content"] for m in messages if m["role"] == "system")
     assert system.startswith("Answer with a number only.") and session.guidance in system
 

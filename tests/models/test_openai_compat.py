@@ -163,7 +163,7 @@ def test_server_validates_requests_and_lists_its_model():
                 ({**ok, "stream": "yes"}, "'stream' must be true or false"),
                 ({**ok, "stream_options": {"include_usage": True}}, "only allowed with stream"),
                 ({**ok, "messages": []}, "non-empty list"),
-                ({**ok, "messages": [{"role": "tool", "content": "x"}]}, "not supported"),
+                ({**ok, "messages": [{"role": "robot", "content": "x"}]}, "not supported"),
                 ({**ok, "max_tokens": 0}, "positive integer"),
                 ({**ok, "temperature": 3}, "between 0 and 2"),
                 ({**ok, "stop": [1]}, "'stop'"),

@@ -14,6 +14,7 @@ from atlas_middleware import telemetry
 from atlas_middleware.rim import RIMReward
 from atlas_middleware.storage import open_store
 from atlas_middleware.telemetry import schema as s
+from atlas_middleware.telemetry.genai import message_text
 
 pytestmark = pytest.mark.model
 
@@ -45,6 +46,7 @@ def test_supervised_session_with_the_embedded_model(embedded, private_store):
         [session] = list(store.iter_sessions())
         spans = store.spans_for([session.trace_id])[session.trace_id]
     assert session.agent_name == "smol-calc"
+    assert session.model == "smollm2-135m-instruct"  # the student's model, from its calls
     assert session.lane == "paired"
     assert session.final_answer == answer
     assert session.guidance  # the teacher wrote guidance for the retry
@@ -59,11 +61,24 @@ def test_supervised_session_with_the_embedded_model(embedded, private_store):
     student_inputs = [
         orjson.loads(span.attributes[s.GEN_AI_INPUT_MESSAGES])
         for span in spans
-        if span.name.startswith("chat ") and span.parent_span_id == session_root(spans).span_id
+        if span.name.startswith("chat ")
+        and span.parent_span_id == session_root(spans).span_id
+        and span.attributes[s.ATLAS_SPAN_ROLE] == s.ROLE_STUDENT
     ]
+    assert len(student_inputs) == 2  # the attempt and the guided retry
     assert any(
-        session.guidance in message["content"] for inputs in student_inputs for message in inputs
+        session.guidance in message_text(message) for inputs in student_inputs for message in inputs
     )
+    # The teacher's calls are marked as such, and the tokens are split the same way.
+    steps = [
+        span.attributes.get(s.ATLAS_TEACHER_STEP)
+        for span in spans
+        if span.attributes.get(s.ATLAS_SPAN_ROLE) == s.ROLE_TEACHER
+    ]
+    assert "guidance" in steps
+    assert session.student_input_tokens and session.teacher_input_tokens
+    assert session.input_tokens == session.student_input_tokens + session.teacher_input_tokens
+    assert session.output_tokens == session.student_output_tokens + session.teacher_output_tokens
 
 
 def session_root(spans):

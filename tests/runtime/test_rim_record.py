@@ -95,10 +95,23 @@ def test_record_skips_failed_judges_and_unscored_rewards(traced) -> None:
     assert s.evaluation_span_name(s.rim_judge_evaluation_name("process")) not in names
     assert len(names) == 4  # primary + three judges
 
+    # No judge could score: no reward, but the session keeps why (an unscored evaluation).
     nothing = RIMReward(scripted(JudgeScript(default=ModelError("down")))).evaluate_sync("q", "a")
     exporter.clear()
     assert record(nothing, session, tracer=tracer) is False
-    assert exporter.get_finished_spans() == ()
+    [span] = exporter.get_finished_spans()
+    [event] = span.events
+    assert s.GEN_AI_EVALUATION_SCORE_VALUE not in event.attributes
+    assert event.attributes[s.GEN_AI_EVALUATION_SCORE_LABEL] == s.LABEL_UNSCORED
+    assert event.attributes[s.GEN_AI_EVALUATION_EXPLANATION].startswith("no judge produced a score")
+    assert "down" in event.attributes[s.GEN_AI_EVALUATION_EXPLANATION]
+    from atlas_middleware.otel_exporters.sdk import to_records
+
+    from atlas_middleware.storage.records import derive_session_updates, reward_score
+
+    [update] = derive_session_updates(to_records([span])).values()
+    assert update.evaluations[s.PRIMARY_EVALUATION]["label"] == s.LABEL_UNSCORED
+    assert reward_score(update.evaluations) is None
 
 
 def test_record_defaults_to_the_atlas_tracer(monkeypatch: pytest.MonkeyPatch, traced) -> None:

@@ -16,13 +16,13 @@ from atlas_middleware.storage import Session, SpanRecord
 from atlas_middleware.storage.records import span_tree
 from atlas_middleware.telemetry import schema as s
 
-# Span roles (atlas.span.role) of the teacher's calls, of the student's, and of judges. Roles
-# beyond the ones atlas writes today are read too, so newer recorders show up without a change.
-TEACHER_ROLES = frozenset(
-    {"teacher", s.ROLE_PROBE, s.ROLE_GUIDANCE, "validation", "validate", "lesson", "playbook"}
-)
-STUDENT_ROLES = frozenset({"student"})
-JUDGE_ROLES = frozenset({"judge", "reward", "verifier"})
+# Span roles (atlas.span.role) of the teacher's calls, of the student's, and of judges; which
+# teacher job a call did is its atlas.teacher.step (docs/span-schema.md).
+TEACHER_ROLES = frozenset({s.ROLE_TEACHER})
+STUDENT_ROLES = frozenset({s.ROLE_STUDENT})
+JUDGE_ROLES = frozenset({s.ROLE_JUDGE})
+# How the page names each teacher step.
+_JOB_NAMES = {"probe": "probe", "guidance": "guidance", "validate": "validation", "lesson": "lesson"}
 _LLM_OPERATIONS = frozenset({s.OP_CHAT, s.OP_TEXT_COMPLETION})
 MAX_VALUE_CHARS = 20_000
 
@@ -107,26 +107,28 @@ def span_role(span: SpanRecord) -> str:
 
 
 def teacher_job(span: SpanRecord) -> str | None:
-    """Which teacher job an LLM span did: from its role, else by its system prompt being one of
-    the teacher's default prompts (custom prompts are not recognised: None)."""
+    """Which teacher job an LLM span did: its ``atlas.teacher.step``, else (spans of recorders
+    that write no step) its system prompt being one of the teacher's default prompts; custom
+    prompts are not recognised."""
     from atlas_middleware.playbook import LESSON_SYSTEM
     from atlas_middleware.prompts import DEFAULT_PROMPTS
 
     role = span.attributes.get(s.ATLAS_SPAN_ROLE)
-    if role in TEACHER_ROLES and role != "teacher":
-        return {"validate": "validation", "playbook": "lesson"}.get(role, role)
+    step = span.attributes.get(s.ATLAS_TEACHER_STEP)
+    if role == s.ROLE_TEACHER and step in _JOB_NAMES:
+        return _JOB_NAMES[step]
     if span.attributes.get(s.GEN_AI_OPERATION_NAME) not in _LLM_OPERATIONS:
-        return "teacher" if role == "teacher" else None
+        return "teacher" if role == s.ROLE_TEACHER else None
     system = _system_prompt(span)
     for job, prompt in (
-        (s.ROLE_PROBE, DEFAULT_PROMPTS.probe),
-        (s.ROLE_GUIDANCE, DEFAULT_PROMPTS.guidance),
+        ("probe", DEFAULT_PROMPTS.probe),
+        ("guidance", DEFAULT_PROMPTS.guidance),
         ("validation", DEFAULT_PROMPTS.validate_),
         ("lesson", LESSON_SYSTEM),
     ):
         if system and system.strip() == prompt.strip():
             return job
-    return "teacher" if role == "teacher" else None
+    return "teacher" if role == s.ROLE_TEACHER else None
 
 
 @dataclass

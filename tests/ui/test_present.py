@@ -25,7 +25,9 @@ def _span(span_id: str, parent: str | None, start: int, end: int, **attributes) 
     )
 
 
-def _chat(span_id: str, role: str | None, tokens: tuple[int, int], system: str = "x"):
+def _chat(
+    span_id: str, role: str | None, tokens: tuple[int, int], system: str = "x", step: str = ""
+):
     attrs = {
         s.GEN_AI_OPERATION_NAME: s.OP_CHAT,
         s.GEN_AI_USAGE_INPUT_TOKENS: tokens[0],
@@ -34,6 +36,8 @@ def _chat(span_id: str, role: str | None, tokens: tuple[int, int], system: str =
     }
     if role:
         attrs[s.ATLAS_SPAN_ROLE] = role
+    if step:
+        attrs[s.ATLAS_TEACHER_STEP] = step
     return _span(span_id, "root", 10, 20, **attrs)
 
 
@@ -70,7 +74,8 @@ def test_teacher_jobs_from_roles_or_the_default_prompts():
     assert present.teacher_job(_chat("a", None, (1, 1), PROBE_SYSTEM)) == "probe"
     assert present.teacher_job(_chat("a", "teacher", (1, 1), VALIDATE_SYSTEM)) == "validation"
     assert present.teacher_job(_chat("a", "teacher", (1, 1), "my own prompt")) == "teacher"
-    assert present.teacher_job(_chat("a", "validate", (1, 1))) == "validation"
+    assert present.teacher_job(_chat("a", "teacher", (1, 1), step="validate")) == "validation"
+    assert present.teacher_job(_chat("a", "teacher", (1, 1), step="lesson")) == "lesson"
     assert present.teacher_job(_chat("a", "student", (1, 1), "my own prompt")) is None
     assert present.teacher_job(_chat("a", None, (1, 1), "my own prompt")) is None
 

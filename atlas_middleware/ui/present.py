@@ -22,7 +22,12 @@ TEACHER_ROLES = frozenset({s.ROLE_TEACHER})
 STUDENT_ROLES = frozenset({s.ROLE_STUDENT})
 JUDGE_ROLES = frozenset({s.ROLE_JUDGE})
 # How the page names each teacher step.
-_JOB_NAMES = {"probe": "probe", "guidance": "guidance", "validate": "validation", "lesson": "lesson"}
+_JOB_NAMES = {
+    "probe": "probe",
+    "guidance": "guidance",
+    "validate": "validation",
+    "lesson": "lesson",
+}
 _LLM_OPERATIONS = frozenset({s.OP_CHAT, s.OP_TEXT_COMPLETION})
 MAX_VALUE_CHARS = 20_000
 

@@ -94,7 +94,12 @@ class Failed:
         self.error = error
 
     def __str__(self) -> str:
+        from atlas_middleware.redaction import scrub_text
+
         message = str(self.error).strip().splitlines()[0] if str(self.error).strip() else ""
+        # Model errors name their endpoint; one given with credentials must not leak them into
+        # atlas.failures or the log.
+        message = scrub_text(message)
         return f"{self.step}: {type(self.error).__name__}" + (
             f": {message[:200]}" if message else ""
         )

@@ -38,7 +38,12 @@ class StoreUnavailable(StoreError):
 
 class StoreDataError(StoreError):
     """The database refused the data itself (a value it cannot hold, e.g. out of range): the same
-    batch will be refused however often it is sent."""
+    batch will be refused however often it is sent. ``reason`` says what was wrong without naming
+    the database, its address or its indexes (what a client that sent the data may be told)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or "a value the store cannot hold"
 
 
 @dataclass(slots=True)

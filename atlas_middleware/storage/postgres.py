@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -459,13 +460,20 @@ def _translate_errors(url: str) -> Iterator[None]:
         # SQLSTATE class 54 (a value too large for its index, say a 6 kB session id) is an
         # OperationalError to psycopg, but no retry will ever store it: refused data, not an
         # outage (answering "unavailable" also tripped the breaker for every other writer).
-        raise StoreDataError(f"Postgres at {where}: {_first_line(exc)}") from exc
+        raise StoreDataError(f"Postgres at {where}: {_first_line(exc)}", _reason(exc)) from exc
     except _RETRYABLE as exc:
         raise StoreUnavailable(f"Postgres at {where} unavailable: {_first_line(exc)}") from exc
     except psycopg.DataError as exc:  # SQLSTATE class 22: a value the column cannot hold
-        raise StoreDataError(f"Postgres at {where}: {_first_line(exc)}") from exc
+        raise StoreDataError(f"Postgres at {where}: {_first_line(exc)}", _reason(exc)) from exc
     except psycopg.Error as exc:
         raise StoreError(f"Postgres at {where}: {_first_line(exc)}") from exc
+
+
+def _reason(exc: psycopg.Error) -> str:
+    """What was wrong with the data, in words fit for the client that sent it: the error's kind
+    and SQLSTATE, never the server's message (it names indexes, tables and values)."""
+    kind = re.sub(r"(?<!^)(?=[A-Z])", " ", type(exc).__name__).lower()
+    return f"{kind} (SQLSTATE {exc.sqlstate})" if exc.sqlstate else kind
 
 
 def _first_line(exc: BaseException) -> str:

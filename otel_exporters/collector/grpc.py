@@ -48,7 +48,10 @@ class TraceService:
             self.ingestor.stats.bad_requests += 1
             failure = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         except StoreDataError as exc:
-            failure = grpc.StatusCode.INVALID_ARGUMENT, f"the store refused this data: {exc}"
+            failure = (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the store refused this data: {exc.reason}",
+            )
         except IngestFailed as exc:
             # UNAVAILABLE, which OTLP clients retry (they give up on INTERNAL).
             failure = grpc.StatusCode.UNAVAILABLE, f"{exc}; retry later"

@@ -12,7 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from atlas_middleware.otel_exporters.collector.auth import is_loopback, token_check
+from atlas_middleware.otel_exporters.collector.auth import (
+    check_token_setting,
+    is_loopback,
+    token_check,
+)
 
 from atlas_middleware.storage import StoreError, default_store_url, open_store
 from atlas_middleware.storage.records import safe_url
@@ -66,6 +70,11 @@ class CollectorSettings:
         return {"http": _address("http", self.http), "grpc": _address("grpc", self.grpc)}
 
     def validate(self) -> None:
+        if self.token is not None:
+            try:
+                check_token_setting(self.token)
+            except ValueError as exc:
+                raise ConfigError(f"--token (or {ENV_PREFIX}TOKEN / --token-file): {exc}") from None
         endpoints = self.endpoints()
         if not any(endpoints.values()):
             raise ConfigError("both --http and --grpc are off: enable at least one receiver")

@@ -232,7 +232,7 @@ def test_bad_bodies_are_refused_and_nothing_is_stored(store_url: str) -> None:
 def test_bearer_token_auth(sqlite_url: str) -> None:
     spans = session_spans(1)
     body = encode_spans(spans).SerializeToString()
-    with Collector(sqlite_url, "--token", "s3cret-token") as collector:
+    with Collector(sqlite_url, "--token", "s3cret-token-0123456789") as collector:
         missing = requests.post(collector.traces_url, data=body, headers=PROTOBUF, timeout=10)
         assert missing.status_code == 401
         wrong = requests.post(
@@ -249,12 +249,15 @@ def test_bearer_token_auth(sqlite_url: str) -> None:
         bad_grpc.shutdown()
 
         grpc_ok = GrpcExporter(
-            endpoint=collector.grpc, insecure=True, headers={"authorization": "Bearer s3cret-token"}
+            endpoint=collector.grpc,
+            insecure=True,
+            headers={"authorization": "Bearer s3cret-token-0123456789"},
         )
         assert grpc_ok.export(spans) == SpanExportResult.SUCCESS
         grpc_ok.shutdown()
         http_ok = HttpExporter(
-            endpoint=collector.traces_url, headers={"Authorization": "Bearer s3cret-token"}
+            endpoint=collector.traces_url,
+            headers={"Authorization": "Bearer s3cret-token-0123456789"},
         )
         assert http_ok.export(session_spans(1)) == SpanExportResult.SUCCESS
     assert _store_counts(sqlite_url)[0] == 2 * len(spans)

@@ -27,6 +27,7 @@ from atlas_middleware.guidance import guidance, use_guidance, with_guidance
 _EXPORTS = {
     "supervise": "atlas_middleware.supervise",
     "SupervisionOptions": "atlas_middleware.supervise",
+    "supervision_stats": "atlas_middleware.supervise",
     "AtlasConfig": "atlas_middleware.config",
     "RIMReward": "atlas_middleware.rim",
     "configure": "atlas_middleware.telemetry",
@@ -42,7 +43,11 @@ if TYPE_CHECKING:  # pragma: no cover - names for type checkers and IDEs
     from atlas_middleware.models import ChatModel, build_model  # noqa: F401
     from atlas_middleware.rim import RIMReward  # noqa: F401
     from atlas_middleware.storage import open_store  # noqa: F401
-    from atlas_middleware.supervise import SupervisionOptions, supervise  # noqa: F401
+    from atlas_middleware.supervise import (  # noqa: F401
+        SupervisionOptions,
+        supervise,
+        supervision_stats,
+    )
     from atlas_middleware.telemetry import configure  # noqa: F401
 
 

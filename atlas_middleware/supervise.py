@@ -134,6 +134,34 @@ def _log_once(failure: Failed) -> None:
         log.warning("atlas: %s (failing open; logged once per kind)", failure)
 
 
+@dataclass
+class SupervisionStats:
+    """Process-wide counts of what supervision could not do (each is also logged, once per kind,
+    and listed on the affected session spans)."""
+
+    setup_failures: int = 0  # parts of atlas's set-up that failed (store, tracing, teacher, ...)
+    internal_failures: int = 0  # atlas's own errors while running a call (the agent ran anyway)
+
+
+_stats = SupervisionStats()
+
+
+def supervision_stats() -> SupervisionStats:
+    """A snapshot of :class:`SupervisionStats` for this process."""
+    return replace(_stats)
+
+
+def _setup_failure(stage: str, error: BaseException, consequence: str) -> str:
+    """Count and log (once per kind) a failed part of the set-up; the note for session spans."""
+    _stats.setup_failures += 1
+    note = str(Failed(f"set-up: {stage}", error))
+    key = f"set-up:{stage}:{type(error).__name__}"
+    if key not in _logged:
+        _logged.add(key)
+        log.warning("atlas: %s (%s; the agent runs unchanged; logged once)", note, consequence)
+    return note
+
+
 def answer_text(result: Any) -> str:
     if isinstance(result, str):
         return result
@@ -159,8 +187,11 @@ class Supervisor:
         teacher_temperature: float = 0.0,
         store_url: str | None = None,
         prompts: TeacherPrompts | None = None,
+        setup_failures: list[str] | None = None,
     ) -> None:
         self.options = options
+        # What failed while this supervisor was built: listed on every session it records.
+        self.setup_failures = list(setup_failures or ())
         self.prompts = prompts or DEFAULT_PROMPTS
         self.teacher = (
             Teacher(
@@ -237,7 +268,7 @@ class Supervisor:
     def flow(self, call: _Call) -> Generator[_Ask | _Invoke, Any, _Outcome]:
         o = call.options
         tracer = get_tracer()
-        failures: list[str] = []
+        failures: list[str] = list(self.setup_failures)
 
         def failed(value: Any) -> bool:
             if isinstance(value, Failed):
@@ -257,6 +288,8 @@ class Supervisor:
             ) as root,
             session_usage(lambda used: s.set_usage(root, used.input_tokens, used.output_tokens)),
         ):
+            if failures:  # set-up failures, recorded even if the agent raises (the end updates it)
+                root.set_attribute(s.ATLAS_FAILURES, failures)
             if call.reference is not None:
                 # Kept with the session so training can score guidance against it later.
                 root.set_attribute(s.ATLAS_REFERENCE, call.reference)
@@ -408,8 +441,12 @@ class Supervisor:
             # Learning memory: account the lessons this session was shown, and let a clearly
             # good or bad session teach a new one.
             key = o.learning_key or o.agent
-            playbook = self._playbook(key)
-            playbook.record(call.lessons, result.score)
+            try:
+                playbook = self._playbook(key)
+                playbook.record(call.lessons, result.score)
+            except Exception as exc:  # the store is down or never opened: no learning memory
+                _log_once(Failed("playbook", exc))
+                return
             await playbook.learn(
                 self.teacher.model,
                 task=call.task,
@@ -422,8 +459,31 @@ class Supervisor:
         return judge
 
     # --- drivers ---------------------------------------------------------------------------
+    # Both drivers fail open for atlas's own errors too: if anything of atlas's raises while a
+    # call is being driven (a span that cannot be made, a broken plugin hook, a bug), the agent's
+    # outcome is what the caller gets: its result if it ran, its exception if it raised, and a
+    # plain call of the agent if atlas failed before running it.
     def run_sync(
         self, fn: Callable[..., Any], args: tuple, kwargs: dict, options: SupervisionOptions
+    ) -> Any:
+        agent = _AgentOutcome()
+        try:
+            return self._drive_sync(fn, args, kwargs, options, agent)
+        except Exception as exc:
+            if exc is agent.error:
+                raise
+            if agent.ran:
+                return agent.recover(exc)
+            agent.recover(exc)
+            return fn(*args, **kwargs)
+
+    def _drive_sync(
+        self,
+        fn: Callable[..., Any],
+        args: tuple,
+        kwargs: dict,
+        options: SupervisionOptions,
+        agent: _AgentOutcome,
     ) -> Any:
         call = self._call(options, args, kwargs)
         portal = get_portal()
@@ -439,6 +499,8 @@ class Supervisor:
                 except StopIteration as done:
                     outcome: _Outcome = done.value
                     break
+                if throw is not None:
+                    agent.handled()
                 send, throw = None, None
                 if isinstance(step, _Ask):
                     try:
@@ -448,9 +510,10 @@ class Supervisor:
                 else:
                     try:
                         with use_guidance(step.guidance):
-                            send = fn(*args, **kwargs)
+                            send = agent.returned(fn(*args, **kwargs))
                     except Exception as exc:
-                        throw = exc
+                        throw = agent.raised(exc)
+        agent.final(outcome.result)
         job = self._reward_job(outcome)
         if job is not None:
             if options.reward_inline:
@@ -469,6 +532,25 @@ class Supervisor:
         kwargs: dict,
         options: SupervisionOptions,
     ) -> Any:
+        agent = _AgentOutcome()
+        try:
+            return await self._drive_async(fn, args, kwargs, options, agent)
+        except Exception as exc:
+            if exc is agent.error:
+                raise
+            if agent.ran:
+                return agent.recover(exc)
+            agent.recover(exc)
+            return await fn(*args, **kwargs)
+
+    async def _drive_async(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple,
+        kwargs: dict,
+        options: SupervisionOptions,
+        agent: _AgentOutcome,
+    ) -> Any:
         call = self._call(options, args, kwargs)
         flow = self.flow(call)
         send: Any = None
@@ -482,6 +564,8 @@ class Supervisor:
                 except StopIteration as done:
                     outcome: _Outcome = done.value
                     break
+                if throw is not None:
+                    agent.handled()
                 send, throw = None, None
                 if isinstance(step, _Ask):
                     try:
@@ -491,9 +575,10 @@ class Supervisor:
                 else:
                     try:
                         with use_guidance(step.guidance):
-                            send = await fn(*args, **kwargs)
+                            send = agent.returned(await fn(*args, **kwargs))
                     except Exception as exc:
-                        throw = exc
+                        throw = agent.raised(exc)
+        agent.final(outcome.result)
         job = self._reward_job(outcome)
         if job is not None:
             if options.reward_inline:
@@ -504,6 +589,42 @@ class Supervisor:
             else:
                 get_portal().background(job, what="reward")
         return outcome.result
+
+
+_NOTHING: Any = object()
+
+
+class _AgentOutcome:
+    """What the agent did during one supervised call, so atlas's own failures can fall back on it."""
+
+    def __init__(self) -> None:
+        self.ran = False
+        self.result: Any = _NOTHING  # the agent's latest result (the call's, once decided)
+        self.error: BaseException | None = None
+
+    def returned(self, result: Any) -> Any:
+        self.ran, self.result, self.error = True, result, None
+        return result
+
+    def raised(self, error: BaseException) -> BaseException:
+        self.ran, self.error = True, error
+        return error
+
+    def handled(self) -> None:
+        """The flow took the agent's exception in its stride (a failed guided retry): the call's
+        outcome is the earlier result."""
+        self.error = None
+
+    def final(self, result: Any) -> None:
+        self.returned(result)
+
+    def recover(self, failure: Exception) -> Any:
+        """After atlas's own ``failure``: the agent's exception or its result (when it ran)."""
+        _stats.internal_failures += 1
+        _log_once(Failed("supervise (internal)", failure))
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 def threshold_lane(confidence: float, options: SupervisionOptions) -> str:
@@ -574,9 +695,20 @@ def supervise(
         def supervisor() -> Supervisor:
             runtime = state.get("runtime")
             if runtime is None:  # built on first use: decorating must not load any model
-                runtime = state["runtime"] = _build_supervisor(
-                    name, options, teacher, reward, config, signature, prompts
-                )
+                try:
+                    runtime = _build_supervisor(
+                        name, options, teacher, reward, config, signature, prompts
+                    )
+                except Exception as exc:  # a bug: still never the agent's problem
+                    note = _setup_failure("supervisor", exc, "calls run unsupervised")
+                    runtime = Supervisor(
+                        SupervisionOptions(agent=name, lane="auto"),
+                        teacher=None,
+                        reward=None,
+                        signature=signature,
+                        setup_failures=[note],
+                    )
+                state["runtime"] = runtime
             return runtime
 
         def chosen(overrides: dict[str, Any]) -> SupervisionOptions:
@@ -629,11 +761,22 @@ def _build_supervisor(
     signature: inspect.Signature | None,
     prompts: Any = None,
 ) -> Supervisor:
-    from atlas_middleware import telemetry
+    """The runtime of one supervised function. Never raises for atlas's own set-up: each part
+    that fails (config, store, tracing, teacher, reward, prompts) is left out, counted, logged
+    once and listed on the sessions' spans, and the function runs as it would without it."""
     from atlas_middleware.config import AtlasConfig
-    from atlas_middleware.prompts import as_prompts
 
-    cfg = config if config is not None else AtlasConfig.load()
+    setup: list[str] = []
+    cfg = config
+    defaults_only = False
+    if cfg is None:
+        try:
+            cfg = AtlasConfig.load()
+        except Exception as exc:
+            setup.append(
+                _setup_failure("config", exc, "defaults used, no teacher or reward from config")
+            )
+            cfg, defaults_only = AtlasConfig.model_construct(), True
     lanes, rim = cfg.lanes, cfg.rim
     defaults = {
         "lane": lanes.forced_lane,
@@ -648,34 +791,35 @@ def _build_supervisor(
         "reward_inline": rim.mode == "inline",
     }
     options = SupervisionOptions(agent=agent, **{**defaults, **explicit})
-    if not telemetry.is_configured():
-        s.set_capture_content(cfg.telemetry.capture_content)
-        exporter = cfg.telemetry.exporter
-        store: Any = cfg.storage.url
-        if exporter in (None, "atlas") and os.environ.get("OTEL_TRACES_EXPORTER") is None:
-            from atlas_middleware.storage import open_store
-
-            # The store that derives sessions applies the config's drift policy.
-            store = open_store(cfg.storage.url, drift_policy=cfg.review.policy())
-        telemetry.ensure_configured(
-            exporter=exporter,
-            service_name=cfg.telemetry.service_name,
-            store=store,
-            retry_queue_spans=cfg.telemetry.retry_queue_spans,
-            spool_dir=cfg.telemetry.spool_dir,
-            spool_max_mb=cfg.telemetry.spool_max_mb,
-        )
-    teacher_model = _resolve_model(teacher) if teacher is not None else _model(cfg.teacher)
+    _set_up_tracing(cfg, setup)
+    teacher_model: ChatModel | None = None
+    try:
+        if teacher is not None:
+            teacher_model = _resolve_model(teacher)
+        elif not defaults_only:
+            teacher_model = _model(cfg.teacher)
+    except Exception as exc:
+        setup.append(_setup_failure("teacher", exc, "no teacher: calls run the auto lane"))
     judge: Any = None
-    if reward is not False:
-        if reward is not None:
+    try:
+        if reward is not False and reward is not None:
             judge = reward
-        else:
+        elif reward is None and not defaults_only:
             from atlas_middleware.rim import RIMReward
 
             small = _model(cfg.teacher, rim.small_model) if rim.small_model else teacher_model
             large = _model(cfg.teacher, rim.large_model) if rim.large_model else None
-            judge = RIMReward.from_settings(rim, small, large)
+            if small is not None:  # no judge model: the teacher's failure is already reported
+                judge = RIMReward.from_settings(rim, small, large)
+    except Exception as exc:
+        setup.append(_setup_failure("reward", exc, "sessions get no reward"))
+    chosen_prompts = None
+    try:
+        from atlas_middleware.prompts import as_prompts
+
+        chosen_prompts = as_prompts(prompts if prompts is not None else cfg.teacher.prompts)
+    except Exception as exc:
+        setup.append(_setup_failure("prompts", exc, "the built-in teacher prompts are used"))
     return Supervisor(
         options,
         teacher=teacher_model,
@@ -685,8 +829,51 @@ def _build_supervisor(
         teacher_max_tokens=cfg.teacher.max_tokens,
         teacher_temperature=cfg.teacher.temperature,
         store_url=cfg.storage.url,
-        prompts=as_prompts(prompts if prompts is not None else cfg.teacher.prompts),
+        prompts=chosen_prompts,
+        setup_failures=setup,
     )
+
+
+def _set_up_tracing(cfg: Any, setup: list[str]) -> None:
+    """Send atlas's spans where the config says, once per process. A store that cannot open or
+    an exporter that cannot be built leaves tracing on with no exporter: spans are dropped, the
+    failure is reported, and the next supervised function does not try again."""
+    from atlas_middleware import telemetry
+
+    if telemetry.is_configured():
+        return
+    try:
+        s.set_capture_content(cfg.telemetry.capture_content)
+    except Exception as exc:  # pragma: no cover - a plain flag; kept for completeness
+        setup.append(_setup_failure("tracing", exc, "content capture left as it was"))
+    exporter = cfg.telemetry.exporter
+    store: Any = cfg.storage.url
+    # An empty OTEL_TRACES_EXPORTER means "not set" (the OpenTelemetry convention).
+    if exporter in (None, "atlas") and not os.environ.get("OTEL_TRACES_EXPORTER", "").strip():
+        try:
+            from atlas_middleware.storage import open_store
+
+            # The store that derives sessions applies the config's drift policy.
+            store = open_store(cfg.storage.url, drift_policy=cfg.review.policy())
+        except Exception as exc:
+            setup.append(_setup_failure("store", exc, "spans are not exported"))
+            telemetry.ensure_configured(exporter="none")
+            return
+    try:
+        telemetry.ensure_configured(
+            exporter=exporter,
+            service_name=cfg.telemetry.service_name,
+            store=store,
+            retry_queue_spans=cfg.telemetry.retry_queue_spans,
+            spool_dir=cfg.telemetry.spool_dir,
+            spool_max_mb=cfg.telemetry.spool_max_mb,
+        )
+    except Exception as exc:
+        setup.append(_setup_failure("tracing", exc, "spans are not exported"))
+        if hasattr(store, "close"):
+            with contextlib.suppress(Exception):
+                store.close()
+        telemetry.ensure_configured(exporter="none")
 
 
 def _model(settings: Any, spec: str | None = None) -> ChatModel:

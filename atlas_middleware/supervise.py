@@ -30,7 +30,7 @@ from opentelemetry.trace import SpanContext
 
 from atlas_middleware import plugins
 from atlas_middleware.guidance import use_guidance
-from atlas_middleware.models.base import ChatModel
+from atlas_middleware.models.base import ChatModel, ModelError, ModelUnavailable
 from atlas_middleware.portal import get_portal
 from atlas_middleware.prompts import DEFAULT_PROMPTS, TeacherPrompts
 from atlas_middleware.rim.judges import reference_match
@@ -61,6 +61,13 @@ class SupervisionOptions:
     max_retries: int = 1
     teacher_timeout_s: float = 30.0
     probe_timeout_s: float = 10.0
+    # All teacher work of one call (probe, guidance, validation, retry guidance) within this many
+    # seconds; a step that would start past it is skipped (fail open). None: no budget.
+    teacher_budget_s: float | None = None
+    # The teacher endpoint's circuit breaker: open after this many failures in a row (0: no
+    # breaker), skip the teacher for the cool-down, then one trial call.
+    breaker_failures: int = 3
+    breaker_cooldown_s: float = 30.0
     supervision_rate: float = 1.0
     reward_rate: float = 1.0
     reward_inline: bool = False
@@ -109,6 +116,122 @@ class Failed:
 class _Ask:  # ask the teacher; the driver returns its result or a Failed
     step: str
     make: Callable[[], Awaitable[Any]]
+    timeout: float | None = None  # None: the options' timeout for this step
+
+
+class TeacherUnavailable(RuntimeError):
+    """A teacher step was skipped: its endpoint's circuit breaker is open, or the call's teacher
+    budget is spent. The call fails open (the lane that runs is recorded as ``auto``)."""
+
+
+# Lane steps: the teacher work a paired or coach lane consists of (the probe only chooses one).
+_LANE_STEPS = frozenset({"guidance", "validate"})
+# A step with less than this left of the budget is not started: it could not finish anyway.
+_MIN_STEP_S = 0.05
+
+
+class _TeacherGate:
+    """Per call: the teacher budget, the endpoint's breaker, and which steps ran or were
+    skipped (to record the lane that actually ran)."""
+
+    def __init__(self, options: SupervisionOptions, breaker: Any) -> None:
+        self.budget_s = options.teacher_budget_s
+        self.breaker = breaker
+        self.spent = 0.0
+        self.attempted: set[str] = set()
+        self.skipped: set[str] = set()
+
+    def unavailable(self) -> str | None:
+        breaker = self.breaker
+        if breaker is not None:
+            wait = breaker.retry_in()
+            if wait > 0:
+                return (
+                    f"circuit open for {breaker.endpoint} after {breaker.threshold} failures "
+                    f"in a row; next try in {wait:.0f}s"
+                )
+        if self.budget_s is not None and self.budget_s - self.spent < _MIN_STEP_S:
+            return f"teacher budget of {self.budget_s:g}s spent"
+        return None
+
+    def ask(
+        self,
+        step: str,
+        make: Callable[[], Awaitable[Any]],
+        timeout: float,
+        *,
+        needs_teacher: bool = True,
+    ) -> Generator[_Ask, Any, Any]:
+        """Yield the step for the driver, or return a Failed at once when the teacher is
+        unavailable; ``needs_teacher=False`` for steps answered without it (a verifier)."""
+        if not needs_teacher:
+            value = yield _Ask(step, make, timeout)
+            self.attempted.add(step)
+            return value
+        reason = self.unavailable()
+        if reason is not None:
+            self.skipped.add(step)
+            _stats.teacher_skipped += 1
+            return Failed(step, TeacherUnavailable(reason))
+        if self.budget_s is not None:
+            timeout = min(timeout, self.budget_s - self.spent)
+        started = time.monotonic()
+        value = yield _Ask(step, self._guarded(make), timeout)
+        self.spent += time.monotonic() - started
+        if isinstance(value, Failed) and isinstance(value.error, TeacherUnavailable):
+            self.skipped.add(step)  # another call holds the breaker's trial
+        else:
+            self.attempted.add(step)
+        if (
+            self.breaker is not None
+            and isinstance(value, Failed)
+            and isinstance(value.error, TimeoutError)
+        ):
+            # Counted here, in the caller's order: the cancelled request may take a while to
+            # unwind on the event loop, and the next call must already see this failure.
+            self.breaker.failure()
+        return value
+
+    def _guarded(self, make: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+        breaker = self.breaker
+        if breaker is None:
+            return make
+
+        async def call() -> Any:
+            if not breaker.allow():
+                raise TeacherUnavailable(f"circuit half-open for {breaker.endpoint}: trial running")
+            try:
+                result = await make()
+            except ModelError as exc:
+                # The endpoint answered (a 4xx): not down. Unavailable ones (5xx, timeouts,
+                # refused connections) are ModelUnavailable, a ModelError too.
+                if isinstance(exc, ModelUnavailable):
+                    breaker.failure()
+                else:
+                    breaker.success()
+                raise
+            except asyncio.CancelledError:
+                # Timed out (the flow counts that failure) or the caller went away.
+                breaker.abandoned()
+                raise
+            except BaseException:
+                breaker.failure()
+                raise
+            breaker.success()
+            return result
+
+        return call
+
+    def lane_ran(self, lane: str) -> str:
+        """The lane that actually ran: a paired or coach lane none of whose teacher steps could
+        even be attempted ran as auto."""
+        if (
+            lane in ("paired", "coach")
+            and self.skipped & _LANE_STEPS
+            and not (self.attempted & _LANE_STEPS)
+        ):
+            return "auto"
+        return lane
 
 
 @dataclass
@@ -141,6 +264,7 @@ class SupervisionStats:
 
     setup_failures: int = 0  # parts of atlas's set-up that failed (store, tracing, teacher, ...)
     internal_failures: int = 0  # atlas's own errors while running a call (the agent ran anyway)
+    teacher_skipped: int = 0  # teacher steps skipped: breaker open or teacher budget spent
 
 
 _stats = SupervisionStats()
@@ -206,6 +330,15 @@ class Supervisor:
         )
         self.reward = reward
         self.signature = signature
+        self.breaker = None
+        if teacher is not None and options.breaker_failures > 0:
+            from atlas_middleware.breaker import breaker_for
+
+            self.breaker = breaker_for(
+                teacher.endpoint,
+                failures=options.breaker_failures,
+                cooldown_s=options.breaker_cooldown_s,
+            )
         self.store_url = store_url
         self._store: Any = None
         self._lessons: dict[str, tuple[float, list[str]]] = {}
@@ -269,6 +402,7 @@ class Supervisor:
         o = call.options
         tracer = get_tracer()
         failures: list[str] = list(self.setup_failures)
+        gate = _TeacherGate(o, self.breaker)
 
         def failed(value: Any) -> bool:
             if isinstance(value, Failed):
@@ -317,7 +451,11 @@ class Supervisor:
                 context = {"agent": o.agent, "learning_key": key, "lessons": lessons}
                 value = _plugin(failures, "probe plugin", plugins.probe, call.task, context)
                 if value is None:
-                    value = yield _Ask("probe", lambda: teacher.probe(call.task, lessons))
+                    value = yield from gate.ask(
+                        "probe",
+                        lambda: teacher.probe(call.task, lessons),
+                        _step_timeout("probe", o),
+                    )
                 if failed(value) or value is None:
                     if value is None:
                         failures.append("probe: no confidence in the teacher's reply")
@@ -341,7 +479,11 @@ class Supervisor:
             guidance = None
             if lane == "coach":
                 assert teacher is not None
-                value = yield _Ask("guidance", lambda: teacher.guidance(call.task, lessons))
+                value = yield from gate.ask(
+                    "guidance",
+                    lambda: teacher.guidance(call.task, lessons),
+                    _step_timeout("guidance", o),
+                )
                 if not failed(value) and value:
                     guidance = value
 
@@ -350,7 +492,12 @@ class Supervisor:
             answer = read(result)
             retries = 0
             if lane in ("paired", "coach"):
-                verdict = yield _Ask("validate", lambda: self._validate(call, answer))
+                verdict = yield from gate.ask(
+                    "validate",
+                    lambda: self._validate(call, answer),
+                    _step_timeout("validate", o),
+                    needs_teacher=self._validates_with_teacher(call),
+                )
                 if (
                     not failed(verdict)
                     and not verdict.valid
@@ -358,9 +505,10 @@ class Supervisor:
                     and o.max_retries > 0
                 ):
                     assert teacher is not None
-                    value = yield _Ask(
+                    value = yield from gate.ask(
                         "guidance",
                         lambda: teacher.guidance(call.task, attempt=answer, problem=verdict.reason),
+                        _step_timeout("guidance", o),
                     )
                     if not failed(value) and value:
                         retries = 1
@@ -370,6 +518,11 @@ class Supervisor:
                             failed(Failed("guided retry", exc))
                         else:
                             result, answer, guidance = retried, read(retried), value
+            ran = gate.lane_ran(lane)
+            if ran != lane:  # the store keeps the lane that ran, and why it was not the one chosen
+                lane = ran
+                root.set_attribute(s.ATLAS_LANE, lane)
+                root.set_attribute(s.ATLAS_LANE_REASON, s.LANE_REASON_TEACHER_UNAVAILABLE)
             if guidance:
                 root.set_attribute(s.ATLAS_GUIDANCE, guidance)
             root.set_attribute(s.ATLAS_RETRIES, retries)
@@ -396,6 +549,10 @@ class Supervisor:
             s.set_final_answer(root, answer)
             session = root.get_span_context()
         return _Outcome(result, answer, session, call)
+
+    def _validates_with_teacher(self, call: _Call) -> bool:
+        o = call.options
+        return o.verifier is None and not (call.reference is not None and o.reference_validates)
 
     async def _validate(self, call: _Call, answer: str) -> Verdict:
         verifier = call.options.verifier
@@ -643,7 +800,13 @@ def _with_lessons(guidance: str | None, lessons: list[str]) -> str | None:
 
 
 def _timeout(step: _Ask, options: SupervisionOptions) -> float:
-    return options.probe_timeout_s if step.step == "probe" else options.teacher_timeout_s
+    if step.timeout is not None:  # the step's own, within the call's teacher budget
+        return step.timeout
+    return _step_timeout(step.step, options)
+
+
+def _step_timeout(step: str, options: SupervisionOptions) -> float:
+    return options.probe_timeout_s if step == "probe" else options.teacher_timeout_s
 
 
 def _plugin(failures: list[str], what: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -778,7 +941,21 @@ def _build_supervisor(
             )
             cfg, defaults_only = AtlasConfig.model_construct(), True
     lanes, rim = cfg.lanes, cfg.rim
+    _set_up_tracing(cfg, setup)
+    teacher_model: ChatModel | None = None
+    try:
+        if teacher is not None:
+            teacher_model = _resolve_model(teacher)
+        elif not defaults_only:
+            teacher_model = _model(cfg.teacher)
+    except Exception as exc:
+        setup.append(_setup_failure("teacher", exc, "no teacher: calls run the auto lane"))
     defaults = {
+        "teacher_budget_s": cfg.teacher.budget_s
+        if cfg.teacher.budget_s is not None
+        else default_teacher_budget(teacher_model),
+        "breaker_failures": cfg.teacher.breaker_failures,
+        "breaker_cooldown_s": cfg.teacher.breaker_cooldown_s,
         "lane": lanes.forced_lane,
         "fallback_lane": lanes.fallback_lane,
         "auto_threshold": lanes.auto_threshold,
@@ -791,15 +968,6 @@ def _build_supervisor(
         "reward_inline": rim.mode == "inline",
     }
     options = SupervisionOptions(agent=agent, **{**defaults, **explicit})
-    _set_up_tracing(cfg, setup)
-    teacher_model: ChatModel | None = None
-    try:
-        if teacher is not None:
-            teacher_model = _resolve_model(teacher)
-        elif not defaults_only:
-            teacher_model = _model(cfg.teacher)
-    except Exception as exc:
-        setup.append(_setup_failure("teacher", exc, "no teacher: calls run the auto lane"))
     judge: Any = None
     try:
         if reward is not False and reward is not None:
@@ -832,6 +1000,18 @@ def _build_supervisor(
         prompts=chosen_prompts,
         setup_failures=setup,
     )
+
+
+REMOTE_TEACHER_BUDGET_S = 8.0
+
+
+def default_teacher_budget(teacher: ChatModel | None) -> float | None:
+    """The teacher budget when the config sets none: a few seconds for a teacher behind a
+    network (which can hang or refuse), none for one computing in this process (embedded,
+    ``hf:``: CPU generation is slow but cannot hang on a socket; its step timeouts bound it)."""
+    if teacher is None or teacher.provider == "local":
+        return None
+    return REMOTE_TEACHER_BUDGET_S
 
 
 def _set_up_tracing(cfg: Any, setup: list[str]) -> None:

@@ -141,6 +141,10 @@ class OpenAICompatibleModel(ChatModel):
             choice.get("finish_reason"),
         )
 
+    @property
+    def endpoint(self) -> str:
+        return f"{safe_url(self.base_url)}|{self.name}"
+
     async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None and not client.is_closed:

@@ -93,6 +93,9 @@ class EncodedBytes(str):
         self.raw = raw
         return self
 
+    def __getnewargs__(self) -> tuple[bytes, str]:  # copy and pickle keep the raw bytes
+        return (self.raw, str(self))
+
 
 def _secret_bytes(raw: bytes) -> bool:
     text = raw.decode("utf-8", "replace")

@@ -32,6 +32,14 @@ class StoreDown(Exception):
     """The store failed recently; answer 503 at once instead of queueing on a dead database."""
 
 
+class BodyTooLarge(Exception):
+    """The body (as sent, or once inflated) is over the size limit: 413 / RESOURCE_EXHAUSTED."""
+
+
+class ReceiveBusy(Exception):
+    """Bodies being received already hold the receive buffer: 429 / UNAVAILABLE."""
+
+
 class IngestFailed(Exception):
     """The collector could not process a well-formed request (a redaction plugin raised, the
     store failed in a way retrying may fix, or a bug): nothing was stored, and the answer is
@@ -49,6 +57,8 @@ class Stats:
     bad_requests: int = 0
     rewards_rejected: int = 0  # evaluation scores that were NaN/inf/not numbers: never rewards
     ingest_errors: int = 0  # well-formed requests answered 503: redaction or store failures
+    slow_clients: int = 0  # bodies not received within the read deadline (cut)
+    too_large: int = 0  # bodies over the size limit, as sent or once inflated (413)
 
 
 class Ingestor:
@@ -60,6 +70,7 @@ class Ingestor:
         workers: int = 4,
         redactors: Sequence[Redactor] | None = None,
         retry_after: float = 1.0,
+        max_receiving_bytes: int = 16 * 20 * 1024 * 1024,
     ) -> None:
         self.store = store
         self.max_inflight = max_inflight
@@ -74,11 +85,47 @@ class Ingestor:
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="atlas-ingest")
         self._down_until = 0.0
         self._last_error_log: dict[str, float] = {}
+        # Requests whose bodies are being received, and the bytes they hold so far: waiting for
+        # a client's bytes holds no admission slot, only what actually arrived.
+        self.receiving = 0
+        self.receiving_bytes = 0
+        self.max_receiving_bytes = max_receiving_bytes
 
     @property
     def inflight(self) -> int:
         """Requests holding an admission slot right now."""
         return self._inflight
+
+    def admit(self) -> None:
+        """Refuse early, before a body is read, when it could not be processed anyway."""
+        if self._inflight >= self.max_inflight:
+            self.stats.overloaded += 1
+            raise Overloaded
+        if time.monotonic() < self._down_until:
+            self.stats.store_unavailable += 1
+            raise StoreDown
+
+    @asynccontextmanager
+    async def receiving_body(self) -> AsyncIterator[Callable[[int], None]]:
+        """While a body arrives: yields ``take(n)``, to call with each chunk's size, which raises
+        ReceiveBusy when the receive buffer (all bodies being received) would overflow. Bytes
+        are released when the body has left this stage (to a slot, or refused)."""
+        held = 0
+
+        def take(n: int) -> None:
+            nonlocal held
+            if self.receiving_bytes + n > self.max_receiving_bytes:
+                self.stats.overloaded += 1
+                raise ReceiveBusy
+            held += n
+            self.receiving_bytes += n
+
+        self.receiving += 1
+        try:
+            yield take
+        finally:
+            self.receiving -= 1
+            self.receiving_bytes -= held
 
     @property
     def retry_after_header(self) -> str:
@@ -129,7 +176,7 @@ class Ingestor:
     def _work(self, decode: Callable[[], Decoded]) -> Decoded:
         try:
             decoded = decode()
-        except DecodeError:
+        except (DecodeError, BodyTooLarge):
             raise
         except Exception as exc:
             # A decoder bug on hostile input: refuse the request (400, nothing stored) and say so

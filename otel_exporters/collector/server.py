@@ -44,6 +44,8 @@ class CollectorSettings:
     workers: int = 4
     processes: int = 1
     drain_seconds: float = 30.0
+    read_timeout_s: float = 10.0
+    max_receiving: int = 128
     retry_after: float = 1.0
     log_level: str = "INFO"
 
@@ -86,7 +88,14 @@ class CollectorSettings:
                 )
         if self.processes > 1 and any(e and e[1] == 0 for e in endpoints.values()):
             raise ConfigError("--processes above 1 needs fixed ports (the processes share them)")
-        for name in ("max_body_mb", "max_inflight", "workers", "processes"):
+        for name in (
+            "max_body_mb",
+            "max_inflight",
+            "workers",
+            "processes",
+            "read_timeout_s",
+            "max_receiving",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
 
@@ -135,6 +144,9 @@ async def serve(
         max_inflight=settings.max_inflight,
         workers=settings.workers,
         retry_after=settings.retry_after,
+        # Bodies being received hold at most what processing them could: a stalled client
+        # holds only the bytes it sent.
+        max_receiving_bytes=settings.max_inflight * settings.max_body_bytes,
     )
     check = token_check(settings.token)
     endpoints = settings.endpoints()
@@ -151,8 +163,17 @@ async def serve(
     try:
         if endpoints["http"]:
             host, port = endpoints["http"]
-            app = build_app(ingestor, check, settings.max_body_bytes)
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.drain_seconds)
+            app = build_app(
+                ingestor, check, settings.max_body_bytes, read_timeout_s=settings.read_timeout_s
+            )
+            runner = web.AppRunner(
+                app,
+                access_log=None,
+                shutdown_timeout=settings.drain_seconds,
+                # Bodies are inflated by atlas, incrementally and off the event loop (http.py):
+                # aiohttp would inflate whole chunks on the loop, past any limit.
+                auto_decompress=False,
+            )
             await runner.setup()
             # Several processes share the port; the kernel spreads connections between them.
             site = web.TCPSite(runner, host, port, reuse_port=settings.processes > 1 or None)
@@ -168,7 +189,9 @@ async def serve(
                 f"{host}:{port}",
                 settings.max_body_bytes,
                 reuse_port=settings.processes > 1,
-                max_concurrent=settings.max_inflight,
+                max_receiving=settings.max_receiving,
+                read_timeout_s=settings.read_timeout_s,
+                max_inflight=settings.max_inflight,
             )
             await grpc_server.start()
         log.info(

@@ -66,7 +66,10 @@ def _error(status: int, code: int, message: str, as_json: bool, **headers: str) 
     return web.Response(status=status, body=body, content_type=content_type, headers=headers)
 
 
-def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+_INFLATE_STEP = 1 << 20
+
+
+def inflate(body: bytes, encoding: str, limit: int) -> bytes | bytearray:
     """``body`` decompressed (gzip, possibly several members; deflate, zlib-wrapped or raw),
     incrementally: it stops as soon as more than ``limit`` bytes come out (BodyTooLarge), so a
     bomb costs at most ``limit`` bytes and the time to inflate them. Runs in a worker thread
@@ -76,17 +79,21 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
     wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
     out = bytearray()
     data = body
+
+    def step() -> int:  # small steps: no transient copy of a whole limit's worth
+        return min(_INFLATE_STEP, limit + 1 - len(out))
+
     try:
         while data:
             inflater = zlib.decompressobj(wbits)
             try:
-                chunk = inflater.decompress(data, limit + 1 - len(out))
+                chunk = inflater.decompress(data, step())
             except zlib.error:
                 if encoding != "deflate" or wbits < 0:
                     raise
                 wbits = -zlib.MAX_WBITS  # raw deflate, as some clients send it
                 inflater = zlib.decompressobj(wbits)
-                chunk = inflater.decompress(data, limit + 1 - len(out))
+                chunk = inflater.decompress(data, step())
             while True:
                 out += chunk
                 if len(out) > limit:
@@ -94,7 +101,7 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
                 data = inflater.unconsumed_tail
                 if inflater.eof or not data:
                     break
-                chunk = inflater.decompress(data, limit + 1 - len(out))
+                chunk = inflater.decompress(data, step())
             if not inflater.eof:
                 raise DecodeError(f"the {encoding} body is truncated")
             data = inflater.unused_data
@@ -102,7 +109,7 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
                 break  # deflate has one stream; what follows it is ignored, as zlib does
     except zlib.error as exc:
         raise DecodeError(f"not a valid {encoding} body: {exc}") from None
-    return bytes(out)
+    return out  # the decoders take any bytes-like object: no copy of a large body
 
 
 async def _receive(request: web.Request, limit: int, take: Callable[[int], None]) -> bytes:

@@ -215,6 +215,15 @@ class Collector:
         self.log_path = Path(name)
         self._log_from = 0  # where the current process's output starts in the log
         weakref.finalize(self, self.log_path.unlink, missing_ok=True)
+        # A receive queue folder of its own, kept across restarts of this collector (never the
+        # working directory's default, which other tests' collectors would share).
+        self.queue_dir: Path | None = None
+        if not any(a.startswith("--queue-dir") for a in args):
+            import shutil
+
+            self.queue_dir = Path(tempfile.mkdtemp(prefix="atlas-queue-"))
+            self.args = (*args, "--queue-dir", str(self.queue_dir))
+            weakref.finalize(self, shutil.rmtree, self.queue_dir, ignore_errors=True)
 
     @property
     def http_port(self) -> int:

@@ -82,10 +82,14 @@ class PostgresStore(Store):
         migrate: bool = True,
         pool_size: int = 4,
         connect_timeout: float = 5.0,
+        acquire_timeout_s: float | None = None,
     ) -> None:
         self.url = url
         self.drift_policy = drift_policy or DriftPolicy()
         self._timeout = connect_timeout
+        # How long a write waits for a pooled connection (a server that is down makes it wait
+        # the whole time); None: connect_timeout.
+        self._acquire_timeout = connect_timeout if acquire_timeout_s is None else acquire_timeout_s
         self._partitions: set[int] = set()
         self._partition_lock = threading.Lock()
         self._ready = False
@@ -146,7 +150,10 @@ class PostgresStore(Store):
                 f"Postgres at {safe_url(self.url)} unavailable (it failed moments ago)"
             )
         try:
-            with _translate_errors(self.url), self._pool.connection(timeout=self._timeout) as conn:
+            with (
+                _translate_errors(self.url),
+                self._pool.connection(timeout=self._acquire_timeout) as conn,
+            ):
                 yield conn
         except StoreUnavailable:
             self._down_until = time.monotonic() + self.retry_after_s

@@ -36,6 +36,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add("--drain-seconds", type=float, help="how long SIGTERM waits for in-flight requests")
     add("--read-timeout-s", type=float, help="deadline for receiving a request body (default 10)")
     add("--max-receiving", type=int, help="gRPC calls being received at once (default 128)")
+    add(
+        "--queue-dir",
+        help="durable receive queue for store outages (default .atlas/collector-queue; off)",
+    )
+    add("--queue-max-mb", type=float, help="the receive queue's size limit (default 1024)")
     add("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
     return parser
 
@@ -60,6 +65,8 @@ def settings_from_args(args: argparse.Namespace) -> CollectorSettings:
         drain_seconds=args.drain_seconds,
         read_timeout_s=args.read_timeout_s,
         max_receiving=args.max_receiving,
+        queue_dir=args.queue_dir,
+        queue_max_mb=args.queue_max_mb,
         log_level=args.log_level,
     )
 

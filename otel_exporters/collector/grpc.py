@@ -16,6 +16,7 @@ from atlas_middleware.otel_exporters.collector.ingest import (
     IngestFailed,
     Ingestor,
     Overloaded,
+    QueueFull,
     StoreDown,
 )
 from atlas_middleware.otel_exporters.otlp import DecodeError, decode_protobuf, response_message
@@ -66,7 +67,7 @@ class TraceService:
                 decoded = await self.ingestor.ingest(lambda: decode_protobuf(request))
         except Overloaded:
             failure = grpc.StatusCode.UNAVAILABLE, "collector busy, retry later"
-        except (StoreDown, StoreUnavailable):
+        except (StoreDown, StoreUnavailable, QueueFull):
             failure = grpc.StatusCode.UNAVAILABLE, "store unavailable, retry later"
         except DecodeError as exc:
             self.ingestor.stats.bad_requests += 1

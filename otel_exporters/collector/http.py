@@ -28,6 +28,7 @@ from atlas_middleware.otel_exporters.collector.ingest import (
     IngestFailed,
     Ingestor,
     Overloaded,
+    QueueFull,
     ReceiveBusy,
     StoreDown,
 )
@@ -199,7 +200,7 @@ def build_app(
             return too_large(as_json)
         except (Overloaded, ReceiveBusy):
             return _error(429, RESOURCE_EXHAUSTED, "collector busy, retry later", as_json, **retry)
-        except (StoreDown, StoreUnavailable):
+        except (StoreDown, StoreUnavailable, QueueFull):
             return _error(503, UNAVAILABLE, "store unavailable, retry later", as_json, **retry)
         except RequestPayloadError as exc:
             return _error(400, INVALID_ARGUMENT, f"unreadable body: {exc}", as_json)
@@ -227,9 +228,25 @@ def build_app(
             "receiving_bytes": ingestor.receiving_bytes,
             **vars(ingestor.stats),
         }
+        queue = ingestor.queue
+        room = True
+        if queue is not None:
+            waiting, spans, size = queue.waiting
+            room = not queue.full
+            counts.update(
+                queue_dir=str(queue.dir),
+                queue_requests=waiting,
+                queue_spans=spans,
+                queue_bytes=size,
+                **vars(queue.stats),
+            )
         try:
             await asyncio.get_running_loop().run_in_executor(None, ingestor.store.health)
         except StoreError as exc:
+            if queue is not None and room:
+                # Still accepting: what arrives waits in the queue. 200, so load balancers keep
+                # sending here (every replica shares the database: none would be "ready").
+                return web.json_response({"status": "queueing", "error": str(exc), **counts})
             return web.json_response(
                 {"status": "unavailable", "error": str(exc), **counts}, status=503
             )

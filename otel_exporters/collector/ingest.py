@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from atlas_middleware.otel_exporters.collector.queue import Drainer, ReceiveQueue
 from atlas_middleware.otel_exporters.otlp import Decoded, DecodeError
 
 from atlas_middleware.redaction import Redactor, default_redactors, redact
@@ -38,6 +40,10 @@ class BodyTooLarge(Exception):
 
 class ReceiveBusy(Exception):
     """Bodies being received already hold the receive buffer: 429 / UNAVAILABLE."""
+
+
+class QueueFull(Exception):
+    """The store is unavailable and the receive queue has no room: 503 at once."""
 
 
 class IngestFailed(Exception):
@@ -71,8 +77,14 @@ class Ingestor:
         redactors: Sequence[Redactor] | None = None,
         retry_after: float = 1.0,
         max_receiving_bytes: int = 16 * 20 * 1024 * 1024,
+        queue: ReceiveQueue | None = None,
+        drainer: Drainer | None = None,
     ) -> None:
         self.store = store
+        # Requests the store cannot take now wait here (durably) instead of answering 503.
+        self.queue = queue
+        self.drainer = drainer
+        self._stats_lock = threading.Lock()
         self.max_inflight = max_inflight
         self.retry_after = retry_after
         self.stats = Stats()
@@ -101,7 +113,7 @@ class Ingestor:
         if self._inflight >= self.max_inflight:
             self.stats.overloaded += 1
             raise Overloaded
-        if time.monotonic() < self._down_until:
+        if time.monotonic() < self._down_until and self.queue is None:
             self.stats.store_unavailable += 1
             raise StoreDown
 
@@ -137,7 +149,7 @@ class Ingestor:
         if self._inflight >= self.max_inflight:
             self.stats.overloaded += 1
             raise Overloaded
-        if time.monotonic() < self._down_until:
+        if time.monotonic() < self._down_until and self.queue is None:
             self.stats.store_unavailable += 1
             raise StoreDown
         self._inflight += 1
@@ -155,7 +167,10 @@ class Ingestor:
         self.stats.requests += 1
         loop = asyncio.get_running_loop()
         try:
-            decoded = await loop.run_in_executor(self._executor, self._work, decode)
+            decoded, queued = await loop.run_in_executor(self._executor, self._work, decode)
+        except QueueFull:
+            self._log_error("queue", "store unavailable and the receive queue full: 503")
+            raise
         except StoreUnavailable as exc:
             self.stats.store_unavailable += 1
             self._down_until = time.monotonic() + self.retry_after
@@ -169,11 +184,13 @@ class Ingestor:
             self.stats.ingest_errors += 1
             self._log_error("ingest", "%s; answering 503 so the client retries", exc, level=40)
             raise
-        self.stats.spans_stored += len(decoded.spans)
+        if not queued:
+            self.stats.spans_stored += len(decoded.spans)
         self.stats.spans_rejected += decoded.rejected
         return decoded
 
-    def _work(self, decode: Callable[[], Decoded]) -> Decoded:
+    def _work(self, decode: Callable[[], Decoded]) -> tuple[Decoded, bool]:
+        """Decode, redact and store (or queue) one request; returns it and whether it queued."""
         try:
             decoded = decode()
         except (DecodeError, BodyTooLarge):
@@ -192,9 +209,19 @@ class Ingestor:
                 raise IngestFailed(
                     f"redaction failed ({type(exc).__name__}: {_one_line(exc)})"
                 ) from exc
+            queue = self.queue
+            # While anything waits in the queue, later requests wait behind it (arrival order
+            # is delivery order), and a store that just failed is not tried by every request.
+            if queue is not None and (queue.has_waiting() or time.monotonic() < self._down_until):
+                return self._enqueue(decoded), True
             try:
                 written = self.store.write_spans(decoded.spans)
-            except (StoreUnavailable, StoreDataError):
+            except StoreUnavailable as exc:
+                if queue is None:
+                    raise
+                self.store_failed(exc)
+                return self._enqueue(decoded), True
+            except StoreDataError:
                 raise
             except StoreError as exc:
                 raise IngestFailed(f"store error: {_one_line(exc)}") from exc
@@ -204,6 +231,25 @@ class Ingestor:
                     f"store write failed ({type(exc).__name__}: {_one_line(exc)})"
                 ) from exc
             self.stats.rewards_rejected += written.rejected_rewards
+        return decoded, False
+
+    def store_failed(self, exc: StoreUnavailable) -> None:
+        """The store was found unavailable (by a request, or by the queue's drainer)."""
+        with self._stats_lock:
+            self.stats.store_unavailable += 1
+            self._down_until = time.monotonic() + self.retry_after
+        self._log_error("unavailable", "store unavailable, queueing requests: %s", exc)
+
+    def _enqueue(self, decoded: Decoded) -> Decoded:
+        assert self.queue is not None
+        try:
+            appended = self.queue.append(decoded.spans)
+        except OSError as exc:  # the disk failed us: nothing acknowledged, the client retries
+            raise IngestFailed(f"receive queue write failed: {exc.strerror or exc}") from exc
+        if not appended:
+            raise QueueFull
+        if self.drainer is not None:
+            self.drainer.wake()
         return decoded
 
     def _log_error(self, kind: str, message: str, *args: object, level: int = 30) -> None:

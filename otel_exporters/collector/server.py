@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from atlas_middleware.otel_exporters.collector.auth import (
@@ -24,6 +25,7 @@ from atlas_middleware.storage.records import safe_url
 log = logging.getLogger("atlas.collector")
 
 ENV_PREFIX = "ATLAS_COLLECTOR_"
+DEFAULT_QUEUE_DIR = Path(".atlas") / "collector-queue"
 
 
 class ConfigError(ValueError):
@@ -46,6 +48,10 @@ class CollectorSettings:
     drain_seconds: float = 30.0
     read_timeout_s: float = 10.0
     max_receiving: int = 128
+    # The durable receive queue: None is the default folder (left off, with a warning, if it
+    # cannot be used), "off" disables it, a path must be usable or the collector will not start.
+    queue_dir: str | None = None
+    queue_max_mb: float = 1024.0
     retry_after: float = 1.0
     log_level: str = "INFO"
 
@@ -68,6 +74,16 @@ class CollectorSettings:
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
 
+    @property
+    def queue_max_bytes(self) -> int:
+        return int(self.queue_max_mb * 1024 * 1024)
+
+    @property
+    def queue_path(self) -> Path | None:
+        if self.queue_dir is not None and self.queue_dir.strip().lower() == "off":
+            return None
+        return Path(self.queue_dir) if self.queue_dir else DEFAULT_QUEUE_DIR
+
     def endpoints(self) -> dict[str, tuple[str, int] | None]:
         return {"http": _address("http", self.http), "grpc": _address("grpc", self.grpc)}
 
@@ -88,7 +104,19 @@ class CollectorSettings:
                 )
         if self.processes > 1 and any(e and e[1] == 0 for e in endpoints.values()):
             raise ConfigError("--processes above 1 needs fixed ports (the processes share them)")
+        if self.queue_dir and self.queue_path is not None:
+            try:
+                self.queue_path.mkdir(parents=True, exist_ok=True)
+                probe = self.queue_path / ".atlas-write-check"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as exc:
+                raise ConfigError(
+                    f"--queue-dir {self.queue_dir}: not a writable folder "
+                    f"({exc.strerror or exc}); give another one, or off to run without the queue"
+                ) from None
         for name in (
+            "queue_max_mb",
             "max_body_mb",
             "max_inflight",
             "workers",
@@ -138,7 +166,28 @@ async def serve(
     from atlas_middleware.otel_exporters.collector.http import build_app
     from atlas_middleware.otel_exporters.collector.ingest import Ingestor
 
-    store = await asyncio.to_thread(open_store, settings.store)
+    options: dict[str, Any] = {}
+    if settings.store.startswith(("postgresql://", "postgres://")):
+        # With a queue to fall back on, a request should not wait long for a connection to a
+        # database that is down (the client's own deadline is ticking): 1 s, not the 5 s default.
+        options["acquire_timeout_s"] = 1.0
+    store = await asyncio.to_thread(open_store, settings.store, **options)
+    queue = drainer = None
+    if settings.queue_path is not None:
+        from atlas_middleware.otel_exporters.collector.queue import Drainer, ReceiveQueue
+
+        try:
+            queue = ReceiveQueue(
+                settings.queue_path, settings.queue_max_bytes, store_id=safe_url(store.url)
+            )
+        except OSError as exc:
+            if settings.queue_dir:
+                raise
+            log.warning(
+                "receive queue off: cannot use %s (%s); a store outage answers 503",
+                settings.queue_path,
+                exc.strerror or exc,
+            )
     ingestor = Ingestor(
         store,
         max_inflight=settings.max_inflight,
@@ -147,7 +196,12 @@ async def serve(
         # Bodies being received hold at most what processing them could: a stalled client
         # holds only the bytes it sent.
         max_receiving_bytes=settings.max_inflight * settings.max_body_bytes,
+        queue=queue,
     )
+    if queue is not None:
+        drainer = ingestor.drainer = Drainer(
+            queue, store, retry_after=settings.retry_after, on_unavailable=ingestor.store_failed
+        ).start()
     check = token_check(settings.token)
     endpoints = settings.endpoints()
     stop = stop or asyncio.Event()
@@ -195,12 +249,16 @@ async def serve(
             )
             await grpc_server.start()
         log.info(
-            "atlas-collector listening: http=%s grpc=%s store=%s auth=%s",
+            "atlas-collector listening: http=%s grpc=%s store=%s auth=%s queue=%s",
             ports.http_port,
             ports.grpc_port,
             safe_url(store.url),
             "bearer" if settings.token else "off (loopback only)",
+            queue.dir if queue is not None else "off",
         )
+        if queue is not None and queue.has_waiting():
+            requests_, spans, _ = queue.waiting
+            log.info("receive queue: %d requests (%d spans) to deliver", requests_, spans)
         if started is not None:
             started.set_result(ports)
         await stop.wait()
@@ -213,6 +271,19 @@ async def serve(
             await runner.cleanup()
         drained = await ingestor.drain(settings.drain_seconds)
         ingestor.close()
+        if drainer is not None:
+            await asyncio.to_thread(drainer.stop)
+        if queue is not None:
+            left, spans, _ = queue.waiting
+            if left:
+                log.warning(
+                    "receive queue: %d requests (%d spans) left in %s; the next collector "
+                    "started on it delivers them",
+                    left,
+                    spans,
+                    queue.dir,
+                )
+            queue.close()
         await asyncio.to_thread(store.close)
         log.info(
             "atlas-collector stopped: %d spans stored, %d rejected%s",

@@ -387,8 +387,10 @@ def test_sigterm_drains_in_flight_batch(sqlite_url: str) -> None:
 
 @pytest.mark.postgres
 def test_database_outage_gives_503_then_nothing_is_lost() -> None:
-    """Postgres stopped mid-run: the collector answers 503 + Retry-After, the official exporter
-    keeps its batch and retries, and once Postgres is back every span is stored exactly once."""
+    """Without the receive queue (``--queue-dir off``): Postgres stopped mid-run, the collector
+    answers 503 + Retry-After, the official exporter keeps its batch and retries, and once
+    Postgres is back every span is stored exactly once. (With the queue, the default, requests
+    are queued and acknowledged instead: tests/reliability/test_receive_queue.py.)"""
     try:
         pg = PrivatePostgres().init()
     except (RuntimeError, FileNotFoundError) as exc:
@@ -399,7 +401,7 @@ def test_database_outage_gives_503_then_nothing_is_lost() -> None:
         pytest.skip(f"cannot create a private Postgres cluster: {exc}")
     pg.start()
     try:
-        with Collector(pg.url) as collector:
+        with Collector(pg.url, "--queue-dir", "off") as collector:
             first = session_spans(2)
             exporter = HttpExporter(endpoint=collector.traces_url, timeout=60)
             assert exporter.export(first) == SpanExportResult.SUCCESS

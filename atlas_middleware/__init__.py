@@ -80,10 +80,25 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def shutdown(timeout_s: float = 10.0) -> None:
-    """Finish pending rewards and flush spans, within ``timeout_s`` (also runs at exit)."""
-    from atlas_middleware import telemetry
-    from atlas_middleware.portal import get_portal
+def shutdown(timeout_s: float | None = None) -> None:
+    """Finish pending rewards and deliver pending spans within ``timeout_s`` in all (default:
+    the config's ``telemetry.drain_s``, 10 s); also runs at exit. Rewards still running at the
+    deadline are cancelled (a local model stops generating) and the log says how many."""
+    import logging
+    import time
 
-    get_portal().drain(timeout_s / 2)
-    telemetry.shutdown(int(timeout_s * 500))
+    from atlas_middleware import portal, telemetry
+
+    deadline = time.monotonic() + (portal.drain_seconds() if timeout_s is None else timeout_s)
+    budget = deadline - time.monotonic()
+    # Rewards first, keeping a part of the deadline for the spans they and the calls produced.
+    cancelled = portal.finish(max(0.0, budget - min(2.0, budget / 2)))
+    if cancelled:
+        logging.getLogger("atlas").warning(
+            "atlas: shutdown: %d unfinished background reward%s cancelled at the %.0fs drain "
+            "deadline (those sessions are stored without a reward)",
+            cancelled,
+            "" if cancelled == 1 else "s",
+            budget,
+        )
+    telemetry.shutdown(int(max(0.5, deadline - time.monotonic()) * 1000))

@@ -243,6 +243,9 @@ class TelemetrySettings(_Section):
     retry_queue_spans: Count | None = None
     spool_dir: str | None = None
     spool_max_mb: Seconds = 256.0
+    # atlas.shutdown() and exit wait at most this long for background rewards and span delivery;
+    # rewards still running are then cancelled (and counted in the log).
+    drain_s: Seconds = 10.0
 
 
 class ReviewSettings(_Section):

@@ -132,6 +132,23 @@ class Portal:
 
 _portal: Portal | None = None
 _portal_lock = threading.Lock()
+# How long shutdown (and exit) waits for background rewards and span delivery in all
+# (telemetry.drain_s of the config; supervise sets it).
+_drain_s = 10.0
+
+
+def set_drain_seconds(seconds: float) -> None:
+    global _drain_s
+    _drain_s = seconds
+
+
+def drain_seconds() -> float:
+    return _drain_s
+
+
+def current_portal() -> Portal | None:
+    """The portal if one was started (shutdown must not start one just to find it idle)."""
+    return _portal
 
 
 def get_portal() -> Portal:
@@ -140,15 +157,43 @@ def get_portal() -> Portal:
         with _portal_lock:
             if _portal is None:
                 _portal = Portal()
-                atexit.register(_at_exit)
+                _register_exit_hook()
     return _portal
 
 
-def _at_exit() -> None:
+def finish(timeout: float) -> int:
+    """Let background jobs finish for up to ``timeout`` seconds, then cancel what is left, which
+    stops a local model's generation at its next token; returns how many were cancelled."""
     portal = _portal
-    # Bounded: process exit must not hang on a slow judge. What is left is cancelled, which also
-    # stops queued local-model generations (their worker threads are joined at exit).
-    if portal is not None and portal.pending and not portal.drain(5.0):
-        cancelled = portal.cancel_pending()
-        log.warning("atlas: %d background jobs unfinished at exit were cancelled", cancelled)
-        portal.drain(2.0)
+    if portal is None or not portal.pending or portal.drain(timeout):
+        return 0
+    cancelled = portal.cancel_pending()
+    # Cancelled jobs unwind on the portal loop (a local generation stops at its next token):
+    # give them a moment, so the worker threads exit joins are idle.
+    portal.drain(1.0)
+    return cancelled
+
+
+def _register_exit_hook() -> None:
+    # At exit the interpreter joins every worker thread (the thread pools' own exit hook) before
+    # it runs atexit handlers: a local model still generating for a background reward held exit
+    # for minutes. This hook runs before those joins (threading's exit hooks run in reverse
+    # order of registration, so it is registered after the thread pools'), and bounds the wait.
+    import concurrent.futures.thread  # noqa: F401 - registers the pools' exit join first
+
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is None:
+            raise RuntimeError("no threading exit hooks")
+        register(_at_exit)
+    except RuntimeError:  # already shutting down, or another Python: the classic hook
+        atexit.register(_at_exit)
+
+
+def _at_exit() -> None:
+    from atlas_middleware import shutdown
+
+    try:
+        shutdown()
+    except Exception as exc:  # exit goes on whatever happens here
+        log.warning("atlas: shutdown at exit failed: %s", exc)

@@ -941,6 +941,9 @@ def _build_supervisor(
             )
             cfg, defaults_only = AtlasConfig.model_construct(), True
     lanes, rim = cfg.lanes, cfg.rim
+    from atlas_middleware.portal import set_drain_seconds
+
+    set_drain_seconds(cfg.telemetry.drain_s)
     _set_up_tracing(cfg, setup)
     teacher_model: ChatModel | None = None
     try:

@@ -74,7 +74,9 @@ def test_a_hung_teacher_costs_at_most_the_budget_then_the_breaker_skips_it(spans
         assert [r["answer"] for r in results] == [f"task {i}" for i in range(5)]
         [state] = breakers.breakers()
         assert state.state == "open" and state.opened == 1
-        assert hits == 2  # the probes of the first two calls; nothing after the breaker opened
+        # At most the probes of the first two calls (on a loaded machine a probe can be cut
+        # before its request even left); nothing after the breaker opened.
+        assert hits <= 2
         more = [solve("again") for _ in range(3)]
         assert server.hits == hits and all(r == {"answer": "again"} for r in more)
     recorded = roots(spans)

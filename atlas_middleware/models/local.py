@@ -82,7 +82,7 @@ class LocalHFModel(ChatModel):
         self._model: Any = None
         self._tokenizer: Any = None
         self._eos_ids: list[int] = []
-        self._executor: _DaemonWorker | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         require("torch", "transformers", what=f"local model {self.name!r}")
 
     # --- loading ------------------------------------------------------------------------------
@@ -128,10 +128,12 @@ class LocalHFModel(ChatModel):
         self._tokenizer = tokenizer
         self._model = model  # last: `loaded` turns true only once everything is in place
 
-    def _worker(self) -> _DaemonWorker:
+    def _worker(self) -> concurrent.futures.ThreadPoolExecutor:
         with self._worker_lock:
             if self._executor is None:
-                self._executor = _DaemonWorker(f"atlas-{self.name}")
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix=f"atlas-{self.name}"
+                )
             return self._executor
 
     # --- generation ---------------------------------------------------------------------------
@@ -234,57 +236,6 @@ class LocalHFModel(ChatModel):
         self._model = self._tokenizer = None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
-
-
-class _DaemonWorker(concurrent.futures.Executor):
-    """One daemon thread running submitted calls in order (what ``run_in_executor`` needs).
-
-    Not a ThreadPoolExecutor: the interpreter joins those threads at exit, so a generation or a
-    weight load in progress held process exit for minutes. Exit is bounded by atlas's shutdown
-    (which cancels pending generations, see atlas_middleware.portal); whatever a daemon thread
-    is still doing after that does not hold the process.
-    """
-
-    def __init__(self, name: str) -> None:
-        import queue
-
-        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._closed = False
-        threading.Thread(target=self._run, name=name, daemon=True).start()
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
-        if self._closed:
-            raise RuntimeError("the model's worker is closed")
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._calls.put((future, fn, args, kwargs))
-        return future
-
-    def _run(self) -> None:
-        while True:
-            item = self._calls.get()
-            if item is None:
-                return
-            future, fn, args, kwargs = item
-            if not future.set_running_or_notify_cancel():
-                continue  # cancelled while it waited: never started
-            try:
-                future.set_result(fn(*args, **kwargs))
-            except BaseException as exc:
-                future.set_exception(exc)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._closed = True
-        if cancel_futures:
-            import queue
-
-            try:
-                while True:
-                    item = self._calls.get_nowait()
-                    if item is not None:
-                        item[0].cancel()
-            except queue.Empty:
-                pass
-        self._calls.put(None)
 
 
 class _StopCriteria:

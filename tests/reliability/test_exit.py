@@ -4,9 +4,10 @@ the local generation its background reward is still running, and says what it dr
 
 The reward is what outlives the call: RIM judges the answer with the embedded model on the CPU
 (four judges, three samples each), minutes of generation; the call itself is made quick (the
-probe gives up after 1 s and the fallback lane is auto). Before, the interpreter waited in the
-thread pool's exit join for the generation in progress (~295 s in the issue's run, 49 s in this
-configuration on a loaded machine), never said so, and the reward was lost anyway."""
+weights are loaded first, then the call runs the auto lane). Before, the interpreter waited in
+the thread pool's exit join for the generations in progress (~295 s in the issue's run; 49 s in
+another configuration on this loaded machine), never said so, and the reward was lost anyway.
+A weight load in progress cannot be interrupted: exit waits for it (seconds)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def solve(task: str) -> str:
     return "128"
 
 
+# Weights loaded first, as the README call's probe would have: what exit meets is generation.
+solve.supervisor().teacher.model.load()
 print(solve("A shop sells 38 apples and then 90 more. How many?"), flush=True)
 if {shutdown}:
     atlas.shutdown()
@@ -46,10 +49,9 @@ def test_the_readme_example_exits_within_the_drain_time(embedded_cache, tmp_path
         "PYTHONPATH": str(ROOT),
         "ATLAS_CACHE_DIR": str(embedded_cache),
         "ATLAS_STORE_URL": f"sqlite:///{tmp_path / 'atlas.db'}",
-        # The probe gives up after 1 s and the call runs auto: it returns at once, with the
-        # embedded model loaded and busy; the reward's generations follow.
-        "ATLAS_LANES__PROBE_TIMEOUT_S": "1",
-        "ATLAS_LANES__FALLBACK_LANE": "auto",
+        # The call runs auto (no teacher on the call path): it returns at once; the reward's
+        # generations follow.
+        "ATLAS_LANES__FORCED_LANE": "auto",
         "ATLAS_TELEMETRY__DRAIN_S": "3",
         "OMP_NUM_THREADS": "1",
     }

@@ -219,9 +219,14 @@ def build_app(
         return web.Response(body=response_protobuf(decoded), content_type=PROTOBUF)
 
     async def health(request: web.Request) -> web.Response:
-        if not check_token(request.headers.get("Authorization")):
-            # Liveness only: the store's address and the counters are for the token's holders.
-            return web.json_response({"status": "ok"})
+        # Without the token: the status alone (ok / queueing / unavailable, as the code says),
+        # enough for liveness and readiness probes; the store's address and the counters are
+        # for the token's holders.
+        detailed = check_token(request.headers.get("Authorization"))
+        body, status = await _health()
+        return web.json_response(body if detailed else {"status": body["status"]}, status=status)
+
+    async def _health() -> tuple[dict, int]:
         counts = {
             "inflight": ingestor.inflight,
             "receiving": ingestor.receiving,
@@ -246,11 +251,9 @@ def build_app(
             if queue is not None and room:
                 # Still accepting: what arrives waits in the queue. 200, so load balancers keep
                 # sending here (every replica shares the database: none would be "ready").
-                return web.json_response({"status": "queueing", "error": str(exc), **counts})
-            return web.json_response(
-                {"status": "unavailable", "error": str(exc), **counts}, status=503
-            )
-        return web.json_response({"status": "ok", "store": safe_url(ingestor.store.url), **counts})
+                return {"status": "queueing", "error": str(exc), **counts}, 200
+            return {"status": "unavailable", "error": str(exc), **counts}, 503
+        return {"status": "ok", "store": safe_url(ingestor.store.url), **counts}, 200
 
     # Bodies are read by `traces` itself (chunk by chunk, with a deadline) and inflated in a
     # worker thread: the server must not decompress them (see serve(): auto_decompress=False).

@@ -93,7 +93,10 @@ def test_official_exporters_lose_nothing_through_an_outage_and_a_sigkill(
         else:
             wait_until(lambda: time.monotonic() - down_at >= outage_s, outage_s, "the outage")
         report["outage_s"] = round(time.monotonic() - down_at, 1)
-        report["queued_total"] = health(collector)["queue_requests"]
+        state = health(collector)
+        report["queued_total"] = state["queue_requests"]
+        report["queued_spans"] = state["queue_spans"]
+        report["queue_mb"] = round(state["queue_bytes"] / 2**20, 1)
         private_pg.start()
         drain_started = time.monotonic()
         wait_until(lambda: health(collector)["queue_requests"] == 0, 600, "the queue drained")

@@ -331,7 +331,9 @@ class Supervisor:
         self.reward = reward
         self.signature = signature
         self.breaker = None
-        if teacher is not None and options.breaker_failures > 0:
+        # In-process teachers (embedded, hf:) get none: they cannot be down, only slow, and their
+        # step timeouts bound that; a breaker would silently turn evaluations' lanes to auto.
+        if teacher is not None and options.breaker_failures > 0 and teacher.provider != "local":
             from atlas_middleware.breaker import breaker_for
 
             self.breaker = breaker_for(
@@ -629,10 +631,8 @@ class Supervisor:
         except Exception as exc:
             if exc is agent.error:
                 raise
-            if agent.ran:
-                return agent.recover(exc)
-            agent.recover(exc)
-            return fn(*args, **kwargs)
+            outcome = agent.recover(exc)
+            return fn(*args, **kwargs) if outcome is _RUN_AGENT else outcome
 
     def _drive_sync(
         self,
@@ -695,10 +695,8 @@ class Supervisor:
         except Exception as exc:
             if exc is agent.error:
                 raise
-            if agent.ran:
-                return agent.recover(exc)
-            agent.recover(exc)
-            return await fn(*args, **kwargs)
+            outcome = agent.recover(exc)
+            return await fn(*args, **kwargs) if outcome is _RUN_AGENT else outcome
 
     async def _drive_async(
         self,
@@ -749,6 +747,7 @@ class Supervisor:
 
 
 _NOTHING: Any = object()
+_RUN_AGENT: Any = object()  # atlas failed before the agent ran: run it without atlas
 
 
 class _AgentOutcome:
@@ -776,12 +775,13 @@ class _AgentOutcome:
         self.returned(result)
 
     def recover(self, failure: Exception) -> Any:
-        """After atlas's own ``failure``: the agent's exception or its result (when it ran)."""
+        """After atlas's own ``failure``: the agent's exception or its result (when it ran),
+        else ``_RUN_AGENT``: the caller runs it plainly."""
         _stats.internal_failures += 1
         _log_once(Failed("supervise (internal)", failure))
         if self.error is not None:
             raise self.error
-        return self.result
+        return self.result if self.ran else _RUN_AGENT
 
 
 def threshold_lane(confidence: float, options: SupervisionOptions) -> str:

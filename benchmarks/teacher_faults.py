@@ -93,7 +93,9 @@ def fmt(ms: float) -> str:
         return f"{ms / 1000:.2f} s"
     if ms >= 1:
         return f"{ms:.1f} ms"
-    return f"{ms * 1000:.0f} µs"
+    if ms >= 0.001:
+        return f"{ms * 1000:.0f} µs"
+    return f"{ms * 1e6:.0f} ns"
 
 
 def main() -> None:

@@ -1,9 +1,11 @@
 """The path every OTLP request takes, whatever its transport: decode → redact → store, durably.
 
-Admission is bounded: at most ``max_inflight`` requests are read, decoded or written at once
-(memory is bounded by ``max_inflight × max body size``); past that the transports answer 429 /
-UNAVAILABLE so clients keep their data and retry. A request is acknowledged only after the
-store's transaction committed.
+Admission is bounded: at most ``max_inflight`` requests are inflated, decoded or written at once
+(memory is bounded by ``max_inflight × max body size``), and bodies still arriving hold no slot,
+only the bytes that arrived, within a receive buffer of the same size; past either the
+transports answer 429 / UNAVAILABLE so clients keep their data and retry. A request is
+acknowledged only after the store's transaction committed, or, while the store is unavailable,
+once it is fsync'd in the receive queue (collector/queue.py).
 """
 
 from __future__ import annotations
@@ -145,13 +147,9 @@ class Ingestor:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Admission for one request, taken before its body is read."""
-        if self._inflight >= self.max_inflight:
-            self.stats.overloaded += 1
-            raise Overloaded
-        if time.monotonic() < self._down_until and self.queue is None:
-            self.stats.store_unavailable += 1
-            raise StoreDown
+        """Admission for one request, taken once its body has arrived (inflating, decoding and
+        storing it happen inside)."""
+        self.admit()
         self._inflight += 1
         self._idle.clear()
         try:

@@ -103,7 +103,7 @@ class ReceiveQueue:
         try:
             found = (folder / STORE_ID).read_text()
         except OSError:
-            return True  # new, or never used
+            found = None  # new, or holding requests for a store nobody recorded
         return found == self.store_id or not any(folder.glob("*.spool"))
 
     # --- the request path ---

@@ -201,6 +201,11 @@ def test_a_queue_folder_for_another_store_is_left_alone(tmp_path):
     same = ReceiveQueue(tmp_path, 1 << 20, store_id="postgresql://a/db")
     assert same.dir.name == "0" and same.waiting[0] == 1
     same.close()
+    # A folder holding requests with no record of their store is nobody's to deliver.
+    (tmp_path / "0" / "store.id").unlink()
+    unknown = ReceiveQueue(tmp_path, 1 << 20, store_id="postgresql://a/db")
+    assert unknown.dir.name == "1" and unknown.orphans() == []
+    unknown.close()
 
 
 def test_an_unusable_queue_dir(tmp_path):

@@ -473,7 +473,7 @@ def _translate_errors(url: str) -> Iterator[None]:
     except psycopg.DataError as exc:  # SQLSTATE class 22: a value the column cannot hold
         raise StoreDataError(f"Postgres at {where}: {_first_line(exc)}", _reason(exc)) from exc
     except psycopg.Error as exc:
-        raise StoreError(f"Postgres at {where}: {_first_line(exc)}") from exc
+        raise StoreError(f"Postgres at {where}: {_first_line(exc)}", _first_line(exc)) from exc
 
 
 def _reason(exc: psycopg.Error) -> str:

@@ -222,7 +222,9 @@ class Ingestor:
             except StoreDataError:
                 raise
             except StoreError as exc:
-                raise IngestFailed(f"store error: {_one_line(exc)}") from exc
+                # The client hears what failed, not where: the store's address stays in the log.
+                log.debug("store error: %s", exc)
+                raise IngestFailed(f"store error: {_one_line_text(exc.reason)}") from exc
             except Exception as exc:  # a bug on this input: keep the data with the client
                 log.debug("store write failed", exc_info=True)
                 raise IngestFailed(
@@ -268,6 +270,11 @@ class Ingestor:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def _one_line_text(text: str) -> str:
+    text = text.strip()
+    return text.splitlines()[0] if text else "unknown"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -538,6 +538,8 @@ def test_store_failures_answer_503_or_400_never_500(postgres_url: str) -> None:
         assert internal.status_code == 503, internal.text
         assert internal.headers["Retry-After"] == "1"
         assert "simulated internal failure" in _status(internal).message
+        # What failed, not where: no database address in an answer.
+        assert "127.0.0.1" not in _status(internal).message
         assert _grpc_export(collector, session_spans(1, task="internal failure")) == "UNAVAILABLE"
         # Data the store refuses for good: 400, the client drops it instead of retrying forever.
         bad = post(session_spans(1, task="bad data"))

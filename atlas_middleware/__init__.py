@@ -27,6 +27,7 @@ from atlas_middleware.guidance import guidance, use_guidance, with_guidance
 _EXPORTS = {
     "supervise": "atlas_middleware.supervise",
     "SupervisionOptions": "atlas_middleware.supervise",
+    "supervision_stats": "atlas_middleware.supervise",
     "AtlasConfig": "atlas_middleware.config",
     "RIMReward": "atlas_middleware.rim",
     "configure": "atlas_middleware.telemetry",
@@ -53,6 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover - names for type checkers and IDEs
         current_session,
         last_session,
         supervise,
+        supervision_stats,
     )
     from atlas_middleware.telemetry import configure  # noqa: F401
 
@@ -86,11 +88,20 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def shutdown(timeout_s: float = 10.0) -> None:
-    """Finish pending rewards and flush spans, within ``timeout_s`` (also runs at exit).
-    Rewards still pending after half of it are cancelled, with a warning saying how many."""
-    from atlas_middleware import telemetry
-    from atlas_middleware.portal import get_portal
+def shutdown(timeout_s: float | None = None) -> None:
+    """Finish pending rewards and deliver pending spans within ``timeout_s`` in all (default:
+    the config's ``telemetry.drain_s``, 10 s); also runs at exit. Rewards still running at the
+    deadline are cancelled (a local model stops generating) and the log says what was dropped."""
+    _shutdown(timeout_s, why="atlas.shutdown()")
 
-    get_portal().finish(timeout_s / 2, why="atlas.shutdown()")
-    telemetry.shutdown(int(timeout_s * 500))
+
+def _shutdown(timeout_s: float | None, *, why: str) -> None:
+    import time
+
+    from atlas_middleware import portal, telemetry
+
+    deadline = time.monotonic() + (portal.drain_seconds() if timeout_s is None else timeout_s)
+    budget = deadline - time.monotonic()
+    # Rewards first, keeping a part of the deadline for the spans they and the calls produced.
+    portal.finish(max(0.0, budget - min(2.0, budget / 2)), why=why)
+    telemetry.shutdown(int(max(0.5, deadline - time.monotonic()) * 1000))

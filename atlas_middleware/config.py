@@ -147,6 +147,14 @@ class TeacherSettings(ModelSettings):
     # Guidance and validation replies; they sit on the agent's call path, so shorter than a
     # general model budget (the probe has its own, lanes.probe_max_tokens).
     max_tokens: PositiveInt = 160
+    # Seconds of teacher work (probe, guidance, validation) one call may add; past it the
+    # remaining steps are skipped (fail open). None: 8 s for a remote teacher, none for one
+    # running in-process (embedded, hf:), whose per-step timeouts bound it.
+    budget_s: Seconds | None = None
+    # The endpoint's circuit breaker: this many failures or timeouts in a row (0: no breaker)
+    # skip the teacher for breaker_cooldown_s, then one trial call decides.
+    breaker_failures: Count = 3
+    breaker_cooldown_s: Seconds = 30.0
 
 
 class LaneSettings(_Section):
@@ -235,6 +243,9 @@ class TelemetrySettings(_Section):
     retry_queue_spans: Count | None = None
     spool_dir: str | None = None
     spool_max_mb: Seconds = 256.0
+    # atlas.shutdown() and exit wait at most this long for background rewards and span delivery;
+    # rewards still running are then cancelled (and counted in the log).
+    drain_s: Seconds = 10.0
 
 
 class ReviewSettings(_Section):

@@ -11,7 +11,6 @@ import asyncio
 import atexit
 import concurrent.futures
 import concurrent.futures.thread  # its exit hook must be registered before ours
-import contextlib
 import contextvars
 import logging
 import threading
@@ -166,12 +165,31 @@ class Portal:
             "were" if len(left) > 1 else "was",
         )
         if cancelled:
-            self.drain(2.0)  # let cancelled jobs unwind (local generations stop at a token)
+            # Cancelled jobs unwind on the portal loop (a local generation stops at its next
+            # token): a moment, so the worker threads that exit joins are idle.
+            self.drain(1.0)
         return len(left)
 
 
 _portal: Portal | None = None
 _portal_lock = threading.Lock()
+# How long shutdown (and exit) waits for background rewards and span delivery in all
+# (telemetry.drain_s of the config; supervise sets it).
+_drain_s = 10.0
+
+
+def set_drain_seconds(seconds: float) -> None:
+    global _drain_s
+    _drain_s = seconds
+
+
+def drain_seconds() -> float:
+    return _drain_s
+
+
+def current_portal() -> Portal | None:
+    """The portal if one was started (shutdown must not start one just to find it idle)."""
+    return _portal
 
 
 def get_portal() -> Portal:
@@ -180,23 +198,45 @@ def get_portal() -> Portal:
         with _portal_lock:
             if _portal is None:
                 _portal = Portal()
-                # Pending rewards finish while the interpreter still runs thread pools: the
-                # threading exit hooks run before concurrent.futures refuses new work (its own
-                # hook, registered earlier, runs after ours), and before atexit handlers.
-                register = getattr(threading, "_register_atexit", None)
-                if register is not None:
-                    with contextlib.suppress(RuntimeError):  # already exiting
-                        register(_at_exit)
-                atexit.register(_at_exit)
+                _register_exit_hook()
     return _portal
 
 
-def _at_exit() -> None:
+def finish(timeout: float, *, why: str) -> int:
+    """Let background jobs finish for up to ``timeout`` seconds, then cancel what is left (a
+    local model's generation stops at its next token) and say what was dropped; returns how
+    many were dropped. Starts no portal just to find it idle."""
     portal = _portal
-    if portal is None or portal.closed:
-        return
-    portal.closed = True
-    # Bounded: process exit must not hang on a slow judge. What is left is cancelled, which also
-    # stops queued local-model generations (their worker threads are joined at exit).
-    if portal.pending:
-        portal.finish(5.0, why="at exit")
+    if portal is None or not portal.pending:
+        return 0
+    return portal.finish(timeout, why=why)
+
+
+def _register_exit_hook() -> None:
+    # At exit the interpreter joins every worker thread (the thread pools' own exit hook) before
+    # it runs atexit handlers: a local model still generating for a background reward held exit
+    # for minutes. This hook runs before those joins (threading's exit hooks run in reverse
+    # order of registration, so it is registered after the thread pools'), and bounds the wait.
+    import concurrent.futures.thread  # noqa: F401 - registers the pools' exit join first
+
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is None:
+            raise RuntimeError("no threading exit hooks")
+        register(_at_exit)
+    except RuntimeError:  # already shutting down, or another Python: the classic hook
+        atexit.register(_at_exit)
+
+
+def _at_exit() -> None:
+    from atlas_middleware import _shutdown
+
+    portal = _portal
+    if portal is not None:
+        if portal.closed:
+            return
+        portal.closed = True  # rewards scheduled from here on are dropped, with a warning
+    try:
+        _shutdown(None, why="at exit")
+    except Exception as exc:  # exit goes on whatever happens here
+        log.warning("atlas: shutdown at exit failed: %s", exc)

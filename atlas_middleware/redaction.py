@@ -28,22 +28,38 @@ _SECRET_VALUE = re.compile(
     r"(sk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}"  # OpenAI / Anthropic style keys
     r"|AKIA[0-9A-Z]{16}"  # AWS access key ids
     r"|gh[pousr]_[A-Za-z0-9]{20,}"  # GitHub tokens
+    r"|github_pat_[A-Za-z0-9_]{22,}"  # GitHub fine-grained tokens
+    r"|hf_[A-Za-z0-9]{30,}"  # Hugging Face tokens
     r"|xox[abpr]-[A-Za-z0-9-]{10,}"  # Slack tokens
     r"|AIza[0-9A-Za-z_-]{35}"  # Google API keys
     r"|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,})"
 )
+# PEM private keys: the whole block (or, cut off, everything after its header).
+_PRIVATE_KEY = re.compile(
+    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|$)"
+)
+# A password inside a URL (``postgresql://user:pw@host``, ``http://admin:pw@10.0.0.5``): the
+# password goes, the user and host stay. Bounded repeats: hostile text cannot make it slow.
+_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]{0,20}://[^\s/@:]{0,256}:)[^\s/@]{1,256}(@)")
 # A secret assigned to a secret-named key inside text: JSON ('"api_key": "…"'), env or config
-# lines ('PASSWORD=…'), HTTP headers ('Authorization: Basic …'). The key stays, the value goes.
+# lines ('PASSWORD=…', 'aws_secret_access_key=…', 'pwd=…'), query strings ('?token=…'), HTTP
+# headers ('Authorization: Basic …', 'Bearer: …'). The key stays, the value goes. The key must
+# end in the secret word ('max_tokens=1024' and 'tokenizer=bpe' are not secrets).
 _ASSIGNED_SECRET = re.compile(
-    r"(?i)([\"']?(?:api[_-]?key|apikey|secret(?:[_-]?key)?|password|passwd|access[_-]?token"
-    r"|auth[_-]?token|authorization)[\"']?\s*[:=]\s*[\"']?)(?:(?:bearer|basic|token)\s+)?"
-    r"[^\s\"',;}]{4,}"
+    r"(?i)((?<![\w.-])[\"']?[\w.-]{0,40}?"
+    r"(?:api[_-]?key|apikey|(?:secret|private|access)[\w.-]{0,30}?key|secret|password|passwd"
+    r"|pwd|token|authorization|credentials?|bearer)"
+    r"[\"']?\s*[:=]\s*[\"']?)(?:(?:bearer|basic|token)\s+)?"
+    r"[^\s\"',;}&]{4,}"
 )
 
-# Every credential pattern above contains one of these literals (lowercased). Scanning a
-# lowercased value for them is far cheaper than the full patterns, almost no attribute value
-# contains any, and nothing shorter than _MIN_SECRET characters can hold a credential at all.
-_MARKERS = re.compile("sk-|akia|gh[pousr]_|xox|aiza|bearer|api|secret|passw|token|authoriz")
+# Every credential pattern above contains one of these (lowercased). Scanning a lowercased value
+# for them is far cheaper than the full patterns, almost no attribute value contains any, and
+# nothing shorter than _MIN_SECRET characters can hold a credential at all.
+_MARKERS = re.compile(
+    "sk-|akia|gh[pousr]_|github_pat|hf_|xox|aiza|bearer|api|secret|passw|pwd|token|authoriz"
+    "|credential|private key|://[^\\s/@]{0,256}:[^\\s/@]{1,256}@"
+)
 _MIN_SECRET = 10
 
 
@@ -52,7 +68,38 @@ def _suspicious(value: str) -> bool:
 
 
 def _scrub_text(value: str) -> str:
+    if "-----BEGIN" in value:
+        value = _PRIVATE_KEY.sub(REDACTED, value)
+    value = _URL_PASSWORD.sub(r"\1" + REDACTED + r"\2", value)
     return _ASSIGNED_SECRET.sub(r"\1" + REDACTED, _SECRET_VALUE.sub(REDACTED, value))
+
+
+def scrub_text(value: str) -> str:
+    """``value`` with every credential-shaped substring replaced by ``[REDACTED]`` (the built-in
+    pass over one string: error messages, log lines, URLs)."""
+    return _scrub_text(value) if _suspicious(value) else value
+
+
+class EncodedBytes(str):
+    """A bytes attribute value as the store keeps it (base64 text), with the raw bytes beside it
+    so redaction can look inside: a credential hidden in base64 is still a credential."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes, text: str | None = None) -> EncodedBytes:
+        import base64
+
+        self = super().__new__(cls, base64.b64encode(raw).decode() if text is None else text)
+        self.raw = raw
+        return self
+
+    def __getnewargs__(self) -> tuple[bytes, str]:  # copy and pickle keep the raw bytes
+        return (self.raw, str(self))
+
+
+def _secret_bytes(raw: bytes) -> bool:
+    text = raw.decode("utf-8", "replace")
+    return _suspicious(text) and _scrub_text(text) != text
 
 
 _key_verdicts: dict[str, bool] = {}
@@ -70,8 +117,12 @@ def _secret_key(key: str) -> bool:
 
 
 def _scrub(value: Any) -> Any:
+    if isinstance(value, EncodedBytes):
+        return REDACTED if _secret_bytes(value.raw) else value
     if isinstance(value, str):
         return _scrub_text(value) if _suspicious(value) else value
+    if isinstance(value, bytes):
+        return REDACTED if _secret_bytes(value) else value
     if isinstance(value, list):
         return [_scrub(v) for v in value]
     if isinstance(value, dict):
@@ -89,7 +140,7 @@ def _scrub_mapping(attributes: dict[str, Any]) -> dict[str, Any]:
             if not _suspicious(value):
                 continue
             new = _scrub_text(value)
-        elif isinstance(value, list | dict):
+        elif isinstance(value, list | dict | bytes | EncodedBytes):
             new = _scrub(value)
         else:
             continue
@@ -130,6 +181,8 @@ def redact_secrets(record: SpanRecord) -> None:
             event.name = _scrub_text(event.name)
     if record.status_message:
         record.status_message = _scrub(record.status_message)
+    if record.scope and _suspicious(record.scope):  # instrumentation scopes are names too
+        record.scope = _scrub_text(record.scope)
 
 
 def scrub_attributes(attributes: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from opentelemetry.trace import SpanContext
 
 from atlas_middleware import plugins
 from atlas_middleware.guidance import use_guidance
-from atlas_middleware.models.base import ChatModel
+from atlas_middleware.models.base import ChatModel, ModelError, ModelUnavailable
 from atlas_middleware.portal import get_portal
 from atlas_middleware.prompts import DEFAULT_PROMPTS, TeacherPrompts
 from atlas_middleware.rim.judges import reference_match
@@ -64,6 +64,13 @@ class SupervisionOptions:
     max_retries: int = 1
     teacher_timeout_s: float = 30.0
     probe_timeout_s: float = 10.0
+    # All teacher work of one call (probe, guidance, validation, retry guidance) within this many
+    # seconds; a step that would start past it is skipped (fail open). None: no budget.
+    teacher_budget_s: float | None = None
+    # The teacher endpoint's circuit breaker: open after this many failures in a row (0: no
+    # breaker), skip the teacher for the cool-down, then one trial call.
+    breaker_failures: int = 3
+    breaker_cooldown_s: float = 30.0
     supervision_rate: float = 1.0
     reward_rate: float = 1.0
     reward_inline: bool = False
@@ -97,7 +104,12 @@ class Failed:
         self.error = error
 
     def __str__(self) -> str:
+        from atlas_middleware.redaction import scrub_text
+
         message = str(self.error).strip().splitlines()[0] if str(self.error).strip() else ""
+        # Model errors name their endpoint; one given with credentials must not leak them into
+        # atlas.failures or the log.
+        message = scrub_text(message)
         return f"{self.step}: {type(self.error).__name__}" + (
             f": {message[:200]}" if message else ""
         )
@@ -107,6 +119,7 @@ class Failed:
 class _Ask:  # ask the teacher; the driver returns its result or a Failed
     step: str
     make: Callable[[], Awaitable[Any]]
+    timeout: float | None = None  # None: the options' timeout for this step
 
     def __post_init__(self) -> None:
         # Whatever drives the step (a supervisor's driver, an integration's), the model calls
@@ -118,6 +131,121 @@ class _Ask:  # ask the teacher; the driver returns its result or a Failed
                 return await make()
 
         self.make = as_teacher
+
+
+class TeacherUnavailable(RuntimeError):
+    """A teacher step was skipped: its endpoint's circuit breaker is open, or the call's teacher
+    budget is spent. The call fails open (the lane that runs is recorded as ``auto``)."""
+
+
+# Lane steps: the teacher work a paired or coach lane consists of (the probe only chooses one).
+_LANE_STEPS = frozenset({"guidance", "validate"})
+# A step with less than this left of the budget is not started: it could not finish anyway.
+_MIN_STEP_S = 0.05
+
+
+class _TeacherGate:
+    """Per call: the teacher budget, the endpoint's breaker, and which steps ran or were
+    skipped (to record the lane that actually ran)."""
+
+    def __init__(self, options: SupervisionOptions, breaker: Any) -> None:
+        self.budget_s = options.teacher_budget_s
+        self.breaker = breaker
+        self.spent = 0.0
+        self.attempted: set[str] = set()
+        self.skipped: set[str] = set()
+
+    def unavailable(self) -> str | None:
+        breaker = self.breaker
+        if breaker is not None:
+            wait = breaker.retry_in()
+            if wait > 0:
+                return (
+                    f"circuit open for {breaker.endpoint} after {breaker.threshold} failures "
+                    f"in a row; next try in {wait:.0f}s"
+                )
+        if self.budget_s is not None and self.budget_s - self.spent < _MIN_STEP_S:
+            return f"teacher budget of {self.budget_s:g}s spent"
+        return None
+
+    def ask(
+        self,
+        step: str,
+        make: Callable[[], Awaitable[Any]],
+        timeout: float,
+        *,
+        needs_teacher: bool = True,
+    ) -> Generator[_Ask, Any, Any]:
+        """Yield the step for the driver, or return a Failed at once when the teacher is
+        unavailable; ``needs_teacher=False`` for steps answered without it (a verifier)."""
+        if not needs_teacher:
+            value = yield _Ask(step, make, timeout)
+            self.attempted.add(step)
+            return value
+        reason = self.unavailable()
+        if reason is not None:
+            self.skipped.add(step)
+            _stats.teacher_skipped += 1
+            return Failed(step, TeacherUnavailable(reason))
+        if self.budget_s is not None:
+            timeout = min(timeout, self.budget_s - self.spent)
+        started = time.monotonic()
+        value = yield _Ask(step, self._guarded(make), timeout)
+        self.spent += time.monotonic() - started
+        if isinstance(value, Failed) and isinstance(value.error, TeacherUnavailable):
+            self.skipped.add(step)  # another call holds the breaker's trial
+        else:
+            self.attempted.add(step)
+        if (
+            self.breaker is not None
+            and isinstance(value, Failed)
+            and isinstance(value.error, TimeoutError)
+        ):
+            # Counted here, in the caller's order: the cancelled request may take a while to
+            # unwind on the event loop, and the next call must already see this failure.
+            self.breaker.failure()
+        return value
+
+    def _guarded(self, make: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+        breaker = self.breaker
+        if breaker is None:
+            return make
+
+        async def call() -> Any:
+            if not breaker.allow():
+                raise TeacherUnavailable(f"circuit half-open for {breaker.endpoint}: trial running")
+            try:
+                result = await make()
+            except ModelError as exc:
+                # The endpoint answered (a 4xx): not down. Unavailable ones (5xx, timeouts,
+                # refused connections) are ModelUnavailable, a ModelError too.
+                if isinstance(exc, ModelUnavailable):
+                    breaker.failure()
+                else:
+                    breaker.success()
+                raise
+            except asyncio.CancelledError:
+                # Timed out (the flow counts that failure) or the caller went away.
+                breaker.abandoned()
+                raise
+            except BaseException:
+                breaker.failure()
+                raise
+            breaker.success()
+            return result
+
+        return call
+
+    def lane_ran(self, lane: str) -> str:
+        """The lane that actually ran: a paired or coach lane none of whose teacher steps could
+        even be attempted ran as auto."""
+        if (
+            lane in ("paired", "coach")
+            and self.skipped & _LANE_STEPS
+            and not (self.attempted & _LANE_STEPS)
+        ):
+            return "auto"
+        return lane
 
 
 @dataclass
@@ -197,6 +325,35 @@ def _log_once(failure: Failed) -> None:
         log.warning("atlas: %s (failing open; logged once per kind)", failure)
 
 
+@dataclass
+class SupervisionStats:
+    """Process-wide counts of what supervision could not do (each is also logged, once per kind,
+    and listed on the affected session spans)."""
+
+    setup_failures: int = 0  # parts of atlas's set-up that failed (store, tracing, teacher, ...)
+    internal_failures: int = 0  # atlas's own errors while running a call (the agent ran anyway)
+    teacher_skipped: int = 0  # teacher steps skipped: breaker open or teacher budget spent
+
+
+_stats = SupervisionStats()
+
+
+def supervision_stats() -> SupervisionStats:
+    """A snapshot of :class:`SupervisionStats` for this process."""
+    return replace(_stats)
+
+
+def _setup_failure(stage: str, error: BaseException, consequence: str) -> str:
+    """Count and log (once per kind) a failed part of the set-up; the note for session spans."""
+    _stats.setup_failures += 1
+    note = str(Failed(f"set-up: {stage}", error))
+    key = f"set-up:{stage}:{type(error).__name__}"
+    if key not in _logged:
+        _logged.add(key)
+        log.warning("atlas: %s (%s; the agent runs unchanged; logged once)", note, consequence)
+    return note
+
+
 def answer_text(result: Any) -> str:
     if isinstance(result, str):
         return result
@@ -222,8 +379,11 @@ class Supervisor:
         teacher_temperature: float = 0.0,
         store_url: str | None = None,
         prompts: TeacherPrompts | None = None,
+        setup_failures: list[str] | None = None,
     ) -> None:
         self.options = options
+        # What failed while this supervisor was built: listed on every session it records.
+        self.setup_failures = list(setup_failures or ())
         self.prompts = prompts or DEFAULT_PROMPTS
         self.teacher = (
             Teacher(
@@ -238,6 +398,17 @@ class Supervisor:
         )
         self.reward = reward
         self.signature = signature
+        self.breaker = None
+        # In-process teachers (embedded, hf:) get none: they cannot be down, only slow, and their
+        # step timeouts bound that; a breaker would silently turn evaluations' lanes to auto.
+        if teacher is not None and options.breaker_failures > 0 and teacher.provider != "local":
+            from atlas_middleware.breaker import breaker_for
+
+            self.breaker = breaker_for(
+                teacher.endpoint,
+                failures=options.breaker_failures,
+                cooldown_s=options.breaker_cooldown_s,
+            )
         self.store_url = store_url
         self._store: Any = None
         self._lessons: dict[str, tuple[float, list[str]]] = {}
@@ -300,7 +471,8 @@ class Supervisor:
     def flow(self, call: _Call) -> Generator[_Ask | _Invoke, Any, _Outcome]:
         o = call.options
         tracer = get_tracer()
-        failures: list[str] = []
+        failures: list[str] = list(self.setup_failures)
+        gate = _TeacherGate(o, self.breaker)
 
         def failed(value: Any) -> bool:
             if isinstance(value, Failed):
@@ -321,6 +493,8 @@ class Supervisor:
             session_usage(lambda used: root.set_attributes(used.attributes())),
             _activated(root, call, o.agent),
         ):
+            if failures:  # set-up failures, recorded even if the agent raises (the end updates it)
+                root.set_attribute(s.ATLAS_FAILURES, failures)
             if call.reference is not None:
                 # Kept with the session so training can score guidance against it later.
                 root.set_attribute(s.ATLAS_REFERENCE, call.reference)
@@ -348,7 +522,11 @@ class Supervisor:
                 context = {"agent": o.agent, "learning_key": key, "lessons": lessons}
                 value = _plugin(failures, "probe plugin", plugins.probe, call.task, context)
                 if value is None:
-                    value = yield _Ask("probe", lambda: teacher.probe(call.task, lessons))
+                    value = yield from gate.ask(
+                        "probe",
+                        lambda: teacher.probe(call.task, lessons),
+                        _step_timeout("probe", o),
+                    )
                 if failed(value) or value is None:
                     # No confidence is recorded rather than a guessed one: "unparsed" when the
                     # reply had no confidence field, "failed" when the call itself failed.
@@ -376,7 +554,11 @@ class Supervisor:
             guidance = None
             if lane == "coach":
                 assert teacher is not None
-                value = yield _Ask("guidance", lambda: teacher.guidance(call.task, lessons))
+                value = yield from gate.ask(
+                    "guidance",
+                    lambda: teacher.guidance(call.task, lessons),
+                    _step_timeout("guidance", o),
+                )
                 if not failed(value) and value:
                     guidance = value
 
@@ -385,7 +567,12 @@ class Supervisor:
             answer = read(result)
             retries = 0
             if lane in ("paired", "coach"):
-                verdict = yield _Ask("validate", lambda: self._validate(call, answer))
+                verdict = yield from gate.ask(
+                    "validate",
+                    lambda: self._validate(call, answer),
+                    _step_timeout("validate", o),
+                    needs_teacher=self._validates_with_teacher(call),
+                )
                 if (
                     not failed(verdict)
                     and not verdict.valid
@@ -393,9 +580,10 @@ class Supervisor:
                     and o.max_retries > 0
                 ):
                     assert teacher is not None
-                    value = yield _Ask(
+                    value = yield from gate.ask(
                         "guidance",
                         lambda: teacher.guidance(call.task, attempt=answer, problem=verdict.reason),
+                        _step_timeout("guidance", o),
                     )
                     if not failed(value) and value:
                         retries = 1
@@ -405,6 +593,11 @@ class Supervisor:
                             failed(Failed("guided retry", exc))
                         else:
                             result, answer, guidance = retried, read(retried), value
+            ran = gate.lane_ran(lane)
+            if ran != lane:  # the store keeps the lane that ran, and why it was not the one chosen
+                lane = ran
+                root.set_attribute(s.ATLAS_LANE, lane)
+                root.set_attribute(s.ATLAS_LANE_REASON, s.LANE_REASON_TEACHER_UNAVAILABLE)
             if guidance:
                 root.set_attribute(s.ATLAS_GUIDANCE, guidance)
             root.set_attribute(s.ATLAS_RETRIES, retries)
@@ -431,6 +624,10 @@ class Supervisor:
             s.set_final_answer(root, answer)
             session = root.get_span_context()
         return _Outcome(result, answer, session, call)
+
+    def _validates_with_teacher(self, call: _Call) -> bool:
+        o = call.options
+        return o.verifier is None and not (call.reference is not None and o.reference_validates)
 
     async def _validate(self, call: _Call, answer: str) -> Verdict:
         verifier = call.options.verifier
@@ -475,8 +672,12 @@ class Supervisor:
                 # Learning memory: account the lessons this session was shown, and let a
                 # clearly good or bad session teach a new one.
                 key = o.learning_key or o.agent
-                playbook = self._playbook(key)
-                playbook.record(call.lessons, result.score)
+                try:
+                    playbook = self._playbook(key)
+                    playbook.record(call.lessons, result.score)
+                except Exception as exc:  # the store is down or never opened: no memory
+                    _log_once(Failed("playbook", exc))
+                    return
                 with usage.acting(s.ROLE_TEACHER, "lesson"):
                     await playbook.learn(
                         self.teacher.model,
@@ -492,8 +693,29 @@ class Supervisor:
         return judge
 
     # --- drivers ---------------------------------------------------------------------------
+    # Both drivers fail open for atlas's own errors too: if anything of atlas's raises while a
+    # call is being driven (a span that cannot be made, a broken plugin hook, a bug), the agent's
+    # outcome is what the caller gets: its result if it ran, its exception if it raised, and a
+    # plain call of the agent if atlas failed before running it.
     def run_sync(
         self, fn: Callable[..., Any], args: tuple, kwargs: dict, options: SupervisionOptions
+    ) -> Any:
+        agent = _AgentOutcome()
+        try:
+            return self._drive_sync(fn, args, kwargs, options, agent)
+        except Exception as exc:
+            if exc is agent.error:
+                raise
+            outcome = agent.recover(exc)
+            return fn(*args, **kwargs) if outcome is _RUN_AGENT else outcome
+
+    def _drive_sync(
+        self,
+        fn: Callable[..., Any],
+        args: tuple,
+        kwargs: dict,
+        options: SupervisionOptions,
+        agent: _AgentOutcome,
     ) -> Any:
         call = self._call(options, args, kwargs)
         portal = get_portal()
@@ -509,6 +731,8 @@ class Supervisor:
                 except StopIteration as done:
                     outcome: _Outcome = done.value
                     break
+                if throw is not None:
+                    agent.handled()
                 send, throw = None, None
                 if isinstance(step, _Ask):
                     try:
@@ -518,10 +742,11 @@ class Supervisor:
                 else:
                     try:
                         with use_guidance(step.guidance):
-                            send = fn(*args, **kwargs)
+                            send = agent.returned(fn(*args, **kwargs))
                     except Exception as exc:
-                        throw = exc
+                        throw = agent.raised(exc)
                     usage.settle()  # usage reported late (litellm) joins this session
+        agent.final(outcome.result)
         job = self._reward_job(outcome)
         if job is not None:
             if options.reward_inline:
@@ -540,6 +765,23 @@ class Supervisor:
         kwargs: dict,
         options: SupervisionOptions,
     ) -> Any:
+        agent = _AgentOutcome()
+        try:
+            return await self._drive_async(fn, args, kwargs, options, agent)
+        except Exception as exc:
+            if exc is agent.error:
+                raise
+            outcome = agent.recover(exc)
+            return await fn(*args, **kwargs) if outcome is _RUN_AGENT else outcome
+
+    async def _drive_async(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple,
+        kwargs: dict,
+        options: SupervisionOptions,
+        agent: _AgentOutcome,
+    ) -> Any:
         call = self._call(options, args, kwargs)
         flow = self.flow(call)
         send: Any = None
@@ -553,6 +795,8 @@ class Supervisor:
                 except StopIteration as done:
                     outcome: _Outcome = done.value
                     break
+                if throw is not None:
+                    agent.handled()
                 send, throw = None, None
                 if isinstance(step, _Ask):
                     try:
@@ -562,10 +806,11 @@ class Supervisor:
                 else:
                     try:
                         with use_guidance(step.guidance):
-                            send = await fn(*args, **kwargs)
+                            send = agent.returned(await fn(*args, **kwargs))
                     except Exception as exc:
-                        throw = exc
+                        throw = agent.raised(exc)
                     await usage.asettle()
+        agent.final(outcome.result)
         job = self._reward_job(outcome)
         if job is not None:
             if options.reward_inline:
@@ -606,6 +851,44 @@ class _activated:
         _last_in_thread.handle = self.handle
 
 
+_NOTHING: Any = object()
+_RUN_AGENT: Any = object()  # atlas failed before the agent ran: run it without atlas
+
+
+class _AgentOutcome:
+    """What the agent did during one supervised call, so atlas's own failures can fall back on it."""
+
+    def __init__(self) -> None:
+        self.ran = False
+        self.result: Any = _NOTHING  # the agent's latest result (the call's, once decided)
+        self.error: BaseException | None = None
+
+    def returned(self, result: Any) -> Any:
+        self.ran, self.result, self.error = True, result, None
+        return result
+
+    def raised(self, error: BaseException) -> BaseException:
+        self.ran, self.error = True, error
+        return error
+
+    def handled(self) -> None:
+        """The flow took the agent's exception in its stride (a failed guided retry): the call's
+        outcome is the earlier result."""
+        self.error = None
+
+    def final(self, result: Any) -> None:
+        self.returned(result)
+
+    def recover(self, failure: Exception) -> Any:
+        """After atlas's own ``failure``: the agent's exception or its result (when it ran),
+        else ``_RUN_AGENT``: the caller runs it plainly."""
+        _stats.internal_failures += 1
+        _log_once(Failed("supervise (internal)", failure))
+        if self.error is not None:
+            raise self.error
+        return self.result if self.ran else _RUN_AGENT
+
+
 def threshold_lane(confidence: float, options: SupervisionOptions) -> str:
     """The lane the probe's confidence gives by the options' thresholds (no plugin, no force)."""
     if confidence >= options.auto_threshold:
@@ -622,7 +905,13 @@ def _with_lessons(guidance: str | None, lessons: list[str]) -> str | None:
 
 
 def _timeout(step: _Ask, options: SupervisionOptions) -> float:
-    return options.probe_timeout_s if step.step == "probe" else options.teacher_timeout_s
+    if step.timeout is not None:  # the step's own, within the call's teacher budget
+        return step.timeout
+    return _step_timeout(step.step, options)
+
+
+def _step_timeout(step: str, options: SupervisionOptions) -> float:
+    return options.probe_timeout_s if step == "probe" else options.teacher_timeout_s
 
 
 def _plugin(failures: list[str], what: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -674,9 +963,20 @@ def supervise(
         def supervisor() -> Supervisor:
             runtime = state.get("runtime")
             if runtime is None:  # built on first use: decorating must not load any model
-                runtime = state["runtime"] = _build_supervisor(
-                    name, options, teacher, reward, config, signature, prompts
-                )
+                try:
+                    runtime = _build_supervisor(
+                        name, options, teacher, reward, config, signature, prompts
+                    )
+                except Exception as exc:  # a bug: still never the agent's problem
+                    note = _setup_failure("supervisor", exc, "calls run unsupervised")
+                    runtime = Supervisor(
+                        SupervisionOptions(agent=name, lane="auto"),
+                        teacher=None,
+                        reward=None,
+                        signature=signature,
+                        setup_failures=[note],
+                    )
+                state["runtime"] = runtime
             return runtime
 
         def chosen(overrides: dict[str, Any]) -> SupervisionOptions:
@@ -729,12 +1029,41 @@ def _build_supervisor(
     signature: inspect.Signature | None,
     prompts: Any = None,
 ) -> Supervisor:
+    """The runtime of one supervised function. Never raises for atlas's own set-up: each part
+    that fails (config, store, tracing, teacher, reward, prompts) is left out, counted, logged
+    once and listed on the sessions' spans, and the function runs as it would without it."""
     from atlas_middleware.config import AtlasConfig
-    from atlas_middleware.prompts import as_prompts
 
-    cfg = config if config is not None else AtlasConfig.load()
+    setup: list[str] = []
+    cfg = config
+    defaults_only = False
+    if cfg is None:
+        try:
+            cfg = AtlasConfig.load()
+        except Exception as exc:
+            setup.append(
+                _setup_failure("config", exc, "defaults used, no teacher or reward from config")
+            )
+            cfg, defaults_only = AtlasConfig.model_construct(), True
     lanes, rim = cfg.lanes, cfg.rim
+    from atlas_middleware.portal import set_drain_seconds
+
+    set_drain_seconds(cfg.telemetry.drain_s)
+    _set_up_tracing(cfg, setup)
+    teacher_model: ChatModel | None = None
+    try:
+        if teacher is not None:
+            teacher_model = _resolve_model(teacher)
+        elif not defaults_only:
+            teacher_model = _model(cfg.teacher)
+    except Exception as exc:
+        setup.append(_setup_failure("teacher", exc, "no teacher: calls run the auto lane"))
     defaults = {
+        "teacher_budget_s": cfg.teacher.budget_s
+        if cfg.teacher.budget_s is not None
+        else default_teacher_budget(teacher_model),
+        "breaker_failures": cfg.teacher.breaker_failures,
+        "breaker_cooldown_s": cfg.teacher.breaker_cooldown_s,
         "lane": lanes.forced_lane,
         "fallback_lane": lanes.fallback_lane,
         "auto_threshold": lanes.auto_threshold,
@@ -747,18 +1076,26 @@ def _build_supervisor(
         "reward_inline": rim.mode == "inline",
     }
     options = SupervisionOptions(agent=agent, **{**defaults, **explicit})
-    configure_telemetry(cfg)
-    teacher_model = _resolve_model(teacher) if teacher is not None else _model(cfg.teacher)
     judge: Any = None
-    if reward is not False:
-        if reward is not None:
+    try:
+        if reward is not False and reward is not None:
             judge = reward
-        else:
+        elif reward is None and not defaults_only:
             from atlas_middleware.rim import RIMReward
 
             small = _model(cfg.teacher, rim.small_model) if rim.small_model else teacher_model
             large = _model(cfg.teacher, rim.large_model) if rim.large_model else None
-            judge = RIMReward.from_settings(rim, small, large)
+            if small is not None:  # no judge model: the teacher's failure is already reported
+                judge = RIMReward.from_settings(rim, small, large)
+    except Exception as exc:
+        setup.append(_setup_failure("reward", exc, "sessions get no reward"))
+    chosen_prompts = None
+    try:
+        from atlas_middleware.prompts import as_prompts
+
+        chosen_prompts = as_prompts(prompts if prompts is not None else cfg.teacher.prompts)
+    except Exception as exc:
+        setup.append(_setup_failure("prompts", exc, "the built-in teacher prompts are used"))
     return Supervisor(
         options,
         teacher=teacher_model,
@@ -768,33 +1105,72 @@ def _build_supervisor(
         teacher_max_tokens=cfg.teacher.max_tokens,
         teacher_temperature=cfg.teacher.temperature,
         store_url=cfg.storage.url,
-        prompts=as_prompts(prompts if prompts is not None else cfg.teacher.prompts),
+        prompts=chosen_prompts,
+        setup_failures=setup,
     )
 
 
-def configure_telemetry(cfg: Any) -> None:
+def configure_telemetry(cfg: Any) -> list[str]:
     """Set up atlas's tracing from an AtlasConfig, unless it already is (see
-    :func:`atlas_middleware.telemetry.ensure_configured`)."""
+    :func:`atlas_middleware.telemetry.ensure_configured`). Never raises: returns what failed
+    (each logged once), the spans of a part that failed are dropped."""
+    setup: list[str] = []
+    _set_up_tracing(cfg, setup)
+    return setup
+
+
+REMOTE_TEACHER_BUDGET_S = 8.0
+
+
+def default_teacher_budget(teacher: ChatModel | None) -> float | None:
+    """The teacher budget when the config sets none: a few seconds for a teacher behind a
+    network (which can hang or refuse), none for one computing in this process (embedded,
+    ``hf:``: CPU generation is slow but cannot hang on a socket; its step timeouts bound it)."""
+    if teacher is None or teacher.provider == "local":
+        return None
+    return REMOTE_TEACHER_BUDGET_S
+
+
+def _set_up_tracing(cfg: Any, setup: list[str]) -> None:
+    """Send atlas's spans where the config says, once per process. A store that cannot open or
+    an exporter that cannot be built leaves tracing on with no exporter: spans are dropped, the
+    failure is reported, and the next supervised function does not try again."""
     from atlas_middleware import telemetry
 
     if telemetry.is_configured():
         return
-    s.set_capture_content(cfg.telemetry.capture_content)
+    try:
+        s.set_capture_content(cfg.telemetry.capture_content)
+    except Exception as exc:  # pragma: no cover - a plain flag; kept for completeness
+        setup.append(_setup_failure("tracing", exc, "content capture left as it was"))
     exporter = cfg.telemetry.exporter
     store: Any = cfg.storage.url
-    if exporter in (None, "atlas") and os.environ.get("OTEL_TRACES_EXPORTER") is None:
-        from atlas_middleware.storage import open_store
+    # An empty OTEL_TRACES_EXPORTER means "not set" (the OpenTelemetry convention).
+    if exporter in (None, "atlas") and not os.environ.get("OTEL_TRACES_EXPORTER", "").strip():
+        try:
+            from atlas_middleware.storage import open_store
 
-        # The store that derives sessions applies the config's drift policy.
-        store = open_store(cfg.storage.url, drift_policy=cfg.review.policy())
-    telemetry.ensure_configured(
-        exporter=exporter,
-        service_name=cfg.telemetry.service_name,
-        store=store,
-        retry_queue_spans=cfg.telemetry.retry_queue_spans,
-        spool_dir=cfg.telemetry.spool_dir,
-        spool_max_mb=cfg.telemetry.spool_max_mb,
-    )
+            # The store that derives sessions applies the config's drift policy.
+            store = open_store(cfg.storage.url, drift_policy=cfg.review.policy())
+        except Exception as exc:
+            setup.append(_setup_failure("store", exc, "spans are not exported"))
+            telemetry.ensure_configured(exporter="none")
+            return
+    try:
+        telemetry.ensure_configured(
+            exporter=exporter,
+            service_name=cfg.telemetry.service_name,
+            store=store,
+            retry_queue_spans=cfg.telemetry.retry_queue_spans,
+            spool_dir=cfg.telemetry.spool_dir,
+            spool_max_mb=cfg.telemetry.spool_max_mb,
+        )
+    except Exception as exc:
+        setup.append(_setup_failure("tracing", exc, "spans are not exported"))
+        if hasattr(store, "close"):
+            with contextlib.suppress(Exception):
+                store.close()
+        telemetry.ensure_configured(exporter="none")
 
 
 def _model(settings: Any, spec: str | None = None) -> ChatModel:

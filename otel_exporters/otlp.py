@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from atlas_middleware.redaction import EncodedBytes
 from atlas_middleware.storage.records import SpanEvent, SpanRecord
 
 KINDS = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
@@ -88,7 +89,7 @@ def _pb_value(value: Any, depth: int = 0) -> Any:
     if kind == "kvlist_value":
         return {_text(kv.key): _pb_value(kv.value, depth + 1) for kv in value.kvlist_value.values}
     if kind == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode()
+        return EncodedBytes(value.bytes_value)
     raise InvalidSpan(f"unknown attribute value kind {kind}")
 
 
@@ -207,7 +208,11 @@ def _json_value(value: Any, depth: int = 0) -> Any:
         return _json_attributes(_object(kvlist, "kvlistValue").get("values"), depth + 1)
     bytes_value = _get(value, "bytesValue", "bytes_value")
     if bytes_value is not None:
-        return _str(bytes_value, "bytesValue")
+        text = _str(bytes_value, "bytesValue")
+        try:
+            return EncodedBytes(base64.b64decode(text, validate=True), text)
+        except ValueError:
+            return text  # not base64 after all: kept as sent (redaction sees it as text)
     raise InvalidSpan(f"unknown attribute value kind {sorted(value)[:3]}")
 
 

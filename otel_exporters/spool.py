@@ -247,7 +247,9 @@ class Spool:
             raise SpoolCorrupt(f"{path.name}: truncated or corrupt")
         return payload
 
-    def remove(self, path: Path, *, corrupt: bool = False) -> None:
+    def remove(self, path: Path, *, corrupt: bool = False, sync: bool = True) -> None:
+        """Take a delivered (or corrupt) file out; ``sync=False`` leaves the directory fsync to
+        the caller (one for many removals)."""
         with contextlib.suppress(ValueError):
             self.files.remove(path)
         size = _size(path)
@@ -258,6 +260,10 @@ class Spool:
                 os.replace(path, path.with_suffix(".corrupt"))
         else:
             path.unlink(missing_ok=True)
+        if sync:
+            _fsync_dir(self.dir)
+
+    def sync(self) -> None:
         _fsync_dir(self.dir)
 
     def close(self) -> None:

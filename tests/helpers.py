@@ -215,6 +215,15 @@ class Collector:
         self.log_path = Path(name)
         self._log_from = 0  # where the current process's output starts in the log
         weakref.finalize(self, self.log_path.unlink, missing_ok=True)
+        # A receive queue folder of its own, kept across restarts of this collector (never the
+        # working directory's default, which other tests' collectors would share).
+        self.queue_dir: Path | None = None
+        if not any(a.startswith("--queue-dir") for a in args):
+            import shutil
+
+            self.queue_dir = Path(tempfile.mkdtemp(prefix="atlas-queue-"))
+            self.args = (*args, "--queue-dir", str(self.queue_dir))
+            weakref.finalize(self, shutil.rmtree, self.queue_dir, ignore_errors=True)
 
     @property
     def http_port(self) -> int:
@@ -318,3 +327,119 @@ def plain_messages(value: str) -> list[dict]:
     from atlas_middleware.telemetry.genai import message_text
 
     return [{"role": m["role"], "content": message_text(m)} for m in orjson.loads(value)]
+
+
+class FaultyTeacher:
+    """An OpenAI-compatible chat endpoint on a loopback port that fails on demand, served from a
+    thread of its own (so sync code under test can call it). ``mode``, switchable at any time:
+
+    - ``ok``: answers ``reply``;
+    - ``500``: answers 500 with an OpenAI-style error body;
+    - ``hung``: accepts the request and never answers (until :meth:`close`);
+    - ``dead``: nothing listens (connections are refused).
+
+    ``hits`` counts the requests that reached the server."""
+
+    def __init__(self, mode: str = "ok", reply: str = "0.95") -> None:
+        import asyncio
+        import threading
+
+        self.mode = mode
+        self.reply = reply
+        self.hits = 0
+        self._loop = asyncio.new_event_loop()
+        self._release: asyncio.Event | None = None
+        self._runner = None
+        self.port = free_port()
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._serve, args=(ready,), name="faulty-teacher", daemon=True
+        )
+        self._thread.start()
+        ready.wait(30)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _serve(self, ready) -> None:
+        import asyncio
+
+        from aiohttp import web
+
+        async def chat(request: web.Request) -> web.Response:
+            self.hits += 1
+            if self.mode == "hung":
+                assert self._release is not None
+                await self._release.wait()
+            if self.mode == "500":
+                return web.json_response(
+                    {"error": {"message": "scripted failure", "type": "server_error"}}, status=500
+                )
+            return web.json_response(
+                {
+                    "model": "faulty",
+                    "choices": [
+                        {
+                            "message": {"role": "assistant", "content": self.reply},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+                }
+            )
+
+        async def start() -> None:
+            self._release = asyncio.Event()
+            app = web.Application()
+            app.router.add_post("/v1/chat/completions", chat)
+            self._runner = web.AppRunner(app, shutdown_timeout=1.0)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(start())
+        ready.set()
+        self._loop.run_forever()
+
+    def set_mode(self, mode: str) -> None:
+        """Switch the failure; ``dead`` stops listening, anything else listens again."""
+        import asyncio
+
+        from aiohttp import web
+
+        async def switch() -> None:
+            assert self._runner is not None
+            if mode == "dead" and self._runner.sites:
+                for site in list(self._runner.sites):
+                    await site.stop()
+            elif mode != "dead" and not self._runner.sites:
+                await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+            if self.mode == "hung" and mode != "hung":
+                assert self._release is not None
+                self._release.set()  # hung requests answer now, in the new mode
+                self._release = asyncio.Event()
+
+        asyncio.run_coroutine_threadsafe(switch(), self._loop).result(30)
+        self.mode = mode
+
+    def close(self) -> None:
+        import asyncio
+
+        async def stop() -> None:
+            if self._release is not None:
+                self._release.set()
+            if self._runner is not None:
+                await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+
+    def __enter__(self) -> FaultyTeacher:
+        if self.mode == "dead":
+            self.set_mode("dead")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

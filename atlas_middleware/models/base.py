@@ -162,6 +162,13 @@ class ChatModel(abc.ABC):
             )
             return result
 
+    @property
+    def endpoint(self) -> str:
+        """What this model's calls go to, as a key: models with the same endpoint share its
+        circuit breaker (:mod:`atlas_middleware.breaker`). Remote backends name the server and
+        model (never a credential); by default each model object is an endpoint of its own."""
+        return f"{type(self).__name__}:{self.name}@{id(self):x}"
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release clients or weights; the default has nothing to release."""
 

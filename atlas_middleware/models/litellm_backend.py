@@ -75,6 +75,14 @@ class LiteLLMModel(ChatModel):
         self.api_key = api_key
         self.params = params  # passed to every acompletion call (top_p, extra_headers, ...)
 
+    @property
+    def endpoint(self) -> str:
+        if self.api_base:
+            from atlas_middleware.storage.records import safe_url
+
+            return f"{safe_url(self.api_base)}|{self.name}"
+        return f"litellm:{self.name}"  # the provider's own endpoint for this model
+
     async def _complete(
         self,
         messages: Sequence[ChatMessage],

@@ -18,6 +18,7 @@ from atlas_middleware.models.base import (
     ModelUnavailable,
     approx_tokens,
 )
+from atlas_middleware.storage.records import safe_url
 
 __all__ = ["OpenAICompatibleModel", "normalize_base_url"]
 
@@ -31,7 +32,7 @@ def normalize_base_url(base_url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(
-            f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}"
+            f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {safe_url(base_url)!r}"
         )
     if url.endswith("/chat/completions"):
         url = url[: -len("/chat/completions")]
@@ -107,15 +108,18 @@ class OpenAICompatibleModel(ChatModel):
         if stop:
             body["stop"] = list(stop)
         url = f"{self.base_url}/chat/completions"
+        where = safe_url(url)  # messages land in logs and spans: never the URL's password
         try:
             response = await self._http().post(url, json=body)
         except httpx.TimeoutException as exc:
-            raise ModelUnavailable(f"{self.name}: {url} timed out ({type(exc).__name__})") from exc
+            raise ModelUnavailable(
+                f"{self.name}: {where} timed out ({type(exc).__name__})"
+            ) from exc
         except httpx.TransportError as exc:
-            raise ModelUnavailable(f"{self.name}: cannot reach {url}: {_describe(exc)}") from exc
+            raise ModelUnavailable(f"{self.name}: cannot reach {where}: {_describe(exc)}") from exc
         status = response.status_code
         if status >= 400:
-            message = f"{self.name}: {url} answered {status}: {_server_message(response)}"
+            message = f"{self.name}: {where} answered {status}: {_server_message(response)}"
             if status >= 500 or status in RETRYABLE_STATUSES:
                 raise ModelUnavailable(message)
             raise ModelError(message)
@@ -125,7 +129,7 @@ class OpenAICompatibleModel(ChatModel):
             text = (choice.get("message") or {}).get("content") or ""
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise ModelError(
-                f"{self.name}: {url} sent no chat completion: {response.text[:200]!r}"
+                f"{self.name}: {where} sent no chat completion: {response.text[:200]!r}"
             ) from exc
         usage = payload.get("usage") or {}
         prompt = " ".join(m["content"] for m in messages)
@@ -136,6 +140,10 @@ class OpenAICompatibleModel(ChatModel):
             _int(usage.get("completion_tokens")) or approx_tokens(text),
             choice.get("finish_reason"),
         )
+
+    @property
+    def endpoint(self) -> str:
+        return f"{safe_url(self.base_url)}|{self.name}"
 
     async def aclose(self) -> None:
         client, self._client = self._client, None

@@ -31,7 +31,12 @@ _log = logging.getLogger("atlas.store")
 
 
 class StoreError(RuntimeError):
-    """A store operation failed for a reason retrying will not fix."""
+    """A store operation failed for a reason retrying will not fix. ``reason``: what failed,
+    without the store's address (what a client of the collector may be told)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class StoreUnavailable(StoreError):
@@ -40,7 +45,11 @@ class StoreUnavailable(StoreError):
 
 class StoreDataError(StoreError):
     """The database refused the data itself (a value it cannot hold, e.g. out of range): the same
-    batch will be refused however often it is sent."""
+    batch will be refused however often it is sent. ``reason`` says what was wrong without naming
+    the database, its address or its indexes (what a client that sent the data may be told)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message, reason or "a value the store cannot hold")
 
 
 @dataclass(slots=True)

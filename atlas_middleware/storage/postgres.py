@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -87,10 +88,14 @@ class PostgresStore(Store):
         migrate: bool = True,
         pool_size: int = 4,
         connect_timeout: float = 5.0,
+        acquire_timeout_s: float | None = None,
     ) -> None:
         self.url = url
         self.drift_policy = drift_policy or DriftPolicy()
         self._timeout = connect_timeout
+        # How long a write waits for a pooled connection (a server that is down makes it wait
+        # the whole time); None: connect_timeout.
+        self._acquire_timeout = connect_timeout if acquire_timeout_s is None else acquire_timeout_s
         self._partitions: set[int] = set()
         self._partition_lock = threading.Lock()
         self._ready = False
@@ -151,7 +156,10 @@ class PostgresStore(Store):
                 f"Postgres at {safe_url(self.url)} unavailable (it failed moments ago)"
             )
         try:
-            with _translate_errors(self.url), self._pool.connection(timeout=self._timeout) as conn:
+            with (
+                _translate_errors(self.url),
+                self._pool.connection(timeout=self._acquire_timeout) as conn,
+            ):
                 yield conn
         except StoreUnavailable:
             self._down_until = time.monotonic() + self.retry_after_s
@@ -468,13 +476,20 @@ def _translate_errors(url: str) -> Iterator[None]:
         # SQLSTATE class 54 (a value too large for its index, say a 6 kB session id) is an
         # OperationalError to psycopg, but no retry will ever store it: refused data, not an
         # outage (answering "unavailable" also tripped the breaker for every other writer).
-        raise StoreDataError(f"Postgres at {where}: {_first_line(exc)}") from exc
+        raise StoreDataError(f"Postgres at {where}: {_first_line(exc)}", _reason(exc)) from exc
     except _RETRYABLE as exc:
         raise StoreUnavailable(f"Postgres at {where} unavailable: {_first_line(exc)}") from exc
     except psycopg.DataError as exc:  # SQLSTATE class 22: a value the column cannot hold
-        raise StoreDataError(f"Postgres at {where}: {_first_line(exc)}") from exc
+        raise StoreDataError(f"Postgres at {where}: {_first_line(exc)}", _reason(exc)) from exc
     except psycopg.Error as exc:
-        raise StoreError(f"Postgres at {where}: {_first_line(exc)}") from exc
+        raise StoreError(f"Postgres at {where}: {_first_line(exc)}", _first_line(exc)) from exc
+
+
+def _reason(exc: psycopg.Error) -> str:
+    """What was wrong with the data, in words fit for the client that sent it: the error's kind
+    and SQLSTATE, never the server's message (it names indexes, tables and values)."""
+    kind = re.sub(r"(?<!^)(?=[A-Z])", " ", type(exc).__name__).lower()
+    return f"{kind} (SQLSTATE {exc.sqlstate})" if exc.sqlstate else kind
 
 
 def _first_line(exc: BaseException) -> str:

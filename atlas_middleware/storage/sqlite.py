@@ -197,6 +197,6 @@ def _translate_errors(path: Path) -> Iterator[None]:
         # "database is locked", disk I/O errors: may pass on retry.
         raise StoreUnavailable(f"SQLite store {path}: {exc}") from exc
     except sqlite3.DataError as exc:
-        raise StoreDataError(f"SQLite store {path}: {exc}") from exc
+        raise StoreDataError(f"SQLite store {path}: {exc}", "a value SQLite cannot hold") from exc
     except sqlite3.Error as exc:
-        raise StoreError(f"SQLite store {path}: {exc}") from exc
+        raise StoreError(f"SQLite store {path}: {exc}", str(exc)) from exc

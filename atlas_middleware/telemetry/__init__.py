@@ -155,7 +155,9 @@ def _pipeline(
     if isinstance(exporter, SpanExporter):
         span_exporter: SpanExporter | None = exporter
     else:
-        name = exporter or os.environ.get("OTEL_TRACES_EXPORTER", "atlas").split(",")[0].strip()
+        # An empty variable means "not set" (the OpenTelemetry convention).
+        name = exporter or os.environ.get("OTEL_TRACES_EXPORTER", "").split(",")[0].strip()
+        name = name or "atlas"
         span_exporter = _exporter(name, store=store, endpoint=endpoint, jsonl_path=jsonl_path)
         if retry_queue_spans is None and name in ("atlas", "otlp"):
             retry_queue_spans = 10_000

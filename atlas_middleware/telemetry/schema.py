@@ -61,6 +61,10 @@ SERVER_ADDRESS = "server.address"
 ATLAS_SESSION_ID = "atlas.session.id"
 ATLAS_LEARNING_KEY = "atlas.learning_key"
 ATLAS_LANE = "atlas.lane"
+# Why the lane that ran is not the one the probe or the options chose (the lane is always the one
+# that ran: a paired call whose teacher could not be reached ran as auto).
+ATLAS_LANE_REASON = "atlas.lane.reason"
+LANE_REASON_TEACHER_UNAVAILABLE = "teacher unavailable"
 ATLAS_PROBE_CONFIDENCE = "atlas.probe.confidence"
 ATLAS_GUIDANCE = "atlas.guidance"
 ATLAS_TASK = "atlas.task"

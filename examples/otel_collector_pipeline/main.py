@@ -134,6 +134,7 @@ def atlas_collector(store: str, workdir: Path) -> Iterator[int]:
     log = workdir / "atlas-collector.log"
     cmd = [sys.executable, "-m", "atlas_middleware.otel_exporters.collector"]
     cmd += ["--store", store, "--http", f"127.0.0.1:{port}", "--grpc", "off"]
+    cmd += ["--queue-dir", str(workdir / "queue")]  # the receive queue beside the demo's files
     with process(cmd, log) as proc:
         _wait(lambda: _healthy(f"http://127.0.0.1:{port}/health"), "atlas-collector", proc, log)
         yield port

@@ -34,6 +34,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add("--workers", type=int, help="decode/write threads = database connections (default 4)")
     add("--processes", type=int, help="collector processes sharing the ports (default 1)")
     add("--drain-seconds", type=float, help="how long SIGTERM waits for in-flight requests")
+    add("--read-timeout-s", type=float, help="deadline for receiving a request body (default 10)")
+    add("--max-receiving", type=int, help="gRPC calls being received at once (default 128)")
+    add(
+        "--queue-dir",
+        help="durable receive queue for store outages (default .atlas/collector-queue; off)",
+    )
+    add("--queue-max-mb", type=float, help="the receive queue's size limit (default 1024)")
     add("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
     return parser
 
@@ -56,6 +63,10 @@ def settings_from_args(args: argparse.Namespace) -> CollectorSettings:
         workers=args.workers,
         processes=args.processes,
         drain_seconds=args.drain_seconds,
+        read_timeout_s=args.read_timeout_s,
+        max_receiving=args.max_receiving,
+        queue_dir=args.queue_dir,
+        queue_max_mb=args.queue_max_mb,
         log_level=args.log_level,
     )
 

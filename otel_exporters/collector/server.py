@@ -10,9 +10,14 @@ import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from atlas_middleware.otel_exporters.collector.auth import is_loopback, token_check
+from atlas_middleware.otel_exporters.collector.auth import (
+    check_token_setting,
+    is_loopback,
+    token_check,
+)
 
 from atlas_middleware.storage import StoreError, default_store_url, open_store
 from atlas_middleware.storage.records import safe_url
@@ -20,6 +25,7 @@ from atlas_middleware.storage.records import safe_url
 log = logging.getLogger("atlas.collector")
 
 ENV_PREFIX = "ATLAS_COLLECTOR_"
+DEFAULT_QUEUE_DIR = Path(".atlas") / "collector-queue"
 
 
 class ConfigError(ValueError):
@@ -40,6 +46,12 @@ class CollectorSettings:
     workers: int = 4
     processes: int = 1
     drain_seconds: float = 30.0
+    read_timeout_s: float = 10.0
+    max_receiving: int = 128
+    # The durable receive queue: None is the default folder (left off, with a warning, if it
+    # cannot be used), "off" disables it, a path must be usable or the collector will not start.
+    queue_dir: str | None = None
+    queue_max_mb: float = 1024.0
     retry_after: float = 1.0
     log_level: str = "INFO"
 
@@ -62,10 +74,25 @@ class CollectorSettings:
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
 
+    @property
+    def queue_max_bytes(self) -> int:
+        return int(self.queue_max_mb * 1024 * 1024)
+
+    @property
+    def queue_path(self) -> Path | None:
+        if self.queue_dir is not None and self.queue_dir.strip().lower() == "off":
+            return None
+        return Path(self.queue_dir) if self.queue_dir else DEFAULT_QUEUE_DIR
+
     def endpoints(self) -> dict[str, tuple[str, int] | None]:
         return {"http": _address("http", self.http), "grpc": _address("grpc", self.grpc)}
 
     def validate(self) -> None:
+        if self.token is not None:
+            try:
+                check_token_setting(self.token)
+            except ValueError as exc:
+                raise ConfigError(f"--token (or {ENV_PREFIX}TOKEN / --token-file): {exc}") from None
         endpoints = self.endpoints()
         if not any(endpoints.values()):
             raise ConfigError("both --http and --grpc are off: enable at least one receiver")
@@ -77,7 +104,26 @@ class CollectorSettings:
                 )
         if self.processes > 1 and any(e and e[1] == 0 for e in endpoints.values()):
             raise ConfigError("--processes above 1 needs fixed ports (the processes share them)")
-        for name in ("max_body_mb", "max_inflight", "workers", "processes"):
+        if self.queue_dir and self.queue_path is not None:
+            try:
+                self.queue_path.mkdir(parents=True, exist_ok=True)
+                probe = self.queue_path / ".atlas-write-check"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as exc:
+                raise ConfigError(
+                    f"--queue-dir {self.queue_dir}: not a writable folder "
+                    f"({exc.strerror or exc}); give another one, or off to run without the queue"
+                ) from None
+        for name in (
+            "queue_max_mb",
+            "max_body_mb",
+            "max_inflight",
+            "workers",
+            "processes",
+            "read_timeout_s",
+            "max_receiving",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
 
@@ -120,13 +166,42 @@ async def serve(
     from atlas_middleware.otel_exporters.collector.http import build_app
     from atlas_middleware.otel_exporters.collector.ingest import Ingestor
 
-    store = await asyncio.to_thread(open_store, settings.store)
+    options: dict[str, Any] = {}
+    if settings.store.startswith(("postgresql://", "postgres://")):
+        # With a queue to fall back on, a request should not wait long for a connection to a
+        # database that is down (the client's own deadline is ticking): 1 s, not the 5 s default.
+        options["acquire_timeout_s"] = 1.0
+    store = await asyncio.to_thread(open_store, settings.store, **options)
+    queue = drainer = None
+    if settings.queue_path is not None:
+        from atlas_middleware.otel_exporters.collector.queue import Drainer, ReceiveQueue
+
+        try:
+            queue = ReceiveQueue(
+                settings.queue_path, settings.queue_max_bytes, store_id=safe_url(store.url)
+            )
+        except OSError as exc:
+            if settings.queue_dir:
+                raise
+            log.warning(
+                "receive queue off: cannot use %s (%s); a store outage answers 503",
+                settings.queue_path,
+                exc.strerror or exc,
+            )
     ingestor = Ingestor(
         store,
         max_inflight=settings.max_inflight,
         workers=settings.workers,
         retry_after=settings.retry_after,
+        # Bodies being received hold at most what processing them could: a stalled client
+        # holds only the bytes it sent.
+        max_receiving_bytes=settings.max_inflight * settings.max_body_bytes,
+        queue=queue,
     )
+    if queue is not None:
+        drainer = ingestor.drainer = Drainer(
+            queue, store, retry_after=settings.retry_after, on_unavailable=ingestor.store_failed
+        ).start()
     check = token_check(settings.token)
     endpoints = settings.endpoints()
     stop = stop or asyncio.Event()
@@ -142,8 +217,17 @@ async def serve(
     try:
         if endpoints["http"]:
             host, port = endpoints["http"]
-            app = build_app(ingestor, check, settings.max_body_bytes)
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.drain_seconds)
+            app = build_app(
+                ingestor, check, settings.max_body_bytes, read_timeout_s=settings.read_timeout_s
+            )
+            runner = web.AppRunner(
+                app,
+                access_log=None,
+                shutdown_timeout=settings.drain_seconds,
+                # Bodies are inflated by atlas, incrementally and off the event loop (http.py):
+                # aiohttp would inflate whole chunks on the loop, past any limit.
+                auto_decompress=False,
+            )
             await runner.setup()
             # Several processes share the port; the kernel spreads connections between them.
             site = web.TCPSite(runner, host, port, reuse_port=settings.processes > 1 or None)
@@ -159,16 +243,22 @@ async def serve(
                 f"{host}:{port}",
                 settings.max_body_bytes,
                 reuse_port=settings.processes > 1,
-                max_concurrent=settings.max_inflight,
+                max_receiving=settings.max_receiving,
+                read_timeout_s=settings.read_timeout_s,
+                max_inflight=settings.max_inflight,
             )
             await grpc_server.start()
         log.info(
-            "atlas-collector listening: http=%s grpc=%s store=%s auth=%s",
+            "atlas-collector listening: http=%s grpc=%s store=%s auth=%s queue=%s",
             ports.http_port,
             ports.grpc_port,
             safe_url(store.url),
             "bearer" if settings.token else "off (loopback only)",
+            queue.dir if queue is not None else "off",
         )
+        if queue is not None and queue.has_waiting():
+            requests_, spans, _ = queue.waiting
+            log.info("receive queue: %d requests (%d spans) to deliver", requests_, spans)
         if started is not None:
             started.set_result(ports)
         await stop.wait()
@@ -181,6 +271,19 @@ async def serve(
             await runner.cleanup()
         drained = await ingestor.drain(settings.drain_seconds)
         ingestor.close()
+        if drainer is not None:
+            await asyncio.to_thread(drainer.stop)
+        if queue is not None:
+            left, spans, _ = queue.waiting
+            if left:
+                log.warning(
+                    "receive queue: %d requests (%d spans) left in %s; the next collector "
+                    "started on it delivers them",
+                    left,
+                    spans,
+                    queue.dir,
+                )
+            queue.close()
         await asyncio.to_thread(store.close)
         log.info(
             "atlas-collector stopped: %d spans stored, %d rejected%s",
@@ -237,6 +340,8 @@ def serve_processes(settings: CollectorSettings) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    # From here a signal is passed on, never lost: said, so supervisors (and tests) know.
+    log.info("atlas-collector starting %d processes", settings.processes)
     for child in children:
         child.start()
     for child, ready in zip(children, readiness, strict=True):

@@ -76,7 +76,9 @@ def test_every_span_exactly_once_through_restarts_and_kills(private_pg, tmp_path
     injected = {
         "postgres_restarts": 0,  # pg_ctl stop -m fast: a clean shutdown
         "postgres_crashes": 0,  # pg_ctl stop -m immediate: crash recovery from the WAL on start
-        "collector_503s": 0,  # answers the collector gave while its Postgres was down
+        # Store failures the collector saw while its Postgres was down (it queues the requests
+        # it cannot store and acknowledges them; without the queue it answered 503).
+        "collector_503s": 0,
         "collector_sigkills": 0,
         "killed_mid_batch": 0,
     }
@@ -117,6 +119,15 @@ def test_every_span_exactly_once_through_restarts_and_kills(private_pg, tmp_path
                 client.join()
             for exporter in (spooled, queued):
                 assert exporter.force_flush(120_000), exporter.stats()
+            # What the collector queued while Postgres was down lands before the check.
+            wait_until(
+                lambda: (
+                    requests.get(f"{collector.http}/health", timeout=30).json()["queue_requests"]
+                    == 0
+                ),
+                300,
+                "the collector's receive queue drained",
+            )
         finally:
             collector.stop()  # never leave the collector running, whatever failed
     stats = {"spool-http": spooled.stats(), "queue-grpc": queued.stats()}

@@ -17,6 +17,7 @@ from atlas_middleware.otel_exporters.collector import auth
 from atlas_middleware.otel_exporters.collector.server import CollectorSettings, ConfigError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpExporter,
 )
@@ -59,9 +60,61 @@ def test_token_check_uses_a_constant_time_comparison(monkeypatch):
     assert len(calls) == 3 and all(isinstance(a, bytes) for a, _ in calls)
 
 
+def _accepted(header: str | None, token: str) -> bool:
+    """RFC 7235: the scheme is case-insensitive, one or more spaces before the credentials."""
+    scheme, _, credentials = (header or "").strip().partition(" ")
+    return scheme.lower() == "bearer" and credentials.strip() == token
+
+
 @given(st.one_of(st.none(), st.text(), st.sampled_from(HOSTILE)))
 def test_token_check_refuses_any_other_header_without_raising(header):
-    assert auth.token_check("the-right-token")(header) is (header == "Bearer the-right-token")
+    token = "the-right-token-0123"
+    assert auth.token_check(token)(header) is _accepted(header, token)
+
+
+@pytest.mark.parametrize(
+    ("header", "ok"),
+    [
+        ("Bearer the-right-token-0123", True),
+        ("bearer the-right-token-0123", True),
+        ("BEARER  the-right-token-0123", True),
+        ("Basic the-right-token-0123", False),
+        ("Bearer the-right-token-0124", False),
+        ("Bearerthe-right-token-0123", False),
+        ("the-right-token-0123", False),
+    ],
+)
+def test_the_bearer_scheme_is_case_insensitive(header, ok):
+    assert auth.token_check("the-right-token-0123")(header) is ok
+
+
+@pytest.mark.parametrize("token", ["", "   ", "\t \n", "short", "fifteen-chars-x"])
+def test_weak_tokens_are_refused_at_start(token):
+    with pytest.raises(ConfigError, match="--token"):
+        CollectorSettings.from_env({}, token=token, http="127.0.0.1:0", grpc="off")
+    with pytest.raises(ValueError):
+        auth.check_token_setting(token)
+    assert auth.check_token_setting("x" * 16) == "x" * 16
+
+
+def test_a_weak_token_is_a_one_line_error_from_the_command(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atlas_middleware.otel_exporters.collector",
+            "--store",
+            f"sqlite:///{tmp_path / 'a.db'}",
+            "--token",
+            "short",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert "--token" in line and "16" in line and "short" not in line
 
 
 @pytest.mark.parametrize(
@@ -79,6 +132,65 @@ def test_public_binds_need_a_token(address, receiver):
 @pytest.mark.parametrize("address", ["127.0.0.1:4318", "localhost:4318", "[::1]:4318"])
 def test_loopback_binds_need_no_token(address):
     CollectorSettings.from_env({}, http=address, grpc="off")
+
+
+@pytest.mark.postgres
+def test_health_without_the_token_is_liveness_only(postgres_url):
+    token = "health-token-0123456789"
+    database = postgres_url.rsplit("/", 1)[1]
+    with Collector(postgres_url, "--token", token) as collector:
+        url = f"{collector.http}/health"
+        anonymous = requests.get(url, timeout=30)
+        wrong = requests.get(
+            url, headers={"Authorization": "Bearer nope-nope-nope-nope"}, timeout=30
+        )
+        detailed = requests.get(url, headers={"Authorization": f"bearer {token}"}, timeout=30)
+        # Lowercase "bearer" is a valid scheme for ingest too (RFC 7235).
+        body = encode_spans(session_spans(1)).SerializeToString()
+        stored = requests.post(
+            collector.traces_url,
+            data=body,
+            headers={"Content-Type": "application/x-protobuf", "Authorization": f"bearer {token}"},
+            timeout=30,
+        )
+    assert stored.status_code == 200
+    for answer in (anonymous, wrong):
+        assert answer.status_code == 200
+        assert answer.json() == {"status": "ok"}  # alive, and nothing else
+        for detail in (database, "127.0.0.1", "5432", "postgres", "spans_stored", "inflight"):
+            assert detail not in answer.text
+    assert detailed.status_code == 200
+    assert detailed.json()["status"] == "ok" and "spans_stored" in detailed.json()
+    assert database in detailed.json()["store"]
+
+
+@pytest.mark.postgres
+def test_refused_data_answers_carry_no_database_url_or_index_names(postgres_url):
+    """A session id too large for its index (SQLSTATE 54000): the 400 names the problem, not
+    the database, its address or its indexes."""
+    import secrets as secrets_
+
+    spans = session_spans(1, children=0, score=None)
+    request: ExportTraceServiceRequest = encode_spans(spans)
+    root = request.resource_spans[0].scope_spans[0].spans[0]
+    for kv in root.attributes:
+        if kv.key == s.ATLAS_SESSION_ID:
+            kv.value.string_value = secrets_.token_hex(6000)  # random: no compression helps
+    database = postgres_url.rsplit("/", 1)[1]
+    with Collector(postgres_url) as collector:
+        refused = requests.post(
+            collector.traces_url,
+            data=request.SerializeToString(),
+            headers={"Content-Type": "application/x-protobuf"},
+            timeout=30,
+        )
+    assert refused.status_code == 400
+    from google.rpc import status_pb2
+
+    message = status_pb2.Status.FromString(refused.content).message
+    assert "SQLSTATE 54000" in message, message
+    for detail in (database, "127.0.0.1", "5432", "postgres@", "_idx", 'index "'):
+        assert detail not in message, (detail, message)
 
 
 # --- secrets ---------------------------------------------------------------------------------
@@ -426,3 +538,45 @@ def test_quarantine_survives_resends_and_late_rewards_and_blocks_export(sqlite_u
     )
     exported = [json.loads(line)["trace_id"] for line in out.read_text().splitlines()]
     assert exported == [good]
+
+
+# --- atlas's own messages: a teacher URL with credentials -------------------------------------
+def test_teacher_url_credentials_never_reach_failures_span_status_or_logs(caplog):
+    """A teacher endpoint given with credentials in its URL (``http://admin:pw@host``) fails:
+    atlas's own failure notes (``atlas.failures``), the chat span's status and exception event
+    and the log lines name the endpoint without the password, before any redaction pass runs
+    (the spans are read raw, from a processor in front of the exporters)."""
+    import logging
+
+    import atlas_middleware as atlas
+    from atlas_middleware.models import CallPolicy, OpenAICompatibleModel
+
+    password = "teach-pw-" + "99x7"
+    dead = f"http://admin:{password}@127.0.0.1:{free_port()}/v1"
+    teacher = OpenAICompatibleModel(dead, "m", policy=CallPolicy(timeout_s=5, retries=0))
+    raw = InMemorySpanExporter()
+    provider = telemetry.configure(exporter="none", set_global=False)
+    provider.add_span_processor(SimpleSpanProcessor(raw))
+    caplog.set_level(logging.DEBUG)
+    try:
+
+        @atlas.supervise(agent="leaky-teacher", teacher=teacher, reward=False)
+        def solve(task: str) -> str:
+            return "4"
+
+        assert solve("What is 2 + 2?") == "4"
+        assert solve("What is 3 + 3?") == "4"
+    finally:
+        telemetry.shutdown()
+    spans = raw.get_finished_spans()
+    roots = [sp for sp in spans if sp.name.startswith("invoke_agent")]
+    assert len(roots) == 2
+    failures = [f for r in roots for f in r.attributes[s.ATLAS_FAILURES]]
+    assert any("127.0.0.1" in f for f in failures), failures  # the endpoint is still named
+    texts = [json.dumps(failures)]
+    for sp in spans:
+        texts.append(str(sp.status.description))
+        texts += [json.dumps(dict(e.attributes or {})) for e in sp.events]
+    texts += [record.getMessage() for record in caplog.records]
+    leaked = [t for t in texts if password in t]
+    assert not leaked, leaked

@@ -147,3 +147,50 @@ def test_the_agent_result_and_exception_pass_through_untouched(
         assert any(result is r for r in returned)  # one of the agent's own answers, unchanged
         assert result == {"answer": "What is 2 + 3?", "n": returned.index(result)}
         assert 1 <= len(returned) <= 2  # at most one guided retry
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+@pytest.mark.parametrize("broken", ["session_span", "set_final_answer"])
+def test_atlas_internal_errors_never_reach_the_agent(monkeypatch, is_async, broken):
+    """atlas itself fails while driving a call (here: making the session span, or recording the
+    answer after the agent ran): the agent runs exactly once and its result is returned, its
+    exception raised; the failure is counted."""
+    from atlas_middleware.supervise import s as schema_module
+
+    def boom(*args, **kwargs):
+        raise RuntimeError(f"atlas bug in {broken}")
+
+    monkeypatch.setattr(schema_module, broken, boom)
+    telemetry.configure(exporter="none", set_global=False)
+    runs: list[object] = []
+    before = atlas.supervision_stats().internal_failures
+
+    def body(task: str) -> object:
+        if task == "raise":
+            raise AgentError("the agent's own failure")
+        runs.append({"task": task})
+        return runs[-1]
+
+    options = {"agent": "internal", "lane": "auto", "reward": False}
+    if is_async:
+
+        @atlas.supervise(**options)
+        async def solve(task: str) -> object:
+            return body(task)
+
+        call = lambda task: asyncio.run(solve(task))  # noqa: E731
+    else:
+
+        @atlas.supervise(**options)
+        def solve(task: str) -> object:
+            return body(task)
+
+        call = solve
+    try:
+        result = call("t")
+        assert result is runs[-1] and len(runs) == 1  # ran once, its own object returned
+        with pytest.raises(AgentError, match="own failure"):
+            call("raise")
+    finally:
+        telemetry.shutdown()
+    assert atlas.supervision_stats().internal_failures > before

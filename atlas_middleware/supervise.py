@@ -31,7 +31,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
-from atlas_middleware import plugins
+from atlas_middleware import plugins, telemetry
 from atlas_middleware.guidance import use_guidance
 from atlas_middleware.models.base import ChatModel, ModelError, ModelUnavailable
 from atlas_middleware.portal import get_portal
@@ -646,6 +646,7 @@ class Supervisor:
         if self.reward is None or (o.reward_rate < 1.0 and random.random() >= o.reward_rate):
             return None
         reward = self.reward
+        tracer = get_tracer()  # the session's: its reward lands where the session did
 
         async def judge() -> None:
             call = outcome.call
@@ -660,33 +661,34 @@ class Supervisor:
                 trace.set_span_in_context(trace.NonRecordingSpan(outcome.session))
             )
             try:
-                with usage.acting(s.ROLE_JUDGE):
-                    result = await reward.evaluate(
-                        call.task, outcome.answer, call.reference, verifier=verifier
-                    )
-                from atlas_middleware.rim import record
+                with telemetry.pinned(tracer):
+                    with usage.acting(s.ROLE_JUDGE):
+                        result = await reward.evaluate(
+                            call.task, outcome.answer, call.reference, verifier=verifier
+                        )
+                    from atlas_middleware.rim import record
 
-                record(result, outcome.session)
-                if result.score is None or self.teacher is None:
-                    return
-                # Learning memory: account the lessons this session was shown, and let a
-                # clearly good or bad session teach a new one.
-                key = o.learning_key or o.agent
-                try:
-                    playbook = self._playbook(key)
-                    playbook.record(call.lessons, result.score)
-                except Exception as exc:  # the store is down or never opened: no memory
-                    _log_once(Failed("playbook", exc))
-                    return
-                with usage.acting(s.ROLE_TEACHER, "lesson"):
-                    await playbook.learn(
-                        self.teacher.model,
-                        task=call.task,
-                        answer=outcome.answer,
-                        reward=result.score,
-                        trace_id=format(outcome.session.trace_id, "032x"),
-                    )
-                self._lessons.pop(key, None)
+                    record(result, outcome.session)
+                    if result.score is None or self.teacher is None:
+                        return
+                    # Learning memory: account the lessons this session was shown, and let a
+                    # clearly good or bad session teach a new one.
+                    key = o.learning_key or o.agent
+                    try:
+                        playbook = self._playbook(key)
+                        playbook.record(call.lessons, result.score)
+                    except Exception as exc:  # the store is down or never opened: no memory
+                        _log_once(Failed("playbook", exc))
+                        return
+                    with usage.acting(s.ROLE_TEACHER, "lesson"):
+                        await playbook.learn(
+                            self.teacher.model,
+                            task=call.task,
+                            answer=outcome.answer,
+                            reward=result.score,
+                            trace_id=format(outcome.session.trace_id, "032x"),
+                        )
+                    self._lessons.pop(key, None)
             finally:
                 otel_context.detach(token)
 

@@ -3,10 +3,12 @@ environment variables and sends spans where atlas can learn from them."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,10 +135,24 @@ def _install(provider: TracerProvider, retrying: Any, attached: _Attached | None
         previous, _provider = _provider, provider
         previous_attached, _attached = _attached, attached
         _retrying = retrying
+    if previous is not None:
+        _finish_background()
     if previous_attached is not None:
         previous_attached.shutdown()  # the application's provider itself stays theirs
     elif previous is not None:
         previous.shutdown()
+
+
+def _finish_background() -> None:
+    """Background work of earlier sessions (rewards, lessons) exports through the pipeline those
+    sessions used (see :func:`pinned`): let it finish before that pipeline shuts down, within
+    ``telemetry.drain_s``, and say what was dropped if it cannot."""
+    from atlas_middleware import portal
+
+    running = portal.current_portal()
+    if running is None or running._thread is threading.current_thread():
+        return  # no background work, or called from it (waiting would wait on itself)
+    portal.finish(portal.drain_seconds(), why="tracing reconfigured")
 
 
 def _pipeline(
@@ -382,8 +398,29 @@ def export_stats() -> Any:
     return retrying.stats() if retrying is not None else None
 
 
+_pinned: contextvars.ContextVar[trace.Tracer | None] = contextvars.ContextVar(
+    "atlas_pinned_tracer", default=None
+)
+
+
+@contextmanager
+def pinned(tracer: trace.Tracer) -> Iterator[None]:
+    """Spans started inside this block go through ``tracer``, whatever ``configure()`` says by
+    then. Background work of a session (its reward, its lesson) pins the tracer the session
+    used, so it lands beside the session even if tracing was reconfigured in between."""
+    token = _pinned.set(tracer)
+    try:
+        yield
+    finally:
+        _pinned.reset(token)
+
+
 def get_tracer() -> trace.Tracer:
-    """atlas's tracer: from ``configure()``'s provider, else the global one."""
+    """atlas's tracer: the one :func:`pinned` here, else ``configure()``'s provider's, else the
+    global one."""
+    tracer = _pinned.get()
+    if tracer is not None:
+        return tracer
     provider = _provider
     if provider is not None:
         return provider.get_tracer(TRACER_NAME)

@@ -387,6 +387,42 @@ def test_background_rewards_finish_at_shutdown(spans):
     assert len(evaluations) == 3
 
 
+def test_a_background_reward_lands_where_its_session_did_after_tracing_is_reconfigured(spans):
+    """Tracing reconfigured (a new store) while a reward is judged in the background: the
+    evaluation joins its session's pipeline, and the new one gets no stray session."""
+    import threading
+
+    from atlas_middleware.portal import get_portal
+    from atlas_middleware.rim import RIMReward
+
+    release = threading.Event()
+
+    def respond(messages):
+        assert release.wait(10)
+        return judge_replies(0.4)
+
+    judge = ScriptedModel(respond=respond, name="judge")
+
+    @atlas.supervise(
+        agent="calc", lane="auto", reward=RIMReward(judge, judges=["accuracy"], samples=1)
+    )
+    def solve(task: str) -> str:
+        return "5"
+
+    solve("What is 2 + 3?")
+    later = InMemorySpanExporter()
+    # configure() waits for the reward before it shuts the first pipeline down; the judge is
+    # released once configure() had time to start waiting (if it had not, this still passes).
+    threading.Timer(0.2, release.set).start()
+    telemetry.configure(exporter=later, batch=False, set_global=False)
+    assert get_portal().drain(10)
+
+    evaluation = s.evaluation_span_name(s.PRIMARY_EVALUATION)
+    assert [x.name for x in later.get_finished_spans()] == []
+    [reward] = [x for x in spans.get_finished_spans() if x.name == evaluation]
+    assert reward.context.trace_id == root_of(spans).context.trace_id
+
+
 def test_unknown_option_is_a_clear_error():
     with pytest.raises(TypeError, match="unknown option\\(s\\) lanee"):
         atlas.supervise(agent="x", lanee="auto")

@@ -21,20 +21,18 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanContext
 
-from atlas_middleware import plugins, telemetry
+from atlas_middleware import driver, plugins, telemetry
+from atlas_middleware.driver import Ask, Call, Failed, Invoke, Outcome, log_once, step_timeout
 from atlas_middleware.guidance import use_guidance
 from atlas_middleware.models.base import ChatModel, ModelError, ModelUnavailable
-from atlas_middleware.portal import get_portal
 from atlas_middleware.prompts import DEFAULT_PROMPTS, TeacherPrompts
 from atlas_middleware.rim.judges import reference_match
 from atlas_middleware.teacher import Teacher, Verdict
@@ -85,54 +83,6 @@ class SupervisionOptions:
     answer: Callable[[Any], str] | None = None
 
 
-@dataclass
-class _Call:
-    options: SupervisionOptions
-    task: str
-    reference: str | None
-    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    lessons: list[str] = field(default_factory=list)
-    # The root span of an earlier part of this session (a resumed graph): continue its trace.
-    parent: SpanContext | None = None
-
-
-class Failed:
-    """What a teacher step returns instead of raising: the flow decides how to fail open."""
-
-    def __init__(self, step: str, error: BaseException) -> None:
-        self.step = step
-        self.error = error
-
-    def __str__(self) -> str:
-        from atlas_middleware.redaction import scrub_text
-
-        message = str(self.error).strip().splitlines()[0] if str(self.error).strip() else ""
-        # Model errors name their endpoint; one given with credentials must not leak them into
-        # atlas.failures or the log.
-        message = scrub_text(message)
-        return f"{self.step}: {type(self.error).__name__}" + (
-            f": {message[:200]}" if message else ""
-        )
-
-
-@dataclass
-class _Ask:  # ask the teacher; the driver returns its result or a Failed
-    step: str
-    make: Callable[[], Awaitable[Any]]
-    timeout: float | None = None  # None: the options' timeout for this step
-
-    def __post_init__(self) -> None:
-        # Whatever drives the step (a supervisor's driver, an integration's), the model calls
-        # it makes are the teacher's, marked so on their spans and in the session's tokens.
-        make, step = self.make, self.step
-
-        async def as_teacher() -> Any:
-            with usage.acting(s.ROLE_TEACHER, step):
-                return await make()
-
-        self.make = as_teacher
-
-
 class TeacherUnavailable(RuntimeError):
     """A teacher step was skipped: its endpoint's circuit breaker is open, or the call's teacher
     budget is spent. The call fails open (the lane that runs is recorded as ``auto``)."""
@@ -175,11 +125,11 @@ class _TeacherGate:
         timeout: float,
         *,
         needs_teacher: bool = True,
-    ) -> Generator[_Ask, Any, Any]:
+    ) -> Generator[Ask, Any, Any]:
         """Yield the step for the driver, or return a Failed at once when the teacher is
         unavailable; ``needs_teacher=False`` for steps answered without it (a verifier)."""
         if not needs_teacher:
-            value = yield _Ask(step, make, timeout)
+            value = yield Ask(step, make, timeout)
             self.attempted.add(step)
             return value
         reason = self.unavailable()
@@ -190,7 +140,7 @@ class _TeacherGate:
         if self.budget_s is not None:
             timeout = min(timeout, self.budget_s - self.spent)
         started = time.monotonic()
-        value = yield _Ask(step, self._guarded(make), timeout)
+        value = yield Ask(step, self._guarded(make), timeout)
         self.spent += time.monotonic() - started
         if isinstance(value, Failed) and isinstance(value.error, TeacherUnavailable):
             self.skipped.add(step)  # another call holds the breaker's trial
@@ -248,19 +198,6 @@ class _TeacherGate:
         return lane
 
 
-@dataclass
-class _Invoke:  # run the agent with this guidance in context
-    guidance: str | None
-
-
-@dataclass
-class _Outcome:
-    result: Any
-    answer: str
-    session: SpanContext
-    call: _Call
-
-
 @dataclass(slots=True)
 class SessionHandle:
     """One supervised session: what :func:`atlas_middleware.feedback` needs to attach a score
@@ -315,16 +252,6 @@ def _remember(handle: SessionHandle) -> None:
             _recent.popitem(last=False)
 
 
-_logged: set[str] = set()
-
-
-def _log_once(failure: Failed) -> None:
-    key = f"{failure.step}:{type(failure.error).__name__}"
-    if key not in _logged:
-        _logged.add(key)
-        log.warning("atlas: %s (failing open; logged once per kind)", failure)
-
-
 @dataclass
 class SupervisionStats:
     """Process-wide counts of what supervision could not do (each is also logged, once per kind,
@@ -348,9 +275,9 @@ def _setup_failure(stage: str, error: BaseException, consequence: str) -> str:
     _stats.setup_failures += 1
     note = str(Failed(f"set-up: {stage}", error))
     key = f"set-up:{stage}:{type(error).__name__}"
-    if key not in _logged:
-        _logged.add(key)
-        log.warning("atlas: %s (%s; the agent runs unchanged; logged once)", note, consequence)
+    driver.warn_once(
+        key, "atlas: %s (%s; the agent runs unchanged; logged once)", note, consequence
+    )
     return note
 
 
@@ -436,18 +363,18 @@ class Supervisor:
         try:
             lessons = self._playbook(key).lessons()
         except Exception as exc:  # the store is down: supervise without memory
-            _log_once(Failed("playbook", exc))
+            log_once(Failed("playbook", exc))
             lessons = cached[1] if cached else []
         self._lessons[key] = (now, lessons)
         return lessons
 
     # --- per-call facts --------------------------------------------------------------------
-    def _call(self, options: SupervisionOptions, args: tuple, kwargs: dict) -> _Call:
+    def _call(self, options: SupervisionOptions, args: tuple, kwargs: dict) -> Call:
         task = self._task(options, args, kwargs)
         reference = options.reference
         if callable(reference):
             reference = reference(*args, **kwargs)
-        return _Call(options, task, None if reference is None else str(reference))
+        return Call(options, task, None if reference is None else str(reference))
 
     def _task(self, options: SupervisionOptions, args: tuple, kwargs: dict) -> str:
         if callable(options.task):
@@ -468,7 +395,7 @@ class Supervisor:
         return answer_text([*args, kwargs] if kwargs else list(args))
 
     # --- the flow --------------------------------------------------------------------------
-    def flow(self, call: _Call) -> Generator[_Ask | _Invoke, Any, _Outcome]:
+    def flow(self, call: Call) -> Generator[Ask | Invoke, Any, Outcome]:
         o = call.options
         tracer = get_tracer()
         failures: list[str] = list(self.setup_failures)
@@ -477,7 +404,7 @@ class Supervisor:
         def failed(value: Any) -> bool:
             if isinstance(value, Failed):
                 failures.append(str(value))
-                _log_once(value)
+                log_once(value)
                 return True
             return False
 
@@ -525,7 +452,7 @@ class Supervisor:
                     value = yield from gate.ask(
                         "probe",
                         lambda: teacher.probe(call.task, lessons),
-                        _step_timeout("probe", o),
+                        step_timeout("probe", o),
                     )
                 if failed(value) or value is None:
                     # No confidence is recorded rather than a guessed one: "unparsed" when the
@@ -557,12 +484,12 @@ class Supervisor:
                 value = yield from gate.ask(
                     "guidance",
                     lambda: teacher.guidance(call.task, lessons),
-                    _step_timeout("guidance", o),
+                    step_timeout("guidance", o),
                 )
                 if not failed(value) and value:
                     guidance = value
 
-            result = yield _Invoke(_with_lessons(guidance, lessons))
+            result = yield Invoke(_with_lessons(guidance, lessons))
             read = o.answer or answer_text
             answer = read(result)
             retries = 0
@@ -570,7 +497,7 @@ class Supervisor:
                 verdict = yield from gate.ask(
                     "validate",
                     lambda: self._validate(call, answer),
-                    _step_timeout("validate", o),
+                    step_timeout("validate", o),
                     needs_teacher=self._validates_with_teacher(call),
                 )
                 if (
@@ -583,12 +510,12 @@ class Supervisor:
                     value = yield from gate.ask(
                         "guidance",
                         lambda: teacher.guidance(call.task, attempt=answer, problem=verdict.reason),
-                        _step_timeout("guidance", o),
+                        step_timeout("guidance", o),
                     )
                     if not failed(value) and value:
                         retries = 1
                         try:
-                            retried = yield _Invoke(_with_lessons(value, lessons))
+                            retried = yield Invoke(_with_lessons(value, lessons))
                         except Exception as exc:  # the agent failed only because we retried it
                             failed(Failed("guided retry", exc))
                         else:
@@ -623,13 +550,13 @@ class Supervisor:
                 root.set_attribute(s.ATLAS_FAILURES, failures)
             s.set_final_answer(root, answer)
             session = root.get_span_context()
-        return _Outcome(result, answer, session, call)
+        return Outcome(result, answer, session, call)
 
-    def _validates_with_teacher(self, call: _Call) -> bool:
+    def _validates_with_teacher(self, call: Call) -> bool:
         o = call.options
         return o.verifier is None and not (call.reference is not None and o.reference_validates)
 
-    async def _validate(self, call: _Call, answer: str) -> Verdict:
+    async def _validate(self, call: Call, answer: str) -> Verdict:
         verifier = call.options.verifier
         if verifier is not None:
             ok = verifier(call.task, answer, call.reference)
@@ -641,7 +568,7 @@ class Supervisor:
         return await self.teacher.validate(call.task, answer)
 
     # --- rewards ---------------------------------------------------------------------------
-    def _reward_job(self, outcome: _Outcome) -> Callable[[], Awaitable[None]] | None:
+    def reward_job(self, outcome: Outcome) -> Callable[[], Awaitable[None]] | None:
         o = outcome.call.options
         if self.reward is None or (o.reward_rate < 1.0 and random.random() >= o.reward_rate):
             return None
@@ -678,7 +605,7 @@ class Supervisor:
                         playbook = self._playbook(key)
                         playbook.record(call.lessons, result.score)
                     except Exception as exc:  # the store is down or never opened: no memory
-                        _log_once(Failed("playbook", exc))
+                        log_once(Failed("playbook", exc))
                         return
                     with usage.acting(s.ROLE_TEACHER, "lesson"):
                         await playbook.learn(
@@ -704,61 +631,21 @@ class Supervisor:
     ) -> Any:
         agent = _AgentOutcome()
         try:
-            return self._drive_sync(fn, args, kwargs, options, agent)
+
+            def invoke(step: Invoke) -> Any:
+                with use_guidance(step.guidance):
+                    return fn(*args, **kwargs)
+
+            call = self._call(options, args, kwargs)
+            outcome = driver.run(self.flow(call), options, invoke, agent=agent)
+            agent.final(outcome.result)
+            driver.submit(self.reward_job(outcome), options)
+            return outcome.result
         except Exception as exc:
             if exc is agent.error:
                 raise
-            outcome = agent.recover(exc)
-            return fn(*args, **kwargs) if outcome is _RUN_AGENT else outcome
-
-    def _drive_sync(
-        self,
-        fn: Callable[..., Any],
-        args: tuple,
-        kwargs: dict,
-        options: SupervisionOptions,
-        agent: _AgentOutcome,
-    ) -> Any:
-        call = self._call(options, args, kwargs)
-        portal = get_portal()
-        flow = self.flow(call)
-        send: Any = None
-        throw: BaseException | None = None
-        # A BaseException escaping the driver (KeyboardInterrupt mid-call) must close the flow
-        # here, in the caller's context, so its session span ends cleanly, not in the GC.
-        with contextlib.closing(flow):
-            while True:
-                try:
-                    step = flow.throw(throw) if throw is not None else flow.send(send)
-                except StopIteration as done:
-                    outcome: _Outcome = done.value
-                    break
-                if throw is not None:
-                    agent.handled()
-                send, throw = None, None
-                if isinstance(step, _Ask):
-                    try:
-                        send = portal.call(step.make, timeout=_timeout(step, options))
-                    except Exception as exc:
-                        send = Failed(step.step, exc)
-                else:
-                    try:
-                        with use_guidance(step.guidance):
-                            send = agent.returned(fn(*args, **kwargs))
-                    except Exception as exc:
-                        throw = agent.raised(exc)
-                    usage.settle()  # usage reported late (litellm) joins this session
-        agent.final(outcome.result)
-        job = self._reward_job(outcome)
-        if job is not None:
-            if options.reward_inline:
-                try:
-                    portal.call(job, timeout=options.teacher_timeout_s * 4)
-                except Exception as exc:
-                    _log_once(Failed("reward", exc))
-            else:
-                portal.background(job, what="reward")
-        return outcome.result
+            result = agent.recover(exc)
+            return fn(*args, **kwargs) if result is _RUN_AGENT else result
 
     async def run_async(
         self,
@@ -769,60 +656,21 @@ class Supervisor:
     ) -> Any:
         agent = _AgentOutcome()
         try:
-            return await self._drive_async(fn, args, kwargs, options, agent)
+
+            async def invoke(step: Invoke) -> Any:
+                with use_guidance(step.guidance):
+                    return await fn(*args, **kwargs)
+
+            call = self._call(options, args, kwargs)
+            outcome = await driver.arun(self.flow(call), options, invoke, agent=agent)
+            agent.final(outcome.result)
+            await driver.asubmit(self.reward_job(outcome), options)
+            return outcome.result
         except Exception as exc:
             if exc is agent.error:
                 raise
-            outcome = agent.recover(exc)
-            return await fn(*args, **kwargs) if outcome is _RUN_AGENT else outcome
-
-    async def _drive_async(
-        self,
-        fn: Callable[..., Awaitable[Any]],
-        args: tuple,
-        kwargs: dict,
-        options: SupervisionOptions,
-        agent: _AgentOutcome,
-    ) -> Any:
-        call = self._call(options, args, kwargs)
-        flow = self.flow(call)
-        send: Any = None
-        throw: BaseException | None = None
-        # A BaseException escaping the driver (KeyboardInterrupt mid-call) must close the flow
-        # here, in the caller's context, so its session span ends cleanly, not in the GC.
-        with contextlib.closing(flow):
-            while True:
-                try:
-                    step = flow.throw(throw) if throw is not None else flow.send(send)
-                except StopIteration as done:
-                    outcome: _Outcome = done.value
-                    break
-                if throw is not None:
-                    agent.handled()
-                send, throw = None, None
-                if isinstance(step, _Ask):
-                    try:
-                        send = await asyncio.wait_for(step.make(), _timeout(step, options))
-                    except Exception as exc:
-                        send = Failed(step.step, exc)
-                else:
-                    try:
-                        with use_guidance(step.guidance):
-                            send = agent.returned(await fn(*args, **kwargs))
-                    except Exception as exc:
-                        throw = agent.raised(exc)
-                    await usage.asettle()
-        agent.final(outcome.result)
-        job = self._reward_job(outcome)
-        if job is not None:
-            if options.reward_inline:
-                try:
-                    await asyncio.wait_for(job(), options.teacher_timeout_s * 4)
-                except Exception as exc:
-                    _log_once(Failed("reward", exc))
-            else:
-                get_portal().background(job, what="reward")
-        return outcome.result
+            result = agent.recover(exc)
+            return await fn(*args, **kwargs) if result is _RUN_AGENT else result
 
 
 class _activated:
@@ -830,7 +678,7 @@ class _activated:
 
     __slots__ = ("handle", "token")
 
-    def __init__(self, root: Any, call: _Call, agent: str) -> None:
+    def __init__(self, root: Any, call: Call, agent: str) -> None:
         context = root.get_span_context()
         self.handle = SessionHandle(
             call.session_id,
@@ -857,26 +705,12 @@ _NOTHING: Any = object()
 _RUN_AGENT: Any = object()  # atlas failed before the agent ran: run it without atlas
 
 
-class _AgentOutcome:
-    """What the agent did during one supervised call, so atlas's own failures can fall back on it."""
+class _AgentOutcome(driver.AgentLog):
+    """The agent's log, plus how a call recovers from atlas's own failure."""
 
     def __init__(self) -> None:
-        self.ran = False
-        self.result: Any = _NOTHING  # the agent's latest result (the call's, once decided)
-        self.error: BaseException | None = None
-
-    def returned(self, result: Any) -> Any:
-        self.ran, self.result, self.error = True, result, None
-        return result
-
-    def raised(self, error: BaseException) -> BaseException:
-        self.ran, self.error = True, error
-        return error
-
-    def handled(self) -> None:
-        """The flow took the agent's exception in its stride (a failed guided retry): the call's
-        outcome is the earlier result."""
-        self.error = None
+        super().__init__()
+        self.result = _NOTHING  # the agent's latest result (the call's, once decided)
 
     def final(self, result: Any) -> None:
         self.returned(result)
@@ -885,7 +719,7 @@ class _AgentOutcome:
         """After atlas's own ``failure``: the agent's exception or its result (when it ran),
         else ``_RUN_AGENT``: the caller runs it plainly."""
         _stats.internal_failures += 1
-        _log_once(Failed("supervise (internal)", failure))
+        log_once(Failed("supervise (internal)", failure))
         if self.error is not None:
             raise self.error
         return self.result if self.ran else _RUN_AGENT
@@ -906,16 +740,6 @@ def _with_lessons(guidance: str | None, lessons: list[str]) -> str | None:
     return guidance + "\n\nLessons from earlier sessions:\n" + "\n".join(f"- {x}" for x in lessons)
 
 
-def _timeout(step: _Ask, options: SupervisionOptions) -> float:
-    if step.timeout is not None:  # the step's own, within the call's teacher budget
-        return step.timeout
-    return _step_timeout(step.step, options)
-
-
-def _step_timeout(step: str, options: SupervisionOptions) -> float:
-    return options.probe_timeout_s if step == "probe" else options.teacher_timeout_s
-
-
 def _plugin(failures: list[str], what: str, fn: Callable[..., Any], *args: Any) -> Any:
     """A plugin hook's answer, or None when it raises (recorded; plugins fail open too)."""
     try:
@@ -923,7 +747,7 @@ def _plugin(failures: list[str], what: str, fn: Callable[..., Any], *args: Any) 
     except Exception as exc:
         failure = Failed(what, exc)
         failures.append(str(failure))
-        _log_once(failure)
+        log_once(failure)
         return None
 
 
@@ -966,7 +790,7 @@ def supervise(
             runtime = state.get("runtime")
             if runtime is None:  # built on first use: decorating must not load any model
                 try:
-                    runtime = _build_supervisor(
+                    runtime = build_supervisor(
                         name, options, teacher, reward, config, signature, prompts
                     )
                 except Exception as exc:  # a bug: still never the agent's problem
@@ -1022,7 +846,7 @@ def supervise(
     return decorate(fn) if fn is not None else decorate
 
 
-def _build_supervisor(
+def build_supervisor(
     agent: str,
     explicit: dict[str, Any],
     teacher: ChatModel | str | None,
@@ -1035,6 +859,7 @@ def _build_supervisor(
     that fails (config, store, tracing, teacher, reward, prompts) is left out, counted, logged
     once and listed on the sessions' spans, and the function runs as it would without it."""
     from atlas_middleware.config import AtlasConfig
+    from atlas_middleware.models import model_from_settings
 
     setup: list[str] = []
     cfg = config
@@ -1057,7 +882,7 @@ def _build_supervisor(
         if teacher is not None:
             teacher_model = _resolve_model(teacher)
         elif not defaults_only:
-            teacher_model = _model(cfg.teacher)
+            teacher_model = model_from_settings(cfg.teacher)
     except Exception as exc:
         setup.append(_setup_failure("teacher", exc, "no teacher: calls run the auto lane"))
     defaults = {
@@ -1085,8 +910,12 @@ def _build_supervisor(
         elif reward is None and not defaults_only:
             from atlas_middleware.rim import RIMReward
 
-            small = _model(cfg.teacher, rim.small_model) if rim.small_model else teacher_model
-            large = _model(cfg.teacher, rim.large_model) if rim.large_model else None
+            small = (
+                model_from_settings(cfg.teacher, rim.small_model)
+                if rim.small_model
+                else teacher_model
+            )
+            large = model_from_settings(cfg.teacher, rim.large_model) if rim.large_model else None
             if small is not None:  # no judge model: the teacher's failure is already reported
                 judge = RIMReward.from_settings(rim, small, large)
     except Exception as exc:
@@ -1173,22 +1002,6 @@ def _set_up_tracing(cfg: Any, setup: list[str]) -> None:
             with contextlib.suppress(Exception):
                 store.close()
         telemetry.ensure_configured(exporter="none")
-
-
-def _model(settings: Any, spec: str | None = None) -> ChatModel:
-    """A model from a ``ModelSettings`` section (its spec, or ``spec`` with its call policy).
-    Building is cheap: backends load weights or open clients on their first call."""
-    from atlas_middleware.models import CallPolicy, build_model
-
-    spec = spec or settings.model
-    kwargs: dict[str, Any] = {"policy": CallPolicy(settings.timeout_s, settings.retries)}
-    remote = spec != "embedded" and not spec.startswith("hf:")
-    if remote and settings.api_base:
-        key = "base_url" if spec.startswith("openai-compatible:") else "api_base"
-        kwargs[key] = settings.api_base
-    if remote and settings.api_key is not None:
-        kwargs["api_key"] = settings.api_key.get_secret_value()
-    return build_model(spec, **kwargs)
 
 
 def _signature(func: Callable[..., Any]) -> inspect.Signature | None:

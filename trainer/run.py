@@ -66,7 +66,7 @@ def _point_in_time(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    from atlas_middleware.cli.common import parse_point_in_time
+    from atlas_middleware.arguments import parse_point_in_time
 
     try:
         return parse_point_in_time(str(value))
@@ -461,7 +461,7 @@ def _stats_line(stats: dict[str, Any]) -> str:
 
 
 def _redact(url: str) -> str:
-    from atlas_middleware.cli.common import redact_url
+    from atlas_middleware.storage.records import safe_url as redact_url
 
     return redact_url(url)
 

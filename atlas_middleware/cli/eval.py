@@ -105,7 +105,7 @@ class Models:
         self._built: dict[str, Any] = {}
 
     def get(self, spec: str | None, section: str = "teacher") -> Any:
-        from atlas_middleware.supervise import _model
+        from atlas_middleware.models import model_from_settings
 
         settings = getattr(self.config, section)
         if self.timeout_s is not None:
@@ -113,7 +113,9 @@ class Models:
         spec = spec or settings.model
         if spec not in self._built:
             try:
-                self._built[spec] = _model(settings, spec)  # the section's timeout and retries
+                self._built[spec] = model_from_settings(
+                    settings, spec
+                )  # the section's timeout and retries
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             except ImportError as exc:

@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SimpleSpanProcessor,
-    SpanExporter,
-)
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from atlas_middleware.telemetry import schema as s
 
@@ -34,45 +29,6 @@ _provider: TracerProvider | None = None
 _installed_global: TracerProvider | None = None  # the global provider atlas set, if any
 _retrying: Any = None  # the RetryingSpanExporter of the current provider, if any
 _attached: _Attached | None = None  # atlas's processor on the application's provider, if any
-
-
-def _exporter(
-    name: str, *, store: Any, endpoint: str | None, jsonl_path: str | Path | None
-) -> SpanExporter | None:
-    if name == "none":
-        return None
-    if name == "console":
-        return ConsoleSpanExporter()
-    # The store and JSONL exporters redact nothing themselves here: configure() runs the
-    # redactors once, in front of every exporter (so the spool never holds a secret either).
-    if name == "atlas":
-        # Lazy: the exporter package sits above the core in the layering (DESIGN.md).
-        from atlas_middleware.otel_exporters import StoreSpanExporter
-
-        return StoreSpanExporter(store, redactors=())
-    if name == "jsonl":
-        from atlas_middleware.otel_exporters import JsonlSpanExporter
-
-        return JsonlSpanExporter(jsonl_path or Path(".atlas") / "spans.jsonl", redactors=())
-    if name == "otlp":
-        protocol = os.environ.get(
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-        )
-        try:
-            if protocol == "grpc":
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-            else:
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        except ImportError as exc:
-            raise ImportError(
-                "exporter='otlp' needs the OTLP exporter: "
-                "pip install opentelemetry-exporter-otlp-proto-http (or -grpc)"
-            ) from exc
-        if endpoint and protocol != "grpc" and not endpoint.rstrip("/").endswith("/v1/traces"):
-            endpoint = endpoint.rstrip("/") + "/v1/traces"
-        return OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
-    raise ValueError(f"unknown exporter {name!r}: choose one of {', '.join(EXPORTERS)}")
 
 
 def configure(
@@ -155,50 +111,36 @@ def _finish_background() -> None:
     portal.finish(portal.drain_seconds(), why="tracing reconfigured")
 
 
-def _pipeline(
-    *,
-    exporter: ExporterName | SpanExporter | None,
-    store: Any,
-    endpoint: str | None,
-    jsonl_path: str | Path | None,
-    batch: bool,
-    retry_queue_spans: int | None,
-    spool_dir: str | Path | None,
-    spool_max_mb: float,
-) -> tuple[SpanProcessor | None, Any]:
-    """The span processor that sends spans where ``configure()``'s options say, and the
-    retrying exporter inside it (or None)."""
-    if isinstance(exporter, SpanExporter):
-        span_exporter: SpanExporter | None = exporter
-    else:
-        # An empty variable means "not set" (the OpenTelemetry convention).
-        name = exporter or os.environ.get("OTEL_TRACES_EXPORTER", "").split(",")[0].strip()
-        name = name or "atlas"
-        span_exporter = _exporter(name, store=store, endpoint=endpoint, jsonl_path=jsonl_path)
-        if retry_queue_spans is None and name in ("atlas", "otlp"):
-            retry_queue_spans = 10_000
-    retrying = None
-    if span_exporter is not None and (retry_queue_spans or spool_dir):
-        from atlas_middleware.otel_exporters.spool import (
-            RetryingSpanExporter,
-            flushing_batch_processor,
-        )
+@dataclass(frozen=True)
+class ExportOptions:
+    """Where ``configure()`` / ``attach()`` send spans (their arguments of the same names)."""
 
-        # The retrying exporter redacts at its entry, before its queue and spool.
-        retrying = RetryingSpanExporter(
-            span_exporter,
-            max_queue_spans=10_000 if retry_queue_spans is None else retry_queue_spans,
-            spool_dir=spool_dir,
-            spool_max_bytes=int(spool_max_mb * 1024 * 1024),
+    exporter: str | SpanExporter | None = None
+    store: Any = None
+    endpoint: str | None = None
+    jsonl_path: str | Path | None = None
+    batch: bool = True
+    retry_queue_spans: int | None = None
+    spool_dir: str | Path | None = None
+    spool_max_mb: float = 256.0
+
+
+def _pipeline(**options: Any) -> tuple[SpanProcessor | None, Any]:
+    """The span processor that sends spans where ``options`` say, and the retrying exporter
+    inside it (or None). Built by a plugin's ``atlas_span_processor`` hook: the exporters
+    (store, JSONL, OTLP, the retrying spool) live in ``atlas_middleware.otel_exporters``, a layer
+    above this one, registered like any plugin (docs/architecture.md)."""
+    from atlas_middleware.plugins import hook
+
+    export = ExportOptions(**options)
+    built = hook().atlas_span_processor(options=export)
+    if built is None:
+        name = export.exporter
+        raise ValueError(
+            f"unknown exporter {name!r}: choose one of {', '.join(EXPORTERS)} "
+            "(or install the plugin that provides it)"
         )
-        return flushing_batch_processor(retrying), retrying
-    if span_exporter is not None:
-        span_exporter = _redacting(span_exporter)
-        processor = (
-            BatchSpanProcessor(span_exporter) if batch else SimpleSpanProcessor(span_exporter)
-        )
-        return processor, None
-    return None, None
+    return built
 
 
 class _Attached(SpanProcessor):
@@ -321,25 +263,6 @@ def attach(provider: TracerProvider, **options: Any) -> TracerProvider:
         provider.add_span_processor(attached)
     _install(provider, retrying, attached)
     return provider
-
-
-def _redacting(exporter: SpanExporter) -> SpanExporter:
-    """``exporter`` behind the redaction pass, unless it is one of atlas's exporters that
-    already redacts (the store, JSONL and retrying exporters, built by the caller with their
-    default redactors) or is already behind one."""
-    from atlas_middleware.otel_exporters.sdk import (
-        JsonlSpanExporter,
-        RedactingSpanExporter,
-        StoreSpanExporter,
-    )
-    from atlas_middleware.otel_exporters.spool import RetryingSpanExporter
-
-    if isinstance(exporter, RedactingSpanExporter):
-        return exporter
-    ours = (JsonlSpanExporter, StoreSpanExporter, RetryingSpanExporter)
-    if isinstance(exporter, ours) and exporter._redactors:
-        return exporter  # built with redaction (the default): do not run it twice
-    return RedactingSpanExporter(exporter)
 
 
 def _set_global(provider: TracerProvider) -> None:

@@ -22,7 +22,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from atlas_middleware import driver, plugins, telemetry
+from atlas_middleware.config import LANES, config_field_problem, lane_by_threshold
 from atlas_middleware.driver import Ask, Call, Failed, Invoke, Outcome, log_once, step_timeout
 from atlas_middleware.guidance import use_guidance
 from atlas_middleware.models.base import ChatModel, ModelError, ModelUnavailable
@@ -42,7 +43,6 @@ from atlas_middleware.telemetry.usage import session_usage
 
 log = logging.getLogger("atlas")
 F = TypeVar("F", bound=Callable[..., Any])
-LANES = ("auto", "paired", "coach")
 _LESSONS_TTL_S = 30.0
 
 
@@ -469,11 +469,12 @@ class Supervisor:
                         lane = _plugin(
                             failures,
                             "lane plugin",
-                            lambda: plugins.hook().atlas_choose_lane(
-                                confidence=confidence, task=call.task, context=context
-                            ),
+                            plugins.plugin_lane,
+                            confidence,
+                            call.task,
+                            context,
                         )
-                        if lane not in LANES:
+                        if lane is None:
                             lane = threshold_lane(confidence, o)
             root.set_attribute(s.ATLAS_LANE, lane)
             call.lessons = lessons
@@ -727,9 +728,55 @@ class _AgentOutcome(driver.AgentLog):
 
 def threshold_lane(confidence: float, options: SupervisionOptions) -> str:
     """The lane the probe's confidence gives by the options' thresholds (no plugin, no force)."""
-    if confidence >= options.auto_threshold:
-        return "auto"
-    return "paired" if confidence >= options.paired_threshold else "coach"
+    return lane_by_threshold(confidence, options.auto_threshold, options.paired_threshold)
+
+
+# The config field that checks each keyword option: one source of truth for its type and range.
+_CHECKED_AS: dict[str, tuple[str, str]] = {
+    "lane": ("lanes", "forced_lane"),
+    "fallback_lane": ("lanes", "fallback_lane"),
+    "auto_threshold": ("lanes", "auto_threshold"),
+    "paired_threshold": ("lanes", "paired_threshold"),
+    "max_retries": ("lanes", "max_retries"),
+    "probe_timeout_s": ("lanes", "probe_timeout_s"),
+    "teacher_timeout_s": ("teacher", "timeout_s"),
+    "teacher_budget_s": ("teacher", "budget_s"),
+    "breaker_failures": ("teacher", "breaker_failures"),
+    "breaker_cooldown_s": ("teacher", "breaker_cooldown_s"),
+    "supervision_rate": ("supervision", "rate"),
+    "reward_rate": ("rim", "reward_rate"),
+}
+
+
+def check_options(options: Mapping[str, Any], where: str = "supervise()") -> None:
+    """Options given as keywords (to ``supervise``, ``.options()``, the integrations' wrappers)
+    get the config's checks: an unknown name is a TypeError, a bad value a ValueError, each
+    naming what is valid."""
+    known = set(SupervisionOptions.__dataclass_fields__) - {"agent"}
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(
+            f"{where} got unknown option(s) {', '.join(sorted(unknown))}; "
+            f"options: {', '.join(sorted(known))}"
+        )
+    for name, value in options.items():
+        checked = _CHECKED_AS.get(name)
+        if checked is None:
+            continue
+        section, field_name = checked
+        if name == "lane" and value is not None and value not in LANES:
+            raise ValueError(
+                f"{where}: lane={value!r} is not a lane; choose one of {', '.join(LANES)} "
+                "(or None to let the probe decide)"
+            )
+        problem = config_field_problem(section, field_name, value)
+        if problem:
+            raise ValueError(f"{where}: {name}={value!r}: {problem}")
+    auto, paired = options.get("auto_threshold"), options.get("paired_threshold")
+    if auto is not None and paired is not None and paired > auto:
+        raise ValueError(
+            f"{where}: paired_threshold ({paired:g}) must not exceed auto_threshold ({auto:g})"
+        )
 
 
 def _with_lessons(guidance: str | None, lessons: list[str]) -> str | None:
@@ -774,12 +821,7 @@ def supervise(
     ``fn.options(lane="coach", reference="42")(*args)`` overrides any option.
     See docs/concepts.md.
     """
-    unknown = set(options) - set(SupervisionOptions.__dataclass_fields__) - {"agent"}
-    if unknown:
-        raise TypeError(
-            f"supervise() got unknown option(s) {', '.join(sorted(unknown))}; "
-            f"options: {', '.join(sorted(SupervisionOptions.__dataclass_fields__))}"
-        )
+    check_options(options)
 
     def decorate(func: F) -> F:
         name = agent or func.__qualname__
@@ -819,6 +861,8 @@ def supervise(
             wrapper: Any = async_wrapper
 
             def with_options_async(**overrides: Any) -> Callable[..., Awaitable[Any]]:
+                check_options(overrides, "options()")
+
                 async def call(*args: Any, **kwargs: Any) -> Any:
                     return await supervisor().run_async(func, args, kwargs, chosen(overrides))
 
@@ -835,6 +879,7 @@ def supervise(
             wrapper = sync_wrapper
 
             def with_options(**overrides: Any) -> Callable[..., Any]:
+                check_options(overrides, "options()")
                 return lambda *args, **kwargs: supervisor().run_sync(
                     func, args, kwargs, chosen(overrides)
                 )

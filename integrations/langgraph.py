@@ -57,6 +57,7 @@ from atlas_middleware.supervise import (
     Supervisor,
     answer_text,
     build_supervisor,
+    check_options,
     supervise,
 )
 from atlas_middleware.teacher import Verdict
@@ -638,6 +639,7 @@ def _check_options(options: Mapping[str, Any]) -> None:
             f"unknown supervision option(s) {', '.join(sorted(unknown))}; "
             f"options: {', '.join(sorted(known | set(_GRAPH_OPTIONS)))}"
         )
+    check_options(options, "supervise_graph()")
 
 
 def supervise_graph(

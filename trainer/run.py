@@ -12,6 +12,7 @@ The output folder holds everything a run needs to resume and to be audited::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -314,75 +315,16 @@ def train(
     from atlas_middleware.trainer.progress import AtlasCallback
 
     callback = AtlasCallback(out, quiet=quiet)
-    student_cm = None
-    reward_fn = None
-    try:
-        if recipe.recipe == "grpo":
-            from atlas_middleware.trainer.reward import RewardWeights, TeachingReward
-            from atlas_middleware.trainer.students import open_student
-            from trl import GRPOTrainer
-
-            if not recipe.student:
-                raise RecipeError(
-                    "grpo needs a student: pass --student vllm:/path | transformers:/path | "
-                    "http://host:port/v1|model (or set student: in the recipe)"
-                )
-            terms = dict(recipe.reward)
-            verifier = load_verifier(terms.pop("verifier", None))
-            judge = terms.pop("judge", None)
-            try:
-                weights = RewardWeights(**terms)
-            except TypeError as exc:
-                raise RecipeError(f"reward: {exc}") from None
-            except ValueError as exc:
-                raise RecipeError(str(exc)) from None
-            rim = None
-            if judge:
-                from atlas_middleware.models import build_model
-                from atlas_middleware.rim import RIMReward
-
-                rim = RIMReward(build_model(str(judge)))
-            student_cm = open_student(recipe.student, **recipe.student_options)
-            student = student_cm.__enter__()
-            reward_fn = TeachingReward(student, weights, verifier=verifier, rim=rim)
-            trainer = GRPOTrainer(
-                model=model_path,
-                reward_funcs=[reward_fn],
-                args=args,
-                train_dataset=dataset,
-                callbacks=[callback],
-            )
-        elif recipe.recipe == "sft":
-            from trl import SFTTrainer
-
-            trainer = SFTTrainer(
-                model=model_path, args=args, train_dataset=dataset, callbacks=[callback]
-            )
-        else:
-            from transformers import AutoTokenizer
-
-            os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-            from trl.experimental.gkd import GKDTrainer
-
-            teacher_path = _require_model(recipe.teacher_model, "larger teacher", "--teacher-model")
-            tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-            trainer = GKDTrainer(
-                model=model_path,
-                teacher_model=teacher_path,
-                args=args,
-                train_dataset=dataset,
-                processing_class=tokenizer,
-                callbacks=[callback],
-            )
+    build = _TRAINERS[recipe.recipe]
+    # The stack closes what a recipe opened (grpo's student) however training ends.
+    with contextlib.ExitStack() as stack:
+        trainer, reward_fn = build(recipe, model_path, args, dataset, callback, stack)
         _quiet_default_progress(trainer)
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         final = out / FINAL
         trainer.save_model(str(final))
         if _is_main():
             _save_tokenizer(trainer, model_path, final)
-    finally:
-        if student_cm is not None:
-            student_cm.__exit__(None, None, None)
 
     metrics = {k: v for k, v in (result.metrics or {}).items() if _finite(v)}
     metrics.update(callback.last_teaching())
@@ -424,6 +366,94 @@ def train(
         data=stats_json,
         recorded_in=recorded,
     )
+
+
+# --- one builder per recipe: (recipe, model, TRL args, dataset, callback, exit stack) -> trainer --
+def _grpo_trainer(
+    recipe: Recipe,
+    model_path: str,
+    args: Any,
+    dataset: Any,
+    callback: Any,
+    stack: contextlib.ExitStack,
+) -> tuple[Any, Any]:
+    from atlas_middleware.trainer.reward import RewardWeights, TeachingReward
+    from atlas_middleware.trainer.students import open_student
+    from trl import GRPOTrainer
+
+    if not recipe.student:
+        raise RecipeError(
+            "grpo needs a student: pass --student vllm:/path | transformers:/path | "
+            "http://host:port/v1|model (or set student: in the recipe)"
+        )
+    terms = dict(recipe.reward)
+    verifier = load_verifier(terms.pop("verifier", None))
+    judge = terms.pop("judge", None)
+    try:
+        weights = RewardWeights(**terms)
+    except TypeError as exc:
+        raise RecipeError(f"reward: {exc}") from None
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
+    rim = None
+    if judge:
+        from atlas_middleware.models import build_model
+        from atlas_middleware.rim import RIMReward
+
+        rim = RIMReward(build_model(str(judge)))
+    student = stack.enter_context(open_student(recipe.student, **recipe.student_options))
+    reward_fn = TeachingReward(student, weights, verifier=verifier, rim=rim)
+    trainer = GRPOTrainer(
+        model=model_path,
+        reward_funcs=[reward_fn],
+        args=args,
+        train_dataset=dataset,
+        callbacks=[callback],
+    )
+    return trainer, reward_fn
+
+
+def _sft_trainer(
+    recipe: Recipe,
+    model_path: str,
+    args: Any,
+    dataset: Any,
+    callback: Any,
+    stack: contextlib.ExitStack,
+) -> tuple[Any, Any]:
+    from trl import SFTTrainer
+
+    trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, callbacks=[callback])
+    return trainer, None
+
+
+def _gkd_trainer(
+    recipe: Recipe,
+    model_path: str,
+    args: Any,
+    dataset: Any,
+    callback: Any,
+    stack: contextlib.ExitStack,
+) -> tuple[Any, Any]:
+    from transformers import AutoTokenizer
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl.experimental.gkd import GKDTrainer
+
+    teacher_path = _require_model(recipe.teacher_model, "larger teacher", "--teacher-model")
+    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    trainer = GKDTrainer(
+        model=model_path,
+        teacher_model=teacher_path,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    return trainer, None
+
+
+_TRAINERS = {"grpo": _grpo_trainer, "sft": _sft_trainer, "gkd": _gkd_trainer}
 
 
 def _quiet_default_progress(trainer: Any) -> None:

@@ -216,6 +216,29 @@ def steps(
             yield _SETTLE
 
 
+_DONE: Any = object()
+
+
+class _Exchange:
+    """A runner's side of :func:`steps`: the next request (or ``_DONE``, with ``outcome``
+    set), after sending back the previous one's ``reply`` or throwing its ``error``."""
+
+    def __init__(self, driver: Generator[Any, Any, Outcome]) -> None:
+        self.driver = driver
+        self.reply: Any = None
+        self.error: BaseException | None = None
+        self.outcome: Any = None
+
+    def next(self) -> Any:
+        reply, error = self.reply, self.error
+        self.reply, self.error = None, None
+        try:
+            return self.driver.throw(error) if error is not None else self.driver.send(reply)
+        except StopIteration as done:
+            self.outcome = done.value
+            return _DONE
+
+
 def _no_chunks(invoke: Callable[[Invoke], Any]) -> Callable[[Invoke], Iterator[Any]]:
     def run(step: Invoke) -> Generator[Any, None, Any]:
         return invoke(step)
@@ -235,26 +258,21 @@ def run_streaming(
     """Drive ``flow``, waiting: ``invoke(step)`` is a generator whose chunks pass through to the
     caller and whose return value is the agent's result."""
     portal = get_portal()
-    reply: Any = None
-    error: BaseException | None = None
     # Closing the protocol closes the flow: an exit by BaseException or an abandoned stream
     # still ends the session span here, not in the garbage collector.
     with contextlib.closing(steps(flow, options, agent or AgentLog(), answer)) as driver:
-        while True:
-            try:
-                request = driver.throw(error) if error is not None else driver.send(reply)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            reply, error = None, None
+        protocol = _Exchange(driver)
+        while (request := protocol.next()) is not _DONE:
             try:
                 if isinstance(request, _Wait):
-                    reply = portal.call(request.ask.make, timeout=request.seconds)
+                    protocol.reply = portal.call(request.ask.make, timeout=request.seconds)
                 elif isinstance(request, _Run):
-                    reply = yield from invoke(request.invoke)
+                    protocol.reply = yield from invoke(request.invoke)
                 else:
                     usage.settle()  # usage reported late (litellm) joins this session
             except Exception as exc:
-                error = exc
+                protocol.error = exc
+        return protocol.outcome
 
 
 def run(
@@ -294,32 +312,26 @@ async def arun_streaming(
     """Drive ``flow``, awaiting: ``invoke(step)`` is an async generator whose chunks pass through
     to the caller and whose last item is :class:`Returned`; the outcome is appended to
     ``outcome``."""
-    reply: Any = None
-    error: BaseException | None = None
     with contextlib.closing(steps(flow, options, agent or AgentLog(), answer)) as driver:
-        while True:
-            try:
-                request = driver.throw(error) if error is not None else driver.send(reply)
-            except StopIteration as done:
-                outcome.append(done.value)
-                return
-            reply, error = None, None
+        protocol = _Exchange(driver)
+        while (request := protocol.next()) is not _DONE:
             try:
                 if isinstance(request, _Wait):
-                    reply = await asyncio.wait_for(request.ask.make(), request.seconds)
+                    protocol.reply = await asyncio.wait_for(request.ask.make(), request.seconds)
                 elif isinstance(request, _Run):
                     # Closed here when the caller abandons the stream, so the agent's context
                     # managers exit in this task, innermost first, before the flow's.
                     async with contextlib.aclosing(invoke(request.invoke)) as chunks:
                         async for chunk in chunks:
                             if isinstance(chunk, Returned):
-                                reply = chunk.value
+                                protocol.reply = chunk.value
                             else:
                                 yield chunk
                 else:
                     await usage.asettle()
             except Exception as exc:
-                error = exc
+                protocol.error = exc
+        outcome.append(protocol.outcome)
 
 
 async def arun(

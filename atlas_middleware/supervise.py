@@ -22,7 +22,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -748,15 +748,20 @@ _CHECKED_AS: dict[str, tuple[str, str]] = {
 }
 
 
-def check_options(options: Mapping[str, Any], where: str = "supervise()") -> None:
-    """Options given as keywords (to ``supervise``, ``.options()``, the integrations' wrappers)
-    get the config's checks: an unknown name is a TypeError, a bad value a ValueError, each
-    naming what is valid."""
-    known = set(SupervisionOptions.__dataclass_fields__) - {"agent"}
+def check_options(
+    options: Mapping[str, Any],
+    where: str = "supervise()",
+    also: Iterable[str] = (),
+    noun: str = "option",
+) -> None:
+    """Options given as keywords (to ``supervise``, ``.options()``, the integrations' wrappers,
+    which may accept ``also`` names of their own) get the config's checks: an unknown name is a
+    TypeError, a bad value a ValueError, each naming what is valid."""
+    known = set(SupervisionOptions.__dataclass_fields__) - {"agent"} | set(also)
     unknown = set(options) - known
     if unknown:
         raise TypeError(
-            f"{where} got unknown option(s) {', '.join(sorted(unknown))}; "
+            f"{where} got unknown {noun}(s) {', '.join(sorted(unknown))}; "
             f"options: {', '.join(sorted(known))}"
         )
     for name, value in options.items():

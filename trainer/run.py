@@ -318,7 +318,7 @@ def train(
     build = _TRAINERS[recipe.recipe]
     # The stack closes what a recipe opened (grpo's student) however training ends.
     with contextlib.ExitStack() as stack:
-        trainer, reward_fn = build(recipe, model_path, args, dataset, callback, stack)
+        trainer, reward_fn = build(_Build(recipe, model_path, args, dataset, callback, stack))
         _quiet_default_progress(trainer)
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         final = out / FINAL
@@ -368,25 +368,28 @@ def train(
     )
 
 
-# --- one builder per recipe: (recipe, model, TRL args, dataset, callback, exit stack) -> trainer --
-def _grpo_trainer(
-    recipe: Recipe,
-    model_path: str,
-    args: Any,
-    dataset: Any,
-    callback: Any,
-    stack: contextlib.ExitStack,
-) -> tuple[Any, Any]:
+# --- one builder per recipe: what it needs -> (TRL trainer, teaching reward or None) ------------
+@dataclass(frozen=True)
+class _Build:
+    recipe: Recipe
+    model_path: str
+    args: Any  # the TRL config
+    dataset: Any
+    callback: Any
+    stack: contextlib.ExitStack  # closes what a builder opens (grpo's student)
+
+
+def _grpo_trainer(b: _Build) -> tuple[Any, Any]:
     from atlas_middleware.trainer.reward import RewardWeights, TeachingReward
     from atlas_middleware.trainer.students import open_student
     from trl import GRPOTrainer
 
-    if not recipe.student:
+    if not b.recipe.student:
         raise RecipeError(
             "grpo needs a student: pass --student vllm:/path | transformers:/path | "
             "http://host:port/v1|model (or set student: in the recipe)"
         )
-    terms = dict(recipe.reward)
+    terms = dict(b.recipe.reward)
     verifier = load_verifier(terms.pop("verifier", None))
     judge = terms.pop("judge", None)
     try:
@@ -401,54 +404,42 @@ def _grpo_trainer(
         from atlas_middleware.rim import RIMReward
 
         rim = RIMReward(build_model(str(judge)))
-    student = stack.enter_context(open_student(recipe.student, **recipe.student_options))
+    student = b.stack.enter_context(open_student(b.recipe.student, **b.recipe.student_options))
     reward_fn = TeachingReward(student, weights, verifier=verifier, rim=rim)
     trainer = GRPOTrainer(
-        model=model_path,
+        model=b.model_path,
         reward_funcs=[reward_fn],
-        args=args,
-        train_dataset=dataset,
-        callbacks=[callback],
+        args=b.args,
+        train_dataset=b.dataset,
+        callbacks=[b.callback],
     )
     return trainer, reward_fn
 
 
-def _sft_trainer(
-    recipe: Recipe,
-    model_path: str,
-    args: Any,
-    dataset: Any,
-    callback: Any,
-    stack: contextlib.ExitStack,
-) -> tuple[Any, Any]:
+def _sft_trainer(b: _Build) -> tuple[Any, Any]:
     from trl import SFTTrainer
 
-    trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, callbacks=[callback])
+    trainer = SFTTrainer(
+        model=b.model_path, args=b.args, train_dataset=b.dataset, callbacks=[b.callback]
+    )
     return trainer, None
 
 
-def _gkd_trainer(
-    recipe: Recipe,
-    model_path: str,
-    args: Any,
-    dataset: Any,
-    callback: Any,
-    stack: contextlib.ExitStack,
-) -> tuple[Any, Any]:
+def _gkd_trainer(b: _Build) -> tuple[Any, Any]:
     from transformers import AutoTokenizer
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from trl.experimental.gkd import GKDTrainer
 
-    teacher_path = _require_model(recipe.teacher_model, "larger teacher", "--teacher-model")
-    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    teacher_path = _require_model(b.recipe.teacher_model, "larger teacher", "--teacher-model")
+    tokenizer = AutoTokenizer.from_pretrained(b.model_path, local_files_only=True)
     trainer = GKDTrainer(
-        model=model_path,
+        model=b.model_path,
         teacher_model=teacher_path,
-        args=args,
-        train_dataset=dataset,
+        args=b.args,
+        train_dataset=b.dataset,
         processing_class=tokenizer,
-        callbacks=[callback],
+        callbacks=[b.callback],
     )
     return trainer, None
 

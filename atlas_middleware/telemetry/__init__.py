@@ -246,16 +246,10 @@ def attach(provider: TracerProvider, **options: Any) -> TracerProvider:
     options.pop("service_name", None)  # the application's resource names the service
     options.pop("resource_attributes", None)
     options.pop("set_global", None)
-    processor, retrying = _pipeline(
-        exporter=options.pop("exporter", None),
-        store=options.pop("store", None),
-        endpoint=options.pop("endpoint", None),
-        jsonl_path=options.pop("jsonl_path", None),
-        batch=options.pop("batch", True),
-        retry_queue_spans=options.pop("retry_queue_spans", None),
-        spool_dir=options.pop("spool_dir", None),
-        spool_max_mb=options.pop("spool_max_mb", 256.0),
-    )
+    export = {
+        name: options.pop(name) for name in ExportOptions.__dataclass_fields__ if name in options
+    }
+    processor, retrying = _pipeline(**export)
     if options:
         raise TypeError(f"attach() got unknown option(s) {', '.join(sorted(options))}")
     attached = _Attached(processor) if processor is not None else None

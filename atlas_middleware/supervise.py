@@ -21,7 +21,6 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field, replace
@@ -85,12 +84,23 @@ class SupervisionOptions:
     answer: Callable[[Any], str] | None = None
 
 
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def _new_session_id() -> str:
+    """A random version-4 UUID as 32 hex digits, like ``uuid.uuid4().hex``, from the process's
+    PRNG (reseeded in forked children) instead of ``os.urandom``: that system call releases the
+    GIL on every supervised call, which hands it to the span exporter's thread."""
+    return f"{(random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
+
+
 @dataclass
 class _Call:
     options: SupervisionOptions
     task: str
     reference: str | None
-    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    session_id: str = field(default_factory=_new_session_id)
     lessons: list[str] = field(default_factory=list)
     # The root span of an earlier part of this session (a resumed graph): continue its trace.
     parent: SpanContext | None = None
@@ -398,6 +408,7 @@ class Supervisor:
         )
         self.reward = reward
         self.signature = signature
+        self._first_text = _first_parameter(signature)
         self.breaker = None
         # In-process teachers (embedded, hf:) get none: they cannot be down, only slow, and their
         # step timeouts bound that; a breaker would silently turn evaluations' lanes to auto.
@@ -452,6 +463,13 @@ class Supervisor:
     def _task(self, options: SupervisionOptions, args: tuple, kwargs: dict) -> str:
         if callable(options.task):
             return str(options.task(*args, **kwargs))
+        first = self._first_text
+        if first is not None and args and not kwargs and type(args[0]) is str:
+            # The common call, ``agent("task text", ...)``: what binding the signature would give
+            # (the first bound value, a str), without binding it on every call.
+            name, max_args = first
+            if len(args) <= max_args and (options.task is None or options.task == name):
+                return args[0]
         if self.signature is not None:
             try:
                 bound = self.signature.bind_partial(*args, **kwargs)
@@ -473,6 +491,7 @@ class Supervisor:
         tracer = get_tracer()
         failures: list[str] = list(self.setup_failures)
         gate = _TeacherGate(o, self.breaker)
+        content = s.capture_content()  # once per call: the session span and its final answer
 
         def failed(value: Any) -> bool:
             if isinstance(value, Failed):
@@ -489,6 +508,7 @@ class Supervisor:
                 task=call.task,
                 learning_key=o.learning_key or o.agent,
                 parent=call.parent,
+                content=content,
             ) as root,
             session_usage(lambda used: root.set_attributes(used.attributes())),
             _activated(root, call, o.agent),
@@ -621,7 +641,7 @@ class Supervisor:
                 )
             if failures:
                 root.set_attribute(s.ATLAS_FAILURES, failures)
-            s.set_final_answer(root, answer)
+            s.set_final_answer(root, answer, content=content)
             session = root.get_span_context()
         return _Outcome(result, answer, session, call)
 
@@ -1187,6 +1207,27 @@ def _model(settings: Any, spec: str | None = None) -> ChatModel:
     if remote and settings.api_key is not None:
         kwargs["api_key"] = settings.api_key.get_secret_value()
     return build_model(spec, **kwargs)
+
+
+def _first_parameter(signature: inspect.Signature | None) -> tuple[str, float] | None:
+    """(name, how many positional arguments bind) when the first parameter takes the first
+    positional argument and is not ``self``/``cls``, else None."""
+    if signature is None:
+        return None
+    params = list(signature.parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if not params or params[0].kind not in positional or params[0].name in ("self", "cls"):
+        return None
+    max_args: float = 0
+    for param in params:
+        if param.kind in positional:
+            max_args += 1
+        elif param.kind is inspect.Parameter.VAR_POSITIONAL:
+            max_args = float("inf")
+            break
+        else:
+            break
+    return params[0].name, max_args
 
 
 def _signature(func: Callable[..., Any]) -> inspect.Signature | None:

@@ -31,7 +31,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
 from atlas_middleware import plugins
-from atlas_middleware.guidance import use_guidance
+from atlas_middleware.guidance import no_guidance, use_guidance
 from atlas_middleware.models.base import ChatModel, ModelError, ModelUnavailable
 from atlas_middleware.portal import get_portal
 from atlas_middleware.prompts import DEFAULT_PROMPTS, TeacherPrompts
@@ -761,8 +761,12 @@ class Supervisor:
                         send = Failed(step.step, exc)
                 else:
                     try:
-                        with use_guidance(step.guidance):
+                        if step.guidance is None and no_guidance():
+                            # Nothing to set or clear (the auto lane outside guided runs).
                             send = agent.returned(fn(*args, **kwargs))
+                        else:
+                            with use_guidance(step.guidance):
+                                send = agent.returned(fn(*args, **kwargs))
                     except Exception as exc:
                         throw = agent.raised(exc)
                     usage.settle()  # usage reported late (litellm) joins this session
@@ -825,8 +829,11 @@ class Supervisor:
                         send = Failed(step.step, exc)
                 else:
                     try:
-                        with use_guidance(step.guidance):
+                        if step.guidance is None and no_guidance():
                             send = agent.returned(await fn(*args, **kwargs))
+                        else:
+                            with use_guidance(step.guidance):
+                                send = agent.returned(await fn(*args, **kwargs))
                     except Exception as exc:
                         throw = agent.raised(exc)
                     await usage.asettle()

@@ -273,14 +273,13 @@ def stages(spans: list[ReadableSpan], batch: int) -> dict[str, float]:
                         copy.write_row(row)
                 conn.commit()
             out["copy"] = time.perf_counter() - t0
-    with scratch_database("write") as url:
-        with open_store(url) as store:
-            store.write_spans(batches[0][:1])  # connect, learn the partitions
-            quiesce()
-            t0 = time.perf_counter()
-            for records in batches:
-                store.write_spans(records)
-            out["write_spans"] = time.perf_counter() - t0
+    with scratch_database("write") as url, open_store(url) as store:
+        store.write_spans(batches[0][:1])  # connect, learn the partitions
+        quiesce()
+        t0 = time.perf_counter()
+        for records in batches:
+            store.write_spans(records)
+        out["write_spans"] = time.perf_counter() - t0
     out["session"] = max(0.0, out["write_spans"] - out["encode"] - out["copy"])
     return {k: 1e6 * v / n for k, v in out.items()}
 

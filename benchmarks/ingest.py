@@ -484,7 +484,13 @@ def main() -> None:
     }
     best = max(collectors, key=lambda p: collectors[p]["spans_per_s"])
     collector = collectors[best]
-    ratio = collector["spans_per_s"] / dedupe
+    # The machine's load drifts between rounds (other work shares its 2 cores): the goal is
+    # judged on each round's collector / dedupe ratio (paths next to each other), median of rounds.
+    round_ratios = [
+        c["spans_per_s"] / d["spans_per_s"]
+        for c, d in zip(runs[f"collector{best}"], runs["dedupe"], strict=True)
+    ]
+    ratio = statistics.median(round_ratios)
     rows = [
         [
             "raw COPY, rows pre-encoded",
@@ -555,7 +561,8 @@ def main() -> None:
         )
     met = ratio >= GOAL
     verdict = (
-        f"collector (--processes {best}) / dedupe ceiling = {ratio:.0%} "
+        f"collector (--processes {best}) / dedupe ceiling = {ratio:.0%}, median of rounds "
+        f"({', '.join(f'{r:.0%}' for r in round_ratios)}) "
         f"(goal ≥ {GOAL:.0%}: {'MET' if met else 'NOT MET'}); / raw COPY = "
         f"{collector['spans_per_s'] / ceiling:.0%}"
     )

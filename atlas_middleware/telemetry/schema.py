@@ -11,8 +11,7 @@ Three vocabularies meet here:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import trace
@@ -288,7 +287,6 @@ def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attributes.items() if v is not None}
 
 
-@contextmanager
 def session_span(
     tracer: Tracer,
     *,
@@ -302,8 +300,9 @@ def session_span(
     new_trace: bool = True,
     content: bool | None = None,
     parent: SpanContext | None = None,
-) -> Iterator[Span]:
-    """The root ``invoke_agent {agent}`` span of one supervised session.
+) -> _SessionSpan:
+    """The root ``invoke_agent {agent}`` span of one supervised session (a context manager
+    that yields the span).
 
     ``new_trace`` starts a fresh trace (one trace per session) even inside a caller's span; the
     caller's span is kept as a link so both views stay connected. ``parent`` continues a session
@@ -337,20 +336,36 @@ def session_span(
             OI_INPUT_VALUE: task if content else None,
         }
     )
-    with tracer.start_as_current_span(
-        session_span_name(agent),
-        context=context,
-        kind=SpanKind.INTERNAL,
-        attributes=attributes,
-        links=links,
-        record_exception=True,
-        set_status_on_exception=True,
-    ) as span:
-        try:
-            yield span
-        except BaseException as exc:
-            span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
-            raise
+    return _SessionSpan(
+        tracer.start_as_current_span(
+            session_span_name(agent),
+            context=context,
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            links=links,
+            record_exception=True,
+            set_status_on_exception=True,
+        )
+    )
+
+
+class _SessionSpan:
+    """``start_as_current_span``'s context manager, plus ``error.type`` on the span when the
+    block raises. (A class rather than a generator: it is on every supervised call's path.)"""
+
+    __slots__ = ("_inner", "_span")
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __enter__(self) -> Span:
+        self._span = self._inner.__enter__()
+        return self._span
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        if exc_type is not None:
+            self._span.set_attribute(ERROR_TYPE, exc_type.__qualname__)
+        return self._inner.__exit__(exc_type, exc, tb)
 
 
 def set_final_answer(span: Span, answer: Any, *, content: bool | None = None) -> None:

@@ -618,9 +618,9 @@ class Supervisor:
                 lane = ran
                 root.set_attribute(s.ATLAS_LANE, lane)
                 root.set_attribute(s.ATLAS_LANE_REASON, s.LANE_REASON_TEACHER_UNAVAILABLE)
-            if guidance:
-                root.set_attribute(s.ATLAS_GUIDANCE, guidance)
-            root.set_attribute(s.ATLAS_RETRIES, retries)
+            # The session's closing attributes go on the span in one call (one lock, one pass).
+            closing: dict[str, Any] = {s.ATLAS_GUIDANCE: guidance} if guidance else {}
+            closing[s.ATLAS_RETRIES] = retries
             if plugins.has_session_end():
                 _plugin(
                     failures,
@@ -640,8 +640,9 @@ class Supervisor:
                     },
                 )
             if failures:
-                root.set_attribute(s.ATLAS_FAILURES, failures)
-            s.set_final_answer(root, answer, content=content)
+                closing[s.ATLAS_FAILURES] = failures
+            closing.update(s.final_answer_attributes(answer, content=content))
+            root.set_attributes(closing)
             session = root.get_span_context()
         return _Outcome(result, answer, session, call)
 

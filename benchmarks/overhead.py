@@ -37,6 +37,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 import atlas_middleware as atlas
 from atlas_middleware import telemetry
+from atlas_middleware.telemetry import schema
 from benchmarks._report import load_average, markdown_table, print_table, write_section
 
 TASK = "What is 12 + 30?"
@@ -70,6 +71,29 @@ def raw_span_path() -> tuple[Callable[[str], str], TracerProvider]:
             result = agent(task)
             span.set_attribute("atlas.lane", "auto")
             span.set_attribute("atlas.final_answer", result)
+        return result
+
+    return call, provider
+
+
+def session_span_path() -> tuple[Callable[[str], str], TracerProvider]:
+    """The span supervise emits, made by hand (``schema.session_span`` with the same 16
+    attributes: OpenInference mirrors included), on the raw span's pipeline: how much of
+    supervise's cost is its span's content, and so the floor of any atlas session."""
+    provider = TracerProvider(resource=Resource.create({"service.name": "bench-session"}))
+    provider.add_span_processor(BatchSpanProcessor(_Drop()))
+    tracer = provider.get_tracer("bench")
+    session_id = "4f1c2a7be0d94c3f8a6b5e2d1c0f9a8b"
+
+    def call(task: str) -> str:
+        with schema.session_span(
+            tracer, agent="bench", session_id=session_id, task=task, learning_key="bench"
+        ) as root:
+            root.set_attribute(schema.ATLAS_LANE, "auto")
+            result = agent(task)
+            root.set_attributes(
+                {schema.ATLAS_RETRIES: 0, **schema.final_answer_attributes(result, content=True)}
+            )
         return result
 
     return call, provider
@@ -145,7 +169,12 @@ def main() -> None:
         telemetry.shutdown()
         return
     raw, raw_provider = raw_span_path()
-    paths: dict[str, Callable[[str], str]] = {"undecorated": agent, "raw span": raw}
+    by_hand, session_provider = session_span_path()
+    paths: dict[str, Callable[[str], str]] = {
+        "undecorated": agent,
+        "raw span": raw,
+        "session span": by_hand,
+    }
     if observed is not None:
         paths["langfuse"] = observed
     paths["supervised"] = supervised
@@ -163,6 +192,7 @@ def main() -> None:
         gc.collect()
     telemetry.shutdown()
     raw_provider.shutdown()
+    session_provider.shutdown()
 
     base_median = statistics.median(results["undecorated"])
     base_p99 = p99(results["undecorated"])
@@ -176,11 +206,12 @@ def main() -> None:
     ratio_lf = sup / added["langfuse"][0] if "langfuse" in added else None
     labels = {
         "raw span": "raw OpenTelemetry SDK span (8 attributes, BatchSpanProcessor, dropping exporter)",
+        "session span": "supervise's session span made by hand (16 attributes), same pipeline",
         "langfuse": f"Langfuse `@observe()` ({langfuse_note}, host unreachable)",
         "supervised": "`@atlas.supervise`, auto lane, reward off (dropping exporter)",
     }
     rows = [["undecorated call", f"{base_median:.2f}", f"{base_p99:.2f}", "", ""]]
-    for name in ("raw span", "langfuse", "supervised"):
+    for name in ("raw span", "session span", "langfuse", "supervised"):
         if name not in added:
             continue
         median, tail = added[name]

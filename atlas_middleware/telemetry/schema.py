@@ -369,12 +369,20 @@ class _SessionSpan:
 
 
 def set_final_answer(span: Span, answer: Any, *, content: bool | None = None) -> None:
+    attributes = final_answer_attributes(answer, content=content)
+    if attributes:
+        span.set_attributes(attributes)
+
+
+def final_answer_attributes(answer: Any, *, content: bool | None = None) -> dict[str, str]:
+    """The attributes :func:`set_final_answer` sets (none when content capture is off), for a
+    caller that sets them along with others in one call."""
     if content is None:
         content = capture_content()
     if content and answer is not None:
         text = answer if isinstance(answer, str) else repr(answer)
-        span.set_attribute(ATLAS_FINAL_ANSWER, text)
-        span.set_attribute(OI_OUTPUT_VALUE, text)
+        return {ATLAS_FINAL_ANSWER: text, OI_OUTPUT_VALUE: text}
+    return {}
 
 
 def set_usage(span: Span, input_tokens: int | None, output_tokens: int | None) -> None:

@@ -618,7 +618,8 @@ class Supervisor:
                 lane = ran
                 root.set_attribute(s.ATLAS_LANE, lane)
                 root.set_attribute(s.ATLAS_LANE_REASON, s.LANE_REASON_TEACHER_UNAVAILABLE)
-            # The session's closing attributes go on the span in one call (one lock, one pass).
+            # The session's closing attributes go on the span in one call (one lock, one pass), then
+            # the answer (one more).
             closing: dict[str, Any] = {s.ATLAS_GUIDANCE: guidance} if guidance else {}
             closing[s.ATLAS_RETRIES] = retries
             if plugins.has_session_end():
@@ -641,8 +642,8 @@ class Supervisor:
                 )
             if failures:
                 closing[s.ATLAS_FAILURES] = failures
-            closing.update(s.final_answer_attributes(answer, content=content))
             root.set_attributes(closing)
+            s.set_final_answer(root, answer, content=content)
             session = root.get_span_context()
         return _Outcome(result, answer, session, call)
 

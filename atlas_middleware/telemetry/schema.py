@@ -319,7 +319,8 @@ def session_span(
         outer = trace.get_current_span().get_span_context()
         if outer.is_valid:
             links.append(trace.Link(outer))
-        context = trace.set_span_in_context(trace.INVALID_SPAN)
+            context = trace.set_span_in_context(trace.INVALID_SPAN)
+        # else: no span is current, so the default context already starts a new trace.
     attributes = _clean(
         {
             GEN_AI_OPERATION_NAME: OP_INVOKE_AGENT,

@@ -21,7 +21,9 @@ from atlas_middleware.storage.records import (
     SessionUpdate,
     SpanEvent,
     SpanRecord,
+    StepUpdate,
     derive_session_updates,
+    derive_step_updates,
     json_dumps,
     reward_score,
 )
@@ -86,6 +88,37 @@ class Session:
 
 
 SESSION_FIELDS = tuple(Session.__dataclass_fields__)
+
+
+@dataclass(slots=True)
+class Step:
+    """One step of a session (a node run, a workflow step, an agent turn, a tool call)."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None = None  # the enclosing step's span id
+    name: str | None = None
+    kind: str | None = None  # node, step, agent, tool
+    started_ns: int | None = None
+    ended_ns: int | None = None
+    status: str | None = None  # ok, error
+    error_type: str | None = None
+    error: str | None = None
+    input: str | None = None
+    output: str | None = None
+    input_tokens: int | None = None  # of the model calls inside the step
+    output_tokens: int | None = None
+    evaluations: dict[str, Any] = field(default_factory=dict)
+    reward_score: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in STEP_FIELDS}
+
+
+STEP_FIELDS = tuple(Step.__dataclass_fields__)
+_STEP_SELECT = ", ".join(STEP_FIELDS)
+# Schema version that added the steps table.
+STEPS_VERSION = 6
 
 
 @dataclass(slots=True)
@@ -337,10 +370,11 @@ class Store(abc.ABC):
         round trips per batch, however many sessions it holds. Rows go in trace-id order so
         concurrent writers lock them in one order and cannot deadlock.
         """
+        step_rejected = self._apply_step_updates(conn, records)
         updates = sorted(derive_session_updates(records).values(), key=lambda u: u.trace_id)
         if not updates:
-            return 0, 0, 0
-        rejected = sum(u.rejected_scores for u in updates)
+            return 0, 0, step_rejected
+        rejected = sum(u.rejected_scores for u in updates) + step_rejected
         now = time.time_ns()
         ids = [u.trace_id for u in updates]
         in_batch, in_params = self._in_list("trace_id", ids)
@@ -390,6 +424,67 @@ class Store(abc.ABC):
         return len(updates), len(alerts), rejected
 
     _lock_rows = ""  # SQL appended to the prior-state read to lock the rows (dialects set it)
+
+    def _apply_step_updates(self, conn: Any, records: Sequence[SpanRecord]) -> int:
+        """Upsert the steps a batch describes (step spans and step rewards); returns the
+        rejected reward scores. Rewards merge by name with those stored; the step's reward is
+        recomputed from the merge. Rows go in key order (no deadlock between writers)."""
+        updates = sorted(
+            derive_step_updates(records).values(), key=lambda u: (u.trace_id, u.span_id)
+        )
+        if not updates:
+            return 0
+        rewarded = [u for u in updates if u.evaluations]
+        prior: dict[tuple[str, str], dict[str, Any]] = {}
+        if rewarded:
+            in_traces, params = self._in_list("trace_id", sorted({u.trace_id for u in rewarded}))
+            wanted = {(u.trace_id, u.span_id) for u in rewarded}
+            for trace_id, span_id, evaluations in self._run(
+                conn,
+                f"SELECT trace_id, span_id, evaluations FROM steps WHERE {in_traces}"
+                + self._lock_rows.replace("trace_id", "trace_id, span_id"),
+                params,
+            ):
+                if (trace_id, span_id) in wanted:
+                    prior[(trace_id, span_id)] = _loads(evaluations) or {}
+        now = time.time_ns()
+        rows = []
+        for u in updates:
+            merged: dict[str, Any] | None = None
+            if u.evaluations:
+                merged = {**prior.get((u.trace_id, u.span_id), {}), **u.evaluations}
+            rows.append(
+                (
+                    u.trace_id,
+                    u.span_id,
+                    *u.column_values(),
+                    json_dumps(merged or {}),
+                    reward_score(merged) if merged else None,
+                    now,
+                )
+            )
+        columns = (
+            "trace_id",
+            "span_id",
+            *StepUpdate.COLUMNS,
+            "evaluations",
+            "reward_score",
+            "updated_ns",
+        )
+        keep = ", ".join(f"{c} = COALESCE(excluded.{c}, steps.{c})" for c in StepUpdate.COLUMNS)
+        brought = "excluded.evaluations <> '{}'"  # this batch brought rewards for the step
+        self._run_many(
+            conn,
+            f"INSERT INTO steps ({', '.join(columns)}) "
+            f"VALUES ({', '.join(['%s'] * len(columns))}) "
+            f"ON CONFLICT (trace_id, span_id) DO UPDATE SET {keep}, "
+            f"evaluations = CASE WHEN {brought} THEN excluded.evaluations "
+            "ELSE steps.evaluations END, "
+            f"reward_score = CASE WHEN {brought} THEN excluded.reward_score "
+            "ELSE steps.reward_score END, updated_ns = excluded.updated_ns",
+            rows,
+        )
+        return sum(u.rejected_scores for u in updates)
 
     @abc.abstractmethod
     def _in_list(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
@@ -615,6 +710,38 @@ class Store(abc.ABC):
             for row in rows:
                 result[row[0]].append(span_from_row(row))
         return result
+
+    def steps_for(self, trace_id: str) -> list[Step]:
+        """The steps of one session (by trace id), in the order they started. Empty on a store
+        not yet migrated to steps."""
+        if self.schema_version() < STEPS_VERSION:
+            return []
+        rows = self._read(
+            f"SELECT {_STEP_SELECT} FROM steps WHERE trace_id = %s "
+            "ORDER BY COALESCE(started_ns, 0), span_id",
+            (trace_id,),
+        )
+        return [self._step_from_row(row) for row in rows]
+
+    def steps_of(self, trace_ids: Sequence[str]) -> dict[str, list[Step]]:
+        """The steps of several sessions, by trace id (each in start order)."""
+        result: dict[str, list[Step]] = {t: [] for t in trace_ids}
+        if not trace_ids or self.schema_version() < STEPS_VERSION:
+            return result
+        clause, params = self._in_list("trace_id", list(trace_ids))
+        for row in self._read(
+            f"SELECT {_STEP_SELECT} FROM steps WHERE {clause} "
+            "ORDER BY COALESCE(started_ns, 0), span_id",
+            params,
+        ):
+            result[row[0]].append(self._step_from_row(row))
+        return result
+
+    @staticmethod
+    def _step_from_row(row: Sequence[Any]) -> Step:
+        values = dict(zip(STEP_FIELDS, row, strict=True))
+        values["evaluations"] = _loads(values["evaluations"]) or {}
+        return Step(**values)
 
     def set_review(
         self,

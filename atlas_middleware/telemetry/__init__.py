@@ -109,6 +109,7 @@ def configure(
     if service_name:
         attributes["service.name"] = service_name
     provider = TracerProvider(resource=Resource.create(attributes))
+    _track_steps(provider)
     processor, retrying = _pipeline(
         exporter=exporter,
         store=store,
@@ -125,6 +126,15 @@ def configure(
     if set_global:
         _set_global(provider)
     return provider
+
+
+def _track_steps(provider: TracerProvider) -> None:
+    """Add the step tracker (marks step spans, sums their tokens) to ``provider``, once."""
+    from atlas_middleware.steps import tracker
+
+    processors = getattr(getattr(provider, "_active_span_processor", None), "_span_processors", ())
+    if tracker() not in processors:
+        provider.add_span_processor(tracker())
 
 
 def _install(provider: TracerProvider, retrying: Any, attached: _Attached | None) -> None:
@@ -302,6 +312,7 @@ def attach(provider: TracerProvider, **options: Any) -> TracerProvider:
         raise TypeError(f"attach() got unknown option(s) {', '.join(sorted(options))}")
     attached = _Attached(processor) if processor is not None else None
     if attached is not None:
+        _track_steps(provider)
         provider.add_span_processor(attached)
     _install(provider, retrying, attached)
     return provider

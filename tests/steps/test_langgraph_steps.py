@@ -172,3 +172,43 @@ def test_reward_outside_a_supervised_call_is_a_no_op_logged_once(caplog, memory)
 def test_bad_reward_input_is_a_clear_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         atlas.reward(**kwargs)
+
+
+def test_rim_on_steps_scores_steps_and_a_mixed_session_reward_keeps_its_components(store_url):
+    telemetry.configure(exporter="atlas", store=store_url, batch=False, set_global=False)
+    llm = FakeMessagesListChatModel(responses=[AIMessage("add them")])
+    graph, _ = step_graph(llm)
+    app = supervise_graph(
+        graph,
+        agent="calc",
+        lane="auto",
+        teacher=ScriptedModel(replies=["NONE"], name="teacher"),
+        reward=judge(0.6),
+        reward_inline=True,
+        step_sample_rate=1.0,
+        session_reward="mix",
+        step_weight=0.5,
+    )
+    app.invoke({"messages": [HumanMessage(TASK)]})
+    telemetry.shutdown()
+
+    with open_store(store_url) as store:
+        [row] = list(store.iter_sessions())
+        steps = store.steps_for(row.trace_id)
+    # Every step has RIM's reward: the judge's for those that ran, 0 and the error for the failed.
+    assert all(s.PRIMARY_EVALUATION in x.evaluations for x in steps)
+    failed = [x for x in steps if x.status == "error"]
+    assert failed and all(x.evaluations[s.PRIMARY_EVALUATION]["score"] == 0.0 for x in failed)
+    assert all(x.reward_score == 0.0 for x in failed)
+    [act] = [x for x in failed if x.name == "act"]
+    assert "flaky backend" in act.evaluations[s.PRIMARY_EVALUATION]["explanation"]
+    passed = [x for x in steps if x.status == "ok"]
+    assert all(x.reward_score == pytest.approx(0.6) for x in passed)
+    # The session: the final judge (0.6) mixed half and half with the mean step reward.
+    mean = (0.6 * len(passed)) / len(steps)
+    assert row.evaluations[s.PRIMARY_EVALUATION]["score"] == pytest.approx(0.6)
+    aggregate = row.evaluations[s.AGGREGATE_EVALUATION]
+    assert row.reward_score == pytest.approx(0.5 * 0.6 + 0.5 * mean)
+    assert aggregate["payload"]["final"] == pytest.approx(0.6)
+    assert aggregate["payload"]["step_mean"] == pytest.approx(mean)
+    assert len(aggregate["payload"]["steps"]) == len(steps)

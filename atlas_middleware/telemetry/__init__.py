@@ -109,7 +109,6 @@ def configure(
     if service_name:
         attributes["service.name"] = service_name
     provider = TracerProvider(resource=Resource.create(attributes))
-    _track_steps(provider)
     processor, retrying = _pipeline(
         exporter=exporter,
         store=store,
@@ -122,6 +121,7 @@ def configure(
     )
     if processor is not None:
         provider.add_span_processor(processor)
+    _track_steps(provider)
     _install(provider, retrying, None)
     if set_global:
         _set_global(provider)
@@ -312,8 +312,8 @@ def attach(provider: TracerProvider, **options: Any) -> TracerProvider:
         raise TypeError(f"attach() got unknown option(s) {', '.join(sorted(options))}")
     attached = _Attached(processor) if processor is not None else None
     if attached is not None:
-        _track_steps(provider)
         provider.add_span_processor(attached)
+        _track_steps(provider)
     _install(provider, retrying, attached)
     return provider
 

@@ -427,42 +427,26 @@ class Store(abc.ABC):
 
     def _apply_step_updates(self, conn: Any, records: Sequence[SpanRecord]) -> int:
         """Upsert the steps a batch describes (step spans and step rewards); returns the
-        rejected reward scores. Rewards merge by name with those stored; the step's reward is
-        recomputed from the merge. Rows go in key order (no deadlock between writers)."""
+        rejected reward scores. Rewards merge by name with those stored, in the statement itself
+        (concurrent batches of one step cannot lose each other's); a step's reward is then
+        recomputed from what the merge returned. Rows go in key order (no deadlocks)."""
         updates = sorted(
             derive_step_updates(records).values(), key=lambda u: (u.trace_id, u.span_id)
         )
         if not updates:
             return 0
-        rewarded = [u for u in updates if u.evaluations]
-        prior: dict[tuple[str, str], dict[str, Any]] = {}
-        if rewarded:
-            in_traces, params = self._in_list("trace_id", sorted({u.trace_id for u in rewarded}))
-            wanted = {(u.trace_id, u.span_id) for u in rewarded}
-            for trace_id, span_id, evaluations in self._run(
-                conn,
-                f"SELECT trace_id, span_id, evaluations FROM steps WHERE {in_traces}"
-                + self._lock_rows.replace("trace_id", "trace_id, span_id"),
-                params,
-            ):
-                if (trace_id, span_id) in wanted:
-                    prior[(trace_id, span_id)] = _loads(evaluations) or {}
         now = time.time_ns()
-        rows = []
-        for u in updates:
-            merged: dict[str, Any] | None = None
-            if u.evaluations:
-                merged = {**prior.get((u.trace_id, u.span_id), {}), **u.evaluations}
-            rows.append(
-                (
-                    u.trace_id,
-                    u.span_id,
-                    *u.column_values(),
-                    json_dumps(merged or {}),
-                    reward_score(merged) if merged else None,
-                    now,
-                )
+        rows = [
+            (
+                u.trace_id,
+                u.span_id,
+                *u.column_values(),
+                json_dumps(u.evaluations),
+                reward_score(u.evaluations) if u.evaluations else None,
+                now,
             )
+            for u in updates
+        ]
         columns = (
             "trace_id",
             "span_id",
@@ -473,17 +457,29 @@ class Store(abc.ABC):
         )
         keep = ", ".join(f"{c} = COALESCE(excluded.{c}, steps.{c})" for c in StepUpdate.COLUMNS)
         brought = "excluded.evaluations <> '{}'"  # this batch brought rewards for the step
-        self._run_many(
+        merge = self._json_merge.replace("sessions.", "steps.")
+        returned = self._run_returning(
             conn,
             f"INSERT INTO steps ({', '.join(columns)}) "
             f"VALUES ({', '.join(['%s'] * len(columns))}) "
             f"ON CONFLICT (trace_id, span_id) DO UPDATE SET {keep}, "
-            f"evaluations = CASE WHEN {brought} THEN excluded.evaluations "
-            "ELSE steps.evaluations END, "
-            f"reward_score = CASE WHEN {brought} THEN excluded.reward_score "
-            "ELSE steps.reward_score END, updated_ns = excluded.updated_ns",
+            f"evaluations = CASE WHEN {brought} THEN {merge} ELSE steps.evaluations END, "
+            "updated_ns = excluded.updated_ns "
+            "RETURNING trace_id, span_id, evaluations, reward_score",
             rows,
         )
+        fixes = []
+        for trace_id, span_id, evaluations, score in returned:
+            merged = _loads(evaluations) or {}
+            expected = reward_score(merged) if merged else None
+            if expected != score:
+                fixes.append((expected, trace_id, span_id))
+        if fixes:
+            self._run_many(
+                conn,
+                "UPDATE steps SET reward_score = %s WHERE trace_id = %s AND span_id = %s",
+                fixes,
+            )
         return sum(u.rejected_scores for u in updates)
 
     @abc.abstractmethod

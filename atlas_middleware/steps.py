@@ -52,6 +52,8 @@ __all__ = [
 log = logging.getLogger("atlas.steps")
 
 _SPAN_ID = re.compile(r"^[0-9a-f]{16}$")
+_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+_OPEN_SPANS = 200_000  # spans tracked at once; beyond it the oldest (never ended) are forgotten
 _TRACES = 2_000  # sessions whose finished steps are kept in memory
 _STEPS_PER_TRACE = 500
 
@@ -136,6 +138,8 @@ class StepTracker(SpanProcessor):
                 entry.kind = kind
                 entry.name = _name_of(attributes, span.name)
             self._open[context.span_id] = entry
+            if len(self._open) > _OPEN_SPANS:  # spans that never ended must not pile up
+                del self._open[next(iter(self._open))]
         if kind is not None:
             span.set_attribute(s.ATLAS_STEP_KIND, kind)
             if outer is not None:
@@ -374,8 +378,8 @@ def reward(
     (``scope="session"``) with ``score`` (0..1; ``True``/``False`` mean 1/0).
 
     ``step``: a step that may have ended (a :class:`StepHandle` from :func:`current_step`, or its
-    span id with ``session=`` the session's handle or trace id, default the current or last
-    session). A later reward with the same ``name`` replaces the earlier one. Inside a session
+    span id with ``session=`` the session's handle, id or trace id, default the current or
+    last session). A later reward with the same ``name`` replaces the earlier one. Inside a session
     but outside any step, a step reward goes to the session (logged once).
 
     Returns the step (:class:`StepHandle`) or session (:class:`SessionHandle`) rewarded, or None
@@ -420,10 +424,20 @@ def _step_handle(step: StepHandle | str, session: Any) -> StepHandle:
     if not isinstance(step, str) or not _SPAN_ID.match(step):
         raise ValueError(f"step must be a StepHandle or a span id (16 hex digits), got {step!r}")
     trace_id = session if isinstance(session, str) else getattr(session, "trace_id", None)
-    if not isinstance(trace_id, str) or not re.match(r"^[0-9a-f]{32}$", trace_id):
+    if isinstance(session, str) and session:
+        # A session id or a trace id (session ids are 32 hex digits too): this process's
+        # sessions, else the configured store's, else a trace id as given.
+        from atlas_middleware.config import AtlasConfig
+        from atlas_middleware.feedback import _resolve
+
+        try:
+            trace_id = _resolve(session, AtlasConfig.load()).trace_id
+        except LookupError as exc:
+            raise ValueError(str(exc)) from None
+    if not isinstance(trace_id, str) or not _TRACE_ID.match(trace_id):
         raise ValueError(
-            "a step given by span id needs its session: pass session= (a SessionHandle or the "
-            "session's trace id)"
+            "a step given by span id needs its session: pass session= (a SessionHandle, the "
+            "session id or the session's trace id)"
         )
     return StepHandle(trace_id, step, "", "")
 

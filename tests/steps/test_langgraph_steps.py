@@ -58,6 +58,7 @@ def step_graph(llm):
         reply = llm.invoke(state["messages"])
         atlas.reward(0.8, name="plan_quality", rationale="a plan with two steps")
         handles["plan"] = atlas.current_step()
+        handles["session"] = atlas.current_session()
         return {"messages": [reply]}
 
     def act(state: MessagesState) -> dict:
@@ -212,3 +213,39 @@ def test_rim_on_steps_scores_steps_and_a_mixed_session_reward_keeps_its_componen
     assert aggregate["payload"]["final"] == pytest.approx(0.6)
     assert aggregate["payload"]["step_mean"] == pytest.approx(mean)
     assert len(aggregate["payload"]["steps"]) == len(steps)
+
+
+def test_async_graph_steps_sessions_show_and_a_reward_by_session_id(sqlite_url):
+    import asyncio
+    import json
+
+    from tests.helpers import atlas_cli
+
+    telemetry.configure(exporter="atlas", store=sqlite_url, batch=False, set_global=False)
+    graph, handles = step_graph(FakeMessagesListChatModel(responses=[AIMessage("add them")]))
+    app = supervise_graph(
+        graph,
+        agent="calc",
+        lane="auto",
+        teacher=ScriptedModel(replies=["NONE"], name="teacher"),
+        reward=judge(0.9),
+        reward_inline=True,
+    )
+    asyncio.run(app.ainvoke({"messages": [HumanMessage(TASK)]}))
+    session = handles["session"]
+    atlas.reward(0.3, name="audit", step=handles["plan"].span_id, session=session.session_id)
+    telemetry.shutdown()
+
+    out = atlas_cli("sessions", "show", session.trace_id, "--store", sqlite_url).stdout
+    assert "Steps (5)" in out
+    assert "ConnectionError: flaky backend" in out and "plan_quality=0.80" in out
+    [shown] = [
+        json.loads(line)
+        for line in atlas_cli(
+            "sessions", "show", session.session_id, "--json", "--store", sqlite_url
+        ).stdout.splitlines()
+    ]
+    plan = next(x for x in shown["steps"] if x["name"] == "plan")
+    assert plan["evaluations"]["audit"]["score"] == pytest.approx(0.3)
+    assert plan["evaluations"]["plan_quality"]["score"] == pytest.approx(0.8)
+    assert [x["status"] for x in shown["steps"] if x["name"] == "act"].count("error") == 1

@@ -249,3 +249,26 @@ def test_async_graph_steps_sessions_show_and_a_reward_by_session_id(sqlite_url):
     assert plan["evaluations"]["audit"]["score"] == pytest.approx(0.3)
     assert plan["evaluations"]["plan_quality"]["score"] == pytest.approx(0.8)
     assert [x["status"] for x in shown["steps"] if x["name"] == "act"].count("error") == 1
+
+
+def test_the_ui_session_page_shows_the_steps(sqlite_url):
+    import httpx
+
+    from tests.ui.conftest import serving
+
+    telemetry.configure(exporter="atlas", store=sqlite_url, batch=False, set_global=False)
+    graph, handles = step_graph(FakeMessagesListChatModel(responses=[AIMessage("add them")]))
+    supervise_graph(
+        graph,
+        agent="calc",
+        lane="auto",
+        teacher=ScriptedModel(replies=["NONE"], name="teacher"),
+        reward=False,
+    ).invoke({"messages": [HumanMessage(TASK)]})
+    telemetry.shutdown()
+    with serving(sqlite_url) as base, httpx.Client(base_url=base) as web:
+        page = web.get(f"/sessions/{handles['session'].trace_id}")
+    assert page.status_code == 200
+    steps = page.text.split('data-testid="steps"', 1)[1].split("</section>", 1)[0]
+    assert "Steps <span" in steps and steps.count("<tr>") == 1 + 5  # the header and five steps
+    assert "ConnectionError: flaky backend" in steps and "plan_quality 0.80" in steps

@@ -86,13 +86,11 @@ class StepRecord:
 
 
 @dataclass(slots=True)
-class _Open:
+class _Step:
     span: Any  # the live SDK span
-    step: int | None  # span id of the nearest step at or above it (None: not inside one)
-    name: str = ""
-    kind: str | None = None
+    kind: str
+    outer: int | None  # span id of the enclosing step
     tokens: list[int] = field(default_factory=lambda: [0, 0])
-    counted: bool = False
 
 
 def _name_of(attributes: Any, fallback: str) -> str:
@@ -103,15 +101,19 @@ def _name_of(attributes: Any, fallback: str) -> str:
     return fallback
 
 
+_MODEL_CALLS = (s.OP_CHAT, s.OP_TEXT_COMPLETION)
+
+
 class StepTracker(SpanProcessor):
     """Marks step spans at their start, sums model-call tokens into the steps they ran in, and
-    remembers the finished steps (and step rewards) of recent sessions. Cheap: a dict lookup per
-    span start and end; nothing is exported from here."""
+    remembers the finished steps (and step rewards) of recent sessions. Only spans inside a step
+    are tracked (a dict entry from start to end); nothing is exported from here."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._open: dict[int, _Open] = {}
-        self._finished: OrderedDict[int, list[StepRecord]] = OrderedDict()
+        self._owner: dict[int, int] = {}  # open span inside a step -> its nearest step
+        self._steps: dict[int, _Step] = {}  # open steps
+        self._finished: OrderedDict[int, list[ReadableSpan]] = OrderedDict()
         self._rewards: OrderedDict[int, dict[str, dict[str, float]]] = OrderedDict()
 
     # --- span processor -----------------------------------------------------------------------
@@ -122,28 +124,32 @@ class StepTracker(SpanProcessor):
             log.debug("step tracking failed", exc_info=True)
 
     def _started(self, span: Any) -> None:
-        context = span.get_span_context()
-        parent = getattr(span, "parent", None)
-        attributes = span.attributes or {}
-        root = attributes.get(s.ATLAS_SPAN_ROLE) == s.ROLE_SESSION
-        with self._lock:
-            above = self._open.get(parent.span_id) if parent is not None else None
-            outer = above.step if above is not None else None
-            kind = None if root else s.step_kind(attributes)
-            if root:
-                outer = None  # a session inside a step starts afresh (its own trace)
-            entry = _Open(span, outer)
-            if kind is not None:
-                entry.step = context.span_id
-                entry.kind = kind
-                entry.name = _name_of(attributes, span.name)
-            self._open[context.span_id] = entry
-            if len(self._open) > _OPEN_SPANS:  # spans that never ended must not pile up
-                del self._open[next(iter(self._open))]
-        if kind is not None:
-            span.set_attribute(s.ATLAS_STEP_KIND, kind)
+        span_id = span.get_span_context().span_id
+        parent = span.parent
+        attributes = span.attributes
+        outer = self._owner.get(parent.span_id) if parent is not None else None
+        if attributes.get(s.ATLAS_SPAN_ROLE) == s.ROLE_SESSION:
+            return  # a session inside a step starts afresh (its own trace)
+        kind = s.step_kind(attributes)
+        if kind is None:
             if outer is not None:
-                span.set_attribute(s.ATLAS_STEP_PARENT_ID, format(outer, "016x"))
+                with self._lock:
+                    self._owner[span_id] = outer
+                    self._bound()
+            return
+        with self._lock:
+            self._steps[span_id] = _Step(span, kind, outer)
+            self._owner[span_id] = span_id
+            self._bound()
+        span.set_attribute(s.ATLAS_STEP_KIND, kind)
+        if outer is not None:
+            span.set_attribute(s.ATLAS_STEP_PARENT_ID, format(outer, "016x"))
+
+    def _bound(self) -> None:
+        if len(self._owner) > _OPEN_SPANS:  # spans that never ended must not pile up
+            forgotten = next(iter(self._owner))
+            del self._owner[forgotten]
+            self._steps.pop(forgotten, None)
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
@@ -153,38 +159,17 @@ class StepTracker(SpanProcessor):
 
     def _ended(self, span: ReadableSpan) -> None:
         context = span.get_span_context()
+        span_id = context.span_id
+        if span_id not in self._owner:
+            return
         with self._lock:
-            entry = self._open.pop(context.span_id, None)
-        if entry is None:
+            owner = self._owner.pop(span_id, None)
+            step = self._steps.pop(span_id, None)
+        attributes = span.attributes
+        if owner is not None and attributes.get(s.GEN_AI_OPERATION_NAME) in _MODEL_CALLS:
+            self._count(owner, attributes)
+        if step is None:
             return
-        attributes = span.attributes or {}
-        if attributes.get(s.GEN_AI_OPERATION_NAME) in (s.OP_CHAT, s.OP_TEXT_COMPLETION):
-            self._count(entry.step, attributes)
-        if entry.kind is None or entry.step != context.span_id:
-            return
-        error = None
-        if (
-            span.status is not None
-            and not span.status.is_ok
-            and span.status.status_code.name == ("ERROR")
-        ):
-            error = span.status.description or str(attributes.get(s.ERROR_TYPE) or "error")
-        record = StepRecord(
-            span_id=format(context.span_id, "016x"),
-            parent_id=_text(attributes.get(s.ATLAS_STEP_PARENT_ID)),
-            name=entry.name,
-            kind=entry.kind,
-            started_ns=span.start_time or 0,
-            ended_ns=span.end_time or 0,
-            status="error" if error is not None else "ok",
-            error=error,
-            input=_text(
-                attributes.get(s.OI_INPUT_VALUE) or attributes.get(s.GEN_AI_TOOL_CALL_ARGUMENTS)
-            ),
-            output=_text(
-                attributes.get(s.OI_OUTPUT_VALUE) or attributes.get(s.GEN_AI_TOOL_CALL_RESULT)
-            ),
-        )
         with self._lock:
             steps = self._finished.get(context.trace_id)
             if steps is None:
@@ -192,7 +177,7 @@ class StepTracker(SpanProcessor):
                 while len(self._finished) > _TRACES:
                     self._finished.popitem(last=False)
             if len(steps) < _STEPS_PER_TRACE:
-                steps.append(record)
+                steps.append(span)
 
     def _count(self, step: int | None, attributes: Any) -> None:
         tokens_in = _int(attributes.get(s.GEN_AI_USAGE_INPUT_TOKENS))
@@ -202,15 +187,13 @@ class StepTracker(SpanProcessor):
         updates = []
         with self._lock:
             while step is not None:
-                entry = self._open.get(step)
+                entry = self._steps.get(step)
                 if entry is None:
                     break
                 entry.tokens[0] += tokens_in or 0
                 entry.tokens[1] += tokens_out or 0
                 updates.append((entry.span, tuple(entry.tokens)))
-                parent = getattr(entry.span, "parent", None)
-                above = self._open.get(parent.span_id) if parent is not None else None
-                step = above.step if above is not None else None
+                step = entry.outer
         for span, (total_in, total_out) in updates:  # open spans: still writable
             span.set_attribute(s.GEN_AI_USAGE_INPUT_TOKENS, total_in)
             span.set_attribute(s.GEN_AI_USAGE_OUTPUT_TOKENS, total_out)
@@ -225,21 +208,20 @@ class StepTracker(SpanProcessor):
     def step_of(self, span_id: int) -> Any | None:
         """The live span of the nearest open step at or above span ``span_id``."""
         with self._lock:
-            entry = self._open.get(span_id)
-            if entry is None or entry.step is None:
-                return None
-            step = self._open.get(entry.step)
+            owner = self._owner.get(span_id)
+            step = self._steps.get(owner) if owner is not None else None
             return step.span if step is not None else None
 
     def describe(self, span: Any) -> StepHandle:
         context = span.get_span_context()
         with self._lock:
-            entry = self._open.get(context.span_id)
+            step = self._steps.get(context.span_id)
+        attributes = span.attributes or {}
         return StepHandle(
             format(context.trace_id, "032x"),
             format(context.span_id, "016x"),
-            entry.name if entry is not None else span.name,
-            (entry.kind if entry is not None else None) or "",
+            _name_of(attributes, span.name),
+            step.kind if step is not None else str(attributes.get(s.ATLAS_STEP_KIND) or ""),
         )
 
     def rewarded(self, trace_id: int, span_id: str, name: str, score: float) -> None:
@@ -255,11 +237,36 @@ class StepTracker(SpanProcessor):
         """The steps of trace ``trace_id`` that ended in this process, with their rewards given
         here, in the order they ended."""
         with self._lock:
-            steps = list(self._finished.get(trace_id, ()))
-            rewards = self._rewards.get(trace_id, {})
-            for step in steps:
-                step.rewards = dict(rewards.get(step.span_id, {}))
-        return steps
+            spans = list(self._finished.get(trace_id, ()))
+            rewards = {k: dict(v) for k, v in self._rewards.get(trace_id, {}).items()}
+        records = [_record(span) for span in spans]
+        for record in records:
+            record.rewards = rewards.get(record.span_id, {})
+        return records
+
+
+def _record(span: ReadableSpan) -> StepRecord:
+    attributes = span.attributes or {}
+    error = None
+    status = span.status
+    if status is not None and status.status_code.name == "ERROR":
+        error = status.description or str(attributes.get(s.ERROR_TYPE) or "error")
+    return StepRecord(
+        span_id=format(span.get_span_context().span_id, "016x"),
+        parent_id=_text(attributes.get(s.ATLAS_STEP_PARENT_ID)),
+        name=_name_of(attributes, span.name),
+        kind=str(attributes.get(s.ATLAS_STEP_KIND) or ""),
+        started_ns=span.start_time or 0,
+        ended_ns=span.end_time or 0,
+        status="error" if error is not None else "ok",
+        error=error,
+        input=_text(
+            attributes.get(s.OI_INPUT_VALUE) or attributes.get(s.GEN_AI_TOOL_CALL_ARGUMENTS)
+        ),
+        output=_text(
+            attributes.get(s.OI_OUTPUT_VALUE) or attributes.get(s.GEN_AI_TOOL_CALL_RESULT)
+        ),
+    )
 
 
 def _text(value: Any) -> str | None:

@@ -153,7 +153,10 @@ def test_a_graph_with_step_rewards_and_a_failing_node_is_one_session_with_steps(
     assert all(x.error_type == "KeyError" for x in tools)
 
 
-def test_reward_outside_a_supervised_call_is_a_no_op_logged_once(caplog, memory):
+def test_reward_outside_a_supervised_call_is_a_no_op_logged_once(caplog, memory, monkeypatch):
+    from atlas_middleware import steps as steps_module
+
+    monkeypatch.setattr(steps_module, "_logged", set())  # "once" is per process
     caplog.set_level(logging.WARNING, logger="atlas.steps")
     assert atlas.reward(0.5) is None
     assert atlas.reward(0.5, scope="session") is None

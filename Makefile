@@ -22,6 +22,7 @@ lint:
 	@scripts/bootstrap.sh dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) scripts/lint_imports.py
 
 format:
 	@scripts/bootstrap.sh dev

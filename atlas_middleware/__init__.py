@@ -109,3 +109,16 @@ def _shutdown(timeout_s: float | None, *, why: str) -> None:
     # Rewards first, keeping a part of the deadline for the spans they and the calls produced.
     portal.finish(max(0.0, budget - min(2.0, budget / 2)), why=why)
     telemetry.shutdown(int(max(0.5, deadline - time.monotonic()) * 1000))
+
+
+def _shutdown_at_exit() -> None:
+    _shutdown(None, why="at exit")
+
+
+def _register_shutdown_at_exit() -> None:
+    from atlas_middleware import portal
+
+    portal.on_exit(_shutdown_at_exit)
+
+
+_register_shutdown_at_exit()

@@ -185,11 +185,31 @@ class LaneSettings(_Section):
             return self.forced_lane
         if confidence is None or confidence != confidence:
             return self.fallback_lane
-        if confidence >= self.auto_threshold:
-            return "auto"
-        if confidence >= self.paired_threshold:
-            return "paired"
-        return "coach"
+        return lane_by_threshold(confidence, self.auto_threshold, self.paired_threshold)
+
+
+def lane_by_threshold(confidence: float, auto_threshold: float, paired_threshold: float) -> Lane:
+    """ATLAS's rule: confidence ≥ auto_threshold → auto (no teacher), ≥ paired_threshold →
+    paired (validate, one guided retry), else coach (guidance up front). The only copy."""
+    if confidence >= auto_threshold:
+        return "auto"
+    if confidence >= paired_threshold:
+        return "paired"
+    return "coach"
+
+
+def config_field_problem(section: str, field_name: str, value: Any) -> str | None:
+    """Why ``value`` is not valid for ``<section>.<field_name>`` of the config (its type and
+    range checks only), or None when it is."""
+    from pydantic import TypeAdapter, ValidationError
+
+    field = AtlasConfig.model_fields[section].annotation.model_fields[field_name]  # type: ignore[union-attr]
+    checked = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    try:
+        TypeAdapter(checked).validate_python(value)
+    except ValidationError as exc:
+        return "; ".join(error["msg"] for error in exc.errors())
+    return None
 
 
 class RimSettings(_Section):

@@ -256,8 +256,12 @@ async def run_eval(
                     **{
                         **o.__dict__,
                         "lane": row.lane,
-                        "input_tokens": row.input_tokens or 0,
-                        "output_tokens": row.output_tokens or 0,
+                        # The known parts: a failed session's student part is unknown (its
+                        # total too) while the teacher's tokens it spent are not.
+                        "input_tokens": (row.student_input_tokens or 0)
+                        + (row.teacher_input_tokens or 0),
+                        "output_tokens": (row.student_output_tokens or 0)
+                        + (row.teacher_output_tokens or 0),
                     }
                 )
             enriched.append(o)

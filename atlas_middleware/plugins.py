@@ -26,14 +26,22 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import SpanProcessor
+
     from atlas_middleware.config import LaneSettings
     from atlas_middleware.redaction import Redactor
     from atlas_middleware.rim.judges import Judge, Verifier
+    from atlas_middleware.telemetry import ExportOptions
 
 PROJECT = "atlas_middleware"
 ENTRY_POINT_GROUP = PROJECT
 BUILTINS_NAME = "builtins"
 BUILTINS_MODULE = "atlas_middleware.builtins"
+# atlas's own plugins, by entry-point name (pyproject's [project.entry-points.atlas_middleware]).
+BUILTIN_PLUGINS = {
+    BUILTINS_NAME: BUILTINS_MODULE,
+    "exporters": "atlas_middleware.otel_exporters.pipeline",
+}
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -69,6 +77,15 @@ class AtlasHookSpecs:
     def atlas_redactors(self) -> list[Redactor]:
         """Functions run on every span record before export (in place)."""
 
+    @hookspec(firstresult=True)
+    def atlas_span_processor(
+        self, options: ExportOptions
+    ) -> tuple[SpanProcessor | None, Any] | None:
+        """The span processor delivering atlas's spans for ``telemetry.configure()``'s options
+        (and the retrying exporter inside it, or None), or None when ``options.exporter`` names
+        an exporter this plugin does not provide. atlas's own (store, JSONL, OTLP, console, none)
+        come from :mod:`atlas_middleware.otel_exporters.pipeline`."""
+
     @hookspec
     def atlas_session_end(self, session: Any) -> None:
         """Called once a supervised session has finished (its reward may still be pending)."""
@@ -94,18 +111,20 @@ def _build_manager() -> pluggy.PluginManager:
     manager = pluggy.PluginManager(PROJECT)
     manager.add_hookspecs(AtlasHookSpecs)
     manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-    if manager.get_plugin(BUILTINS_NAME) is None and not manager.is_blocked(BUILTINS_NAME):
-        # Only when running from a source tree that was never pip-installed: without the
-        # built-ins RIM would have no judges at all, so register them directly and say why.
-        import importlib
+    for name, module in BUILTIN_PLUGINS.items():
+        if manager.get_plugin(name) is None and not manager.is_blocked(name):
+            # Only when running from a source tree that was never pip-installed: without the
+            # built-ins RIM would have no judges and spans no exporter, so register them
+            # directly and say why.
+            import importlib
 
-        warnings.warn(
-            f"atlas_middleware's '{BUILTINS_NAME}' entry point is not installed; registering "
-            f"{BUILTINS_MODULE} directly (run `pip install -e .` to fix the metadata)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        manager.register(importlib.import_module(BUILTINS_MODULE), name=BUILTINS_NAME)
+            warnings.warn(
+                f"atlas_middleware's '{name}' entry point is not installed; registering "
+                f"{module} directly (run `pip install -e .` to fix the metadata)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            manager.register(importlib.import_module(module), name=name)
     return manager
 
 
@@ -144,28 +163,36 @@ def probe(task: str, context: Mapping[str, Any] | None = None) -> float | None:
     return hook().atlas_probe(task=task, context=context or {})
 
 
+def plugin_lane(confidence: float | None, task: str, context: Mapping[str, Any]) -> str | None:
+    """The first plugin's lane for this call, or None when every plugin abstains. A lane that
+    is not one raises ValueError (supervision records it and goes by the thresholds)."""
+    from atlas_middleware.config import LANES
+
+    choice = hook().atlas_choose_lane(confidence=confidence, task=task, context=context)
+    if choice is not None and choice not in LANES:
+        raise ValueError(
+            f"a plugin's atlas_choose_lane returned {choice!r}; return one of "
+            f"{', '.join(LANES)} or None"
+        )
+    return choice  # type: ignore[no-any-return]
+
+
 def choose_lane(
     confidence: float | None,
     task: str,
     context: Mapping[str, Any] | None = None,
     lanes: LaneSettings | None = None,
 ) -> str:
-    """The lane for this call: a forced lane if configured, else the first plugin's choice,
-    else the configured thresholds (``lanes``, defaults when None)."""
-    from atlas_middleware.config import LANES, LaneSettings
+    """The lane for this call as supervision picks it: a forced lane if configured, else the
+    first plugin's choice (:func:`plugin_lane`), else the configured thresholds (``lanes``,
+    defaults when None)."""
+    from atlas_middleware.config import LaneSettings
 
     settings = lanes or LaneSettings()
     if settings.forced_lane is not None:
         return settings.forced_lane
-    choice = hook().atlas_choose_lane(confidence=confidence, task=task, context=context or {})
-    if choice is None:
-        return settings.lane_for(confidence)
-    if choice not in LANES:
-        raise ValueError(
-            f"a plugin's atlas_choose_lane returned {choice!r}; return one of "
-            f"{', '.join(LANES)} or None"
-        )
-    return choice
+    choice = plugin_lane(confidence, task, context or {})
+    return choice if choice is not None else settings.lane_for(confidence)
 
 
 def render_guidance(guidance: str, task: str | None = None) -> str:

@@ -228,15 +228,26 @@ def _register_exit_hook() -> None:
         atexit.register(_at_exit)
 
 
-def _at_exit() -> None:
-    from atlas_middleware import _shutdown
+_exit_handler: Callable[[], None] | None = None
 
+
+def on_exit(handler: Callable[[], None]) -> None:
+    """What to run at exit before worker threads are joined (``atlas.shutdown``'s bounded
+    drain, registered by the package): without one, background jobs get the drain time."""
+    global _exit_handler
+    _exit_handler = handler
+
+
+def _at_exit() -> None:
     portal = _portal
     if portal is not None:
         if portal.closed:
             return
         portal.closed = True  # rewards scheduled from here on are dropped, with a warning
     try:
-        _shutdown(None, why="at exit")
+        if _exit_handler is not None:
+            _exit_handler()
+        else:
+            finish(_drain_s, why="at exit")
     except Exception as exc:  # exit goes on whatever happens here
         log.warning("atlas: shutdown at exit failed: %s", exc)

@@ -435,10 +435,10 @@ def _step_handle(step: StepHandle | str, session: Any) -> StepHandle:
         # A session id or a trace id (session ids are 32 hex digits too): this process's
         # sessions, else the configured store's, else a trace id as given.
         from atlas_middleware.config import AtlasConfig
-        from atlas_middleware.feedback import _resolve
+        from atlas_middleware.feedback import resolve_session
 
         try:
-            trace_id = _resolve(session, AtlasConfig.load()).trace_id
+            trace_id = resolve_session(session, AtlasConfig.load()).trace_id
         except LookupError as exc:
             raise ValueError(str(exc)) from None
     if not isinstance(trace_id, str) or not _TRACE_ID.match(trace_id):

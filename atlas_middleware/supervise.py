@@ -21,20 +21,19 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanContext
 
-from atlas_middleware import plugins
+from atlas_middleware import driver, plugins, telemetry
+from atlas_middleware.config import LANES, config_field_problem, lane_by_threshold
+from atlas_middleware.driver import Ask, Call, Failed, Invoke, Outcome, log_once, step_timeout
 from atlas_middleware.guidance import use_guidance
 from atlas_middleware.models.base import ChatModel, ModelError, ModelUnavailable
-from atlas_middleware.portal import get_portal
 from atlas_middleware.prompts import DEFAULT_PROMPTS, TeacherPrompts
 from atlas_middleware.rim.judges import reference_match
 from atlas_middleware.teacher import Teacher, Verdict
@@ -44,7 +43,6 @@ from atlas_middleware.telemetry.usage import session_usage
 
 log = logging.getLogger("atlas")
 F = TypeVar("F", bound=Callable[..., Any])
-LANES = ("auto", "paired", "coach")
 _LESSONS_TTL_S = 30.0
 
 
@@ -90,54 +88,6 @@ class SupervisionOptions:
     answer: Callable[[Any], str] | None = None
 
 
-@dataclass
-class _Call:
-    options: SupervisionOptions
-    task: str
-    reference: str | None
-    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    lessons: list[str] = field(default_factory=list)
-    # The root span of an earlier part of this session (a resumed graph): continue its trace.
-    parent: SpanContext | None = None
-
-
-class Failed:
-    """What a teacher step returns instead of raising: the flow decides how to fail open."""
-
-    def __init__(self, step: str, error: BaseException) -> None:
-        self.step = step
-        self.error = error
-
-    def __str__(self) -> str:
-        from atlas_middleware.redaction import scrub_text
-
-        message = str(self.error).strip().splitlines()[0] if str(self.error).strip() else ""
-        # Model errors name their endpoint; one given with credentials must not leak them into
-        # atlas.failures or the log.
-        message = scrub_text(message)
-        return f"{self.step}: {type(self.error).__name__}" + (
-            f": {message[:200]}" if message else ""
-        )
-
-
-@dataclass
-class _Ask:  # ask the teacher; the driver returns its result or a Failed
-    step: str
-    make: Callable[[], Awaitable[Any]]
-    timeout: float | None = None  # None: the options' timeout for this step
-
-    def __post_init__(self) -> None:
-        # Whatever drives the step (a supervisor's driver, an integration's), the model calls
-        # it makes are the teacher's, marked so on their spans and in the session's tokens.
-        make, step = self.make, self.step
-
-        async def as_teacher() -> Any:
-            with usage.acting(s.ROLE_TEACHER, step):
-                return await make()
-
-        self.make = as_teacher
-
-
 class TeacherUnavailable(RuntimeError):
     """A teacher step was skipped: its endpoint's circuit breaker is open, or the call's teacher
     budget is spent. The call fails open (the lane that runs is recorded as ``auto``)."""
@@ -180,11 +130,11 @@ class _TeacherGate:
         timeout: float,
         *,
         needs_teacher: bool = True,
-    ) -> Generator[_Ask, Any, Any]:
+    ) -> Generator[Ask, Any, Any]:
         """Yield the step for the driver, or return a Failed at once when the teacher is
         unavailable; ``needs_teacher=False`` for steps answered without it (a verifier)."""
         if not needs_teacher:
-            value = yield _Ask(step, make, timeout)
+            value = yield Ask(step, make, timeout)
             self.attempted.add(step)
             return value
         reason = self.unavailable()
@@ -195,7 +145,7 @@ class _TeacherGate:
         if self.budget_s is not None:
             timeout = min(timeout, self.budget_s - self.spent)
         started = time.monotonic()
-        value = yield _Ask(step, self._guarded(make), timeout)
+        value = yield Ask(step, self._guarded(make), timeout)
         self.spent += time.monotonic() - started
         if isinstance(value, Failed) and isinstance(value.error, TeacherUnavailable):
             self.skipped.add(step)  # another call holds the breaker's trial
@@ -253,19 +203,6 @@ class _TeacherGate:
         return lane
 
 
-@dataclass
-class _Invoke:  # run the agent with this guidance in context
-    guidance: str | None
-
-
-@dataclass
-class _Outcome:
-    result: Any
-    answer: str
-    session: SpanContext
-    call: _Call
-
-
 @dataclass(slots=True)
 class SessionHandle:
     """One supervised session: what :func:`atlas_middleware.feedback` needs to attach a score
@@ -320,16 +257,6 @@ def _remember(handle: SessionHandle) -> None:
             _recent.popitem(last=False)
 
 
-_logged: set[str] = set()
-
-
-def _log_once(failure: Failed) -> None:
-    key = f"{failure.step}:{type(failure.error).__name__}"
-    if key not in _logged:
-        _logged.add(key)
-        log.warning("atlas: %s (failing open; logged once per kind)", failure)
-
-
 @dataclass
 class SupervisionStats:
     """Process-wide counts of what supervision could not do (each is also logged, once per kind,
@@ -353,9 +280,9 @@ def _setup_failure(stage: str, error: BaseException, consequence: str) -> str:
     _stats.setup_failures += 1
     note = str(Failed(f"set-up: {stage}", error))
     key = f"set-up:{stage}:{type(error).__name__}"
-    if key not in _logged:
-        _logged.add(key)
-        log.warning("atlas: %s (%s; the agent runs unchanged; logged once)", note, consequence)
+    driver.warn_once(
+        key, "atlas: %s (%s; the agent runs unchanged; logged once)", note, consequence
+    )
     return note
 
 
@@ -441,18 +368,18 @@ class Supervisor:
         try:
             lessons = self._playbook(key).lessons()
         except Exception as exc:  # the store is down: supervise without memory
-            _log_once(Failed("playbook", exc))
+            log_once(Failed("playbook", exc))
             lessons = cached[1] if cached else []
         self._lessons[key] = (now, lessons)
         return lessons
 
     # --- per-call facts --------------------------------------------------------------------
-    def _call(self, options: SupervisionOptions, args: tuple, kwargs: dict) -> _Call:
+    def _call(self, options: SupervisionOptions, args: tuple, kwargs: dict) -> Call:
         task = self._task(options, args, kwargs)
         reference = options.reference
         if callable(reference):
             reference = reference(*args, **kwargs)
-        return _Call(options, task, None if reference is None else str(reference))
+        return Call(options, task, None if reference is None else str(reference))
 
     def _task(self, options: SupervisionOptions, args: tuple, kwargs: dict) -> str:
         if callable(options.task):
@@ -473,7 +400,7 @@ class Supervisor:
         return answer_text([*args, kwargs] if kwargs else list(args))
 
     # --- the flow --------------------------------------------------------------------------
-    def flow(self, call: _Call) -> Generator[_Ask | _Invoke, Any, _Outcome]:
+    def flow(self, call: Call) -> Generator[Ask | Invoke, Any, Outcome]:
         o = call.options
         tracer = get_tracer()
         failures: list[str] = list(self.setup_failures)
@@ -482,7 +409,7 @@ class Supervisor:
         def failed(value: Any) -> bool:
             if isinstance(value, Failed):
                 failures.append(str(value))
-                _log_once(value)
+                log_once(value)
                 return True
             return False
 
@@ -530,7 +457,7 @@ class Supervisor:
                     value = yield from gate.ask(
                         "probe",
                         lambda: teacher.probe(call.task, lessons),
-                        _step_timeout("probe", o),
+                        step_timeout("probe", o),
                     )
                 if failed(value) or value is None:
                     # No confidence is recorded rather than a guessed one: "unparsed" when the
@@ -547,11 +474,12 @@ class Supervisor:
                         lane = _plugin(
                             failures,
                             "lane plugin",
-                            lambda: plugins.hook().atlas_choose_lane(
-                                confidence=confidence, task=call.task, context=context
-                            ),
+                            plugins.plugin_lane,
+                            confidence,
+                            call.task,
+                            context,
                         )
-                        if lane not in LANES:
+                        if lane is None:
                             lane = threshold_lane(confidence, o)
             root.set_attribute(s.ATLAS_LANE, lane)
             call.lessons = lessons
@@ -562,12 +490,12 @@ class Supervisor:
                 value = yield from gate.ask(
                     "guidance",
                     lambda: teacher.guidance(call.task, lessons),
-                    _step_timeout("guidance", o),
+                    step_timeout("guidance", o),
                 )
                 if not failed(value) and value:
                     guidance = value
 
-            result = yield _Invoke(_with_lessons(guidance, lessons))
+            result = yield Invoke(_with_lessons(guidance, lessons))
             read = o.answer or answer_text
             answer = read(result)
             retries = 0
@@ -575,7 +503,7 @@ class Supervisor:
                 verdict = yield from gate.ask(
                     "validate",
                     lambda: self._validate(call, answer),
-                    _step_timeout("validate", o),
+                    step_timeout("validate", o),
                     needs_teacher=self._validates_with_teacher(call),
                 )
                 if (
@@ -588,12 +516,12 @@ class Supervisor:
                     value = yield from gate.ask(
                         "guidance",
                         lambda: teacher.guidance(call.task, attempt=answer, problem=verdict.reason),
-                        _step_timeout("guidance", o),
+                        step_timeout("guidance", o),
                     )
                     if not failed(value) and value:
                         retries = 1
                         try:
-                            retried = yield _Invoke(_with_lessons(value, lessons))
+                            retried = yield Invoke(_with_lessons(value, lessons))
                         except Exception as exc:  # the agent failed only because we retried it
                             failed(Failed("guided retry", exc))
                         else:
@@ -628,13 +556,13 @@ class Supervisor:
                 root.set_attribute(s.ATLAS_FAILURES, failures)
             s.set_final_answer(root, answer)
             session = root.get_span_context()
-        return _Outcome(result, answer, session, call)
+        return Outcome(result, answer, session, call)
 
-    def _validates_with_teacher(self, call: _Call) -> bool:
+    def _validates_with_teacher(self, call: Call) -> bool:
         o = call.options
         return o.verifier is None and not (call.reference is not None and o.reference_validates)
 
-    async def _validate(self, call: _Call, answer: str) -> Verdict:
+    async def _validate(self, call: Call, answer: str) -> Verdict:
         verifier = call.options.verifier
         if verifier is not None:
             ok = verifier(call.task, answer, call.reference)
@@ -646,11 +574,12 @@ class Supervisor:
         return await self.teacher.validate(call.task, answer)
 
     # --- rewards ---------------------------------------------------------------------------
-    def _reward_job(self, outcome: _Outcome) -> Callable[[], Awaitable[None]] | None:
+    def reward_job(self, outcome: Outcome) -> Callable[[], Awaitable[None]] | None:
         o = outcome.call.options
         if self.reward is None or (o.reward_rate < 1.0 and random.random() >= o.reward_rate):
             return None
         reward = self.reward
+        tracer = get_tracer()  # the session's: its reward lands where the session did
 
         async def judge() -> None:
             call = outcome.call
@@ -665,36 +594,37 @@ class Supervisor:
                 trace.set_span_in_context(trace.NonRecordingSpan(outcome.session))
             )
             try:
-                with usage.acting(s.ROLE_JUDGE):
-                    result = await reward.evaluate(
-                        call.task, outcome.answer, call.reference, verifier=verifier
-                    )
-                from atlas_middleware.rim import record
+                with telemetry.pinned(tracer):
+                    with usage.acting(s.ROLE_JUDGE):
+                        result = await reward.evaluate(
+                            call.task, outcome.answer, call.reference, verifier=verifier
+                        )
+                    from atlas_middleware.rim import record
 
-                record(result, outcome.session)
-                from atlas_middleware.rim.steps import judge_steps
+                    record(result, outcome.session)
+                    from atlas_middleware.rim.steps import judge_steps
 
-                await judge_steps(reward, call, outcome.session, result)
-                if result.score is None or self.teacher is None:
-                    return
-                # Learning memory: account the lessons this session was shown, and let a
-                # clearly good or bad session teach a new one.
-                key = o.learning_key or o.agent
-                try:
-                    playbook = self._playbook(key)
-                    playbook.record(call.lessons, result.score)
-                except Exception as exc:  # the store is down or never opened: no memory
-                    _log_once(Failed("playbook", exc))
-                    return
-                with usage.acting(s.ROLE_TEACHER, "lesson"):
-                    await playbook.learn(
-                        self.teacher.model,
-                        task=call.task,
-                        answer=outcome.answer,
-                        reward=result.score,
-                        trace_id=format(outcome.session.trace_id, "032x"),
-                    )
-                self._lessons.pop(key, None)
+                    await judge_steps(reward, call, outcome.session, result)
+                    if result.score is None or self.teacher is None:
+                        return
+                    # Learning memory: account the lessons this session was shown, and let a
+                    # clearly good or bad session teach a new one.
+                    key = o.learning_key or o.agent
+                    try:
+                        playbook = self._playbook(key)
+                        playbook.record(call.lessons, result.score)
+                    except Exception as exc:  # the store is down or never opened: no memory
+                        log_once(Failed("playbook", exc))
+                        return
+                    with usage.acting(s.ROLE_TEACHER, "lesson"):
+                        await playbook.learn(
+                            self.teacher.model,
+                            task=call.task,
+                            answer=outcome.answer,
+                            reward=result.score,
+                            trace_id=format(outcome.session.trace_id, "032x"),
+                        )
+                    self._lessons.pop(key, None)
             finally:
                 otel_context.detach(token)
 
@@ -710,61 +640,21 @@ class Supervisor:
     ) -> Any:
         agent = _AgentOutcome()
         try:
-            return self._drive_sync(fn, args, kwargs, options, agent)
+
+            def invoke(step: Invoke) -> Any:
+                with use_guidance(step.guidance):
+                    return fn(*args, **kwargs)
+
+            call = self._call(options, args, kwargs)
+            outcome = driver.run(self.flow(call), options, invoke, agent=agent)
+            agent.final(outcome.result)
+            driver.submit(self.reward_job(outcome), options)
+            return outcome.result
         except Exception as exc:
             if exc is agent.error:
                 raise
-            outcome = agent.recover(exc)
-            return fn(*args, **kwargs) if outcome is _RUN_AGENT else outcome
-
-    def _drive_sync(
-        self,
-        fn: Callable[..., Any],
-        args: tuple,
-        kwargs: dict,
-        options: SupervisionOptions,
-        agent: _AgentOutcome,
-    ) -> Any:
-        call = self._call(options, args, kwargs)
-        portal = get_portal()
-        flow = self.flow(call)
-        send: Any = None
-        throw: BaseException | None = None
-        # A BaseException escaping the driver (KeyboardInterrupt mid-call) must close the flow
-        # here, in the caller's context, so its session span ends cleanly, not in the GC.
-        with contextlib.closing(flow):
-            while True:
-                try:
-                    step = flow.throw(throw) if throw is not None else flow.send(send)
-                except StopIteration as done:
-                    outcome: _Outcome = done.value
-                    break
-                if throw is not None:
-                    agent.handled()
-                send, throw = None, None
-                if isinstance(step, _Ask):
-                    try:
-                        send = portal.call(step.make, timeout=_timeout(step, options))
-                    except Exception as exc:
-                        send = Failed(step.step, exc)
-                else:
-                    try:
-                        with use_guidance(step.guidance):
-                            send = agent.returned(fn(*args, **kwargs))
-                    except Exception as exc:
-                        throw = agent.raised(exc)
-                    usage.settle()  # usage reported late (litellm) joins this session
-        agent.final(outcome.result)
-        job = self._reward_job(outcome)
-        if job is not None:
-            if options.reward_inline:
-                try:
-                    portal.call(job, timeout=options.teacher_timeout_s * 4)
-                except Exception as exc:
-                    _log_once(Failed("reward", exc))
-            else:
-                portal.background(job, what="reward")
-        return outcome.result
+            result = agent.recover(exc)
+            return fn(*args, **kwargs) if result is _RUN_AGENT else result
 
     async def run_async(
         self,
@@ -775,60 +665,21 @@ class Supervisor:
     ) -> Any:
         agent = _AgentOutcome()
         try:
-            return await self._drive_async(fn, args, kwargs, options, agent)
+
+            async def invoke(step: Invoke) -> Any:
+                with use_guidance(step.guidance):
+                    return await fn(*args, **kwargs)
+
+            call = self._call(options, args, kwargs)
+            outcome = await driver.arun(self.flow(call), options, invoke, agent=agent)
+            agent.final(outcome.result)
+            await driver.asubmit(self.reward_job(outcome), options)
+            return outcome.result
         except Exception as exc:
             if exc is agent.error:
                 raise
-            outcome = agent.recover(exc)
-            return await fn(*args, **kwargs) if outcome is _RUN_AGENT else outcome
-
-    async def _drive_async(
-        self,
-        fn: Callable[..., Awaitable[Any]],
-        args: tuple,
-        kwargs: dict,
-        options: SupervisionOptions,
-        agent: _AgentOutcome,
-    ) -> Any:
-        call = self._call(options, args, kwargs)
-        flow = self.flow(call)
-        send: Any = None
-        throw: BaseException | None = None
-        # A BaseException escaping the driver (KeyboardInterrupt mid-call) must close the flow
-        # here, in the caller's context, so its session span ends cleanly, not in the GC.
-        with contextlib.closing(flow):
-            while True:
-                try:
-                    step = flow.throw(throw) if throw is not None else flow.send(send)
-                except StopIteration as done:
-                    outcome: _Outcome = done.value
-                    break
-                if throw is not None:
-                    agent.handled()
-                send, throw = None, None
-                if isinstance(step, _Ask):
-                    try:
-                        send = await asyncio.wait_for(step.make(), _timeout(step, options))
-                    except Exception as exc:
-                        send = Failed(step.step, exc)
-                else:
-                    try:
-                        with use_guidance(step.guidance):
-                            send = agent.returned(await fn(*args, **kwargs))
-                    except Exception as exc:
-                        throw = agent.raised(exc)
-                    await usage.asettle()
-        agent.final(outcome.result)
-        job = self._reward_job(outcome)
-        if job is not None:
-            if options.reward_inline:
-                try:
-                    await asyncio.wait_for(job(), options.teacher_timeout_s * 4)
-                except Exception as exc:
-                    _log_once(Failed("reward", exc))
-            else:
-                get_portal().background(job, what="reward")
-        return outcome.result
+            result = agent.recover(exc)
+            return await fn(*args, **kwargs) if result is _RUN_AGENT else result
 
 
 class _activated:
@@ -836,7 +687,7 @@ class _activated:
 
     __slots__ = ("handle", "token")
 
-    def __init__(self, root: Any, call: _Call, agent: str) -> None:
+    def __init__(self, root: Any, call: Call, agent: str) -> None:
         context = root.get_span_context()
         self.handle = SessionHandle(
             call.session_id,
@@ -863,26 +714,12 @@ _NOTHING: Any = object()
 _RUN_AGENT: Any = object()  # atlas failed before the agent ran: run it without atlas
 
 
-class _AgentOutcome:
-    """What the agent did during one supervised call, so atlas's own failures can fall back on it."""
+class _AgentOutcome(driver.AgentLog):
+    """The agent's log, plus how a call recovers from atlas's own failure."""
 
     def __init__(self) -> None:
-        self.ran = False
-        self.result: Any = _NOTHING  # the agent's latest result (the call's, once decided)
-        self.error: BaseException | None = None
-
-    def returned(self, result: Any) -> Any:
-        self.ran, self.result, self.error = True, result, None
-        return result
-
-    def raised(self, error: BaseException) -> BaseException:
-        self.ran, self.error = True, error
-        return error
-
-    def handled(self) -> None:
-        """The flow took the agent's exception in its stride (a failed guided retry): the call's
-        outcome is the earlier result."""
-        self.error = None
+        super().__init__()
+        self.result = _NOTHING  # the agent's latest result (the call's, once decided)
 
     def final(self, result: Any) -> None:
         self.returned(result)
@@ -891,7 +728,7 @@ class _AgentOutcome:
         """After atlas's own ``failure``: the agent's exception or its result (when it ran),
         else ``_RUN_AGENT``: the caller runs it plainly."""
         _stats.internal_failures += 1
-        _log_once(Failed("supervise (internal)", failure))
+        log_once(Failed("supervise (internal)", failure))
         if self.error is not None:
             raise self.error
         return self.result if self.ran else _RUN_AGENT
@@ -899,9 +736,63 @@ class _AgentOutcome:
 
 def threshold_lane(confidence: float, options: SupervisionOptions) -> str:
     """The lane the probe's confidence gives by the options' thresholds (no plugin, no force)."""
-    if confidence >= options.auto_threshold:
-        return "auto"
-    return "paired" if confidence >= options.paired_threshold else "coach"
+    return lane_by_threshold(confidence, options.auto_threshold, options.paired_threshold)
+
+
+# The config field that checks each keyword option: one source of truth for its type and range.
+_CHECKED_AS: dict[str, tuple[str, str]] = {
+    "lane": ("lanes", "forced_lane"),
+    "fallback_lane": ("lanes", "fallback_lane"),
+    "auto_threshold": ("lanes", "auto_threshold"),
+    "paired_threshold": ("lanes", "paired_threshold"),
+    "max_retries": ("lanes", "max_retries"),
+    "probe_timeout_s": ("lanes", "probe_timeout_s"),
+    "teacher_timeout_s": ("teacher", "timeout_s"),
+    "teacher_budget_s": ("teacher", "budget_s"),
+    "breaker_failures": ("teacher", "breaker_failures"),
+    "breaker_cooldown_s": ("teacher", "breaker_cooldown_s"),
+    "supervision_rate": ("supervision", "rate"),
+    "reward_rate": ("rim", "reward_rate"),
+    "step_sample_rate": ("rim", "step_sample_rate"),
+    "session_reward": ("rim", "session_reward"),
+    "step_weight": ("rim", "step_weight"),
+}
+
+
+def check_options(
+    options: Mapping[str, Any],
+    where: str = "supervise()",
+    also: Iterable[str] = (),
+    noun: str = "option",
+) -> None:
+    """Options given as keywords (to ``supervise``, ``.options()``, the integrations' wrappers,
+    which may accept ``also`` names of their own) get the config's checks: an unknown name is a
+    TypeError, a bad value a ValueError, each naming what is valid."""
+    known = set(SupervisionOptions.__dataclass_fields__) - {"agent"} | set(also)
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(
+            f"{where} got unknown {noun}(s) {', '.join(sorted(unknown))}; "
+            f"options: {', '.join(sorted(known))}"
+        )
+    for name, value in options.items():
+        checked = _CHECKED_AS.get(name)
+        if checked is None:
+            continue
+        section, field_name = checked
+        if name == "lane" and value is not None and value not in LANES:
+            raise ValueError(
+                f"{where}: lane={value!r} is not a lane; choose one of {', '.join(LANES)} "
+                "(or None to let the probe decide)"
+            )
+        problem = config_field_problem(section, field_name, value)
+        if problem:
+            raise ValueError(f"{where}: {name}={value!r}: {problem}")
+    auto, paired = options.get("auto_threshold"), options.get("paired_threshold")
+    if auto is not None and paired is not None and paired > auto:
+        raise ValueError(
+            f"{where}: paired_threshold ({paired:g}) must not exceed auto_threshold ({auto:g})"
+        )
 
 
 def _with_lessons(guidance: str | None, lessons: list[str]) -> str | None:
@@ -912,16 +803,6 @@ def _with_lessons(guidance: str | None, lessons: list[str]) -> str | None:
     return guidance + "\n\nLessons from earlier sessions:\n" + "\n".join(f"- {x}" for x in lessons)
 
 
-def _timeout(step: _Ask, options: SupervisionOptions) -> float:
-    if step.timeout is not None:  # the step's own, within the call's teacher budget
-        return step.timeout
-    return _step_timeout(step.step, options)
-
-
-def _step_timeout(step: str, options: SupervisionOptions) -> float:
-    return options.probe_timeout_s if step == "probe" else options.teacher_timeout_s
-
-
 def _plugin(failures: list[str], what: str, fn: Callable[..., Any], *args: Any) -> Any:
     """A plugin hook's answer, or None when it raises (recorded; plugins fail open too)."""
     try:
@@ -929,7 +810,7 @@ def _plugin(failures: list[str], what: str, fn: Callable[..., Any], *args: Any) 
     except Exception as exc:
         failure = Failed(what, exc)
         failures.append(str(failure))
-        _log_once(failure)
+        log_once(failure)
         return None
 
 
@@ -956,12 +837,7 @@ def supervise(
     ``fn.options(lane="coach", reference="42")(*args)`` overrides any option.
     See docs/concepts.md.
     """
-    unknown = set(options) - set(SupervisionOptions.__dataclass_fields__) - {"agent"}
-    if unknown:
-        raise TypeError(
-            f"supervise() got unknown option(s) {', '.join(sorted(unknown))}; "
-            f"options: {', '.join(sorted(SupervisionOptions.__dataclass_fields__))}"
-        )
+    check_options(options)
 
     def decorate(func: F) -> F:
         name = agent or func.__qualname__
@@ -972,7 +848,7 @@ def supervise(
             runtime = state.get("runtime")
             if runtime is None:  # built on first use: decorating must not load any model
                 try:
-                    runtime = _build_supervisor(
+                    runtime = build_supervisor(
                         name, options, teacher, reward, config, signature, prompts
                     )
                 except Exception as exc:  # a bug: still never the agent's problem
@@ -1001,6 +877,8 @@ def supervise(
             wrapper: Any = async_wrapper
 
             def with_options_async(**overrides: Any) -> Callable[..., Awaitable[Any]]:
+                check_options(overrides, "options()")
+
                 async def call(*args: Any, **kwargs: Any) -> Any:
                     return await supervisor().run_async(func, args, kwargs, chosen(overrides))
 
@@ -1017,6 +895,7 @@ def supervise(
             wrapper = sync_wrapper
 
             def with_options(**overrides: Any) -> Callable[..., Any]:
+                check_options(overrides, "options()")
                 return lambda *args, **kwargs: supervisor().run_sync(
                     func, args, kwargs, chosen(overrides)
                 )
@@ -1028,7 +907,7 @@ def supervise(
     return decorate(fn) if fn is not None else decorate
 
 
-def _build_supervisor(
+def build_supervisor(
     agent: str,
     explicit: dict[str, Any],
     teacher: ChatModel | str | None,
@@ -1041,6 +920,7 @@ def _build_supervisor(
     that fails (config, store, tracing, teacher, reward, prompts) is left out, counted, logged
     once and listed on the sessions' spans, and the function runs as it would without it."""
     from atlas_middleware.config import AtlasConfig
+    from atlas_middleware.models import model_from_settings
 
     setup: list[str] = []
     cfg = config
@@ -1063,7 +943,7 @@ def _build_supervisor(
         if teacher is not None:
             teacher_model = _resolve_model(teacher)
         elif not defaults_only:
-            teacher_model = _model(cfg.teacher)
+            teacher_model = model_from_settings(cfg.teacher)
     except Exception as exc:
         setup.append(_setup_failure("teacher", exc, "no teacher: calls run the auto lane"))
     defaults = {
@@ -1094,8 +974,12 @@ def _build_supervisor(
         elif reward is None and not defaults_only:
             from atlas_middleware.rim import RIMReward
 
-            small = _model(cfg.teacher, rim.small_model) if rim.small_model else teacher_model
-            large = _model(cfg.teacher, rim.large_model) if rim.large_model else None
+            small = (
+                model_from_settings(cfg.teacher, rim.small_model)
+                if rim.small_model
+                else teacher_model
+            )
+            large = model_from_settings(cfg.teacher, rim.large_model) if rim.large_model else None
             if small is not None:  # no judge model: the teacher's failure is already reported
                 judge = RIMReward.from_settings(rim, small, large)
     except Exception as exc:
@@ -1182,22 +1066,6 @@ def _set_up_tracing(cfg: Any, setup: list[str]) -> None:
             with contextlib.suppress(Exception):
                 store.close()
         telemetry.ensure_configured(exporter="none")
-
-
-def _model(settings: Any, spec: str | None = None) -> ChatModel:
-    """A model from a ``ModelSettings`` section (its spec, or ``spec`` with its call policy).
-    Building is cheap: backends load weights or open clients on their first call."""
-    from atlas_middleware.models import CallPolicy, build_model
-
-    spec = spec or settings.model
-    kwargs: dict[str, Any] = {"policy": CallPolicy(settings.timeout_s, settings.retries)}
-    remote = spec != "embedded" and not spec.startswith("hf:")
-    if remote and settings.api_base:
-        key = "base_url" if spec.startswith("openai-compatible:") else "api_base"
-        kwargs[key] = settings.api_base
-    if remote and settings.api_key is not None:
-        kwargs["api_key"] = settings.api_key.get_secret_value()
-    return build_model(spec, **kwargs)
 
 
 def _signature(func: Callable[..., Any]) -> inspect.Signature | None:

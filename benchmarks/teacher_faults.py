@@ -26,7 +26,7 @@ import atlas_middleware as atlas  # noqa: E402
 from atlas_middleware import breaker as breakers  # noqa: E402
 from atlas_middleware import telemetry  # noqa: E402
 from atlas_middleware.config import AtlasConfig  # noqa: E402
-from atlas_middleware.supervise import _model  # noqa: E402
+from atlas_middleware.models import model_from_settings  # noqa: E402
 from benchmarks._report import markdown_table, print_table, write_section  # noqa: E402
 from tests.helpers import FaultyTeacher  # noqa: E402
 
@@ -64,7 +64,9 @@ def run_fault(
     config = AtlasConfig()  # the defaults (no ATLAS_* variables are read by this script)
     with FaultyTeacher(fault) as server:
         config.teacher.model = f"openai-compatible:{server.base_url}|teacher"
-        teacher = _model(config.teacher)  # timeout 60 s, 2 retries: the config's defaults
+        teacher = model_from_settings(
+            config.teacher
+        )  # timeout 60 s, 2 retries: the config's defaults
         options = {} if protected else {"teacher_budget_s": None, "breaker_failures": 0}
         solve = atlas.supervise(
             agent, agent=f"bench-{fault}", teacher=teacher, reward=False, config=config, **options

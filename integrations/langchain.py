@@ -49,6 +49,8 @@ require("langchain_core", "langchain")
 from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
 from langchain_core.language_models import BaseChatModel  # noqa: E402
 
+from atlas_middleware.errors import first_line  # noqa: E402
+
 if TYPE_CHECKING:
     from langchain_core.outputs import LLMResult
 
@@ -162,7 +164,7 @@ class AtlasCallbackHandler(BaseCallbackHandler):
             else:
                 span.record_exception(error)
                 span.set_attribute(s.ERROR_TYPE, type(error).__qualname__)
-                span.set_status(Status(StatusCode.ERROR, _first_line(error)))
+                span.set_status(Status(StatusCode.ERROR, first_line(error, 200)))
         span.end()
         return span
 
@@ -629,11 +631,6 @@ def _take_graph_root() -> bool:
 # --- conversions -----------------------------------------------------------------------------
 def _is_control_flow(error: BaseException) -> bool:
     return any(cls.__name__ in _CONTROL_FLOW for cls in type(error).__mro__)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def _int(value: Any) -> int | None:

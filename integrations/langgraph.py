@@ -38,7 +38,6 @@ retry → RIM reward), with the graph as the student:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import inspect
@@ -50,24 +49,19 @@ from atlas_middleware.integrations._common import require
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext, TraceFlags
 
+from atlas_middleware import driver
+from atlas_middleware.driver import Ask, Call, Failed, Invoke, Outcome, log_once
 from atlas_middleware.guidance import rendered_guidance, use_guidance
-from atlas_middleware.portal import get_portal
 from atlas_middleware.supervise import (
-    Failed,
     SupervisionOptions,
     Supervisor,
-    _Ask,
-    _build_supervisor,
-    _Call,
-    _log_once,
-    _Outcome,
-    _timeout,
     answer_text,
+    build_supervisor,
+    check_options,
     supervise,
 )
 from atlas_middleware.teacher import Verdict
 from atlas_middleware.telemetry import schema as s
-from atlas_middleware.telemetry import usage
 
 require("langgraph", "langgraph")  # first: its hint names the extra that also brings LangChain
 
@@ -90,7 +84,6 @@ _META_SPAN = "atlas_session_span"  # "<trace id hex>:<span id hex>" of the first
 _META_LANE = "atlas_lane"
 _META_GUIDANCE = "atlas_guidance"
 _META_SEGMENT = "atlas_segment"
-_GRAPH_OPTIONS = ("task", "answer")
 
 
 class _Answer(str):
@@ -179,7 +172,7 @@ def _guided_messages(messages: Any, text: str) -> list[Any]:
 class _Run:
     """One call of the supervised graph: what the flow and the drivers share."""
 
-    call: _Call
+    call: Call
     options: SupervisionOptions
     input: Any
     config: dict[str, Any]
@@ -240,7 +233,7 @@ class SupervisedGraph:
         if self._parent is not None:
             return self._parent.supervisor
         if self._supervisor is None:
-            self._supervisor = _build_supervisor(
+            self._supervisor = build_supervisor(
                 self.agent,
                 self._options,
                 self._teacher_spec,
@@ -307,7 +300,7 @@ class SupervisedGraph:
         reference = options.reference
         if callable(reference):
             reference = reference(values if resuming else input)
-        call = _Call(options, task, None if reference is None else str(reference))
+        call = Call(options, task, None if reference is None else str(reference))
         run = _Run(call, options, input, config, streaming, checkpointed=snapshot is not None)
         if isinstance(values, Mapping):
             run.history = _messages(values.get("messages"))
@@ -403,7 +396,7 @@ class SupervisedGraph:
             for snapshot in self.graph.get_state_history(run.config):
                 oldest = snapshot
         except Exception as exc:
-            _log_once(Failed("langgraph state", exc))
+            log_once(Failed("langgraph state", exc))
             return None
         if oldest is None:
             return None
@@ -415,7 +408,7 @@ class SupervisedGraph:
             async for snapshot in self.graph.aget_state_history(run.config):
                 oldest = snapshot
         except Exception as exc:
-            _log_once(Failed("langgraph state", exc))
+            log_once(Failed("langgraph state", exc))
             return None
         if oldest is None:
             return None
@@ -440,68 +433,46 @@ class SupervisedGraph:
             root.set_attribute(s.ATLAS_STREAMED, True)
         return _Answer(_answer_of(state, self.answer), state)
 
-    def _answer_ask(self, run: _Run, step: _Ask) -> Any:
-        """A teacher step the graph answers itself, or ``_ASK`` to ask the teacher."""
+    def _answer_ask(self, run: _Run, step: Ask) -> Any:
+        """A teacher step the graph answers itself, or ``ASK_TEACHER`` to ask the teacher."""
         if step.step == "validate" and run.interrupted:
             return Verdict(True, "", "interrupted")  # nothing final to judge yet
         if step.step == "guidance" and run.segment > 0:
             return run.resume_guidance  # given when the session began; it is in the state
-        return _ASK
+        return driver.ASK_TEACHER
 
-    # --- drivers (sync and async share everything but waiting) -------------------------------
+    # --- running: the one supervision driver, with the graph as the agent ----------------------
     def _drive(
         self, input: Any, config: Any, kwargs: dict, modes: _Modes | None, holder: list
     ) -> Iterator[Any]:
         config, threaded = self._config(config)
         snapshot = _safely(self.graph.get_state, config) if threaded else None
         run = self._prepare(input, config, snapshot, modes is not None)
-        supervisor = self.supervisor
-        flow = supervisor.flow(run.call)
-        send: Any = None
-        throw: BaseException | None = None
-        with contextlib.closing(flow):
-            while True:
-                try:
-                    step = flow.throw(throw) if throw is not None else flow.send(send)
-                except StopIteration as done:
-                    outcome: _Outcome = done.value
-                    break
-                send, throw = None, None
-                if isinstance(step, _Ask):
-                    send = self._answer_ask(run, step)
-                    if send is _ASK:
-                        try:
-                            send = get_portal().call(step.make, timeout=_timeout(step, run.options))
-                        except Exception as exc:
-                            send = Failed(step.step, exc)
-                    continue
-                run.attempts += 1
-                try:
-                    with use_guidance(step.guidance, task=run.call.task), traced(graph_root=True):
-                        cfg = self._attempt_config(run, step.guidance)
-                        inp = self._attempt_input(run)
-                        if modes is None:
-                            state = self.graph.invoke(inp, cfg, **kwargs)
-                        else:
-                            state = None
-                            for chunk in self.graph.stream(inp, cfg, **modes.kwargs()):
-                                found, out = modes.split(chunk)
-                                if found is not None:
-                                    state = found
-                                if out is not _NOTHING:
-                                    yield out
-                        latest = (
-                            _safely(self.graph.get_state, _latest(run))
-                            if run.checkpointed
-                            else None
-                        )
-                        if state is None and latest is not None:
-                            state = latest.values
-                        send = self._finish(run, state, latest)
-                except Exception as exc:
-                    throw = exc
-                usage.settle()
-        self._reward(run, outcome)
+
+        def invoke(step: Invoke) -> Iterator[Any]:
+            run.attempts += 1
+            with use_guidance(step.guidance, task=run.call.task), traced(graph_root=True):
+                cfg = self._attempt_config(run, step.guidance)
+                inp = self._attempt_input(run)
+                if modes is None:
+                    state = self.graph.invoke(inp, cfg, **kwargs)
+                else:
+                    state = None
+                    for chunk in self.graph.stream(inp, cfg, **modes.kwargs()):
+                        found, out = modes.split(chunk)
+                        if found is not None:
+                            state = found
+                        if out is not _NOTHING:
+                            yield out
+                latest = _safely(self.graph.get_state, _latest(run)) if run.checkpointed else None
+                if state is None and latest is not None:
+                    state = latest.values
+                return self._finish(run, state, latest)
+
+        flow = self.supervisor.flow(run.call)
+        answer = functools.partial(self._answer_ask, run)
+        outcome = yield from driver.run_streaming(flow, run.options, invoke, answer=answer)
+        driver.submit(self._reward_job(run, outcome), run.options)
         holder.append(_value(outcome))
 
     async def _adrive(
@@ -510,95 +481,57 @@ class SupervisedGraph:
         config, threaded = self._config(config)
         snapshot = await _asafely(self.graph.aget_state, config) if threaded else None
         run = self._prepare(input, config, snapshot, modes is not None)
-        supervisor = self.supervisor
-        flow = supervisor.flow(run.call)
-        send: Any = None
-        throw: BaseException | None = None
-        with contextlib.closing(flow):
-            while True:
-                try:
-                    step = flow.throw(throw) if throw is not None else flow.send(send)
-                except StopIteration as done:
-                    outcome: _Outcome = done.value
-                    break
-                send, throw = None, None
-                if isinstance(step, _Ask):
-                    send = self._answer_ask(run, step)
-                    if send is _ASK:
-                        try:
-                            send = await asyncio.wait_for(step.make(), _timeout(step, run.options))
-                        except Exception as exc:
-                            send = Failed(step.step, exc)
-                    continue
-                run.attempts += 1
-                try:
-                    with use_guidance(step.guidance, task=run.call.task), traced(graph_root=True):
-                        cfg = self._attempt_config(run, step.guidance)
-                        if run.attempts > 1 and run.checkpointed and run.fork_from is None:
-                            run.fork_from = await self._afirst_checkpoint(run)
-                            cfg = self._attempt_config(run, step.guidance)
-                        inp = self._attempt_input(run)
-                        if modes is None:
-                            state = await self.graph.ainvoke(inp, cfg, **kwargs)
-                        else:
-                            state = None
-                            async for chunk in self.graph.astream(inp, cfg, **modes.kwargs()):
-                                found, out = modes.split(chunk)
-                                if found is not None:
-                                    state = found
-                                if out is not _NOTHING:
-                                    yield out
-                        latest = (
-                            await _asafely(self.graph.aget_state, _latest(run))
-                            if run.checkpointed
-                            else None
-                        )
-                        if state is None and latest is not None:
-                            state = latest.values
-                        send = self._finish(run, state, latest)
-                except Exception as exc:
-                    throw = exc
-                await usage.asettle()
-        await self._areward(run, outcome)
-        holder.append(_value(outcome))
+
+        async def invoke(step: Invoke) -> AsyncIterator[Any]:
+            run.attempts += 1
+            with use_guidance(step.guidance, task=run.call.task), traced(graph_root=True):
+                cfg = self._attempt_config(run, step.guidance)
+                if run.attempts > 1 and run.checkpointed and run.fork_from is None:
+                    run.fork_from = await self._afirst_checkpoint(run)
+                    cfg = self._attempt_config(run, step.guidance)
+                inp = self._attempt_input(run)
+                if modes is None:
+                    state = await self.graph.ainvoke(inp, cfg, **kwargs)
+                else:
+                    state = None
+                    async for chunk in self.graph.astream(inp, cfg, **modes.kwargs()):
+                        found, out = modes.split(chunk)
+                        if found is not None:
+                            state = found
+                        if out is not _NOTHING:
+                            yield out
+                latest = (
+                    await _asafely(self.graph.aget_state, _latest(run))
+                    if run.checkpointed
+                    else None
+                )
+                if state is None and latest is not None:
+                    state = latest.values
+                yield driver.Returned(self._finish(run, state, latest))
+
+        flow = self.supervisor.flow(run.call)
+        answer = functools.partial(self._answer_ask, run)
+        outcome: list[Outcome] = []
+        # Closed in this task if the caller abandons the stream (see driver.arun_streaming).
+        async with contextlib.aclosing(
+            driver.arun_streaming(flow, run.options, invoke, outcome=outcome, answer=answer)
+        ) as chunks:
+            async for out in chunks:
+                yield out
+        await driver.asubmit(self._reward_job(run, outcome[0]), run.options)
+        holder.append(_value(outcome[0]))
 
     # --- rewards -------------------------------------------------------------------------------
-    def _reward_job(self, run: _Run, outcome: _Outcome) -> Any:
+    def _reward_job(self, run: _Run, outcome: Outcome) -> Any:
         if run.interrupted:
             return None  # the session goes on after the resume; it is judged then
-        return self.supervisor._reward_job(outcome)
-
-    def _reward(self, run: _Run, outcome: _Outcome) -> None:
-        job = self._reward_job(run, outcome)
-        if job is None:
-            return
-        portal = get_portal()
-        if run.options.reward_inline:
-            try:
-                portal.call(job, timeout=run.options.teacher_timeout_s * 4)
-            except Exception as exc:
-                _log_once(Failed("reward", exc))
-        else:
-            portal.background(job, what="reward")
-
-    async def _areward(self, run: _Run, outcome: _Outcome) -> None:
-        job = self._reward_job(run, outcome)
-        if job is None:
-            return
-        if run.options.reward_inline:
-            try:
-                await asyncio.wait_for(job(), run.options.teacher_timeout_s * 4)
-            except Exception as exc:
-                _log_once(Failed("reward", exc))
-        else:
-            get_portal().background(job, what="reward")
+        return self.supervisor.reward_job(outcome)
 
 
-_ASK = object()
 _NOTHING = object()
 
 
-def _value(outcome: _Outcome) -> Any:
+def _value(outcome: Outcome) -> Any:
     result = outcome.result
     return result.value if isinstance(result, _Answer) else result
 
@@ -613,7 +546,7 @@ def _safely(get: Callable[[Any], Any], config: Any) -> Any:
     try:
         return get(config)
     except Exception as exc:  # bookkeeping must never break the user's run
-        _log_once(Failed("langgraph state", exc))
+        log_once(Failed("langgraph state", exc))
         return None
 
 
@@ -621,7 +554,7 @@ async def _asafely(get: Callable[[Any], Any], config: Any) -> Any:
     try:
         return await get(config)
     except Exception as exc:
-        _log_once(Failed("langgraph state", exc))
+        log_once(Failed("langgraph state", exc))
         return None
 
 
@@ -698,13 +631,7 @@ class _Modes:
 
 
 def _check_options(options: Mapping[str, Any]) -> None:
-    known = set(SupervisionOptions.__dataclass_fields__) - {"agent"}
-    unknown = set(options) - known
-    if unknown:
-        raise TypeError(
-            f"unknown supervision option(s) {', '.join(sorted(unknown))}; "
-            f"options: {', '.join(sorted(known | set(_GRAPH_OPTIONS)))}"
-        )
+    check_options(options, "supervise_graph()", noun="supervision option")
 
 
 def supervise_graph(

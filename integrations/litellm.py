@@ -33,20 +33,22 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from atlas_middleware.models.litellm_backend import _import_litellm, provider_of
+from atlas_middleware.models.litellm_backend import import_litellm, provider_of
 from atlas_middleware.telemetry import genai, get_tracer, usage
 from atlas_middleware.telemetry import schema as s
 
 __all__ = ["AtlasLiteLLMCallback", "flush", "instrument", "uninstrument"]
 
 # A core dependency (no extra), imported only here and in atlas's litellm backend, never by
-# `import atlas_middleware`. _import_litellm first points litellm at its bundled cost map.
+# `import atlas_middleware`. import_litellm first points litellm at its bundled cost map.
 try:
-    litellm = _import_litellm()
+    litellm = import_litellm()
 except ImportError:
     require("litellm", None, install="'litellm>=1.83' (a core dependency of atlas-middleware)")
     raise
 from litellm.integrations.custom_logger import CustomLogger
+
+from atlas_middleware.errors import one_line
 
 # litellm's call types that are chat completions; embeddings, images, … are not traced here.
 CHAT_CALL_TYPES = frozenset({"completion", "acompletion"})
@@ -184,7 +186,7 @@ class AtlasLiteLLMCallback(CustomLogger):
             if error is not None:
                 kind = type(error).__name__ if isinstance(error, BaseException) else "error"
                 span.set_attribute(s.ERROR_TYPE, kind)
-                span.set_status(Status(StatusCode.ERROR, _one_line(error)))
+                span.set_status(Status(StatusCode.ERROR, one_line(error, 500)))
             elif response is not None:
                 tokens = _response(span, response, content)
         finally:
@@ -259,10 +261,6 @@ def _trim(entries: OrderedDict[str, Any]) -> None:
 
 def _json(value: Any) -> str:
     return json.dumps(value, default=repr, ensure_ascii=False)
-
-
-def _one_line(error: Any) -> str:
-    return " ".join(str(error).split())[:500]
 
 
 # --- instrumentation --------------------------------------------------------------------------

@@ -194,13 +194,13 @@ class RedactingSpanExporter(SpanExporter):
 
     def __init__(self, exporter: SpanExporter, *, redactors: Sequence[Redactor] | None = None):
         self.exporter = exporter
-        self._redactors = default_redactors() if redactors is None else tuple(redactors)
+        self.redactors = default_redactors() if redactors is None else tuple(redactors)
         self.dropped_spans = 0
         self._last_log = 0.0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
-            batch = redact_spans(spans, self._redactors)
+            batch = redact_spans(spans, self.redactors)
         except Exception as exc:
             self.dropped_spans += len(spans)
             now = time.monotonic()
@@ -238,7 +238,7 @@ class StoreSpanExporter(SpanExporter):
     ) -> None:
         self._owns_store = not isinstance(store, Store)
         self.store = store if isinstance(store, Store) else open_store(store)
-        self._redactors = default_redactors() if redactors is None else tuple(redactors)
+        self.redactors = default_redactors() if redactors is None else tuple(redactors)
         self._failed = False
         # False after a failure retrying cannot fix (bad data, a broken redaction plugin): a
         # RetryingSpanExporter in front then drops (and counts) the batch instead of retrying.
@@ -250,7 +250,7 @@ class StoreSpanExporter(SpanExporter):
         # the instrumented program never sees an exception.
         try:
             records = to_records(spans)
-            redact(records, self._redactors)
+            redact(records, self.redactors)
             self.store.write_spans(records)
         except Exception as exc:
             self.last_failure_retryable = isinstance(exc, StoreUnavailable)
@@ -280,11 +280,11 @@ class JsonlSpanExporter(SpanExporter):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
         self._lock = threading.Lock()
-        self._redactors = default_redactors() if redactors is None else tuple(redactors)
+        self.redactors = default_redactors() if redactors is None else tuple(redactors)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         records = to_records(spans)
-        redact(records, self._redactors)
+        redact(records, self.redactors)
         lines = "".join(json_dumps(r.to_json()) + "\n" for r in records)
         with self._lock:
             if self._file.closed:

@@ -347,7 +347,7 @@ class RetryingSpanExporter(SpanExporter):
         self.max_backoff_s = max_backoff_s
         self.shutdown_timeout_s = shutdown_timeout_s
         self.max_attempts = max_attempts
-        self._redactors = default_redactors() if redactors is None else tuple(redactors)
+        self.redactors = default_redactors() if redactors is None else tuple(redactors)
         self._spool: Spool | None = None
         if spool_dir is not None:
             try:
@@ -385,7 +385,7 @@ class RetryingSpanExporter(SpanExporter):
             return SpanExportResult.SUCCESS
         try:
             # Before anything else: the queue may spill to disk, and nothing unredacted may.
-            batch = redact_spans(spans, self._redactors)
+            batch = redact_spans(spans, self.redactors)
         except Exception as exc:
             with self._cond:
                 self._drop(

@@ -23,6 +23,18 @@ DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
+@pytest.fixture(autouse=True)
+def _background_work_stays_in_its_test() -> Iterator[None]:
+    """A test's background rewards finish before the next test starts: a reward still judging
+    when the next test configures its own store would otherwise count towards that test."""
+    yield
+    from atlas_middleware.portal import current_portal
+
+    running = current_portal()
+    if running is not None and running.pending:
+        running.drain(60)
+
+
 def _admin_url() -> str:
     return os.environ.get("ATLAS_TEST_DATABASE_URL", DEFAULT_URL)
 

@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from atlas_middleware.cli.common import parse_point_in_time, parse_positive_int, parse_reward
+    from atlas_middleware.arguments import parse_point_in_time, parse_positive_int, parse_reward
 
     parser = _Parser(
         prog="atlas-train",

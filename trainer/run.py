@@ -12,6 +12,7 @@ The output folder holds everything a run needs to resume and to be audited::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -73,7 +74,7 @@ def _point_in_time(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    from atlas_middleware.cli.common import parse_point_in_time
+    from atlas_middleware.arguments import parse_point_in_time
 
     try:
         return parse_point_in_time(str(value))
@@ -340,75 +341,16 @@ def train(
     from atlas_middleware.trainer.progress import AtlasCallback
 
     callback = AtlasCallback(out, quiet=quiet)
-    student_cm = None
-    reward_fn = None
-    try:
-        if recipe.recipe == "grpo":
-            from atlas_middleware.trainer.reward import RewardWeights, TeachingReward
-            from atlas_middleware.trainer.students import open_student
-            from trl import GRPOTrainer
-
-            if not recipe.student:
-                raise RecipeError(
-                    "grpo needs a student: pass --student vllm:/path | transformers:/path | "
-                    "http://host:port/v1|model (or set student: in the recipe)"
-                )
-            terms = dict(recipe.reward)
-            verifier = load_verifier(terms.pop("verifier", None))
-            judge = terms.pop("judge", None)
-            try:
-                weights = RewardWeights(**terms)
-            except TypeError as exc:
-                raise RecipeError(f"reward: {exc}") from None
-            except ValueError as exc:
-                raise RecipeError(str(exc)) from None
-            rim = None
-            if judge:
-                from atlas_middleware.models import build_model
-                from atlas_middleware.rim import RIMReward
-
-                rim = RIMReward(build_model(str(judge)))
-            student_cm = open_student(recipe.student, **recipe.student_options)
-            student = student_cm.__enter__()
-            reward_fn = TeachingReward(student, weights, verifier=verifier, rim=rim)
-            trainer = GRPOTrainer(
-                model=model_path,
-                reward_funcs=[reward_fn],
-                args=args,
-                train_dataset=dataset,
-                callbacks=[callback],
-            )
-        elif recipe.recipe == "sft":
-            from trl import SFTTrainer
-
-            trainer = SFTTrainer(
-                model=model_path, args=args, train_dataset=dataset, callbacks=[callback]
-            )
-        else:
-            from transformers import AutoTokenizer
-
-            os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-            from trl.experimental.gkd import GKDTrainer
-
-            teacher_path = _require_model(recipe.teacher_model, "larger teacher", "--teacher-model")
-            tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-            trainer = GKDTrainer(
-                model=model_path,
-                teacher_model=teacher_path,
-                args=args,
-                train_dataset=dataset,
-                processing_class=tokenizer,
-                callbacks=[callback],
-            )
+    build = _TRAINERS[recipe.recipe]
+    # The stack closes what a recipe opened (grpo's student) however training ends.
+    with contextlib.ExitStack() as stack:
+        trainer, reward_fn = build(_Build(recipe, model_path, args, dataset, callback, stack))
         _quiet_default_progress(trainer)
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         final = out / FINAL
         trainer.save_model(str(final))
         if _is_main():
             _save_tokenizer(trainer, model_path, final)
-    finally:
-        if student_cm is not None:
-            student_cm.__exit__(None, None, None)
 
     metrics = {k: v for k, v in (result.metrics or {}).items() if _finite(v)}
     metrics.update(callback.last_teaching())
@@ -452,6 +394,85 @@ def train(
     )
 
 
+# --- one builder per recipe: what it needs -> (TRL trainer, teaching reward or None) ------------
+@dataclass(frozen=True)
+class _Build:
+    recipe: Recipe
+    model_path: str
+    args: Any  # the TRL config
+    dataset: Any
+    callback: Any
+    stack: contextlib.ExitStack  # closes what a builder opens (grpo's student)
+
+
+def _grpo_trainer(b: _Build) -> tuple[Any, Any]:
+    from atlas_middleware.trainer.reward import RewardWeights, TeachingReward
+    from atlas_middleware.trainer.students import open_student
+    from trl import GRPOTrainer
+
+    if not b.recipe.student:
+        raise RecipeError(
+            "grpo needs a student: pass --student vllm:/path | transformers:/path | "
+            "http://host:port/v1|model (or set student: in the recipe)"
+        )
+    terms = dict(b.recipe.reward)
+    verifier = load_verifier(terms.pop("verifier", None))
+    judge = terms.pop("judge", None)
+    try:
+        weights = RewardWeights(**terms)
+    except TypeError as exc:
+        raise RecipeError(f"reward: {exc}") from None
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
+    rim = None
+    if judge:
+        from atlas_middleware.models import build_model
+        from atlas_middleware.rim import RIMReward
+
+        rim = RIMReward(build_model(str(judge)))
+    student = b.stack.enter_context(open_student(b.recipe.student, **b.recipe.student_options))
+    reward_fn = TeachingReward(student, weights, verifier=verifier, rim=rim)
+    trainer = GRPOTrainer(
+        model=b.model_path,
+        reward_funcs=[reward_fn],
+        args=b.args,
+        train_dataset=b.dataset,
+        callbacks=[b.callback],
+    )
+    return trainer, reward_fn
+
+
+def _sft_trainer(b: _Build) -> tuple[Any, Any]:
+    from trl import SFTTrainer
+
+    trainer = SFTTrainer(
+        model=b.model_path, args=b.args, train_dataset=b.dataset, callbacks=[b.callback]
+    )
+    return trainer, None
+
+
+def _gkd_trainer(b: _Build) -> tuple[Any, Any]:
+    from transformers import AutoTokenizer
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl.experimental.gkd import GKDTrainer
+
+    teacher_path = _require_model(b.recipe.teacher_model, "larger teacher", "--teacher-model")
+    tokenizer = AutoTokenizer.from_pretrained(b.model_path, local_files_only=True)
+    trainer = GKDTrainer(
+        model=b.model_path,
+        teacher_model=teacher_path,
+        args=b.args,
+        train_dataset=b.dataset,
+        processing_class=tokenizer,
+        callbacks=[b.callback],
+    )
+    return trainer, None
+
+
+_TRAINERS = {"grpo": _grpo_trainer, "sft": _sft_trainer, "gkd": _gkd_trainer}
+
+
 def _quiet_default_progress(trainer: Any) -> None:
     # Our callback draws a rich progress bar and prints metric lines; transformers' tqdm bar
     # and raw-dict printer would repeat them.
@@ -487,7 +508,7 @@ def _stats_line(stats: dict[str, Any]) -> str:
 
 
 def _redact(url: str) -> str:
-    from atlas_middleware.cli.common import redact_url
+    from atlas_middleware.storage.records import safe_url as redact_url
 
     return redact_url(url)
 

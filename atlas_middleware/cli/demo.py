@@ -143,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
         landed = store.count_spans() - before_spans
         recent = list(store.iter_sessions(newest_first=True, limit=sent))
     out.print(f"sent {sent} sessions over OTLP; {landed} spans landed in the store\n")
-    from atlas_middleware.cli.sessions import _print_table
+    from atlas_middleware.cli.sessions import print_table
 
-    _print_table(recent, sent)
+    print_table(recent, sent)
     out.print(
         "\nNext: [bold]atlas sessions show[/] ID · [bold]atlas sessions approve --all-pending "
         "--min-reward 0.5[/] · [bold]atlas export -o traces.jsonl[/]"

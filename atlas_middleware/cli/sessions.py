@@ -112,11 +112,11 @@ def run_list(args: argparse.Namespace) -> int:
                 write_stdout(json_line(session.to_json()), flush=False)
             write_stdout(b"")
             return 0
-        _print_table(list(sessions), limit)
+        print_table(list(sessions), limit)
     return 0
 
 
-def _print_table(sessions: list[Session], limit: int | None) -> None:
+def print_table(sessions: list[Session], limit: int | None) -> None:
     from rich.table import Table
     from rich.text import Text
 

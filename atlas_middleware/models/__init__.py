@@ -47,6 +47,7 @@ __all__ = [
     "Usage",
     "build_model",
     "embedded_model_dir",
+    "model_from_settings",
 ]
 
 _LAZY = {
@@ -129,3 +130,18 @@ def _openai_compatible(spec: str, options: dict[str, Any]) -> ChatModel:
             "'openai-compatible:http://host:port/v1|model' (or base_url= and model=)"
         )
     return __getattr__("OpenAICompatibleModel")(base_url, model, **options)
+
+
+def model_from_settings(settings: Any, spec: str | None = None) -> ChatModel:
+    """A model from a config ``ModelSettings`` section (its spec, or ``spec`` with the section's
+    call policy, endpoint and key). Building is cheap: backends load weights or open clients on
+    their first call."""
+    spec = spec or settings.model
+    kwargs: dict[str, Any] = {"policy": CallPolicy(settings.timeout_s, settings.retries)}
+    remote = spec != "embedded" and not spec.startswith("hf:")
+    if remote and settings.api_base:
+        key = "base_url" if spec.startswith("openai-compatible:") else "api_base"
+        kwargs[key] = settings.api_base
+    if remote and settings.api_key is not None:
+        kwargs["api_key"] = settings.api_key.get_secret_value()
+    return build_model(spec, **kwargs)

@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from atlas_middleware.errors import one_line
 from atlas_middleware.models.base import (
     CallPolicy,
     ChatMessage,
@@ -42,7 +43,7 @@ def provider_of(model: str) -> str:
     return "litellm"
 
 
-def _import_litellm() -> Any:
+def import_litellm() -> Any:
     # Without this litellm fetches its model price list from the internet at import time (a 5 s
     # wait on machines without access); the copy bundled with litellm is enough for routing.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -91,7 +92,7 @@ class LiteLLMModel(ChatModel):
         temperature: float,
         stop: Sequence[str] | None,
     ) -> ChatResult:
-        litellm = _import_litellm()
+        litellm = import_litellm()
         kwargs: dict[str, Any] = {
             **self.params,
             "model": self.name,
@@ -130,7 +131,7 @@ class LiteLLMModel(ChatModel):
 
 def _map_error(name: str, exc: Exception, litellm: Any) -> Exception:
     """litellm's exceptions → transient (:class:`ModelUnavailable`) or not (:class:`ModelError`)."""
-    message = f"{name}: {type(exc).__name__}: {_one_line(exc)}"
+    message = f"{name}: {type(exc).__name__}: {one_line(exc, 500)}"
     transient = (
         litellm.Timeout,
         litellm.RateLimitError,
@@ -154,8 +155,3 @@ def _map_error(name: str, exc: Exception, litellm: Any) -> Exception:
     if isinstance(status, int) and (status >= 500 or status in (408, 409, 429)):
         return ModelUnavailable(message)
     return ModelError(message)
-
-
-def _one_line(exc: BaseException) -> str:
-    # litellm prefixes messages with "litellm.BadRequestError: ..." and may append long hints.
-    return " ".join(str(exc).split())[:500]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from atlas_middleware.errors import one_line
 from atlas_middleware.models._deps import require
 from atlas_middleware.models.base import (
     CallPolicy,
@@ -117,7 +118,9 @@ class LocalHFModel(ChatModel):
                 str(folder), local_files_only=True, dtype=dtype, **extra
             )
         except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load the local model from {path}: {_one_line(exc)}") from exc
+            raise ModelError(
+                f"cannot load the local model from {path}: {one_line(exc, 300)}"
+            ) from exc
         if not tokenizer.chat_template:
             raise ModelError(
                 f"the tokenizer in {path} has no chat template: LocalHFModel needs an instruct model"
@@ -190,7 +193,7 @@ class LocalHFModel(ChatModel):
                 add_generation_prompt=True,
             )
         except Exception as exc:  # jinja errors, e.g. a template that rejects a role order
-            raise ModelError(f"{self.name}: chat template failed: {_one_line(exc)}") from exc
+            raise ModelError(f"{self.name}: chat template failed: {one_line(exc, 300)}") from exc
         inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         prompt_len = int(inputs["input_ids"].shape[1])
         context = getattr(model.config, "max_position_embeddings", None)
@@ -273,7 +276,3 @@ def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from atlas_middleware.errors import first_line
 from atlas_middleware.review import DriftPolicy
 from atlas_middleware.storage.base import (
     SESSION_WRITE_COLUMNS,
@@ -138,12 +139,12 @@ class PostgresStore(Store):
                 self.url, connect_timeout=max(1, int(self._timeout)), autocommit=True
             ).close()
         except psycopg.ProgrammingError as exc:  # unparsable URL / options
-            raise StoreError(f"bad Postgres URL {where}: {_first_line(exc)}") from None
+            raise StoreError(f"bad Postgres URL {where}: {first_line(exc)}") from None
         except psycopg.OperationalError as exc:
             if _is_config_error(exc):
-                raise StoreError(f"Postgres at {where}: {_first_line(exc)}") from None
+                raise StoreError(f"Postgres at {where}: {first_line(exc)}") from None
             log.warning(
-                "Postgres at %s not reachable yet (%s); will retry on use", where, _first_line(exc)
+                "Postgres at %s not reachable yet (%s); will retry on use", where, first_line(exc)
             )
             return False
         return True
@@ -476,13 +477,13 @@ def _translate_errors(url: str) -> Iterator[None]:
         # SQLSTATE class 54 (a value too large for its index, say a 6 kB session id) is an
         # OperationalError to psycopg, but no retry will ever store it: refused data, not an
         # outage (answering "unavailable" also tripped the breaker for every other writer).
-        raise StoreDataError(f"Postgres at {where}: {_first_line(exc)}", _reason(exc)) from exc
+        raise StoreDataError(f"Postgres at {where}: {first_line(exc)}", _reason(exc)) from exc
     except _RETRYABLE as exc:
-        raise StoreUnavailable(f"Postgres at {where} unavailable: {_first_line(exc)}") from exc
+        raise StoreUnavailable(f"Postgres at {where} unavailable: {first_line(exc)}") from exc
     except psycopg.DataError as exc:  # SQLSTATE class 22: a value the column cannot hold
-        raise StoreDataError(f"Postgres at {where}: {_first_line(exc)}", _reason(exc)) from exc
+        raise StoreDataError(f"Postgres at {where}: {first_line(exc)}", _reason(exc)) from exc
     except psycopg.Error as exc:
-        raise StoreError(f"Postgres at {where}: {_first_line(exc)}", _first_line(exc)) from exc
+        raise StoreError(f"Postgres at {where}: {first_line(exc)}", first_line(exc)) from exc
 
 
 def _reason(exc: psycopg.Error) -> str:
@@ -490,8 +491,3 @@ def _reason(exc: psycopg.Error) -> str:
     and SQLSTATE, never the server's message (it names indexes, tables and values)."""
     kind = re.sub(r"(?<!^)(?=[A-Z])", " ", type(exc).__name__).lower()
     return f"{kind} (SQLSTATE {exc.sqlstate})" if exc.sqlstate else kind
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

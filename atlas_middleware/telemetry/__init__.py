@@ -3,22 +3,19 @@ environment variables and sends spans where atlas can learn from them."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
-import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SimpleSpanProcessor,
-    SpanExporter,
-)
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from atlas_middleware.telemetry import schema as s
 
@@ -32,45 +29,6 @@ _provider: TracerProvider | None = None
 _installed_global: TracerProvider | None = None  # the global provider atlas set, if any
 _retrying: Any = None  # the RetryingSpanExporter of the current provider, if any
 _attached: _Attached | None = None  # atlas's processor on the application's provider, if any
-
-
-def _exporter(
-    name: str, *, store: Any, endpoint: str | None, jsonl_path: str | Path | None
-) -> SpanExporter | None:
-    if name == "none":
-        return None
-    if name == "console":
-        return ConsoleSpanExporter()
-    # The store and JSONL exporters redact nothing themselves here: configure() runs the
-    # redactors once, in front of every exporter (so the spool never holds a secret either).
-    if name == "atlas":
-        # Lazy: the exporter package sits above the core in the layering (DESIGN.md).
-        from atlas_middleware.otel_exporters import StoreSpanExporter
-
-        return StoreSpanExporter(store, redactors=())
-    if name == "jsonl":
-        from atlas_middleware.otel_exporters import JsonlSpanExporter
-
-        return JsonlSpanExporter(jsonl_path or Path(".atlas") / "spans.jsonl", redactors=())
-    if name == "otlp":
-        protocol = os.environ.get(
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-        )
-        try:
-            if protocol == "grpc":
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-            else:
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        except ImportError as exc:
-            raise ImportError(
-                "exporter='otlp' needs the OTLP exporter: "
-                "pip install opentelemetry-exporter-otlp-proto-http (or -grpc)"
-            ) from exc
-        if endpoint and protocol != "grpc" and not endpoint.rstrip("/").endswith("/v1/traces"):
-            endpoint = endpoint.rstrip("/") + "/v1/traces"
-        return OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
-    raise ValueError(f"unknown exporter {name!r}: choose one of {', '.join(EXPORTERS)}")
 
 
 def configure(
@@ -143,56 +101,56 @@ def _install(provider: TracerProvider, retrying: Any, attached: _Attached | None
         previous, _provider = _provider, provider
         previous_attached, _attached = _attached, attached
         _retrying = retrying
+    if previous is not None:
+        _finish_background()
     if previous_attached is not None:
         previous_attached.shutdown()  # the application's provider itself stays theirs
     elif previous is not None:
         previous.shutdown()
 
 
-def _pipeline(
-    *,
-    exporter: ExporterName | SpanExporter | None,
-    store: Any,
-    endpoint: str | None,
-    jsonl_path: str | Path | None,
-    batch: bool,
-    retry_queue_spans: int | None,
-    spool_dir: str | Path | None,
-    spool_max_mb: float,
-) -> tuple[SpanProcessor | None, Any]:
-    """The span processor that sends spans where ``configure()``'s options say, and the
-    retrying exporter inside it (or None)."""
-    if isinstance(exporter, SpanExporter):
-        span_exporter: SpanExporter | None = exporter
-    else:
-        # An empty variable means "not set" (the OpenTelemetry convention).
-        name = exporter or os.environ.get("OTEL_TRACES_EXPORTER", "").split(",")[0].strip()
-        name = name or "atlas"
-        span_exporter = _exporter(name, store=store, endpoint=endpoint, jsonl_path=jsonl_path)
-        if retry_queue_spans is None and name in ("atlas", "otlp"):
-            retry_queue_spans = 10_000
-    retrying = None
-    if span_exporter is not None and (retry_queue_spans or spool_dir):
-        from atlas_middleware.otel_exporters.spool import (
-            RetryingSpanExporter,
-            flushing_batch_processor,
-        )
+def _finish_background() -> None:
+    """Background work of earlier sessions (rewards, lessons) exports through the pipeline those
+    sessions used (see :func:`pinned`): let it finish before that pipeline shuts down, within
+    ``telemetry.drain_s``, and say what was dropped if it cannot."""
+    from atlas_middleware import portal
 
-        # The retrying exporter redacts at its entry, before its queue and spool.
-        retrying = RetryingSpanExporter(
-            span_exporter,
-            max_queue_spans=10_000 if retry_queue_spans is None else retry_queue_spans,
-            spool_dir=spool_dir,
-            spool_max_bytes=int(spool_max_mb * 1024 * 1024),
+    running = portal.current_portal()
+    if running is None or running._thread is threading.current_thread():
+        return  # no background work, or called from it (waiting would wait on itself)
+    portal.finish(portal.drain_seconds(), why="tracing reconfigured")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Where ``configure()`` / ``attach()`` send spans (their arguments of the same names)."""
+
+    exporter: str | SpanExporter | None = None
+    store: Any = None
+    endpoint: str | None = None
+    jsonl_path: str | Path | None = None
+    batch: bool = True
+    retry_queue_spans: int | None = None
+    spool_dir: str | Path | None = None
+    spool_max_mb: float = 256.0
+
+
+def _pipeline(**options: Any) -> tuple[SpanProcessor | None, Any]:
+    """The span processor that sends spans where ``options`` say, and the retrying exporter
+    inside it (or None). Built by a plugin's ``atlas_span_processor`` hook: the exporters
+    (store, JSONL, OTLP, the retrying spool) live in ``atlas_middleware.otel_exporters``, a layer
+    above this one, registered like any plugin (docs/architecture.md)."""
+    from atlas_middleware.plugins import hook
+
+    export = ExportOptions(**options)
+    built = hook().atlas_span_processor(options=export)
+    if built is None:
+        name = export.exporter
+        raise ValueError(
+            f"unknown exporter {name!r}: choose one of {', '.join(EXPORTERS)} "
+            "(or install the plugin that provides it)"
         )
-        return flushing_batch_processor(retrying), retrying
-    if span_exporter is not None:
-        span_exporter = _redacting(span_exporter)
-        processor = (
-            BatchSpanProcessor(span_exporter) if batch else SimpleSpanProcessor(span_exporter)
-        )
-        return processor, None
-    return None, None
+    return built
 
 
 class _Attached(SpanProcessor):
@@ -298,16 +256,10 @@ def attach(provider: TracerProvider, **options: Any) -> TracerProvider:
     options.pop("service_name", None)  # the application's resource names the service
     options.pop("resource_attributes", None)
     options.pop("set_global", None)
-    processor, retrying = _pipeline(
-        exporter=options.pop("exporter", None),
-        store=options.pop("store", None),
-        endpoint=options.pop("endpoint", None),
-        jsonl_path=options.pop("jsonl_path", None),
-        batch=options.pop("batch", True),
-        retry_queue_spans=options.pop("retry_queue_spans", None),
-        spool_dir=options.pop("spool_dir", None),
-        spool_max_mb=options.pop("spool_max_mb", 256.0),
-    )
+    export = {
+        name: options.pop(name) for name in ExportOptions.__dataclass_fields__ if name in options
+    }
+    processor, retrying = _pipeline(**export)
     if options:
         raise TypeError(f"attach() got unknown option(s) {', '.join(sorted(options))}")
     attached = _Attached(processor) if processor is not None else None
@@ -316,25 +268,6 @@ def attach(provider: TracerProvider, **options: Any) -> TracerProvider:
         _track_steps(provider)
     _install(provider, retrying, attached)
     return provider
-
-
-def _redacting(exporter: SpanExporter) -> SpanExporter:
-    """``exporter`` behind the redaction pass, unless it is one of atlas's exporters that
-    already redacts (the store, JSONL and retrying exporters, built by the caller with their
-    default redactors) or is already behind one."""
-    from atlas_middleware.otel_exporters.sdk import (
-        JsonlSpanExporter,
-        RedactingSpanExporter,
-        StoreSpanExporter,
-    )
-    from atlas_middleware.otel_exporters.spool import RetryingSpanExporter
-
-    if isinstance(exporter, RedactingSpanExporter):
-        return exporter
-    ours = (JsonlSpanExporter, StoreSpanExporter, RetryingSpanExporter)
-    if isinstance(exporter, ours) and exporter._redactors:
-        return exporter  # built with redaction (the default): do not run it twice
-    return RedactingSpanExporter(exporter)
 
 
 def _set_global(provider: TracerProvider) -> None:
@@ -393,8 +326,29 @@ def export_stats() -> Any:
     return retrying.stats() if retrying is not None else None
 
 
+_pinned: contextvars.ContextVar[trace.Tracer | None] = contextvars.ContextVar(
+    "atlas_pinned_tracer", default=None
+)
+
+
+@contextmanager
+def pinned(tracer: trace.Tracer) -> Iterator[None]:
+    """Spans started inside this block go through ``tracer``, whatever ``configure()`` says by
+    then. Background work of a session (its reward, its lesson) pins the tracer the session
+    used, so it lands beside the session even if tracing was reconfigured in between."""
+    token = _pinned.set(tracer)
+    try:
+        yield
+    finally:
+        _pinned.reset(token)
+
+
 def get_tracer() -> trace.Tracer:
-    """atlas's tracer: from ``configure()``'s provider, else the global one."""
+    """atlas's tracer: the one :func:`pinned` here, else ``configure()``'s provider's, else the
+    global one."""
+    tracer = _pinned.get()
+    if tracer is not None:
+        return tracer
     provider = _provider
     if provider is not None:
         return provider.get_tracer(TRACER_NAME)

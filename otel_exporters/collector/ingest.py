@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from atlas_middleware.otel_exporters.collector.queue import Drainer, ReceiveQueue
 from atlas_middleware.otel_exporters.otlp import Decoded, DecodeError
 
+from atlas_middleware.errors import first_line
 from atlas_middleware.redaction import Redactor, default_redactors, redact
 from atlas_middleware.storage import Store, StoreDataError, StoreError, StoreUnavailable
 
@@ -205,7 +206,7 @@ class Ingestor:
                 # A broken redaction plugin: the data is fine, storing it unredacted is not.
                 log.debug("redaction failed", exc_info=True)
                 raise IngestFailed(
-                    f"redaction failed ({type(exc).__name__}: {_one_line(exc)})"
+                    f"redaction failed ({type(exc).__name__}: {first_line(exc)})"
                 ) from exc
             queue = self.queue
             # While anything waits in the queue, later requests wait behind it (arrival order
@@ -224,11 +225,11 @@ class Ingestor:
             except StoreError as exc:
                 # The client hears what failed, not where: the store's address stays in the log.
                 log.debug("store error: %s", exc)
-                raise IngestFailed(f"store error: {_one_line_text(exc.reason)}") from exc
+                raise IngestFailed(f"store error: {(first_line(exc.reason) or 'unknown')}") from exc
             except Exception as exc:  # a bug on this input: keep the data with the client
                 log.debug("store write failed", exc_info=True)
                 raise IngestFailed(
-                    f"store write failed ({type(exc).__name__}: {_one_line(exc)})"
+                    f"store write failed ({type(exc).__name__}: {first_line(exc)})"
                 ) from exc
             self.stats.rewards_rejected += written.rejected_rewards
         return decoded, False
@@ -270,13 +271,3 @@ class Ingestor:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-
-
-def _one_line_text(text: str) -> str:
-    text = text.strip()
-    return text.splitlines()[0] if text else "unknown"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,4 +1,4 @@
-"""`atlas demo` (the README's main job until the quickstart lands) and `atlas collector`."""
+"""`atlas demo` (the ingest path through atlas-collector, docs/collector.md) and `atlas collector`."""
 
 from __future__ import annotations
 

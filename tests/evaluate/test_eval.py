@@ -84,7 +84,14 @@ def test_the_table_matches_what_was_stored(store_url):
         else:
             assert row.error_type == "ModelError"
         assert row.lane == ("auto" if outcome.condition == STUDENT_ALONE else "coach")
-        assert outcome.input_tokens == (row.input_tokens or 0)
+        known_input = (row.student_input_tokens or 0) + (row.teacher_input_tokens or 0)
+        assert outcome.input_tokens == known_input
+        if outcome.completed:
+            assert row.input_tokens == known_input  # the total, where both parts are known
+        else:
+            assert row.input_tokens is None  # the failed student's tokens are unknown
+            if outcome.condition != STUDENT_ALONE:
+                assert row.teacher_input_tokens  # ...its teacher's are not
     total = sum(o.input_tokens + o.output_tokens for o in report.outcomes)
     spent = learner.usage.input_tokens + learner.usage.output_tokens
     spent += coach.usage.input_tokens + coach.usage.output_tokens

@@ -33,6 +33,51 @@ def test_builtins_are_loaded_through_the_entry_point() -> None:
     assert loaded[atlas_middleware.builtins] == "atlas-middleware"
 
 
+def test_every_builtin_plugin_is_loaded_through_its_entry_point() -> None:
+    """atlas's exporters too: the core finds them through the hook, never by importing them."""
+    import atlas_middleware.otel_exporters.pipeline
+
+    manager = plugins.get_plugin_manager()
+    loaded = {plugin for plugin, _ in manager.list_plugin_distinfo()}
+    for name, module in plugins.BUILTIN_PLUGINS.items():
+        assert manager.get_plugin(name).__name__ == module
+        assert manager.get_plugin(name) in loaded
+    assert manager.get_plugin("exporters") is atlas_middleware.otel_exporters.pipeline
+
+
+def test_a_plugin_provides_an_exporter_by_name(tmp_path) -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from atlas_middleware import telemetry
+
+    memory = InMemorySpanExporter()
+
+    class MemoryExport:
+        @plugins.hookimpl
+        def atlas_span_processor(self, options):
+            if options.exporter != "memory":
+                return None
+            return SimpleSpanProcessor(memory), None
+
+    with plugins.registered(MemoryExport()):
+        telemetry.configure(exporter="memory", set_global=False)
+        try:
+            with telemetry.get_tracer().start_as_current_span("hello"):
+                pass
+        finally:
+            telemetry.shutdown()
+        # Other names still reach atlas's own exporters.
+        telemetry.configure(exporter="jsonl", jsonl_path=tmp_path / "spans.jsonl", batch=False)
+        with telemetry.get_tracer().start_as_current_span("to jsonl"):
+            pass
+        telemetry.shutdown()
+    assert [s.name for s in memory.get_finished_spans()] == ["hello"]
+    assert "to jsonl" in (tmp_path / "spans.jsonl").read_text()
+    with pytest.raises(ValueError, match="unknown exporter 'memory'"):
+        telemetry.configure(exporter="memory", set_global=False)
+
+
 def test_entry_points_load_exactly_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(plugins, "_manager", None)
     calls = []

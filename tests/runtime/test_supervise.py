@@ -387,9 +387,87 @@ def test_background_rewards_finish_at_shutdown(spans):
     assert len(evaluations) == 3
 
 
+def test_a_background_reward_lands_where_its_session_did_after_tracing_is_reconfigured(spans):
+    """Tracing reconfigured (a new store) while a reward is judged in the background: the
+    evaluation joins its session's pipeline, and the new one gets no stray session."""
+    import threading
+
+    from atlas_middleware.portal import get_portal
+    from atlas_middleware.rim import RIMReward
+
+    release = threading.Event()
+
+    def respond(messages):
+        assert release.wait(10)
+        return judge_replies(0.4)
+
+    judge = ScriptedModel(respond=respond, name="judge")
+
+    @atlas.supervise(
+        agent="calc", lane="auto", reward=RIMReward(judge, judges=["accuracy"], samples=1)
+    )
+    def solve(task: str) -> str:
+        return "5"
+
+    solve("What is 2 + 3?")
+    later = InMemorySpanExporter()
+    # configure() waits for the reward before it shuts the first pipeline down; the judge is
+    # released once configure() had time to start waiting (if it had not, this still passes).
+    threading.Timer(0.2, release.set).start()
+    telemetry.configure(exporter=later, batch=False, set_global=False)
+    assert get_portal().drain(10)
+
+    evaluation = s.evaluation_span_name(s.PRIMARY_EVALUATION)
+    assert [x.name for x in later.get_finished_spans()] == []
+    [reward] = [x for x in spans.get_finished_spans() if x.name == evaluation]
+    assert reward.context.trace_id == root_of(spans).context.trace_id
+
+
 def test_unknown_option_is_a_clear_error():
     with pytest.raises(TypeError, match="unknown option\\(s\\) lanee"):
         atlas.supervise(agent="x", lanee="auto")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"lane": "copilot"}, "lane='copilot' is not a lane; choose one of auto, paired, coach"),
+        ({"fallback_lane": "turbo"}, "fallback_lane='turbo'"),
+        ({"auto_threshold": 1.5}, "auto_threshold=1.5: .*between 0 and 1"),
+        ({"auto_threshold": 0.5, "paired_threshold": 0.7}, "must not exceed auto_threshold"),
+        ({"max_retries": -1}, "max_retries=-1"),
+        ({"teacher_timeout_s": 0}, "teacher_timeout_s=0"),
+    ],
+)
+def test_bad_option_values_are_clear_errors_at_decoration(options, message):
+    with pytest.raises(ValueError, match=message):
+        atlas.supervise(agent="x", **options)
+
+    @atlas.supervise(agent="x", lane="auto", reward=False)
+    def solve(task: str) -> str:
+        return task
+
+    with pytest.raises(ValueError, match=message.replace("supervise()", "options()")):
+        solve.options(**options)
+
+
+def test_a_plugins_bogus_lane_is_recorded_and_the_thresholds_decide(spans):
+    from atlas_middleware import plugins
+
+    class Bogus:
+        @plugins.hookimpl
+        def atlas_choose_lane(self, confidence, task, context):
+            return "turbo"
+
+    @atlas.supervise(agent="calc", teacher=teacher_replies(probe="0.95"), reward=False)
+    def solve(task: str) -> str:
+        return "5"
+
+    with plugins.registered(Bogus()):
+        assert solve("What is 2 + 3?") == "5"
+    root = root_of(spans)
+    assert root.attributes[s.ATLAS_LANE] == "auto"  # 0.95 by the thresholds
+    assert any("'turbo'" in f for f in root.attributes[s.ATLAS_FAILURES])
 
 
 def test_a_store_that_is_down_changes_nothing_for_the_agent(monkeypatch):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -42,6 +42,17 @@ log = logging.getLogger("atlas")
 T = TypeVar("T")
 
 
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_session_id() -> str:
+    """A random version-4 UUID as 32 hex digits, like ``uuid.uuid4().hex``, from the process's
+    PRNG (reseeded in forked children) instead of ``os.urandom``: that system call releases the
+    GIL on every supervised call, which hands it to the span exporter's thread."""
+    return f"{(random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
+
+
 @dataclass
 class Call:
     """One supervised call as the flow sees it: its options, task and reference."""
@@ -49,7 +60,7 @@ class Call:
     options: SupervisionOptions
     task: str
     reference: str | None
-    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    session_id: str = field(default_factory=new_session_id)
     lessons: list[str] = field(default_factory=list)
     # The root span of an earlier part of this session (a resumed graph): continue its trace.
     parent: SpanContext | None = None

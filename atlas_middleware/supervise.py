@@ -32,7 +32,7 @@ from opentelemetry import trace
 from atlas_middleware import driver, plugins, telemetry
 from atlas_middleware.config import LANES, config_field_problem, lane_by_threshold
 from atlas_middleware.driver import Ask, Call, Failed, Invoke, Outcome, log_once, step_timeout
-from atlas_middleware.guidance import use_guidance
+from atlas_middleware.guidance import no_guidance, use_guidance
 from atlas_middleware.models.base import ChatModel, ModelError, ModelUnavailable
 from atlas_middleware.prompts import DEFAULT_PROMPTS, TeacherPrompts
 from atlas_middleware.rim.judges import reference_match
@@ -330,6 +330,7 @@ class Supervisor:
         )
         self.reward = reward
         self.signature = signature
+        self._first_text = _first_parameter(signature)
         self.breaker = None
         # In-process teachers (embedded, hf:) get none: they cannot be down, only slow, and their
         # step timeouts bound that; a breaker would silently turn evaluations' lanes to auto.
@@ -384,6 +385,13 @@ class Supervisor:
     def _task(self, options: SupervisionOptions, args: tuple, kwargs: dict) -> str:
         if callable(options.task):
             return str(options.task(*args, **kwargs))
+        first = self._first_text
+        if first is not None and args and not kwargs and type(args[0]) is str:
+            # The common call, ``agent("task text", ...)``: what binding the signature would give
+            # (the first bound value, a str), without binding it on every call.
+            name, max_args = first
+            if len(args) <= max_args and (options.task is None or options.task == name):
+                return args[0]
         if self.signature is not None:
             try:
                 bound = self.signature.bind_partial(*args, **kwargs)
@@ -405,6 +413,7 @@ class Supervisor:
         tracer = get_tracer()
         failures: list[str] = list(self.setup_failures)
         gate = _TeacherGate(o, self.breaker)
+        content = s.capture_content()  # once per call: the session span and its final answer
 
         def failed(value: Any) -> bool:
             if isinstance(value, Failed):
@@ -421,6 +430,7 @@ class Supervisor:
                 task=call.task,
                 learning_key=o.learning_key or o.agent,
                 parent=call.parent,
+                content=content,
             ) as root,
             session_usage(lambda used: root.set_attributes(used.attributes())),
             _activated(root, call, o.agent),
@@ -531,9 +541,10 @@ class Supervisor:
                 lane = ran
                 root.set_attribute(s.ATLAS_LANE, lane)
                 root.set_attribute(s.ATLAS_LANE_REASON, s.LANE_REASON_TEACHER_UNAVAILABLE)
-            if guidance:
-                root.set_attribute(s.ATLAS_GUIDANCE, guidance)
-            root.set_attribute(s.ATLAS_RETRIES, retries)
+            # The session's closing attributes go on the span in one call (one lock, one pass), then
+            # the answer (one more).
+            closing: dict[str, Any] = {s.ATLAS_GUIDANCE: guidance} if guidance else {}
+            closing[s.ATLAS_RETRIES] = retries
             if plugins.has_session_end():
                 _plugin(
                     failures,
@@ -553,8 +564,9 @@ class Supervisor:
                     },
                 )
             if failures:
-                root.set_attribute(s.ATLAS_FAILURES, failures)
-            s.set_final_answer(root, answer)
+                closing[s.ATLAS_FAILURES] = failures
+            root.set_attributes(closing)
+            s.set_final_answer(root, answer, content=content)
             session = root.get_span_context()
         return Outcome(result, answer, session, call)
 
@@ -642,6 +654,8 @@ class Supervisor:
         try:
 
             def invoke(step: Invoke) -> Any:
+                if step.guidance is None and no_guidance():
+                    return fn(*args, **kwargs)  # nothing to set or clear (the auto lane)
                 with use_guidance(step.guidance):
                     return fn(*args, **kwargs)
 
@@ -667,6 +681,8 @@ class Supervisor:
         try:
 
             async def invoke(step: Invoke) -> Any:
+                if step.guidance is None and no_guidance():
+                    return await fn(*args, **kwargs)  # nothing to set or clear (the auto lane)
                 with use_guidance(step.guidance):
                     return await fn(*args, **kwargs)
 
@@ -732,6 +748,27 @@ class _AgentOutcome(driver.AgentLog):
         if self.error is not None:
             raise self.error
         return self.result if self.ran else _RUN_AGENT
+
+
+def _first_parameter(signature: inspect.Signature | None) -> tuple[str, float] | None:
+    """(name, how many positional arguments bind) when the first parameter takes the first
+    positional argument and is not ``self``/``cls``, else None."""
+    if signature is None:
+        return None
+    params = list(signature.parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if not params or params[0].kind not in positional or params[0].name in ("self", "cls"):
+        return None
+    max_args: float = 0
+    for param in params:
+        if param.kind in positional:
+            max_args += 1
+        elif param.kind is inspect.Parameter.VAR_POSITIONAL:
+            max_args = float("inf")
+            break
+        else:
+            break
+    return params[0].name, max_args
 
 
 def threshold_lane(confidence: float, options: SupervisionOptions) -> str:

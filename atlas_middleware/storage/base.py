@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from atlas_middleware.review import DriftPolicy, drift
+from atlas_middleware.review import Baseline, DriftPolicy, drift
 from atlas_middleware.storage.records import (
     REVIEW_STATUSES,
     SessionUpdate,
@@ -255,12 +255,24 @@ class _SessionPlan:
     check: bool
     drift: str | None = None
 
-    def judge(self, histories: dict[str, list[float]], store: Store, now: int) -> tuple | None:
-        """Run the drift check if due; returns a drift_alerts row when it alerts."""
+    def judge(
+        self,
+        histories: dict[str, list[float]],
+        store: Store,
+        now: int,
+        baselines: dict[str | None, Baseline] | None = None,
+    ) -> tuple | None:
+        """Run the drift check if due; returns a drift_alerts row when it alerts.
+        ``baselines``: each learning key's baseline, filled as the batch's checks need them."""
         if not self.check:
             return None
-        history = histories.get(self.learning_key, []) if self.learning_key else []
-        result = drift(history, self.score, store.drift_policy)  # type: ignore[arg-type]
+        baseline = baselines.get(self.learning_key) if baselines is not None else None
+        if baseline is None:
+            history = histories.get(self.learning_key, []) if self.learning_key else []
+            baseline = Baseline.of(history, store.drift_policy)
+            if baselines is not None:
+                baselines[self.learning_key] = baseline
+        result = drift(baseline, self.score, store.drift_policy)  # type: ignore[arg-type]
         self.drift = json_dumps(result.to_json())
         if not result.alert:
             return None
@@ -390,7 +402,8 @@ class Store(abc.ABC):
         plans = [self._plan(u, prior.get(u.trace_id)) for u in updates]
         keys = sorted({plan.learning_key for plan in plans if plan.check and plan.learning_key})
         histories = self._reward_histories(conn, keys, exclude=ids) if keys else {}
-        alerts = [alert for plan in plans if (alert := plan.judge(histories, self, now))]
+        baselines: dict[str | None, Baseline] = {}  # one per learning key, not per session
+        alerts = [alert for plan in plans if (alert := plan.judge(histories, self, now, baselines))]
         returned = self._upsert_sessions(
             conn,
             [
@@ -518,11 +531,17 @@ class Store(abc.ABC):
         histories = self._reward_histories(conn, keys, exclude=exclude) if keys else {}
         changes = []
         alerts = []
+        baselines: dict[str | None, Baseline] = {}
         for trace_id, learning_key, evaluations, status in sessions:
             score = reward_score(evaluations)
             if score is None:
                 continue
-            result = drift(histories.get(learning_key, []), score, self.drift_policy)
+            baseline = baselines.get(learning_key)
+            if baseline is None:
+                baseline = baselines[learning_key] = Baseline.of(
+                    histories.get(learning_key, []), self.drift_policy
+                )
+            result = drift(baseline, score, self.drift_policy)
             if result.alert and status != "quarantined":
                 status = "pending"
             changes.append((score, json_dumps(result.to_json()), status, trace_id))

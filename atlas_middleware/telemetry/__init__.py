@@ -351,8 +351,23 @@ def get_tracer() -> trace.Tracer:
         return tracer
     provider = _provider
     if provider is not None:
-        return provider.get_tracer(TRACER_NAME)
+        # One tracer per provider: the SDK's get_tracer builds and compares an instrumentation
+        # scope on every call (microseconds on each supervised call).
+        cached = _tracer
+        if cached is not None and cached[0] is provider:
+            return cached[1]
+        tracer = provider.get_tracer(TRACER_NAME)
+        _cache_tracer(provider, tracer)
+        return tracer
     return trace.get_tracer(TRACER_NAME)
+
+
+_tracer: tuple[TracerProvider, trace.Tracer] | None = None
+
+
+def _cache_tracer(provider: TracerProvider, tracer: trace.Tracer) -> None:
+    global _tracer
+    _tracer = (provider, tracer)
 
 
 def shutdown(timeout_millis: int = 5000) -> None:

@@ -11,8 +11,7 @@ Three vocabularies meet here:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import trace
@@ -335,7 +334,6 @@ def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attributes.items() if v is not None}
 
 
-@contextmanager
 def session_span(
     tracer: Tracer,
     *,
@@ -349,8 +347,9 @@ def session_span(
     new_trace: bool = True,
     content: bool | None = None,
     parent: SpanContext | None = None,
-) -> Iterator[Span]:
-    """The root ``invoke_agent {agent}`` span of one supervised session.
+) -> _SessionSpan:
+    """The root ``invoke_agent {agent}`` span of one supervised session (a context manager
+    that yields the span).
 
     ``new_trace`` starts a fresh trace (one trace per session) even inside a caller's span; the
     caller's span is kept as a link so both views stay connected. ``parent`` continues a session
@@ -367,7 +366,8 @@ def session_span(
         outer = trace.get_current_span().get_span_context()
         if outer.is_valid:
             links.append(trace.Link(outer))
-        context = trace.set_span_in_context(trace.INVALID_SPAN)
+            context = trace.set_span_in_context(trace.INVALID_SPAN)
+        # else: no span is current, so the default context already starts a new trace.
     attributes = _clean(
         {
             GEN_AI_OPERATION_NAME: OP_INVOKE_AGENT,
@@ -384,29 +384,53 @@ def session_span(
             OI_INPUT_VALUE: task if content else None,
         }
     )
-    with tracer.start_as_current_span(
-        session_span_name(agent),
-        context=context,
-        kind=SpanKind.INTERNAL,
-        attributes=attributes,
-        links=links,
-        record_exception=True,
-        set_status_on_exception=True,
-    ) as span:
-        try:
-            yield span
-        except BaseException as exc:
-            span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
-            raise
+    return _SessionSpan(
+        tracer.start_as_current_span(
+            session_span_name(agent),
+            context=context,
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            links=links,
+            record_exception=True,
+            set_status_on_exception=True,
+        )
+    )
+
+
+class _SessionSpan:
+    """``start_as_current_span``'s context manager, plus ``error.type`` on the span when the
+    block raises. (A class rather than a generator: it is on every supervised call's path.)"""
+
+    __slots__ = ("_inner", "_span")
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __enter__(self) -> Span:
+        self._span = self._inner.__enter__()
+        return self._span
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        if exc_type is not None:
+            self._span.set_attribute(ERROR_TYPE, exc_type.__qualname__)
+        return self._inner.__exit__(exc_type, exc, tb)
 
 
 def set_final_answer(span: Span, answer: Any, *, content: bool | None = None) -> None:
+    attributes = final_answer_attributes(answer, content=content)
+    if attributes:
+        span.set_attributes(attributes)
+
+
+def final_answer_attributes(answer: Any, *, content: bool | None = None) -> dict[str, str]:
+    """The attributes :func:`set_final_answer` sets (none when content capture is off), for a
+    caller that sets them along with others in one call."""
     if content is None:
         content = capture_content()
     if content and answer is not None:
         text = answer if isinstance(answer, str) else repr(answer)
-        span.set_attribute(ATLAS_FINAL_ANSWER, text)
-        span.set_attribute(OI_OUTPUT_VALUE, text)
+        return {ATLAS_FINAL_ANSWER: text, OI_OUTPUT_VALUE: text}
+    return {}
 
 
 def set_usage(span: Span, input_tokens: int | None, output_tokens: int | None) -> None:

@@ -400,7 +400,7 @@ def reward(
         handle = _step_handle(
             step, session if session is not None else current_session() or last_session()
         )
-        _record_step(get_tracer(), handle, value, name, rationale)
+        _safely(_record_step, get_tracer(), handle, value, name, rationale)
         return handle
     active = current_session()
     if active is None:
@@ -413,16 +413,30 @@ def reward(
         span = _current_step_span(int(active.trace_id, 16))
         if span is not None:
             handle = _tracker.describe(span)
-            _record_step(get_tracer(), handle, value, name, rationale)
+            _safely(_record_step, get_tracer(), handle, value, name, rationale)
             return handle
         _log_once(
             "no-step",
             "atlas.reward() called in session %s outside any step: recorded on the session",
             active.session_id,
         )
-    _record_session(get_tracer(), active, value, name, rationale)
+    _safely(_record_session, get_tracer(), active, value, name, rationale)
     assert isinstance(active, SessionHandle)
     return active
+
+
+def _safely(record: Callable[..., None], *args: Any) -> None:
+    """Fail open: a reward that cannot be recorded (a tracing failure) never breaks the step
+    that gave it; the log says so once per kind."""
+    try:
+        record(*args)
+    except Exception as exc:
+        _log_once(
+            f"record:{type(exc).__name__}",
+            "atlas.reward() could not be recorded (%s: %s); the agent goes on",
+            type(exc).__name__,
+            exc,
+        )
 
 
 def _step_handle(step: StepHandle | str, session: Any) -> StepHandle:

@@ -275,3 +275,20 @@ def test_the_ui_session_page_shows_the_steps(sqlite_url):
     steps = page.text.split('data-testid="steps"', 1)[1].split("</section>", 1)[0]
     assert "Steps <span" in steps and steps.count("<tr>") == 1 + 5  # the header and five steps
     assert "ConnectionError: flaky backend" in steps and "plan_quality 0.80" in steps
+
+
+def test_a_reward_that_cannot_be_recorded_never_breaks_the_node(memory, monkeypatch, caplog):
+    from atlas_middleware import steps as steps_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(steps_module.s, "record_evaluation", broken)
+    monkeypatch.setattr(steps_module, "_logged", set())
+    caplog.set_level(logging.WARNING, logger="atlas.steps")
+    graph, handles = step_graph(FakeMessagesListChatModel(responses=[AIMessage("add them")]))
+    app = supervise_graph(graph, agent="calc", lane="auto", reward=False)
+    out = app.invoke({"messages": [HumanMessage(TASK)]})
+    assert out["messages"][-1].content == "42"
+    assert handles["plan"].name == "plan"
+    assert sum("could not be recorded" in r.message for r in caplog.records) == 1

@@ -38,6 +38,9 @@ _EXPORTS = {
     "current_session": "atlas_middleware.supervise",
     "last_session": "atlas_middleware.supervise",
     "feedback": "atlas_middleware.feedback",
+    "reward": "atlas_middleware.steps",
+    "current_step": "atlas_middleware.steps",
+    "StepHandle": "atlas_middleware.steps",
 }
 
 __all__ = [*sorted(_EXPORTS), "guidance", "shutdown", "use_guidance", "with_guidance"]
@@ -47,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover - names for type checkers and IDEs
     from atlas_middleware.feedback import feedback  # noqa: F401
     from atlas_middleware.models import ChatModel, build_model  # noqa: F401
     from atlas_middleware.rim import RIMReward  # noqa: F401
+    from atlas_middleware.steps import StepHandle, current_step, reward  # noqa: F401
     from atlas_middleware.storage import open_store  # noqa: F401
     from atlas_middleware.supervise import (  # noqa: F401
         SessionHandle,

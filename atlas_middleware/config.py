@@ -231,6 +231,15 @@ class RimSettings(_Section):
     # background: judged off the request path by a bounded worker; inline: before returning.
     mode: Literal["background", "inline"] = "background"
     reward_rate: Fraction = 1.0  # fraction of sessions that get a RIM reward
+    # RIM on steps (opt-in): the fraction of a rewarded session's steps the judges score (each
+    # step's output against the task and the steps before it); a failed step gets 0 and its
+    # error whenever this is above 0. See docs/concepts.md (steps and process rewards).
+    step_sample_rate: Fraction = 0.0
+    # The session's reward: "final" (the final judge's, as always) or "mix":
+    # (1 - step_weight) * final + step_weight * mean step reward, recorded as atlas.aggregate
+    # with its components (the final judge's atlas.rim is kept beside it).
+    session_reward: Literal["final", "mix"] = "final"
+    step_weight: Fraction = 0.3
 
     @model_validator(mode="after")
     def _usable(self) -> RimSettings:

@@ -72,6 +72,11 @@ class SupervisionOptions:
     supervision_rate: float = 1.0
     reward_rate: float = 1.0
     reward_inline: bool = False
+    # Steps (atlas_middleware.rim.steps): RIM on a sample of the steps, and how the session's
+    # reward combines the final judge with the step rewards ("final" or "mix").
+    step_sample_rate: float = 0.0
+    session_reward: str = "final"
+    step_weight: float = 0.3
     reference: Any = None  # str, or callable(*args, **kwargs) -> str | None
     # False: the reference is kept for the reward and the session record only; validation in
     # the paired/coach lanes is the verifier's or the teacher's own (no peeking at the key).
@@ -609,6 +614,9 @@ class Supervisor:
                     from atlas_middleware.rim import record
 
                     record(result, outcome.session)
+                    from atlas_middleware.rim.steps import judge_steps
+
+                    await judge_steps(reward, call, outcome.session, result)
                     if result.score is None or self.teacher is None:
                         return
                     # Learning memory: account the lessons this session was shown, and let a
@@ -782,6 +790,9 @@ _CHECKED_AS: dict[str, tuple[str, str]] = {
     "breaker_cooldown_s": ("teacher", "breaker_cooldown_s"),
     "supervision_rate": ("supervision", "rate"),
     "reward_rate": ("rim", "reward_rate"),
+    "step_sample_rate": ("rim", "step_sample_rate"),
+    "session_reward": ("rim", "session_reward"),
+    "step_weight": ("rim", "step_weight"),
 }
 
 
@@ -988,6 +999,9 @@ def build_supervisor(
         "supervision_rate": cfg.supervision.rate,
         "reward_rate": rim.reward_rate,
         "reward_inline": rim.mode == "inline",
+        "step_sample_rate": rim.step_sample_rate,
+        "session_reward": rim.session_reward,
+        "step_weight": rim.step_weight,
     }
     options = SupervisionOptions(agent=agent, **{**defaults, **explicit})
     judge: Any = None

@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from atlas_middleware.trainer.data import DataFilter, DataStats, iter_examples, load_references
+from atlas_middleware.trainer.data import (
+    GRANULARITIES,
+    DataFilter,
+    DataStats,
+    iter_examples,
+    iter_step_examples,
+    load_references,
+)
 from atlas_middleware.trainer.recipes import Recipe, RecipeError, trl_config
 
 from atlas_middleware.teacher import GUIDANCE_SYSTEM
@@ -106,8 +113,19 @@ def prepare_data(recipe: Recipe, source: str, output_dir: Path) -> DataStats:
 
     For GRPO one prompt per distinct task is kept (``dedupe_tasks``), each carrying the trace
     ids of every session it stands for. SFT and GKD need the guidance text.
+
+    ``data.granularity: step`` (``--granularity step``) writes one example per rewarded step
+    instead (sft, grpo): its task is the step's prompt (the session's task, the steps before it,
+    the step and its input), its guidance the session's, its reward the step's.
     """
     where = data_filter(recipe)
+    granularity = recipe.data.get("granularity") or "session"
+    if granularity not in GRANULARITIES:
+        raise RecipeError(
+            f"data.granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}"
+        )
+    if granularity == "step" and recipe.recipe not in ("sft", "grpo"):
+        raise RecipeError(f"data.granularity step is for sft and grpo, not {recipe.recipe}")
     refs_path = recipe.data.get("references")
     references = load_references(refs_path) if refs_path else None
     limit = recipe.data.get("max_examples")
@@ -121,12 +139,20 @@ def prepare_data(recipe: Recipe, source: str, output_dir: Path) -> DataStats:
     seen: dict[bytes, int] = {}  # task digest → line number (16 bytes a task, not the text)
     written = 0
     no_guidance = 0
+    last_trace = None
     with partial.open("w", encoding="utf-8") as out, sessions_file.open("w") as ids:
-        for example in iter_examples(source, where, stats=stats, references=references):
+        examples = (
+            iter_step_examples(source, where, stats=stats, references=references)
+            if granularity == "step"
+            else iter_examples(source, where, stats=stats, references=references)
+        )
+        for example in examples:
             if need_guidance and not example.guidance:
                 no_guidance += 1
                 continue
-            ids.write(example.trace_id + "\n")
+            if example.trace_id != last_trace:  # a session's steps come one after another
+                ids.write(example.trace_id + "\n")
+                last_trace = example.trace_id
             if dedupe:
                 digest = hashlib.blake2b(example.task.encode(), digest_size=16).digest()
                 if digest in seen:

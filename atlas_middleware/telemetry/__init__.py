@@ -79,10 +79,20 @@ def configure(
     )
     if processor is not None:
         provider.add_span_processor(processor)
+    _track_steps(provider)
     _install(provider, retrying, None)
     if set_global:
         _set_global(provider)
     return provider
+
+
+def _track_steps(provider: TracerProvider) -> None:
+    """Add the step tracker (marks step spans, sums their tokens) to ``provider``, once."""
+    from atlas_middleware.steps import tracker
+
+    processors = getattr(getattr(provider, "_active_span_processor", None), "_span_processors", ())
+    if tracker() not in processors:
+        provider.add_span_processor(tracker())
 
 
 def _install(provider: TracerProvider, retrying: Any, attached: _Attached | None) -> None:
@@ -255,6 +265,7 @@ def attach(provider: TracerProvider, **options: Any) -> TracerProvider:
     attached = _Attached(processor) if processor is not None else None
     if attached is not None:
         provider.add_span_processor(attached)
+        _track_steps(provider)
     _install(provider, retrying, attached)
     return provider
 

@@ -30,6 +30,8 @@ GEN_AI_TOOL_NAME = "gen_ai.tool.name"
 GEN_AI_TOOL_CALL_ID = "gen_ai.tool.call.id"
 GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"
 GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"
+# Read only (atlas puts system prompts in gen_ai.input.messages): other producers' system prompt.
+GEN_AI_SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
 ERROR_TYPE = "error.type"
 GEN_AI_RESPONSE_ID = "gen_ai.response.id"
 GEN_AI_TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
@@ -86,6 +88,25 @@ ATLAS_STREAMED = "atlas.streamed"  # the answer was streamed to the caller (no r
 # LlamaIndex workflows: the step a span stands for and the event type that started it.
 ATLAS_STEP_NAME = "atlas.step.name"
 ATLAS_STEP_INPUT_EVENT = "atlas.step.input_event"
+# Steps (a node run, a workflow step, an agent turn, a tool call inside a session): set on the
+# step's span when it starts, so the store needs no other span to know it is a step and where it
+# hangs. ``atlas.step.kind`` is one of STEP_KINDS; ``atlas.step.parent_id`` the span id of the
+# enclosing step (absent for a step directly under the session).
+ATLAS_STEP_KIND = "atlas.step.kind"
+ATLAS_STEP_PARENT_ID = "atlas.step.parent_id"
+STEP_NODE = "node"  # a LangGraph node run
+STEP_WORKFLOW = "step"  # a LlamaIndex workflow step
+STEP_AGENT = "agent"  # an agent's turn inside a session (OpenAI Agents, LlamaIndex agents)
+STEP_TOOL = "tool"  # a tool call
+STEP_KINDS = (STEP_NODE, STEP_WORKFLOW, STEP_AGENT, STEP_TOOL)
+# Rewards (evaluation spans): what they score. ``step``: the step whose span id is
+# ``atlas.step.id`` (the evaluation span is that step's child); ``session``: the session.
+ATLAS_REWARD_SCOPE = "atlas.reward.scope"
+ATLAS_STEP_ID = "atlas.step.id"
+SCOPE_STEP = "step"
+SCOPE_SESSION = "session"
+# atlas.reward()'s evaluation name when none is given.
+DEFAULT_REWARD_NAME = "atlas.reward"
 
 # Token usage of a session by whose calls they were (the root's gen_ai.usage.* is their sum).
 ATLAS_USAGE_STUDENT_INPUT_TOKENS = "atlas.usage.student.input_tokens"
@@ -128,6 +149,9 @@ FRAMEWORK_STEP = "step"  # a workflow step (LlamaIndex)
 
 # The evaluation whose score becomes the session's reward; other evaluations are kept beside it.
 PRIMARY_EVALUATION = "atlas.rim"
+# A session reward aggregated from the final judge and the step rewards (``rim.session_reward:
+# mix``): when present it is the session's reward; its payload keeps the components.
+AGGREGATE_EVALUATION = "atlas.aggregate"
 
 # Metrics of the retrying exporter (otel_exporters/spool.py): spans lost and spans put on disk.
 METRIC_EXPORTER_DROPPED = "atlas.exporter.spans.dropped"
@@ -229,6 +253,29 @@ def guardrail_span_name(name: str) -> str:
 def framework_span_name(kind: str, name: str | None = None) -> str:
     """A bridged framework span with no convention of its own: ``{kind}`` or ``{kind} {name}``."""
     return f"{kind} {name}" if name else kind
+
+
+def step_kind(attributes: Mapping[str, Any], *, root: bool = False) -> str | None:
+    """The step kind a span stands for (one of STEP_KINDS), or None when it is no step: its own
+    ``atlas.step.kind``, else what its role says (a tool call, a graph node, a workflow step, an
+    agent's turn that is not the session root)."""
+    kind = attributes.get(ATLAS_STEP_KIND)
+    if isinstance(kind, str) and kind in STEP_KINDS:
+        return kind
+    if root:
+        return None
+    role = attributes.get(ATLAS_SPAN_ROLE)
+    if role == ROLE_TOOL:
+        return STEP_TOOL
+    if role == ROLE_AGENT and attributes.get(GEN_AI_OPERATION_NAME) == OP_INVOKE_AGENT:
+        return STEP_AGENT
+    if role == ROLE_FRAMEWORK:
+        span_type = attributes.get(ATLAS_FRAMEWORK_SPAN_TYPE)
+        if span_type == FRAMEWORK_NODE:
+            return STEP_NODE
+        if span_type == FRAMEWORK_STEP:
+            return STEP_WORKFLOW
+    return None
 
 
 def evaluation_span_name(name: str) -> str:
@@ -404,13 +451,16 @@ def record_evaluation(
     uncertainty: float | None = None,
     payload: str | None = None,
     index: int = 0,
+    step_id: str | None = None,
 ) -> None:
     """Emit one evaluation span under the session root.
 
     Judging may finish long after the root span ended, so this takes the root's SpanContext, not
     the span: a late reward still lands in the same trace and updates its session on ingest.
     ``score=None`` records an evaluation that could not be scored (say why in ``explanation``):
-    kept with the session, never a reward.
+    kept with the session, never a reward. With ``step_id`` (16 hex digits) the evaluation
+    scores that step, not the session: ``session`` is then the step's SpanContext and the span
+    carries ``atlas.reward.scope=step`` and ``atlas.step.id``.
     """
     if score is not None and (
         isinstance(score, bool) or not isinstance(score, int | float) or not 0.0 <= score <= 1.0
@@ -441,7 +491,12 @@ def record_evaluation(
             OPENINFERENCE_SPAN_KIND: OI_KIND_EVALUATOR,
             **mirror,
             **_clean(
-                {ATLAS_EVALUATION_UNCERTAINTY: uncertainty, ATLAS_EVALUATION_PAYLOAD: payload}
+                {
+                    ATLAS_EVALUATION_UNCERTAINTY: uncertainty,
+                    ATLAS_EVALUATION_PAYLOAD: payload,
+                    ATLAS_REWARD_SCOPE: SCOPE_STEP if step_id else None,
+                    ATLAS_STEP_ID: step_id,
+                }
             ),
         },
     ) as span:

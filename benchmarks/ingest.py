@@ -56,6 +56,7 @@ from benchmarks._report import (
     markdown_table,
     postgres_version,
     print_table,
+    record_goals,
     write_section,
 )
 from tests.helpers import Collector
@@ -624,6 +625,7 @@ def main() -> None:
         f"{collector['spans_per_s'] / ceiling:.0%}"
     )
     print(verdict)
+    record_goals("ingest", [verdict])
     print(f"load average at the start: {load}")
     if not args.no_write:
         pg = postgres_version(ADMIN_URL)

@@ -22,6 +22,8 @@ lint:
 	@scripts/bootstrap.sh dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) scripts/lint_imports.py
+	$(PY) scripts/typecheck.py
 
 format:
 	@scripts/bootstrap.sh dev
@@ -42,4 +44,4 @@ soak:
 	$(PY) benchmarks/soak.py
 
 clean:
-	rm -rf $(VENV) .atlas .pytest_cache .ruff_cache
+	rm -rf $(VENV) .atlas .pytest_cache .ruff_cache .mypy_cache build/typecheck

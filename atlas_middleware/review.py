@@ -16,7 +16,7 @@ import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from atlas_middleware.storage import Session, SessionFilter, Store
@@ -42,7 +42,7 @@ class DriftResult:
     baseline: int
     alert: bool
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -190,7 +190,7 @@ def _write(
     *,
     bulk: bool = False,
     unless_drift: bool = False,
-    detail: dict | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> str:
     from atlas_middleware.storage.base import new_action_id
 

@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -41,7 +41,12 @@ from atlas_middleware.telemetry import schema as s
 from atlas_middleware.telemetry.usage import session_usage
 
 log = logging.getLogger("atlas")
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+_Q = ParamSpec("_Q")
+_R = TypeVar("_R")
+_S = TypeVar("_S")
 LANES = ("auto", "paired", "coach")
 _LESSONS_TTL_S = 30.0
 
@@ -533,18 +538,18 @@ class Supervisor:
                     failures,
                     "session_end plugin",
                     plugins.session_end,
-                    {
-                        "session_id": call.session_id,
-                        "trace_id": format(root.get_span_context().trace_id, "032x"),
-                        "agent": o.agent,
-                        "learning_key": o.learning_key or o.agent,
-                        "lane": lane,
-                        "task": call.task,
-                        "answer": answer,
-                        "guidance": guidance,
-                        "retries": retries,
-                        "failures": list(failures),
-                    },
+                    plugins.SessionEnd(
+                        session_id=call.session_id,
+                        trace_id=format(root.get_span_context().trace_id, "032x"),
+                        agent=o.agent,
+                        learning_key=o.learning_key or o.agent,
+                        lane=lane,
+                        task=call.task,
+                        answer=answer,
+                        guidance=guidance,
+                        retries=retries,
+                        failures=tuple(failures),
+                    ),
                 )
             if failures:
                 root.set_attribute(s.ATLAS_FAILURES, failures)
@@ -751,8 +756,29 @@ def _plugin(failures: list[str], what: str, fn: Callable[..., Any], *args: Any) 
         return None
 
 
+class Supervised(Protocol[P, R_co]):
+    """What ``@supervise`` returns, for type checkers: the decorated function's own signature (an
+    async function's result is still awaited), plus ``options(**overrides)`` for one call and
+    ``supervisor()``. On an instance, a supervised method binds ``self`` as any method does."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def options(self, **overrides: Any) -> Callable[P, R_co]: ...
+
+    def supervisor(self) -> Supervisor: ...
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any], /) -> Supervised[P, R_co]: ...
+
+    @overload
+    def __get__(
+        self: Supervised[Concatenate[_S, _Q], _R], instance: _S, owner: type[Any], /
+    ) -> Callable[_Q, _R]: ...
+
+
+@overload
 def supervise(
-    fn: F | None = None,
+    fn: Callable[P, R],
     *,
     agent: str | None = None,
     teacher: ChatModel | str | None = None,
@@ -760,7 +786,32 @@ def supervise(
     config: Any = None,
     prompts: Any = None,
     **options: Any,
-) -> Any:
+) -> Supervised[P, R]: ...
+
+
+@overload
+def supervise(
+    fn: None = None,
+    *,
+    agent: str | None = None,
+    teacher: ChatModel | str | None = None,
+    reward: Any = None,
+    config: Any = None,
+    prompts: Any = None,
+    **options: Any,
+) -> Callable[[Callable[P, R]], Supervised[P, R]]: ...
+
+
+def supervise(
+    fn: Callable[P, R] | None = None,
+    *,
+    agent: str | None = None,
+    teacher: ChatModel | str | None = None,
+    reward: Any = None,
+    config: Any = None,
+    prompts: Any = None,
+    **options: Any,
+) -> Supervised[P, R] | Callable[[Callable[P, R]], Supervised[P, R]]:
     """Make ``fn`` a supervised, rewarded, traced session — same signature, same result type.
 
     ``@supervise`` or ``@supervise(agent="calc", lane="paired", reference=..., teacher=...)``.
@@ -781,7 +832,7 @@ def supervise(
             f"options: {', '.join(sorted(SupervisionOptions.__dataclass_fields__))}"
         )
 
-    def decorate(func: F) -> F:
+    def decorate(func: Callable[P, R]) -> Supervised[P, R]:
         name = agent or func.__qualname__
         state: dict[str, Supervisor] = {}
         signature = _signature(func)
@@ -841,7 +892,7 @@ def supervise(
 
             wrapper.options = with_options
         wrapper.supervisor = supervisor
-        return wrapper  # type: ignore[no-any-return]
+        return cast("Supervised[P, R]", wrapper)
 
     return decorate(fn) if fn is not None else decorate
 

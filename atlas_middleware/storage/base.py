@@ -222,7 +222,9 @@ class _SessionPlan:
     check: bool
     drift: str | None = None
 
-    def judge(self, histories: dict[str, list[float]], store: Store, now: int) -> tuple | None:
+    def judge(
+        self, histories: dict[str, list[float]], store: Store, now: int
+    ) -> tuple[Any, ...] | None:
         """Run the drift check if due; returns a drift_alerts row when it alerts."""
         if not self.check:
             return None
@@ -431,7 +433,8 @@ class Store(abc.ABC):
             score = reward_score(evaluations)
             if score is None:
                 continue
-            result = drift(histories.get(learning_key, []), score, self.drift_policy)
+            history = histories.get(learning_key, []) if learning_key is not None else []
+            result = drift(history, score, self.drift_policy)
             if result.alert and status != "quarantined":
                 status = "pending"
             changes.append((score, json_dumps(result.to_json()), status, trace_id))
@@ -833,7 +836,7 @@ class Store(abc.ABC):
                 (*params, limit),
             )
         return [
-            ReviewAction(*row[:8], _loads(row[8]) if row[8] is not None else None, *row[9:])
+            ReviewAction(*(*row[:8], _loads(row[8]) if row[8] is not None else None, *row[9:]))
             for row in rows
         ]
 
@@ -846,7 +849,7 @@ class Store(abc.ABC):
         if not rows:
             return None
         row = rows[0]
-        return ReviewAction(*row[:8], _loads(row[8]) if row[8] is not None else None, *row[9:])
+        return ReviewAction(*(*row[:8], _loads(row[8]) if row[8] is not None else None, *row[9:]))
 
     def session_counts(self, where: SessionFilter | None = None) -> dict[str, int]:
         """Number of sessions per review status, of those matching ``where`` (its review status
@@ -1003,7 +1006,8 @@ class Store(abc.ABC):
         return runs
 
     def count_spans(self) -> int:
-        return self._read("SELECT COUNT(*) FROM spans")[0][0]
+        count: int = self._read("SELECT COUNT(*) FROM spans")[0][0]
+        return count
 
     def drift_alerts(
         self, learning_key: str | None = None, *, trace_id: str | None = None

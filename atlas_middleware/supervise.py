@@ -366,7 +366,7 @@ class Supervisor:
         if cached is not None and now - cached[0] < _LESSONS_TTL_S:
             return cached[1]
         try:
-            lessons = self._playbook(key).lessons()
+            lessons: list[str] = self._playbook(key).lessons()
         except Exception as exc:  # the store is down: supervise without memory
             log_once(Failed("playbook", exc))
             lessons = cached[1] if cached else []
@@ -374,14 +374,18 @@ class Supervisor:
         return lessons
 
     # --- per-call facts --------------------------------------------------------------------
-    def _call(self, options: SupervisionOptions, args: tuple, kwargs: dict) -> Call:
+    def _call(
+        self, options: SupervisionOptions, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Call:
         task = self._task(options, args, kwargs)
         reference = options.reference
         if callable(reference):
             reference = reference(*args, **kwargs)
         return Call(options, task, None if reference is None else str(reference))
 
-    def _task(self, options: SupervisionOptions, args: tuple, kwargs: dict) -> str:
+    def _task(
+        self, options: SupervisionOptions, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> str:
         if callable(options.task):
             return str(options.task(*args, **kwargs))
         if self.signature is not None:
@@ -480,6 +484,7 @@ class Supervisor:
                         )
                         if lane not in LANES:
                             lane = threshold_lane(confidence, o)
+            assert lane is not None  # a probe ran whenever no lane was set
             root.set_attribute(s.ATLAS_LANE, lane)
             call.lessons = lessons
 
@@ -632,7 +637,11 @@ class Supervisor:
     # outcome is what the caller gets: its result if it ran, its exception if it raised, and a
     # plain call of the agent if atlas failed before running it.
     def run_sync(
-        self, fn: Callable[..., Any], args: tuple, kwargs: dict, options: SupervisionOptions
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: SupervisionOptions,
     ) -> Any:
         agent = _AgentOutcome()
         try:
@@ -655,8 +664,8 @@ class Supervisor:
     async def run_async(
         self,
         fn: Callable[..., Awaitable[Any]],
-        args: tuple,
-        kwargs: dict,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         options: SupervisionOptions,
     ) -> Any:
         agent = _AgentOutcome()
@@ -779,6 +788,7 @@ class Supervised(Protocol[P, R_co]):
 @overload
 def supervise(
     fn: Callable[P, R],
+    /,
     *,
     agent: str | None = None,
     teacher: ChatModel | str | None = None,
@@ -792,6 +802,7 @@ def supervise(
 @overload
 def supervise(
     fn: None = None,
+    /,
     *,
     agent: str | None = None,
     teacher: ChatModel | str | None = None,
@@ -804,6 +815,7 @@ def supervise(
 
 def supervise(
     fn: Callable[P, R] | None = None,
+    /,
     *,
     agent: str | None = None,
     teacher: ChatModel | str | None = None,

@@ -11,8 +11,8 @@ mypy's status."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,19 +28,30 @@ INSTALLED_AS = {
 EXAMPLES = [ROOT / "tests" / "architecture" / "typed_usage.py"]
 
 
+def _link(link: Path, target: Path) -> None:
+    if link.is_symlink() and link.resolve() == target.resolve():
+        return
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    # (another run, make lint beside the tests, may have made it meanwhile)
+    with contextlib.suppress(FileExistsError):
+        link.symlink_to(target)
+
+
 def lay_out() -> dict[str, str]:
-    """Links build/typecheck/atlas_middleware/* to the sources; returns {laid-out prefix: source
-    prefix} to translate mypy's paths back."""
+    """Links build/typecheck/atlas_middleware/* to the sources (kept between runs, so mypy's
+    cache stays valid); returns {laid-out prefix: source prefix} to translate mypy's paths."""
     package = LAYOUT / "atlas_middleware"
-    if LAYOUT.exists():
-        shutil.rmtree(LAYOUT)
-    package.mkdir(parents=True)
+    package.mkdir(parents=True, exist_ok=True)
+    for link in [*LAYOUT.iterdir(), *package.iterdir()]:
+        if link.is_symlink() and not link.exists():  # its source is gone
+            link.unlink()
     for entry in (ROOT / "atlas_middleware").iterdir():
         if entry.name != "__pycache__":
-            (package / entry.name).symlink_to(entry)
+            _link(package / entry.name, entry)
     back = {}
     for folder, name in INSTALLED_AS.items():
-        (package / name).symlink_to(ROOT / folder)
+        _link(package / name, ROOT / folder)
         back[f"atlas_middleware/{name}/"] = f"{folder}/"
     return back
 
@@ -49,9 +60,7 @@ def main(argv: list[str]) -> int:
     back = lay_out()
     files = ["atlas_middleware"]
     for extra in [*EXAMPLES, *(Path(a).resolve() for a in argv)]:
-        link = LAYOUT / extra.name
-        if not link.exists():
-            link.symlink_to(extra)
+        _link(LAYOUT / extra.name, extra)
         files.append(extra.name)
         back[extra.name] = (
             str(extra.relative_to(ROOT)) if extra.is_relative_to(ROOT) else str(extra)

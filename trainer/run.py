@@ -316,6 +316,7 @@ def train(
     callback = AtlasCallback(out, quiet=quiet)
     student_cm = None
     reward_fn = None
+    trainer: Any  # a GRPOTrainer, SFTTrainer or GKDTrainer
     try:
         if recipe.recipe == "grpo":
             from atlas_middleware.trainer.reward import RewardWeights, TeachingReward
@@ -347,7 +348,7 @@ def train(
             reward_fn = TeachingReward(student, weights, verifier=verifier, rim=rim)
             trainer = GRPOTrainer(
                 model=model_path,
-                reward_funcs=[reward_fn],
+                reward_funcs=[reward_fn],  # type: ignore[list-item]  # TRL: list[float | None]
                 args=args,
                 train_dataset=dataset,
                 callbacks=[callback],

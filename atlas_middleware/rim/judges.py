@@ -87,7 +87,7 @@ def as_verifier(value: Verifier | VerifierCheck, name: str | None = None) -> Ver
         return value
     if not callable(value):
         raise TypeError(f"verifier must be a Verifier or a callable, got {type(value).__name__}")
-    label: str = name or getattr(value, "__name__", "verifier")
+    label = name or str(getattr(value, "__name__", "verifier"))
     return Verifier(label, value)
 
 

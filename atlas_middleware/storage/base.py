@@ -304,6 +304,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    @abc.abstractmethod
+    def prune_spans(self, before_ns: int) -> int:
+        """Remove the spans that started before ``before_ns`` (sessions are kept); returns how
+        many went, in the store's unit: spans (SQLite) or daily partitions (Postgres)."""
+
     def __enter__(self) -> Store:
         return self
 

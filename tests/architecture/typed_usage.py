@@ -36,7 +36,7 @@ async def uses() -> None:
     assert_type(Agent().answer("2 + 3"), float)
     solve(5)  # type: ignore[arg-type]
     solve("2 + 3", tries=2)  # type: ignore[call-arg]
-    solve_async()  # type: ignore[call-arg]
+    await solve_async()  # type: ignore[call-arg]
     Agent().answer(b"2 + 3")  # type: ignore[arg-type]
 
 

@@ -38,6 +38,9 @@ _EXPORTS = {
     "current_session": "atlas_middleware.supervise",
     "last_session": "atlas_middleware.supervise",
     "feedback": "atlas_middleware.feedback",
+    "reward": "atlas_middleware.steps",
+    "current_step": "atlas_middleware.steps",
+    "StepHandle": "atlas_middleware.steps",
 }
 
 __all__ = [*sorted(_EXPORTS), "guidance", "shutdown", "use_guidance", "with_guidance"]
@@ -49,6 +52,9 @@ if TYPE_CHECKING:  # pragma: no cover - names for type checkers and IDEs
     from atlas_middleware.models import ChatModel as ChatModel
     from atlas_middleware.models import build_model as build_model
     from atlas_middleware.rim import RIMReward as RIMReward
+    from atlas_middleware.steps import StepHandle as StepHandle
+    from atlas_middleware.steps import current_step as current_step
+    from atlas_middleware.steps import reward as reward
     from atlas_middleware.storage import open_store as open_store
     from atlas_middleware.supervise import SessionHandle as SessionHandle
     from atlas_middleware.supervise import SupervisionOptions as SupervisionOptions

@@ -185,11 +185,32 @@ class LaneSettings(_Section):
             return self.forced_lane
         if confidence is None or confidence != confidence:
             return self.fallback_lane
-        if confidence >= self.auto_threshold:
-            return "auto"
-        if confidence >= self.paired_threshold:
-            return "paired"
-        return "coach"
+        return lane_by_threshold(confidence, self.auto_threshold, self.paired_threshold)
+
+
+def lane_by_threshold(confidence: float, auto_threshold: float, paired_threshold: float) -> Lane:
+    """ATLAS's rule: confidence ≥ auto_threshold → auto (no teacher), ≥ paired_threshold →
+    paired (validate, one guided retry), else coach (guidance up front). The only copy."""
+    if confidence >= auto_threshold:
+        return "auto"
+    if confidence >= paired_threshold:
+        return "paired"
+    return "coach"
+
+
+def config_field_problem(section: str, field_name: str, value: Any) -> str | None:
+    """Why ``value`` is not valid for ``<section>.<field_name>`` of the config (its type and
+    range checks only), or None when it is."""
+    from pydantic import TypeAdapter, ValidationError
+
+    field = AtlasConfig.model_fields[section].annotation.model_fields[field_name]  # type: ignore[union-attr]
+    parts = (field.annotation, *field.metadata)  # Annotated[parts]: Annotated[annotation, *meta]
+    checked: Any = Annotated[parts] if field.metadata else field.annotation
+    try:
+        TypeAdapter(checked).validate_python(value)
+    except ValidationError as exc:
+        return "; ".join(error["msg"] for error in exc.errors())
+    return None
 
 
 class RimSettings(_Section):
@@ -211,6 +232,15 @@ class RimSettings(_Section):
     # background: judged off the request path by a bounded worker; inline: before returning.
     mode: Literal["background", "inline"] = "background"
     reward_rate: Fraction = 1.0  # fraction of sessions that get a RIM reward
+    # RIM on steps (opt-in): the fraction of a rewarded session's steps the judges score (each
+    # step's output against the task and the steps before it); a failed step gets 0 and its
+    # error whenever this is above 0. See docs/concepts.md (steps and process rewards).
+    step_sample_rate: Fraction = 0.0
+    # The session's reward: "final" (the final judge's, as always) or "mix":
+    # (1 - step_weight) * final + step_weight * mean step reward, recorded as atlas.aggregate
+    # with its components (the final judge's atlas.rim is kept beside it).
+    session_reward: Literal["final", "mix"] = "final"
+    step_weight: Fraction = 0.3
 
     @model_validator(mode="after")
     def _usable(self) -> RimSettings:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
+import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -42,6 +42,17 @@ log = logging.getLogger("atlas")
 T = TypeVar("T")
 
 
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_session_id() -> str:
+    """A random version-4 UUID as 32 hex digits, like ``uuid.uuid4().hex``, from the process's
+    PRNG (reseeded in forked children) instead of ``os.urandom``: that system call releases the
+    GIL on every supervised call, which hands it to the span exporter's thread."""
+    return f"{(random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
+
+
 @dataclass
 class Call:
     """One supervised call as the flow sees it: its options, task and reference."""
@@ -49,7 +60,7 @@ class Call:
     options: SupervisionOptions
     task: str
     reference: str | None
-    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    session_id: str = field(default_factory=new_session_id)
     lessons: list[str] = field(default_factory=list)
     # The root span of an earlier part of this session (a resumed graph): continue its trace.
     parent: SpanContext | None = None
@@ -216,6 +227,29 @@ def steps(
             yield _SETTLE
 
 
+_DONE: Any = object()
+
+
+class _Exchange:
+    """A runner's side of :func:`steps`: the next request (or ``_DONE``, with ``outcome``
+    set), after sending back the previous one's ``reply`` or throwing its ``error``."""
+
+    def __init__(self, driver: Generator[Any, Any, Outcome]) -> None:
+        self.driver = driver
+        self.reply: Any = None
+        self.error: BaseException | None = None
+        self.outcome: Any = None
+
+    def next(self) -> Any:
+        reply, error = self.reply, self.error
+        self.reply, self.error = None, None
+        try:
+            return self.driver.throw(error) if error is not None else self.driver.send(reply)
+        except StopIteration as done:
+            self.outcome = done.value
+            return _DONE
+
+
 def _no_chunks(invoke: Callable[[Invoke], Any]) -> Callable[[Invoke], Generator[Any, None, Any]]:
     def run(step: Invoke) -> Generator[Any, None, Any]:
         return invoke(step)
@@ -235,26 +269,22 @@ def run_streaming(
     """Drive ``flow``, waiting: ``invoke(step)`` is a generator whose chunks pass through to the
     caller and whose return value is the agent's result."""
     portal = get_portal()
-    reply: Any = None
-    error: BaseException | None = None
     # Closing the protocol closes the flow: an exit by BaseException or an abandoned stream
     # still ends the session span here, not in the garbage collector.
     with contextlib.closing(steps(flow, options, agent or AgentLog(), answer)) as driver:
-        while True:
-            try:
-                request = driver.throw(error) if error is not None else driver.send(reply)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            reply, error = None, None
+        protocol = _Exchange(driver)
+        while (request := protocol.next()) is not _DONE:
             try:
                 if isinstance(request, _Wait):
-                    reply = portal.call(request.ask.make, timeout=request.seconds)
+                    protocol.reply = portal.call(request.ask.make, timeout=request.seconds)
                 elif isinstance(request, _Run):
-                    reply = yield from invoke(request.invoke)
+                    protocol.reply = yield from invoke(request.invoke)
                 else:
                     usage.settle()  # usage reported late (litellm) joins this session
             except Exception as exc:
-                error = exc
+                protocol.error = exc
+        outcome: Outcome = protocol.outcome
+        return outcome
 
 
 def run(
@@ -294,32 +324,26 @@ async def arun_streaming(
     """Drive ``flow``, awaiting: ``invoke(step)`` is an async generator whose chunks pass through
     to the caller and whose last item is :class:`Returned`; the outcome is appended to
     ``outcome``."""
-    reply: Any = None
-    error: BaseException | None = None
     with contextlib.closing(steps(flow, options, agent or AgentLog(), answer)) as driver:
-        while True:
-            try:
-                request = driver.throw(error) if error is not None else driver.send(reply)
-            except StopIteration as done:
-                outcome.append(done.value)
-                return
-            reply, error = None, None
+        protocol = _Exchange(driver)
+        while (request := protocol.next()) is not _DONE:
             try:
                 if isinstance(request, _Wait):
-                    reply = await asyncio.wait_for(request.ask.make(), request.seconds)
+                    protocol.reply = await asyncio.wait_for(request.ask.make(), request.seconds)
                 elif isinstance(request, _Run):
                     # Closed here when the caller abandons the stream, so the agent's context
                     # managers exit in this task, innermost first, before the flow's.
                     async with contextlib.aclosing(invoke(request.invoke)) as chunks:
                         async for chunk in chunks:
                             if isinstance(chunk, Returned):
-                                reply = chunk.value
+                                protocol.reply = chunk.value
                             else:
                                 yield chunk
                 else:
                     await usage.asettle()
             except Exception as exc:
-                error = exc
+                protocol.error = exc
+        outcome.append(protocol.outcome)
 
 
 async def arun(

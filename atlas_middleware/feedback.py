@@ -57,7 +57,7 @@ def feedback(
     from atlas_middleware.telemetry import get_tracer
 
     cfg = config if config is not None else AtlasConfig.load()
-    handle = _resolve(session, cfg)
+    handle = resolve_session(session, cfg)
     configure_telemetry(cfg)
     parent = SpanContext(
         int(handle.trace_id, 16),
@@ -76,7 +76,9 @@ def feedback(
     return handle
 
 
-def _resolve(session: SessionHandle | str, cfg: Any) -> SessionHandle:
+def resolve_session(session: SessionHandle | str, cfg: Any) -> SessionHandle:
+    """The session ``session`` names: a handle as it is, a session id or trace id of this
+    process, else of the store of ``cfg``, else a trace id as given. Raises LookupError."""
     if isinstance(session, SessionHandle):
         return session
     if not isinstance(session, str) or not session:

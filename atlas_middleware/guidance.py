@@ -64,6 +64,11 @@ def rendered_guidance() -> str | None:
     return active.rendered() if active is not None else None
 
 
+def no_guidance() -> bool:
+    """Whether no guidance is current here (``use_guidance(None)`` would change nothing)."""
+    return _current.get() is None
+
+
 class use_guidance:  # lower-case: used like contextlib's context managers
     """Make ``text`` the current guidance inside a ``with`` or ``async with`` block.
 

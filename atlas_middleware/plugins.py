@@ -193,30 +193,36 @@ def probe(task: str, context: Mapping[str, Any] | None = None) -> float | None:
     return confidence
 
 
+def plugin_lane(confidence: float | None, task: str, context: Mapping[str, Any]) -> str | None:
+    """The first plugin's lane for this call, or None when every plugin abstains. A lane that
+    is not one raises ValueError (supervision records it and goes by the thresholds)."""
+    from atlas_middleware.config import LANES
+
+    choice = hook().atlas_choose_lane(confidence=confidence, task=task, context=context)
+    if choice is not None and choice not in LANES:
+        raise ValueError(
+            f"a plugin's atlas_choose_lane returned {choice!r}; return one of "
+            f"{', '.join(LANES)} or None"
+        )
+    return choice  # type: ignore[no-any-return]
+
+
 def choose_lane(
     confidence: float | None,
     task: str,
     context: Mapping[str, Any] | None = None,
     lanes: LaneSettings | None = None,
 ) -> str:
-    """The lane for this call: a forced lane if configured, else the first plugin's choice,
-    else the configured thresholds (``lanes``, defaults when None)."""
-    from atlas_middleware.config import LANES, LaneSettings
+    """The lane for this call as supervision picks it: a forced lane if configured, else the
+    first plugin's choice (:func:`plugin_lane`), else the configured thresholds (``lanes``,
+    defaults when None)."""
+    from atlas_middleware.config import LaneSettings
 
     settings = lanes or LaneSettings()
     if settings.forced_lane is not None:
         return settings.forced_lane
-    choice: str | None = hook().atlas_choose_lane(
-        confidence=confidence, task=task, context=context or {}
-    )
-    if choice is None:
-        return settings.lane_for(confidence)
-    if choice not in LANES:
-        raise ValueError(
-            f"a plugin's atlas_choose_lane returned {choice!r}; return one of "
-            f"{', '.join(LANES)} or None"
-        )
-    return choice
+    choice = plugin_lane(confidence, task, context or {})
+    return choice if choice is not None else settings.lane_for(confidence)
 
 
 def render_guidance(guidance: str, task: str | None = None) -> str:

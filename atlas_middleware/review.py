@@ -15,7 +15,7 @@ import math
 import os
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -43,26 +43,57 @@ class DriftResult:
     alert: bool
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Written by hand: dataclasses.asdict deep-copies, and this runs per rewarded session
+        # on the ingest path.
+        return {"z": self.z, "mad_z": self.mad_z, "baseline": self.baseline, "alert": self.alert}
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """What a drift check needs of a history, whatever the value checked against it: a batch
+    checking many sessions of one learning key computes it once."""
+
+    n: int
+    mean: float = 0.0
+    std: float = 0.0
+    median: float = 0.0
+    mad: float = 0.0
+    mean_ad: float = 0.0
+
+    @classmethod
+    def of(cls, history: Sequence[float], policy: DriftPolicy = DriftPolicy()) -> Baseline:
+        baseline = [float(v) for v in history[: policy.window]]
+        n = len(baseline)
+        if n < policy.min_baseline:
+            return cls(n)
+        # Plain float arithmetic: statistics.pstdev works in exact fractions and is ~50x
+        # slower, and this runs on the ingest path.
+        mean = math.fsum(baseline) / n
+        std = math.sqrt(math.fsum((v - mean) ** 2 for v in baseline) / n)
+        median = statistics.median(baseline)
+        mad = statistics.median([abs(v - median) for v in baseline])
+        mean_ad = math.fsum(abs(v - median) for v in baseline) / n
+        return cls(n, mean, std, median, mad, mean_ad)
 
 
 def drift(
-    history: Sequence[float], value: float, policy: DriftPolicy = DriftPolicy()
+    history: Sequence[float] | Baseline, value: float, policy: DriftPolicy = DriftPolicy()
 ) -> DriftResult:
-    """Drift of ``value`` against ``history`` (most recent first; only ``policy.window`` used)."""
-    baseline = [float(v) for v in history[: policy.window]]
-    if len(baseline) < policy.min_baseline:
-        return DriftResult(None, None, len(baseline), False)
-    # Plain float arithmetic: statistics.pstdev works in exact fractions and is ~50x slower,
-    # and this runs for every rewarded session on the ingest path.
-    n = len(baseline)
-    mean = math.fsum(baseline) / n
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in baseline) / n)
-    median = statistics.median(baseline)
-    mad = statistics.median([abs(v - median) for v in baseline])
+    """Drift of ``value`` against ``history`` (most recent first; only ``policy.window`` used),
+    or against its :class:`Baseline` computed once for many values."""
+    stats = history if isinstance(history, Baseline) else Baseline.of(history, policy)
+    if stats.n < policy.min_baseline:
+        return DriftResult(None, None, stats.n, False)
+    n, mean, std, median, mad, mean_ad = (
+        stats.n,
+        stats.mean,
+        stats.std,
+        stats.median,
+        stats.mad,
+        stats.mean_ad,
+    )
     # A perfectly constant history has no spread: any departure from it is drift.
     z = (value - mean) / std if std > _EPS else _no_spread(value - mean)
-    mean_ad = math.fsum(abs(v - median) for v in baseline) / n
     if mad > _EPS:
         mad_z = _MAD_SCALE * (value - median) / mad
     elif mean_ad > _EPS:
@@ -72,7 +103,7 @@ def drift(
     z_abs = abs(z)
     mad_abs = abs(mad_z)
     alert = z_abs >= policy.threshold and mad_abs >= policy.threshold
-    return DriftResult(_finite(z), _finite(mad_z), len(baseline), alert)
+    return DriftResult(_finite(z), _finite(mad_z), n, alert)
 
 
 def _no_spread(delta: float) -> float:

@@ -22,7 +22,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overload
 
@@ -30,8 +30,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from atlas_middleware import driver, plugins, telemetry
+from atlas_middleware.config import LANES, config_field_problem, lane_by_threshold
 from atlas_middleware.driver import Ask, Call, Failed, Invoke, Outcome, log_once, step_timeout
-from atlas_middleware.guidance import use_guidance
+from atlas_middleware.guidance import no_guidance, use_guidance
 from atlas_middleware.models.base import ChatModel, ModelError, ModelUnavailable
 from atlas_middleware.prompts import DEFAULT_PROMPTS, TeacherPrompts
 from atlas_middleware.rim.judges import reference_match
@@ -47,7 +48,6 @@ R_co = TypeVar("R_co", covariant=True)
 _Q = ParamSpec("_Q")
 _R = TypeVar("_R")
 _S = TypeVar("_S")
-LANES = ("auto", "paired", "coach")
 _LESSONS_TTL_S = 30.0
 
 
@@ -77,6 +77,11 @@ class SupervisionOptions:
     supervision_rate: float = 1.0
     reward_rate: float = 1.0
     reward_inline: bool = False
+    # Steps (atlas_middleware.rim.steps): RIM on a sample of the steps, and how the session's
+    # reward combines the final judge with the step rewards ("final" or "mix").
+    step_sample_rate: float = 0.0
+    session_reward: str = "final"
+    step_weight: float = 0.3
     reference: Any = None  # str, or callable(*args, **kwargs) -> str | None
     # False: the reference is kept for the reward and the session record only; validation in
     # the paired/coach lanes is the verifier's or the teacher's own (no peeking at the key).
@@ -330,6 +335,7 @@ class Supervisor:
         )
         self.reward = reward
         self.signature = signature
+        self._first_text = _first_parameter(signature)
         self.breaker = None
         # In-process teachers (embedded, hf:) get none: they cannot be down, only slow, and their
         # step timeouts bound that; a breaker would silently turn evaluations' lanes to auto.
@@ -388,6 +394,13 @@ class Supervisor:
     ) -> str:
         if callable(options.task):
             return str(options.task(*args, **kwargs))
+        first = self._first_text
+        if first is not None and args and not kwargs and type(args[0]) is str:
+            # The common call, ``agent("task text", ...)``: what binding the signature would give
+            # (the first bound value, a str), without binding it on every call.
+            name, max_args = first
+            if len(args) <= max_args and (options.task is None or options.task == name):
+                return args[0]
         if self.signature is not None:
             try:
                 bound = self.signature.bind_partial(*args, **kwargs)
@@ -409,6 +422,7 @@ class Supervisor:
         tracer = get_tracer()
         failures: list[str] = list(self.setup_failures)
         gate = _TeacherGate(o, self.breaker)
+        content = s.capture_content()  # once per call: the session span and its final answer
 
         def failed(value: Any) -> bool:
             if isinstance(value, Failed):
@@ -425,6 +439,7 @@ class Supervisor:
                 task=call.task,
                 learning_key=o.learning_key or o.agent,
                 parent=call.parent,
+                content=content,
             ) as root,
             session_usage(lambda used: root.set_attributes(used.attributes())),
             _activated(root, call, o.agent),
@@ -438,7 +453,7 @@ class Supervisor:
             supervised = teacher is not None and (
                 o.supervision_rate >= 1.0 or random.random() < o.supervision_rate
             )
-            lane = o.lane if o.lane in LANES else None
+            lane: str | None = o.lane if o.lane in LANES else None
             if lane is None and not supervised:
                 lane = "auto"
             if lane in ("paired", "coach") and teacher is None:
@@ -478,11 +493,12 @@ class Supervisor:
                         lane = _plugin(
                             failures,
                             "lane plugin",
-                            lambda: plugins.hook().atlas_choose_lane(
-                                confidence=confidence, task=call.task, context=context
-                            ),
+                            plugins.plugin_lane,
+                            confidence,
+                            call.task,
+                            context,
                         )
-                        if lane not in LANES:
+                        if lane is None:
                             lane = threshold_lane(confidence, o)
             assert lane is not None  # a probe ran whenever no lane was set
             root.set_attribute(s.ATLAS_LANE, lane)
@@ -535,9 +551,10 @@ class Supervisor:
                 lane = ran
                 root.set_attribute(s.ATLAS_LANE, lane)
                 root.set_attribute(s.ATLAS_LANE_REASON, s.LANE_REASON_TEACHER_UNAVAILABLE)
-            if guidance:
-                root.set_attribute(s.ATLAS_GUIDANCE, guidance)
-            root.set_attribute(s.ATLAS_RETRIES, retries)
+            # The session's closing attributes go on the span in one call (one lock, one pass), then
+            # the answer (one more).
+            closing: dict[str, Any] = {s.ATLAS_GUIDANCE: guidance} if guidance else {}
+            closing[s.ATLAS_RETRIES] = retries
             if plugins.has_session_end():
                 _plugin(
                     failures,
@@ -557,8 +574,9 @@ class Supervisor:
                     ),
                 )
             if failures:
-                root.set_attribute(s.ATLAS_FAILURES, failures)
-            s.set_final_answer(root, answer)
+                closing[s.ATLAS_FAILURES] = failures
+            root.set_attributes(closing)
+            s.set_final_answer(root, answer, content=content)
             session = root.get_span_context()
         return Outcome(result, answer, session, call)
 
@@ -606,6 +624,9 @@ class Supervisor:
                     from atlas_middleware.rim import record
 
                     record(result, outcome.session)
+                    from atlas_middleware.rim.steps import judge_steps
+
+                    await judge_steps(reward, call, outcome.session, result)
                     if result.score is None or self.teacher is None:
                         return
                     # Learning memory: account the lessons this session was shown, and let a
@@ -647,6 +668,8 @@ class Supervisor:
         try:
 
             def invoke(step: Invoke) -> Any:
+                if step.guidance is None and no_guidance():
+                    return fn(*args, **kwargs)  # nothing to set or clear (the auto lane)
                 with use_guidance(step.guidance):
                     return fn(*args, **kwargs)
 
@@ -672,6 +695,8 @@ class Supervisor:
         try:
 
             async def invoke(step: Invoke) -> Any:
+                if step.guidance is None and no_guidance():
+                    return await fn(*args, **kwargs)  # nothing to set or clear (the auto lane)
                 with use_guidance(step.guidance):
                     return await fn(*args, **kwargs)
 
@@ -739,11 +764,86 @@ class _AgentOutcome(driver.AgentLog):
         return self.result if self.ran else _RUN_AGENT
 
 
+def _first_parameter(signature: inspect.Signature | None) -> tuple[str, float] | None:
+    """(name, how many positional arguments bind) when the first parameter takes the first
+    positional argument and is not ``self``/``cls``, else None."""
+    if signature is None:
+        return None
+    params = list(signature.parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if not params or params[0].kind not in positional or params[0].name in ("self", "cls"):
+        return None
+    max_args: float = 0
+    for param in params:
+        if param.kind in positional:
+            max_args += 1
+        elif param.kind is inspect.Parameter.VAR_POSITIONAL:
+            max_args = float("inf")
+            break
+        else:
+            break
+    return params[0].name, max_args
+
+
 def threshold_lane(confidence: float, options: SupervisionOptions) -> str:
     """The lane the probe's confidence gives by the options' thresholds (no plugin, no force)."""
-    if confidence >= options.auto_threshold:
-        return "auto"
-    return "paired" if confidence >= options.paired_threshold else "coach"
+    return lane_by_threshold(confidence, options.auto_threshold, options.paired_threshold)
+
+
+# The config field that checks each keyword option: one source of truth for its type and range.
+_CHECKED_AS: dict[str, tuple[str, str]] = {
+    "lane": ("lanes", "forced_lane"),
+    "fallback_lane": ("lanes", "fallback_lane"),
+    "auto_threshold": ("lanes", "auto_threshold"),
+    "paired_threshold": ("lanes", "paired_threshold"),
+    "max_retries": ("lanes", "max_retries"),
+    "probe_timeout_s": ("lanes", "probe_timeout_s"),
+    "teacher_timeout_s": ("teacher", "timeout_s"),
+    "teacher_budget_s": ("teacher", "budget_s"),
+    "breaker_failures": ("teacher", "breaker_failures"),
+    "breaker_cooldown_s": ("teacher", "breaker_cooldown_s"),
+    "supervision_rate": ("supervision", "rate"),
+    "reward_rate": ("rim", "reward_rate"),
+    "step_sample_rate": ("rim", "step_sample_rate"),
+    "session_reward": ("rim", "session_reward"),
+    "step_weight": ("rim", "step_weight"),
+}
+
+
+def check_options(
+    options: Mapping[str, Any],
+    where: str = "supervise()",
+    also: Iterable[str] = (),
+    noun: str = "option",
+) -> None:
+    """Options given as keywords (to ``supervise``, ``.options()``, the integrations' wrappers,
+    which may accept ``also`` names of their own) get the config's checks: an unknown name is a
+    TypeError, a bad value a ValueError, each naming what is valid."""
+    known = set(SupervisionOptions.__dataclass_fields__) - {"agent"} | set(also)
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(
+            f"{where} got unknown {noun}(s) {', '.join(sorted(unknown))}; "
+            f"options: {', '.join(sorted(known))}"
+        )
+    for name, value in options.items():
+        checked = _CHECKED_AS.get(name)
+        if checked is None:
+            continue
+        section, field_name = checked
+        if name == "lane" and value is not None and value not in LANES:
+            raise ValueError(
+                f"{where}: lane={value!r} is not a lane; choose one of {', '.join(LANES)} "
+                "(or None to let the probe decide)"
+            )
+        problem = config_field_problem(section, field_name, value)
+        if problem:
+            raise ValueError(f"{where}: {name}={value!r}: {problem}")
+    auto, paired = options.get("auto_threshold"), options.get("paired_threshold")
+    if auto is not None and paired is not None and paired > auto:
+        raise ValueError(
+            f"{where}: paired_threshold ({paired:g}) must not exceed auto_threshold ({auto:g})"
+        )
 
 
 def _with_lessons(guidance: str | None, lessons: list[str]) -> str | None:
@@ -837,12 +937,7 @@ def supervise(
     ``fn.options(lane="coach", reference="42")(*args)`` overrides any option.
     See docs/concepts.md.
     """
-    unknown = set(options) - set(SupervisionOptions.__dataclass_fields__) - {"agent"}
-    if unknown:
-        raise TypeError(
-            f"supervise() got unknown option(s) {', '.join(sorted(unknown))}; "
-            f"options: {', '.join(sorted(SupervisionOptions.__dataclass_fields__))}"
-        )
+    check_options(options)
 
     def decorate(func: Callable[P, R]) -> Supervised[P, R]:
         name = agent or func.__qualname__
@@ -882,6 +977,8 @@ def supervise(
             wrapper: Any = async_wrapper
 
             def with_options_async(**overrides: Any) -> Callable[..., Awaitable[Any]]:
+                check_options(overrides, "options()")
+
                 async def call(*args: Any, **kwargs: Any) -> Any:
                     return await supervisor().run_async(func, args, kwargs, chosen(overrides))
 
@@ -898,6 +995,7 @@ def supervise(
             wrapper = sync_wrapper
 
             def with_options(**overrides: Any) -> Callable[..., Any]:
+                check_options(overrides, "options()")
                 return lambda *args, **kwargs: supervisor().run_sync(
                     func, args, kwargs, chosen(overrides)
                 )
@@ -964,6 +1062,9 @@ def build_supervisor(
         "supervision_rate": cfg.supervision.rate,
         "reward_rate": rim.reward_rate,
         "reward_inline": rim.mode == "inline",
+        "step_sample_rate": rim.step_sample_rate,
+        "session_reward": rim.session_reward,
+        "step_weight": rim.step_weight,
     }
     options = SupervisionOptions(agent=agent, **{**defaults, **explicit})
     judge: Any = None

@@ -34,6 +34,14 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}){mem}, Python {platform.python_version()}, {platform.system()}"
 
 
+def load_average() -> str:
+    """The 1/5/15-minute load averages (``uptime``), e.g. ``"1.2, 0.9, 0.7"``."""
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def postgres_version(url: str) -> str:
     try:
         out = subprocess.run(
@@ -52,7 +60,7 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         table.add_column(column, justify="right" if column != columns[0] else "left")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    Console(width=max(Console().width, 160)).print(table)
 
 
 def markdown_table(columns: list[str], rows: list[list[str]]) -> str:

@@ -526,6 +526,36 @@ _graph_root: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
 )
 
 
+def _running_span() -> Any:
+    """The span of the LangChain run whose code runs here (a LangGraph node, a tool), or None:
+    LangChain keeps the config of the running runnable in a context variable, whose callbacks'
+    parent is that run. How :func:`atlas_middleware.reward` finds the current step."""
+    from langchain_core.runnables.config import var_child_runnable_config
+
+    config = var_child_runnable_config.get()
+    callbacks = config.get("callbacks") if config else None
+    run_id = getattr(callbacks, "parent_run_id", None)
+    if run_id is None:
+        return None
+    for handler in getattr(callbacks, "handlers", ()):
+        if isinstance(handler, AtlasCallbackHandler):
+            context = handler.context_of(run_id)
+            if context is not None:
+                span = trace.get_current_span(context)
+                if span.get_span_context().is_valid:
+                    return span
+    return None
+
+
+def _register_step_resolver() -> None:
+    from atlas_middleware.steps import register_resolver
+
+    register_resolver(_running_span)
+
+
+_register_step_resolver()
+
+
 def _register() -> None:
     global _registered
     with _register_lock:

@@ -57,6 +57,7 @@ from atlas_middleware.supervise import (
     Supervisor,
     answer_text,
     build_supervisor,
+    check_options,
     supervise,
 )
 from atlas_middleware.teacher import Verdict
@@ -83,7 +84,6 @@ _META_SPAN = "atlas_session_span"  # "<trace id hex>:<span id hex>" of the first
 _META_LANE = "atlas_lane"
 _META_GUIDANCE = "atlas_guidance"
 _META_SEGMENT = "atlas_segment"
-_GRAPH_OPTIONS = ("task", "answer")
 
 
 class _Answer(str):
@@ -632,13 +632,7 @@ class _Modes:
 
 
 def _check_options(options: Mapping[str, Any]) -> None:
-    known = set(SupervisionOptions.__dataclass_fields__) - {"agent"}
-    unknown = set(options) - known
-    if unknown:
-        raise TypeError(
-            f"unknown supervision option(s) {', '.join(sorted(unknown))}; "
-            f"options: {', '.join(sorted(known | set(_GRAPH_OPTIONS)))}"
-        )
+    check_options(options, "supervise_graph()", noun="supervision option")
 
 
 def supervise_graph(

@@ -782,6 +782,25 @@ def _dispatcher_context() -> Any:
     return _parent_context(span.otel)
 
 
+def _active_otel_span() -> Any:
+    """The OpenTelemetry span of the dispatcher span in progress here (a workflow step, a tool
+    call), or None: how :func:`atlas_middleware.reward` finds the current step."""
+    handlers = _handlers
+    if handlers is None:
+        return None
+    span = handlers[0].lookup(active_span_id.get())
+    return span.otel if span is not None else None
+
+
+def _register_step_resolver() -> None:
+    from atlas_middleware.steps import register_resolver
+
+    register_resolver(_active_otel_span)
+
+
+_register_step_resolver()
+
+
 # --- supervised workflow runs -------------------------------------------------------------------
 class _RunState:
     """What one supervised run shares between its attempts and its handler."""

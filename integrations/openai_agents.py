@@ -473,6 +473,11 @@ class AtlasTracingProcessor(agents.tracing.TracingProcessor):  # type: ignore[na
             if error:
                 message = str(error.get("message") or "error")
                 otel_span.set_attribute(s.ERROR_TYPE, message[:200])
+                # The SDK's message is generic ("Error running tool"); its data says what.
+                data = error.get("data")
+                detail = data.get("error") if isinstance(data, dict) else None
+                if detail:
+                    message = f"{message}: {detail}"
                 otel_span.set_status(Status(StatusCode.ERROR, message))
         finally:
             otel_span.end()
@@ -724,6 +729,32 @@ def _with_hooks(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- instrumentation --------------------------------------------------------------------------
+def _running_span() -> Any:
+    """The OpenTelemetry span of the SDK span in progress here (an agent's turn, a function
+    tool call), or None: how :func:`atlas_middleware.reward` finds the current step."""
+    processor = _processor
+    if processor is None:
+        return None
+    current = agents.tracing.get_current_span()
+    if current is None:
+        return None
+    with processor._lock:
+        entry = processor._spans.get(current.span_id)
+    if entry is None:
+        return None
+    if entry.span is not None:
+        return entry.span
+    span = otel_trace.get_current_span(entry.context)
+    return span if span.get_span_context().is_valid else None
+
+
+def _register_step_resolver() -> None:
+    from atlas_middleware.steps import register_resolver
+
+    register_resolver(_running_span)
+
+
+_register_step_resolver()
 _install_lock = threading.Lock()
 _processor: AtlasTracingProcessor | None = None
 _added = False

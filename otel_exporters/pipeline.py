@@ -36,16 +36,7 @@ def atlas_span_processor(options: ExportOptions) -> tuple[SpanProcessor | None, 
         name = exporter or os.environ.get("OTEL_TRACES_EXPORTER", "").split(",")[0].strip()
         if (name or "atlas") not in EXPORTERS:
             return None  # not ours: configure() says which names exist
-    return _pipeline(
-        exporter=exporter,
-        store=options.store,
-        endpoint=options.endpoint,
-        jsonl_path=options.jsonl_path,
-        batch=options.batch,
-        retry_queue_spans=options.retry_queue_spans,
-        spool_dir=options.spool_dir,
-        spool_max_mb=options.spool_max_mb,
-    )
+    return _pipeline(**vars(options))
 
 
 def _exporter(

@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="review status to train on; repeat for several (default: approved)",
         )
         p.add_argument("--min-reward", type=parse_reward, metavar="X")
+        if name in ("sft", "grpo"):
+            p.add_argument(
+                "--granularity",
+                choices=("session", "step"),
+                help="one example per session (default) or per rewarded step: the guidance "
+                "before the step and the step's reward (--min-reward then applies to steps)",
+            )
         p.add_argument("--learning-key", metavar="KEY")
         p.add_argument("--since", type=parse_point_in_time, metavar="WHEN")
         p.add_argument("--until", type=parse_point_in_time, metavar="WHEN")
@@ -134,6 +141,7 @@ def _recipe(args: argparse.Namespace):
         "until": args.until,
         "references": args.references,
         "max_examples": args.max_examples,
+        "granularity": getattr(args, "granularity", None),
     }
     for key, value in data.items():
         if value is not None:

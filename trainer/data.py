@@ -21,7 +21,19 @@ from atlas_middleware.storage import SessionFilter, open_store
 from atlas_middleware.telemetry import schema as s
 from atlas_middleware.telemetry.genai import message_text
 
-__all__ = ["DataFilter", "DataStats", "TeacherExample", "iter_examples", "load_references"]
+__all__ = [
+    "GRANULARITIES",
+    "DataFilter",
+    "DataStats",
+    "StepExample",
+    "TeacherExample",
+    "iter_examples",
+    "iter_step_examples",
+    "load_references",
+    "step_task",
+]
+
+GRANULARITIES = ("session", "step")
 
 # How Teacher.guidance shows the student's failed attempt to the teacher (atlas_middleware.teacher):
 # the paired lane's baseline attempt survives only inside that chat span's input messages.
@@ -46,6 +58,62 @@ class TeacherExample:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(slots=True)
+class StepExample:
+    """One step of a supervised session, as the trainer sees it (``--granularity step``): the
+    guidance the student had before the step, the step, and the step's reward.
+
+    ``task`` is the step's own prompt (:func:`step_task`: the session's task, the steps before
+    it, this step and its input), so the sft/grpo recipes train on it as on a session's task;
+    ``session_task`` is the session's."""
+
+    trace_id: str
+    span_id: str
+    task: str
+    session_task: str
+    step: str  # the step's name
+    kind: str | None = None  # node, step, agent, tool
+    input: str | None = None
+    output: str | None = None
+    error: str | None = None
+    guidance: str | None = None  # the guidance the session ran with, given before every step
+    reward: float | None = None  # the step's reward
+    session_reward: float | None = None
+    reference: str | None = None
+    learning_key: str | None = None
+    lane: str | None = None
+    started_ns: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_STEP_CONTEXT_CHARS = 400  # of each earlier step's output shown in a step's prompt
+
+
+def step_task(
+    session_task: str, step: Mapping[str, Any], before: Iterable[Mapping[str, Any]] = ()
+) -> str:
+    """The prompt a step example trains on: the session's task, what the earlier steps of the
+    session did (name and a short output), and the step itself with its input."""
+    lines = [session_task.strip()]
+    earlier = [
+        f"- {x.get('name') or '?'}: "
+        + (
+            f"failed ({x.get('error')})"
+            if x.get("status") == "error"
+            else (str(x.get("output") or "")[:_STEP_CONTEXT_CHARS] or "done")
+        )
+        for x in before
+    ]
+    if earlier:
+        lines += ["", "Steps so far:", *earlier]
+    lines += ["", f"Next step: {step.get('name') or '?'} ({step.get('kind') or 'step'})"]
+    if step.get("input"):
+        lines.append(f"Its input: {str(step['input'])[: _STEP_CONTEXT_CHARS * 2]}")
+    return "\n".join(lines)
 
 
 @dataclass(slots=True)
@@ -150,6 +218,105 @@ def iter_examples(
         yield from _from_store(source, where, stats, references, page_size)
 
 
+def iter_step_examples(
+    source: str,
+    where: DataFilter | None = None,
+    *,
+    stats: DataStats | None = None,
+    references: Mapping[str, str] | None = None,
+    page_size: int = 256,
+) -> Iterator[StepExample]:
+    """Stream per-step examples from ``source`` (a store URL or an ``atlas export`` JSONL):
+    one per rewarded step of each session the filter keeps. ``where.min_reward`` applies to the
+    step's reward here, not the session's; steps without a reward are skipped (counted as
+    ``step without reward``)."""
+    where = where or DataFilter()
+    stats = stats if stats is not None else DataStats()
+    session_where = DataFilter(
+        statuses=where.statuses,
+        learning_key=where.learning_key,
+        since_ns=where.since_ns,
+        until_ns=where.until_ns,
+    )
+    if _is_file_source(source):
+        rows: Iterator[tuple[dict[str, Any], TeacherExample]] = _rows_from_jsonl(
+            Path(source), session_where, stats, references or {}
+        )
+    else:
+        rows = _rows_from_store(source, session_where, stats, references or {}, page_size)
+    for row, session in rows:
+        steps = row.get("steps")
+        if not isinstance(steps, list):
+            stats.skipped["steps not a list"] += 1
+            continue
+        steps = [x for x in steps if isinstance(x, Mapping)]
+        for index, step in enumerate(steps):
+            reward = step.get("reward_score")
+            if reward is None:
+                stats.skipped["step without reward"] += 1
+                continue
+            if not _check_reward(reward, stats):
+                continue
+            if where.min_reward is not None and reward < where.min_reward:
+                stats.filtered += 1
+                continue
+            stats.used += 1
+            yield StepExample(
+                trace_id=session.trace_id,
+                span_id=str(step.get("span_id") or ""),
+                task=step_task(session.task, step, steps[:index]),
+                session_task=session.task,
+                step=str(step.get("name") or ""),
+                kind=_text(step.get("kind")),
+                input=_text(step.get("input")),
+                output=_text(step.get("output")),
+                error=_text(step.get("error")),
+                guidance=session.guidance,
+                reward=float(reward),
+                session_reward=session.reward,
+                reference=None,
+                learning_key=session.learning_key,
+                lane=session.lane,
+                started_ns=step.get("started_ns")
+                if isinstance(step.get("started_ns"), int)
+                else None,
+            )
+
+
+def _rows_from_store(
+    url: str,
+    where: DataFilter,
+    stats: DataStats,
+    references: Mapping[str, str],
+    page_size: int,
+) -> Iterator[tuple[dict[str, Any], TeacherExample]]:
+    store = open_store(url)
+    try:
+        sessions = store.iter_sessions(where.session_filter(), page_size=page_size)
+        while page := list(islice(sessions, page_size)):
+            if "quarantined" not in where.statuses:
+                page = [x for x in page if x.review_status != "quarantined"]
+            spans = store.spans_for([x.trace_id for x in page])
+            steps = store.steps_of([x.trace_id for x in page])
+            for session in page:
+                stats.read += 1
+                row = session.to_json()
+                row["spans"] = [r.to_json() for r in spans.get(session.trace_id, ())]
+                row["steps"] = [x.to_json() for x in steps.get(session.trace_id, ())]
+                example = _example(row, stats, references)
+                if example is not None:
+                    yield row, example
+    finally:
+        store.close()
+
+
+def _rows_from_jsonl(
+    path: Path, where: DataFilter, stats: DataStats, references: Mapping[str, str]
+) -> Iterator[tuple[dict[str, Any], TeacherExample]]:
+    for example, row in _from_jsonl(path, where, stats, references, with_rows=True):
+        yield row, example
+
+
 def _is_file_source(source: str) -> bool:
     """A JSONL export, as opposed to a store. A bare path is a store only when it is a SQLite
     file: opening a store at a mistyped path would create an empty database there."""
@@ -196,8 +363,13 @@ def _from_store(
 
 
 def _from_jsonl(
-    path: Path, where: DataFilter, stats: DataStats, references: Mapping[str, str]
-) -> Iterator[TeacherExample]:
+    path: Path,
+    where: DataFilter,
+    stats: DataStats,
+    references: Mapping[str, str],
+    *,
+    with_rows: bool = False,
+) -> Iterator[Any]:
     try:
         handle = path.open(encoding="utf-8", errors="replace")
     except OSError as exc:
@@ -234,8 +406,9 @@ def _from_jsonl(
                 continue
             example = _example(row, stats, references)
             if example is not None:
-                stats.used += 1
-                yield example
+                if not with_rows:  # (per-step reading counts its steps)
+                    stats.used += 1
+                yield (example, row) if with_rows else example
 
 
 def _check_reward(reward: Any, stats: DataStats) -> bool:

@@ -34,6 +34,7 @@ _TOP_KEYS = {
     "trl",
 }
 _DATA_KEYS = {
+    "granularity",
     "statuses",
     "min_reward",
     "learning_key",

@@ -12,6 +12,7 @@ The output folder holds everything a run needs to resume and to be audited::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from atlas_middleware.trainer.data import DataFilter, DataStats, iter_examples, load_references
+from atlas_middleware.trainer.data import (
+    GRANULARITIES,
+    DataFilter,
+    DataStats,
+    iter_examples,
+    iter_step_examples,
+    load_references,
+)
 from atlas_middleware.trainer.recipes import Recipe, RecipeError, trl_config
 
 from atlas_middleware.teacher import GUIDANCE_SYSTEM
@@ -105,8 +113,19 @@ def prepare_data(recipe: Recipe, source: str, output_dir: Path) -> DataStats:
 
     For GRPO one prompt per distinct task is kept (``dedupe_tasks``), each carrying the trace
     ids of every session it stands for. SFT and GKD need the guidance text.
+
+    ``data.granularity: step`` (``--granularity step``) writes one example per rewarded step
+    instead (sft, grpo): its task is the step's prompt (the session's task, the steps before it,
+    the step and its input), its guidance the session's, its reward the step's.
     """
     where = data_filter(recipe)
+    granularity = recipe.data.get("granularity") or "session"
+    if granularity not in GRANULARITIES:
+        raise RecipeError(
+            f"data.granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}"
+        )
+    if granularity == "step" and recipe.recipe not in ("sft", "grpo"):
+        raise RecipeError(f"data.granularity step is for sft and grpo, not {recipe.recipe}")
     refs_path = recipe.data.get("references")
     references = load_references(refs_path) if refs_path else None
     limit = recipe.data.get("max_examples")
@@ -120,12 +139,20 @@ def prepare_data(recipe: Recipe, source: str, output_dir: Path) -> DataStats:
     seen: dict[bytes, int] = {}  # task digest → line number (16 bytes a task, not the text)
     written = 0
     no_guidance = 0
+    last_trace = None
     with partial.open("w", encoding="utf-8") as out, sessions_file.open("w") as ids:
-        for example in iter_examples(source, where, stats=stats, references=references):
+        examples = (
+            iter_step_examples(source, where, stats=stats, references=references)
+            if granularity == "step"
+            else iter_examples(source, where, stats=stats, references=references)
+        )
+        for example in examples:
             if need_guidance and not example.guidance:
                 no_guidance += 1
                 continue
-            ids.write(example.trace_id + "\n")
+            if example.trace_id != last_trace:  # a session's steps come one after another
+                ids.write(example.trace_id + "\n")
+                last_trace = example.trace_id
             if dedupe:
                 digest = hashlib.blake2b(example.task.encode(), digest_size=16).digest()
                 if digest in seen:
@@ -314,76 +341,16 @@ def train(
     from atlas_middleware.trainer.progress import AtlasCallback
 
     callback = AtlasCallback(out, quiet=quiet)
-    student_cm = None
-    reward_fn = None
-    trainer: Any  # a GRPOTrainer, SFTTrainer or GKDTrainer
-    try:
-        if recipe.recipe == "grpo":
-            from atlas_middleware.trainer.reward import RewardWeights, TeachingReward
-            from atlas_middleware.trainer.students import open_student
-            from trl import GRPOTrainer
-
-            if not recipe.student:
-                raise RecipeError(
-                    "grpo needs a student: pass --student vllm:/path | transformers:/path | "
-                    "http://host:port/v1|model (or set student: in the recipe)"
-                )
-            terms = dict(recipe.reward)
-            verifier = load_verifier(terms.pop("verifier", None))
-            judge = terms.pop("judge", None)
-            try:
-                weights = RewardWeights(**terms)
-            except TypeError as exc:
-                raise RecipeError(f"reward: {exc}") from None
-            except ValueError as exc:
-                raise RecipeError(str(exc)) from None
-            rim = None
-            if judge:
-                from atlas_middleware.models import build_model
-                from atlas_middleware.rim import RIMReward
-
-                rim = RIMReward(build_model(str(judge)))
-            student_cm = open_student(recipe.student, **recipe.student_options)
-            student = student_cm.__enter__()
-            reward_fn = TeachingReward(student, weights, verifier=verifier, rim=rim)
-            trainer = GRPOTrainer(
-                model=model_path,
-                reward_funcs=[reward_fn],  # type: ignore[list-item]  # TRL: list[float | None]
-                args=args,
-                train_dataset=dataset,
-                callbacks=[callback],
-            )
-        elif recipe.recipe == "sft":
-            from trl import SFTTrainer
-
-            trainer = SFTTrainer(
-                model=model_path, args=args, train_dataset=dataset, callbacks=[callback]
-            )
-        else:
-            from transformers import AutoTokenizer
-
-            os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-            from trl.experimental.gkd import GKDTrainer
-
-            teacher_path = _require_model(recipe.teacher_model, "larger teacher", "--teacher-model")
-            tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-            trainer = GKDTrainer(
-                model=model_path,
-                teacher_model=teacher_path,
-                args=args,
-                train_dataset=dataset,
-                processing_class=tokenizer,
-                callbacks=[callback],
-            )
+    build = _TRAINERS[recipe.recipe]
+    # The stack closes what a recipe opened (grpo's student) however training ends.
+    with contextlib.ExitStack() as stack:
+        trainer, reward_fn = build(_Build(recipe, model_path, args, dataset, callback, stack))
         _quiet_default_progress(trainer)
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         final = out / FINAL
         trainer.save_model(str(final))
         if _is_main():
             _save_tokenizer(trainer, model_path, final)
-    finally:
-        if student_cm is not None:
-            student_cm.__exit__(None, None, None)
 
     metrics = {k: v for k, v in (result.metrics or {}).items() if _finite(v)}
     metrics.update(callback.last_teaching())
@@ -425,6 +392,85 @@ def train(
         data=stats_json,
         recorded_in=recorded,
     )
+
+
+# --- one builder per recipe: what it needs -> (TRL trainer, teaching reward or None) ------------
+@dataclass(frozen=True)
+class _Build:
+    recipe: Recipe
+    model_path: str
+    args: Any  # the TRL config
+    dataset: Any
+    callback: Any
+    stack: contextlib.ExitStack  # closes what a builder opens (grpo's student)
+
+
+def _grpo_trainer(b: _Build) -> tuple[Any, Any]:
+    from atlas_middleware.trainer.reward import RewardWeights, TeachingReward
+    from atlas_middleware.trainer.students import open_student
+    from trl import GRPOTrainer
+
+    if not b.recipe.student:
+        raise RecipeError(
+            "grpo needs a student: pass --student vllm:/path | transformers:/path | "
+            "http://host:port/v1|model (or set student: in the recipe)"
+        )
+    terms = dict(b.recipe.reward)
+    verifier = load_verifier(terms.pop("verifier", None))
+    judge = terms.pop("judge", None)
+    try:
+        weights = RewardWeights(**terms)
+    except TypeError as exc:
+        raise RecipeError(f"reward: {exc}") from None
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
+    rim = None
+    if judge:
+        from atlas_middleware.models import build_model
+        from atlas_middleware.rim import RIMReward
+
+        rim = RIMReward(build_model(str(judge)))
+    student = b.stack.enter_context(open_student(b.recipe.student, **b.recipe.student_options))
+    reward_fn = TeachingReward(student, weights, verifier=verifier, rim=rim)
+    trainer = GRPOTrainer(
+        model=b.model_path,
+        reward_funcs=[reward_fn],  # type: ignore[list-item]  # TRL: list[float | None]
+        args=b.args,
+        train_dataset=b.dataset,
+        callbacks=[b.callback],
+    )
+    return trainer, reward_fn
+
+
+def _sft_trainer(b: _Build) -> tuple[Any, Any]:
+    from trl import SFTTrainer
+
+    trainer = SFTTrainer(
+        model=b.model_path, args=b.args, train_dataset=b.dataset, callbacks=[b.callback]
+    )
+    return trainer, None
+
+
+def _gkd_trainer(b: _Build) -> tuple[Any, Any]:
+    from transformers import AutoTokenizer
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl.experimental.gkd import GKDTrainer
+
+    teacher_path = _require_model(b.recipe.teacher_model, "larger teacher", "--teacher-model")
+    tokenizer = AutoTokenizer.from_pretrained(b.model_path, local_files_only=True)
+    trainer = GKDTrainer(
+        model=b.model_path,
+        teacher_model=teacher_path,
+        args=b.args,
+        train_dataset=b.dataset,
+        processing_class=tokenizer,
+        callbacks=[b.callback],
+    )
+    return trainer, None
+
+
+_TRAINERS = {"grpo": _grpo_trainer, "sft": _sft_trainer, "gkd": _gkd_trainer}
 
 
 def _quiet_default_progress(trainer: Any) -> None:

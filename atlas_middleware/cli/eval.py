@@ -123,10 +123,12 @@ class Models:
         return self._built[spec]
 
     def load(self, out: Any) -> None:
-        """Load local weights now, with a spinner, rather than inside the first task."""
+        """Load local weights now, with a spinner, rather than inside the first task (and
+        without transformers' own progress bars, which would tear the spinner and the table)."""
         for model in self._built.values():
             load = getattr(model, "load", None)
             if load is not None:
+                quiet_model_loading()
                 with out.status(f"loading {model.name} ..."):
                     load()
 
@@ -239,3 +241,17 @@ def _rewards(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     report = asyncio.run(main())
     return _write(args, report, "rewards", time.perf_counter() - started)
+
+
+def quiet_model_loading() -> None:
+    """No third-party progress bars (transformers' "Loading weights", the hub's downloads) in
+    atlas's own output; our spinner says what is loading."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

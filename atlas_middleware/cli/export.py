@@ -33,7 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
         help="write sessions and their spans as JSON Lines",
-        description='Write one JSON object per session (its fields plus a "spans" list) to a '
+        description='Write one JSON object per session (its fields, a "steps" list and a '
+        '"spans" list) to a '
         "JSON Lines file, streaming page by page. Only approved sessions unless --status says "
         "otherwise; quarantined sessions only when asked for with --status quarantined.",
     )
@@ -108,9 +109,11 @@ def export_chunks(
         if "quarantined" not in statuses:
             page = [s for s in page if s.review_status != "quarantined"]
         found = store.spans_for([s.trace_id for s in page]) if spans else {}
+        steps = store.steps_of([s.trace_id for s in page])
         chunk = bytearray()
         for session in page:
             line = session.to_json()
+            line["steps"] = [x.to_json() for x in steps.get(session.trace_id, [])]
             if spans:
                 records = found.get(session.trace_id, [])
                 line["spans"] = [r.to_json() for r in records]

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.sdk.trace import SpanProcessor
+
 from atlas_middleware.cli.common import (
     CLIError,
     add_store_argument,
@@ -206,9 +208,12 @@ def run(args: argparse.Namespace) -> int:
     table = _table()
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
-    with open_store(url) as store, Live(table, console=out, refresh_per_second=4):
+    activity = Activity(len(tasks))
+    provider.add_span_processor(activity)
+    with open_store(url) as store, Live(activity.view(table), console=out, refresh_per_second=4):
         for i, task in enumerate(tasks):
             lane = ROTATION[i % len(ROTATION)] if args.lanes == "rotate" else None
+            activity.next_task(i + 1)
             t0 = time.perf_counter()
             state = app.options(reference=task.reference, lane=lane).invoke(
                 {"messages": [HumanMessage(task.task)]}
@@ -228,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
             row["probe_lane"] = config.lanes.lane_for(session.probe_confidence if session else None)
             rows.append(row)
             _add_row(table, i + 1, row)
+        activity.done()
         lessons = _lessons(store)
     elapsed = time.perf_counter() - started
     _summary(out, rows, elapsed, url, lessons)
@@ -236,6 +242,60 @@ def run(args: argparse.Namespace) -> int:
     asyncio.run(models.close())
     telemetry.shutdown()
     return 0
+
+
+class Activity(SpanProcessor):
+    """What the run is doing right now, under the table: which task, which step (read from the
+    spans as they start: the teacher's probe, the student's answer, a judge), for how long. A
+    135M model on a busy CPU takes minutes per task; this says it is working, and on what."""
+
+    def __init__(self, tasks: int) -> None:
+        self.tasks = tasks
+        self.task = 0
+        self.step = "loading"
+        self.since = time.perf_counter()
+
+    def next_task(self, number: int) -> None:
+        self.task, self.step, self.since = number, "starting", time.perf_counter()
+
+    def done(self) -> None:
+        self.task = 0
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        from atlas_middleware.telemetry import schema as s
+
+        attributes = span.attributes or {}
+        role = attributes.get(s.ATLAS_SPAN_ROLE)
+        if role == s.ROLE_TEACHER:
+            step = f"teacher: {attributes.get(s.ATLAS_TEACHER_STEP) or 'thinking'}"
+        elif role == s.ROLE_STUDENT:
+            step = "student: answering"
+        elif role == s.ROLE_JUDGE:
+            step = "judge: scoring the answer (RIM)"
+        elif role == s.ROLE_TOOL:
+            step = f"tool: {span.name}"
+        else:
+            return
+        self.step, self.since = step, time.perf_counter()
+
+    def view(self, table: Any) -> Any:
+        activity = self
+
+        class View:
+            def __rich__(self) -> Any:
+                from rich.console import Group
+                from rich.text import Text
+
+                if not activity.task:
+                    return table
+                line = Text(
+                    f"task {activity.task}/{activity.tasks} · {activity.step} · "
+                    f"{time.perf_counter() - activity.since:.0f}s",
+                    style="dim",
+                )
+                return Group(table, line)
+
+        return View()
 
 
 def teacher_view(spans: list[Any], prompts: Any) -> dict[str, Any]:
@@ -369,12 +429,37 @@ def _summary(
         f"invalid, {sum(r['retries'] for r in rows)} guided retries · "
         f"playbook 'arithmetic': {len(lessons)} lessons"
     )
+    atlas = atlas_command()
+    example = sessions[0].trace_id[:8] if sessions else "<id>"
     out.print(
         f"{len(sessions)} sessions with their spans are in [cyan]{url}[/cyan]. Next:\n"
-        "  atlas sessions list                 # what was stored\n"
-        "  atlas sessions show <id>            # one session and its span tree\n"
-        "  atlas quickstart --train            # train a teacher on them, then measure it"
+        f"  {atlas} sessions list --store {url}              # what was stored\n"
+        f"  {atlas} sessions show {example} --store {url}    # one session and its span tree\n"
+        f"  {atlas} ui --store {url}                         # review them in a browser\n"
+        f"  {atlas} quickstart --train                       # train a teacher, then measure it",
+        highlight=False,
     )
+
+
+def atlas_command() -> str:
+    """How to run ``atlas`` from the user's shell: ``atlas`` when that is this installation's,
+    else the path of this environment's script (``.venv/bin/atlas`` after ``make quickstart``,
+    whose venv is not activated)."""
+    import os
+    import shutil
+    import sys
+
+    script = Path(sys.prefix) / "bin" / "atlas"
+    found = shutil.which("atlas")
+    if found and script.exists() and Path(found).resolve() == script.resolve():
+        return "atlas"
+    if not script.exists():
+        return f"{Path(sys.executable).name} -m atlas_middleware.cli"
+    try:
+        relative = os.path.relpath(script)
+    except ValueError:  # another drive (Windows)
+        return str(script)
+    return relative if not relative.startswith("..") else str(script)
 
 
 def _train_and_evaluate(

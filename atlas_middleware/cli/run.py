@@ -23,8 +23,7 @@ from atlas_middleware.cli.common import (
     store_url,
     write_stdout,
 )
-
-LANES = ("auto", "paired", "coach")
+from atlas_middleware.config import LANES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

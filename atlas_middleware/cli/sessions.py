@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from atlas_middleware.cli.common import (
@@ -176,14 +177,61 @@ def run_show(args: argparse.Namespace) -> int:
     with open_cli_store(args) as store:
         session = _resolve(store, args.id)
         spans = store.spans_for([session.trace_id])[session.trace_id]
+        steps = store.steps_for(session.trace_id)
     if args.json:
-        write_stdout(json_line({**session.to_json(), "spans": [r.to_json() for r in spans]}))
+        write_stdout(
+            json_line(
+                {
+                    **session.to_json(),
+                    "steps": [x.to_json() for x in steps],
+                    "spans": [r.to_json() for r in spans],
+                }
+            )
+        )
         return 0
-    _print_session(session, spans)
+    _print_session(session, spans, steps)
     return 0
 
 
-def _print_session(session: Session, spans: list[SpanRecord]) -> None:
+def _print_steps(steps: list[Any]) -> Any:
+    """The steps as a table: in start order, a nested step indented under its parent."""
+    from rich.table import Table
+    from rich.text import Text
+
+    depth: dict[str, int] = {}
+    for step in steps:
+        depth[step.span_id] = depth.get(step.parent_id, -1) + 1 if step.parent_id else 0
+    table = Table(box=None, header_style="dim", pad_edge=False)
+    for name in ("step", "kind", "status", "tokens", "reward", "rewards", "error"):
+        table.add_column(name, justify="right" if name in ("tokens", "reward") else "left")
+    for step in steps:
+        tokens = (
+            f"{step.input_tokens or 0}/{step.output_tokens or 0}"
+            if step.input_tokens is not None or step.output_tokens is not None
+            else ""
+        )
+        rewards = ", ".join(
+            f"{name}={format_reward(e.get('score'))}"
+            for name, e in sorted(step.evaluations.items())
+        )
+        failed = step.status == "error"
+        table.add_row(
+            Text("  " * depth.get(step.span_id, 0) + (step.name or step.span_id)),
+            Text(step.kind or ""),
+            Text(step.status or "", style="red" if failed else ""),
+            Text(tokens),
+            Text(format_reward(step.reward_score) if step.evaluations else ""),
+            Text(rewards),
+            Text(
+                (f"{step.error_type}: " if step.error_type else "") + (step.error or "")
+                if failed
+                else ""
+            ),
+        )
+    return table
+
+
+def _print_session(session: Session, spans: list[SpanRecord], steps: Sequence[Any] = ()) -> None:
     from rich.table import Table
     from rich.text import Text
 
@@ -254,6 +302,11 @@ def _print_session(session: Session, spans: list[SpanRecord]) -> None:
         out.print(table)
     else:
         out.print(Text("none yet", style="dim"))
+
+    if steps:
+        out.print()
+        out.print(Text(f"Steps ({len(steps)})", style="bold"))
+        out.print(_print_steps(list(steps)))
 
     out.print()
     out.print(Text("Drift", style="bold"))

@@ -17,6 +17,7 @@ def record(
     *,
     tracer: Tracer | None = None,
     content: bool | None = None,
+    step_id: str | None = None,
 ) -> bool:
     """Emit ``reward`` as the session's primary evaluation (``atlas.rim``, with the full
     ``to_payload()`` as JSON) plus one evaluation per scored judge (``atlas.rim.<judge>``), each
@@ -27,7 +28,8 @@ def record(
     quote the evaluated prompt and answer, out of the payload. A reward no judge could score is
     recorded without a score (label ``unscored``, the reason as its explanation, the payload with
     every judge's error), so the session shows why it has no reward instead of being scored 0;
-    then this returns False.
+    then this returns False. With ``step_id`` the reward scores that step (``session`` is then
+    the step's SpanContext): the same evaluations, marked as the step's.
     """
     tracer = tracer or get_tracer()
     if content is None:
@@ -42,6 +44,7 @@ def record(
             label=s.LABEL_UNSCORED,
             explanation=reward.error or "no judge produced a score",
             payload=payload,
+            step_id=step_id,
         )
         return False
     s.record_evaluation(
@@ -52,6 +55,7 @@ def record(
         explanation=reward.rationale,
         uncertainty=reward.uncertainty,
         payload=payload,
+        step_id=step_id,
     )
     for name, result in reward.judges.items():
         if result.score is None:
@@ -63,5 +67,6 @@ def record(
             score=result.score,
             explanation=result.rationale or None,
             uncertainty=result.uncertainty,
+            step_id=step_id,
         )
     return True

@@ -15,13 +15,15 @@ from typing import Any
 
 import orjson
 
-from atlas_middleware.review import DriftPolicy, drift
+from atlas_middleware.review import Baseline, DriftPolicy, drift
 from atlas_middleware.storage.records import (
     REVIEW_STATUSES,
     SessionUpdate,
     SpanEvent,
     SpanRecord,
+    StepUpdate,
     derive_session_updates,
+    derive_step_updates,
     json_dumps,
     reward_score,
 )
@@ -86,6 +88,37 @@ class Session:
 
 
 SESSION_FIELDS = tuple(Session.__dataclass_fields__)
+
+
+@dataclass(slots=True)
+class Step:
+    """One step of a session (a node run, a workflow step, an agent turn, a tool call)."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None = None  # the enclosing step's span id
+    name: str | None = None
+    kind: str | None = None  # node, step, agent, tool
+    started_ns: int | None = None
+    ended_ns: int | None = None
+    status: str | None = None  # ok, error
+    error_type: str | None = None
+    error: str | None = None
+    input: str | None = None
+    output: str | None = None
+    input_tokens: int | None = None  # of the model calls inside the step
+    output_tokens: int | None = None
+    evaluations: dict[str, Any] = field(default_factory=dict)
+    reward_score: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in STEP_FIELDS}
+
+
+STEP_FIELDS = tuple(Step.__dataclass_fields__)
+_STEP_SELECT = ", ".join(STEP_FIELDS)
+# Schema version that added the steps table.
+STEPS_VERSION = 6
 
 
 @dataclass(slots=True)
@@ -223,13 +256,23 @@ class _SessionPlan:
     drift: str | None = None
 
     def judge(
-        self, histories: dict[str, list[float]], store: Store, now: int
+        self,
+        histories: dict[str, list[float]],
+        store: Store,
+        now: int,
+        baselines: dict[str | None, Baseline] | None = None,
     ) -> tuple[Any, ...] | None:
-        """Run the drift check if due; returns a drift_alerts row when it alerts."""
+        """Run the drift check if due; returns a drift_alerts row when it alerts.
+        ``baselines``: each learning key's baseline, filled as the batch's checks need them."""
         if not self.check:
             return None
-        history = histories.get(self.learning_key, []) if self.learning_key else []
-        result = drift(history, self.score, store.drift_policy)  # type: ignore[arg-type]
+        baseline = baselines.get(self.learning_key) if baselines is not None else None
+        if baseline is None:
+            history = histories.get(self.learning_key, []) if self.learning_key else []
+            baseline = Baseline.of(history, store.drift_policy)
+            if baselines is not None:
+                baselines[self.learning_key] = baseline
+        result = drift(baseline, self.score, store.drift_policy)  # type: ignore[arg-type]
         self.drift = json_dumps(result.to_json())
         if not result.alert:
             return None
@@ -344,10 +387,11 @@ class Store(abc.ABC):
         round trips per batch, however many sessions it holds. Rows go in trace-id order so
         concurrent writers lock them in one order and cannot deadlock.
         """
+        step_rejected = self._apply_step_updates(conn, records)
         updates = sorted(derive_session_updates(records).values(), key=lambda u: u.trace_id)
         if not updates:
-            return 0, 0, 0
-        rejected = sum(u.rejected_scores for u in updates)
+            return 0, 0, step_rejected
+        rejected = sum(u.rejected_scores for u in updates) + step_rejected
         now = time.time_ns()
         ids = [u.trace_id for u in updates]
         in_batch, in_params = self._in_list("trace_id", ids)
@@ -363,7 +407,8 @@ class Store(abc.ABC):
         plans = [self._plan(u, prior.get(u.trace_id)) for u in updates]
         keys = sorted({plan.learning_key for plan in plans if plan.check and plan.learning_key})
         histories = self._reward_histories(conn, keys, exclude=ids) if keys else {}
-        alerts = [alert for plan in plans if (alert := plan.judge(histories, self, now))]
+        baselines: dict[str | None, Baseline] = {}  # one per learning key, not per session
+        alerts = [alert for plan in plans if (alert := plan.judge(histories, self, now, baselines))]
         returned = self._upsert_sessions(
             conn,
             [
@@ -397,6 +442,63 @@ class Store(abc.ABC):
         return len(updates), len(alerts), rejected
 
     _lock_rows = ""  # SQL appended to the prior-state read to lock the rows (dialects set it)
+
+    def _apply_step_updates(self, conn: Any, records: Sequence[SpanRecord]) -> int:
+        """Upsert the steps a batch describes (step spans and step rewards); returns the
+        rejected reward scores. Rewards merge by name with those stored, in the statement itself
+        (concurrent batches of one step cannot lose each other's); a step's reward is then
+        recomputed from what the merge returned. Rows go in key order (no deadlocks)."""
+        updates = sorted(
+            derive_step_updates(records).values(), key=lambda u: (u.trace_id, u.span_id)
+        )
+        if not updates:
+            return 0
+        now = time.time_ns()
+        rows = [
+            (
+                u.trace_id,
+                u.span_id,
+                *u.column_values(),
+                json_dumps(u.evaluations),
+                reward_score(u.evaluations) if u.evaluations else None,
+                now,
+            )
+            for u in updates
+        ]
+        columns = (
+            "trace_id",
+            "span_id",
+            *StepUpdate.COLUMNS,
+            "evaluations",
+            "reward_score",
+            "updated_ns",
+        )
+        keep = ", ".join(f"{c} = COALESCE(excluded.{c}, steps.{c})" for c in StepUpdate.COLUMNS)
+        brought = "excluded.evaluations <> '{}'"  # this batch brought rewards for the step
+        merge = self._json_merge.replace("sessions.", "steps.")
+        returned = self._run_returning(
+            conn,
+            f"INSERT INTO steps ({', '.join(columns)}) "
+            f"VALUES ({', '.join(['%s'] * len(columns))}) "
+            f"ON CONFLICT (trace_id, span_id) DO UPDATE SET {keep}, "
+            f"evaluations = CASE WHEN {brought} THEN {merge} ELSE steps.evaluations END, "
+            "updated_ns = excluded.updated_ns "
+            "RETURNING trace_id, span_id, evaluations, reward_score",
+            rows,
+        )
+        fixes = []
+        for trace_id, span_id, evaluations, score in returned:
+            merged = _loads(evaluations) or {}
+            expected = reward_score(merged) if merged else None
+            if expected != score:
+                fixes.append((expected, trace_id, span_id))
+        if fixes:
+            self._run_many(
+                conn,
+                "UPDATE steps SET reward_score = %s WHERE trace_id = %s AND span_id = %s",
+                fixes,
+            )
+        return sum(u.rejected_scores for u in updates)
 
     @abc.abstractmethod
     def _in_list(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
@@ -434,12 +536,18 @@ class Store(abc.ABC):
         histories = self._reward_histories(conn, keys, exclude=exclude) if keys else {}
         changes = []
         alerts = []
+        baselines: dict[str | None, Baseline] = {}
         for trace_id, learning_key, evaluations, status in sessions:
             score = reward_score(evaluations)
             if score is None:
                 continue
-            history = histories.get(learning_key, []) if learning_key is not None else []
-            result = drift(history, score, self.drift_policy)
+            baseline = baselines.get(learning_key)
+            if baseline is None:
+                baseline = baselines[learning_key] = Baseline.of(
+                    histories.get(learning_key, []) if learning_key is not None else [],
+                    self.drift_policy,
+                )
+            result = drift(baseline, score, self.drift_policy)
             if result.alert and status != "quarantined":
                 status = "pending"
             changes.append((score, json_dumps(result.to_json()), status, trace_id))
@@ -623,6 +731,38 @@ class Store(abc.ABC):
             for row in rows:
                 result[row[0]].append(span_from_row(row))
         return result
+
+    def steps_for(self, trace_id: str) -> list[Step]:
+        """The steps of one session (by trace id), in the order they started. Empty on a store
+        not yet migrated to steps."""
+        if self.schema_version() < STEPS_VERSION:
+            return []
+        rows = self._read(
+            f"SELECT {_STEP_SELECT} FROM steps WHERE trace_id = %s "
+            "ORDER BY COALESCE(started_ns, 0), span_id",
+            (trace_id,),
+        )
+        return [self._step_from_row(row) for row in rows]
+
+    def steps_of(self, trace_ids: Sequence[str]) -> dict[str, list[Step]]:
+        """The steps of several sessions, by trace id (each in start order)."""
+        result: dict[str, list[Step]] = {t: [] for t in trace_ids}
+        if not trace_ids or self.schema_version() < STEPS_VERSION:
+            return result
+        clause, params = self._in_list("trace_id", list(trace_ids))
+        for row in self._read(
+            f"SELECT {_STEP_SELECT} FROM steps WHERE {clause} "
+            "ORDER BY COALESCE(started_ns, 0), span_id",
+            params,
+        ):
+            result[row[0]].append(self._step_from_row(row))
+        return result
+
+    @staticmethod
+    def _step_from_row(row: Sequence[Any]) -> Step:
+        values = dict(zip(STEP_FIELDS, row, strict=True))
+        values["evaluations"] = _loads(values["evaluations"]) or {}
+        return Step(**values)
 
     def set_review(
         self,

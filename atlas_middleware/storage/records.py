@@ -213,6 +213,8 @@ def derive_session_updates(records: Iterable[SpanRecord]) -> dict[str, SessionUp
     for record in records:
         root = is_session_root(record)
         evaluations = [e for e in record.events if e.name == s.EVENT_EVALUATION_RESULT]
+        if evaluations and _step_of_evaluation(record) is not None:
+            evaluations = []  # a step's reward: its step row holds it (derive_step_updates)
         if not root and not evaluations:
             continue
         update = updates.get(record.trace_id)
@@ -252,6 +254,115 @@ def derive_session_updates(records: Iterable[SpanRecord]) -> dict[str, SessionUp
     return updates
 
 
+def _step_of_evaluation(record: SpanRecord) -> str | None:
+    """The span id of the step an evaluation span scores, or None for a session's."""
+    a = record.attributes
+    if a.get(s.ATLAS_REWARD_SCOPE) == s.SCOPE_SESSION:
+        return None
+    step = a.get(s.ATLAS_STEP_ID)
+    if isinstance(step, str) and step:
+        return step
+    if a.get(s.ATLAS_REWARD_SCOPE) == s.SCOPE_STEP:
+        return record.parent_span_id
+    return None
+
+
+@dataclass(slots=True)
+class StepUpdate:
+    """What one batch of spans says about one step (keyed by trace id and span id): its span's
+    facts, the rewards that arrived for it, or both. ``None`` says nothing."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None = None
+    name: str | None = None
+    kind: str | None = None
+    started_ns: int | None = None
+    ended_ns: int | None = None
+    status: str | None = None
+    error_type: str | None = None
+    error: str | None = None
+    input: str | None = None
+    output: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rejected_scores: int = 0
+
+    COLUMNS = (
+        "parent_id",
+        "name",
+        "kind",
+        "started_ns",
+        "ended_ns",
+        "status",
+        "error_type",
+        "error",
+        "input",
+        "output",
+        "input_tokens",
+        "output_tokens",
+    )
+
+    def column_values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, c) for c in self.COLUMNS)
+
+
+def derive_step_updates(records: Iterable[SpanRecord]) -> dict[tuple[str, str], StepUpdate]:
+    """The steps a batch describes: step spans (``atlas.step.kind``, or a tool / node / workflow
+    step / agent-turn span of another producer) and step rewards (evaluation spans with
+    ``atlas.reward.scope=step``)."""
+    updates: dict[tuple[str, str], StepUpdate] = {}
+
+    def get(trace_id: str, span_id: str) -> StepUpdate:
+        key = (trace_id, span_id)
+        found = updates.get(key)
+        if found is None:
+            found = updates[key] = StepUpdate(trace_id, span_id)
+        return found
+
+    for record in records:
+        a = record.attributes
+        kind = s.step_kind(a, root=is_session_root(record))
+        if kind is not None:
+            update = get(record.trace_id, record.span_id)
+            update.kind = kind
+            update.parent_id = _str(a.get(s.ATLAS_STEP_PARENT_ID))
+            update.name = (
+                _str(
+                    a.get(s.ATLAS_NODE_NAME)
+                    or a.get(s.ATLAS_STEP_NAME)
+                    or a.get(s.GEN_AI_TOOL_NAME)
+                    or a.get(s.GEN_AI_AGENT_NAME)
+                )
+                or record.name
+            )
+            update.started_ns = record.start_ns
+            update.ended_ns = record.end_ns
+            failed = record.status_code == "ERROR"
+            update.status = "error" if failed else "ok"
+            update.error_type = _str(a.get(s.ERROR_TYPE))
+            update.error = (record.status_message or update.error_type) if failed else None
+            update.input = _str(a.get(s.OI_INPUT_VALUE) or a.get(s.GEN_AI_TOOL_CALL_ARGUMENTS))
+            update.output = _str(a.get(s.OI_OUTPUT_VALUE) or a.get(s.GEN_AI_TOOL_CALL_RESULT))
+            update.input_tokens = _int(a.get(s.GEN_AI_USAGE_INPUT_TOKENS))
+            update.output_tokens = _int(a.get(s.GEN_AI_USAGE_OUTPUT_TOKENS))
+        evaluations = [e for e in record.events if e.name == s.EVENT_EVALUATION_RESULT]
+        step = _step_of_evaluation(record) if evaluations else None
+        if step is None:
+            continue
+        update = get(record.trace_id, step)
+        for event in evaluations:
+            found = _evaluation(event, record)
+            if found is not None:
+                update.evaluations[found[0]] = found[1]
+                if "score" not in found[1] and event.attributes.get(
+                    s.GEN_AI_EVALUATION_SCORE_VALUE
+                ) not in (None, ""):
+                    update.rejected_scores += 1
+    return updates
+
+
 def span_tree(spans: Iterable[SpanRecord]) -> list[tuple[SpanRecord, int]]:
     """Spans in tree order with their depth: each after its parent, siblings by start time. A
     span whose parent is not among them is a root; spans that only point at each other (a cycle)
@@ -275,10 +386,13 @@ def span_tree(spans: Iterable[SpanRecord]) -> list[tuple[SpanRecord, int]]:
 
 
 def reward_score(evaluations: Mapping[str, Mapping[str, Any]]) -> float | None:
-    """The session's reward: the primary (RIM) evaluation when present, else the mean of all."""
-    primary = evaluations.get(s.PRIMARY_EVALUATION)
-    if primary is not None and primary.get("score") is not None:
-        return float(primary["score"])
+    """The session's (or a step's) reward: the aggregate of the final judge and the step rewards
+    when there is one (``atlas.aggregate``), else the primary (RIM) evaluation, else the mean of
+    all."""
+    for name in (s.AGGREGATE_EVALUATION, s.PRIMARY_EVALUATION):
+        chosen = evaluations.get(name)
+        if chosen is not None and chosen.get("score") is not None:
+            return float(chosen["score"])
     scores = [float(e["score"]) for e in evaluations.values() if e.get("score") is not None]
     return sum(scores) / len(scores) if scores else None
 

@@ -79,10 +79,20 @@ def configure(
     )
     if processor is not None:
         provider.add_span_processor(processor)
+    _track_steps(provider)
     _install(provider, retrying, None)
     if set_global:
         _set_global(provider)
     return provider
+
+
+def _track_steps(provider: TracerProvider) -> None:
+    """Add the step tracker (marks step spans, sums their tokens) to ``provider``, once."""
+    from atlas_middleware.steps import tracker
+
+    processors = getattr(getattr(provider, "_active_span_processor", None), "_span_processors", ())
+    if tracker() not in processors:
+        provider.add_span_processor(tracker())
 
 
 def _install(provider: TracerProvider, retrying: Any, attached: _Attached | None) -> None:
@@ -246,21 +256,16 @@ def attach(provider: TracerProvider, **options: Any) -> TracerProvider:
     options.pop("service_name", None)  # the application's resource names the service
     options.pop("resource_attributes", None)
     options.pop("set_global", None)
-    processor, retrying = _pipeline(
-        exporter=options.pop("exporter", None),
-        store=options.pop("store", None),
-        endpoint=options.pop("endpoint", None),
-        jsonl_path=options.pop("jsonl_path", None),
-        batch=options.pop("batch", True),
-        retry_queue_spans=options.pop("retry_queue_spans", None),
-        spool_dir=options.pop("spool_dir", None),
-        spool_max_mb=options.pop("spool_max_mb", 256.0),
-    )
+    export = {
+        name: options.pop(name) for name in ExportOptions.__dataclass_fields__ if name in options
+    }
+    processor, retrying = _pipeline(**export)
     if options:
         raise TypeError(f"attach() got unknown option(s) {', '.join(sorted(options))}")
     attached = _Attached(processor) if processor is not None else None
     if attached is not None:
         provider.add_span_processor(attached)
+        _track_steps(provider)
     _install(provider, retrying, attached)
     return provider
 
@@ -346,8 +351,23 @@ def get_tracer() -> trace.Tracer:
         return tracer
     provider = _provider
     if provider is not None:
-        return provider.get_tracer(TRACER_NAME)
+        # One tracer per provider: the SDK's get_tracer builds and compares an instrumentation
+        # scope on every call (microseconds on each supervised call).
+        cached = _tracer
+        if cached is not None and cached[0] is provider:
+            return cached[1]
+        tracer = provider.get_tracer(TRACER_NAME)
+        _cache_tracer(provider, tracer)
+        return tracer
     return trace.get_tracer(TRACER_NAME)
+
+
+_tracer: tuple[TracerProvider, trace.Tracer] | None = None
+
+
+def _cache_tracer(provider: TracerProvider, tracer: trace.Tracer) -> None:
+    global _tracer
+    _tracer = (provider, tracer)
 
 
 def shutdown(timeout_millis: int = 5000) -> None:

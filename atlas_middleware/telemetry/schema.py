@@ -11,8 +11,7 @@ Three vocabularies meet here:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import trace
@@ -31,7 +30,7 @@ GEN_AI_TOOL_NAME = "gen_ai.tool.name"
 GEN_AI_TOOL_CALL_ID = "gen_ai.tool.call.id"
 GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"
 GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"
-# The system prompt, when a producer records it apart from the input messages.
+# Read only (atlas puts system prompts in gen_ai.input.messages): other producers' system prompt.
 GEN_AI_SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
 ERROR_TYPE = "error.type"
 GEN_AI_RESPONSE_ID = "gen_ai.response.id"
@@ -89,6 +88,25 @@ ATLAS_STREAMED = "atlas.streamed"  # the answer was streamed to the caller (no r
 # LlamaIndex workflows: the step a span stands for and the event type that started it.
 ATLAS_STEP_NAME = "atlas.step.name"
 ATLAS_STEP_INPUT_EVENT = "atlas.step.input_event"
+# Steps (a node run, a workflow step, an agent turn, a tool call inside a session): set on the
+# step's span when it starts, so the store needs no other span to know it is a step and where it
+# hangs. ``atlas.step.kind`` is one of STEP_KINDS; ``atlas.step.parent_id`` the span id of the
+# enclosing step (absent for a step directly under the session).
+ATLAS_STEP_KIND = "atlas.step.kind"
+ATLAS_STEP_PARENT_ID = "atlas.step.parent_id"
+STEP_NODE = "node"  # a LangGraph node run
+STEP_WORKFLOW = "step"  # a LlamaIndex workflow step
+STEP_AGENT = "agent"  # an agent's turn inside a session (OpenAI Agents, LlamaIndex agents)
+STEP_TOOL = "tool"  # a tool call
+STEP_KINDS = (STEP_NODE, STEP_WORKFLOW, STEP_AGENT, STEP_TOOL)
+# Rewards (evaluation spans): what they score. ``step``: the step whose span id is
+# ``atlas.step.id`` (the evaluation span is that step's child); ``session``: the session.
+ATLAS_REWARD_SCOPE = "atlas.reward.scope"
+ATLAS_STEP_ID = "atlas.step.id"
+SCOPE_STEP = "step"
+SCOPE_SESSION = "session"
+# atlas.reward()'s evaluation name when none is given.
+DEFAULT_REWARD_NAME = "atlas.reward"
 
 # Token usage of a session by whose calls they were (the root's gen_ai.usage.* is their sum).
 ATLAS_USAGE_STUDENT_INPUT_TOKENS = "atlas.usage.student.input_tokens"
@@ -131,6 +149,9 @@ FRAMEWORK_STEP = "step"  # a workflow step (LlamaIndex)
 
 # The evaluation whose score becomes the session's reward; other evaluations are kept beside it.
 PRIMARY_EVALUATION = "atlas.rim"
+# A session reward aggregated from the final judge and the step rewards (``rim.session_reward:
+# mix``): when present it is the session's reward; its payload keeps the components.
+AGGREGATE_EVALUATION = "atlas.aggregate"
 
 # Metrics of the retrying exporter (otel_exporters/spool.py): spans lost and spans put on disk.
 METRIC_EXPORTER_DROPPED = "atlas.exporter.spans.dropped"
@@ -234,6 +255,29 @@ def framework_span_name(kind: str, name: str | None = None) -> str:
     return f"{kind} {name}" if name else kind
 
 
+def step_kind(attributes: Mapping[str, Any], *, root: bool = False) -> str | None:
+    """The step kind a span stands for (one of STEP_KINDS), or None when it is no step: its own
+    ``atlas.step.kind``, else what its role says (a tool call, a graph node, a workflow step, an
+    agent's turn that is not the session root)."""
+    kind = attributes.get(ATLAS_STEP_KIND)
+    if isinstance(kind, str) and kind in STEP_KINDS:
+        return kind
+    if root:
+        return None
+    role = attributes.get(ATLAS_SPAN_ROLE)
+    if role == ROLE_TOOL:
+        return STEP_TOOL
+    if role == ROLE_AGENT and attributes.get(GEN_AI_OPERATION_NAME) == OP_INVOKE_AGENT:
+        return STEP_AGENT
+    if role == ROLE_FRAMEWORK:
+        span_type = attributes.get(ATLAS_FRAMEWORK_SPAN_TYPE)
+        if span_type == FRAMEWORK_NODE:
+            return STEP_NODE
+        if span_type == FRAMEWORK_STEP:
+            return STEP_WORKFLOW
+    return None
+
+
 def evaluation_span_name(name: str) -> str:
     return f"evaluate {name}"
 
@@ -290,7 +334,6 @@ def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attributes.items() if v is not None}
 
 
-@contextmanager
 def session_span(
     tracer: Tracer,
     *,
@@ -304,8 +347,9 @@ def session_span(
     new_trace: bool = True,
     content: bool | None = None,
     parent: SpanContext | None = None,
-) -> Iterator[Span]:
-    """The root ``invoke_agent {agent}`` span of one supervised session.
+) -> _SessionSpan:
+    """The root ``invoke_agent {agent}`` span of one supervised session (a context manager
+    that yields the span).
 
     ``new_trace`` starts a fresh trace (one trace per session) even inside a caller's span; the
     caller's span is kept as a link so both views stay connected. ``parent`` continues a session
@@ -322,7 +366,8 @@ def session_span(
         outer = trace.get_current_span().get_span_context()
         if outer.is_valid:
             links.append(trace.Link(outer))
-        context = trace.set_span_in_context(trace.INVALID_SPAN)
+            context = trace.set_span_in_context(trace.INVALID_SPAN)
+        # else: no span is current, so the default context already starts a new trace.
     attributes = _clean(
         {
             GEN_AI_OPERATION_NAME: OP_INVOKE_AGENT,
@@ -339,29 +384,54 @@ def session_span(
             OI_INPUT_VALUE: task if content else None,
         }
     )
-    with tracer.start_as_current_span(
-        session_span_name(agent),
-        context=context,
-        kind=SpanKind.INTERNAL,
-        attributes=attributes,
-        links=links,
-        record_exception=True,
-        set_status_on_exception=True,
-    ) as span:
-        try:
-            yield span
-        except BaseException as exc:
-            span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
-            raise
+    return _SessionSpan(
+        tracer.start_as_current_span(
+            session_span_name(agent),
+            context=context,
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            links=links,
+            record_exception=True,
+            set_status_on_exception=True,
+        )
+    )
+
+
+class _SessionSpan:
+    """``start_as_current_span``'s context manager, plus ``error.type`` on the span when the
+    block raises. (A class rather than a generator: it is on every supervised call's path.)"""
+
+    __slots__ = ("_inner", "_span")
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __enter__(self) -> Span:
+        span: Span = self._inner.__enter__()
+        self._span = span
+        return span
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        if exc_type is not None:
+            self._span.set_attribute(ERROR_TYPE, exc_type.__qualname__)
+        return self._inner.__exit__(exc_type, exc, tb)
 
 
 def set_final_answer(span: Span, answer: Any, *, content: bool | None = None) -> None:
+    attributes = final_answer_attributes(answer, content=content)
+    if attributes:
+        span.set_attributes(attributes)
+
+
+def final_answer_attributes(answer: Any, *, content: bool | None = None) -> dict[str, str]:
+    """The attributes :func:`set_final_answer` sets (none when content capture is off), for a
+    caller that sets them along with others in one call."""
     if content is None:
         content = capture_content()
     if content and answer is not None:
         text = answer if isinstance(answer, str) else repr(answer)
-        span.set_attribute(ATLAS_FINAL_ANSWER, text)
-        span.set_attribute(OI_OUTPUT_VALUE, text)
+        return {ATLAS_FINAL_ANSWER: text, OI_OUTPUT_VALUE: text}
+    return {}
 
 
 def set_usage(span: Span, input_tokens: int | None, output_tokens: int | None) -> None:
@@ -382,13 +452,16 @@ def record_evaluation(
     uncertainty: float | None = None,
     payload: str | None = None,
     index: int = 0,
+    step_id: str | None = None,
 ) -> None:
     """Emit one evaluation span under the session root.
 
     Judging may finish long after the root span ended, so this takes the root's SpanContext, not
     the span: a late reward still lands in the same trace and updates its session on ingest.
     ``score=None`` records an evaluation that could not be scored (say why in ``explanation``):
-    kept with the session, never a reward.
+    kept with the session, never a reward. With ``step_id`` (16 hex digits) the evaluation
+    scores that step, not the session: ``session`` is then the step's SpanContext and the span
+    carries ``atlas.reward.scope=step`` and ``atlas.step.id``.
     """
     if score is not None and (
         isinstance(score, bool) or not isinstance(score, int | float) or not 0.0 <= score <= 1.0
@@ -419,7 +492,12 @@ def record_evaluation(
             OPENINFERENCE_SPAN_KIND: OI_KIND_EVALUATOR,
             **mirror,
             **_clean(
-                {ATLAS_EVALUATION_UNCERTAINTY: uncertainty, ATLAS_EVALUATION_PAYLOAD: payload}
+                {
+                    ATLAS_EVALUATION_UNCERTAINTY: uncertainty,
+                    ATLAS_EVALUATION_PAYLOAD: payload,
+                    ATLAS_REWARD_SCOPE: SCOPE_STEP if step_id else None,
+                    ATLAS_STEP_ID: step_id,
+                }
             ),
         },
     ) as span:

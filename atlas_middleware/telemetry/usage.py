@@ -126,24 +126,30 @@ _role: contextvars.ContextVar[tuple[str, str | None] | None] = contextvars.Conte
 )
 
 
-@contextmanager
-def session_usage(
-    on_end: Callable[[SessionUsage], None] | None = None,
-) -> Iterator[SessionUsage]:
+class session_usage:  # lower-case: used like contextlib's context managers
     """Tally the model calls made inside this block (nested blocks tally separately).
 
     ``on_end`` gets the tally when the block ends, also when it raises (a session whose agent
-    failed still spent its teacher's tokens), and only if a call was counted."""
-    tally = SessionUsage()
-    token = _current.set(tally)
-    try:
-        yield tally
-    finally:
-        _current.reset(token)
+    failed still spent its teacher's tokens), and only if a call was counted. (A class, not a
+    generator: it is on every supervised call's path.)"""
+
+    __slots__ = ("_on_end", "_tally", "_token")
+
+    def __init__(self, on_end: Callable[[SessionUsage], None] | None = None) -> None:
+        self._on_end = on_end
+
+    def __enter__(self) -> SessionUsage:
+        self._tally = tally = SessionUsage()
+        self._token = _current.set(tally)
+        return tally
+
+    def __exit__(self, *exc: object) -> None:
+        tally = self._tally
+        _current.reset(self._token)
         if tally._pending:
             _give_up(tally)  # calls still unreported now are unknown, not free
-        if on_end is not None and tally.calls:
-            on_end(tally)
+        if self._on_end is not None and tally.calls:
+            self._on_end(tally)
 
 
 @contextmanager

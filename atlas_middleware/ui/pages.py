@@ -264,9 +264,14 @@ def session_page(app: UIApp, request: Request, trace_id: str) -> Response:
     if isinstance(failures, str):
         failures = [failures]
     history = _history(store, session.trace_id)
+    steps = store.steps_for(session.trace_id)
+    depth: dict[str, int] = {}
+    for step in steps:
+        depth[step.span_id] = depth.get(step.parent_id, -1) + 1 if step.parent_id else 0
     return app.render(
         request,
         "session.html",
+        steps=[(step, depth.get(step.span_id, 0)) for step in steps],
         nav="sessions",
         title=f"Session {session.trace_id[:12]}",
         session=session,

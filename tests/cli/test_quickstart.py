@@ -52,6 +52,25 @@ def test_quickstart_stores_rewarded_sessions_in_every_lane(tmp_path, embedded_ca
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "supervised sessions" in proc.stdout and "correct" in proc.stdout
+    # Only atlas's own output: no third-party progress bar tearing the table.
+    assert "Loading weights" not in proc.stdout + proc.stderr
+    # The next steps it prints work as printed, from where the user ran it, with the PATH
+    # they have (the venv not activated).
+    printed = proc.stdout.split("Next:", 1)[1].splitlines()
+    [listing] = [line.split("#")[0].strip() for line in printed if " sessions list " in line]
+    [showing] = [line.split("#")[0].strip() for line in printed if " sessions show " in line]
+    shell_env = {**os.environ, "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+    for command in (listing, showing):
+        done = subprocess.run(
+            command, shell=True, capture_output=True, text=True, cwd=tmp_path, env=shell_env
+        )
+        assert done.returncode == 0, (command, done.stderr)
+    assert (
+        "quickstart-calculator"
+        in subprocess.run(
+            listing, shell=True, capture_output=True, text=True, cwd=tmp_path, env=shell_env
+        ).stdout
+    )
 
     tasks = {t.task: t for t in load_tasks("arithmetic", limit=3)}
     with open_store(store) as s:

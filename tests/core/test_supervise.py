@@ -428,6 +428,48 @@ def test_unknown_option_is_a_clear_error():
         atlas.supervise(agent="x", lanee="auto")
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"lane": "copilot"}, "lane='copilot' is not a lane; choose one of auto, paired, coach"),
+        ({"fallback_lane": "turbo"}, "fallback_lane='turbo'"),
+        ({"auto_threshold": 1.5}, "auto_threshold=1.5: .*between 0 and 1"),
+        ({"auto_threshold": 0.5, "paired_threshold": 0.7}, "must not exceed auto_threshold"),
+        ({"max_retries": -1}, "max_retries=-1"),
+        ({"teacher_timeout_s": 0}, "teacher_timeout_s=0"),
+    ],
+)
+def test_bad_option_values_are_clear_errors_at_decoration(options, message):
+    with pytest.raises(ValueError, match=message):
+        atlas.supervise(agent="x", **options)
+
+    @atlas.supervise(agent="x", lane="auto", reward=False)
+    def solve(task: str) -> str:
+        return task
+
+    with pytest.raises(ValueError, match=message.replace("supervise()", "options()")):
+        solve.options(**options)
+
+
+def test_a_plugins_bogus_lane_is_recorded_and_the_thresholds_decide(spans):
+    from atlas_middleware import plugins
+
+    class Bogus:
+        @plugins.hookimpl
+        def atlas_choose_lane(self, confidence, task, context):
+            return "turbo"
+
+    @atlas.supervise(agent="calc", teacher=teacher_replies(probe="0.95"), reward=False)
+    def solve(task: str) -> str:
+        return "5"
+
+    with plugins.registered(Bogus()):
+        assert solve("What is 2 + 3?") == "5"
+    root = root_of(spans)
+    assert root.attributes[s.ATLAS_LANE] == "auto"  # 0.95 by the thresholds
+    assert any("'turbo'" in f for f in root.attributes[s.ATLAS_FAILURES])
+
+
 def test_a_store_that_is_down_changes_nothing_for_the_agent(monkeypatch):
     """Spans, rewards and the playbook all go to a Postgres nobody listens on: the agent's
     result is unchanged and nothing raises."""

@@ -23,6 +23,7 @@ lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) scripts/lint_imports.py
+	$(PY) scripts/typecheck.py
 
 format:
 	@scripts/bootstrap.sh dev
@@ -46,4 +47,4 @@ soak:
 	$(PY) benchmarks/soak.py
 
 clean:
-	rm -rf $(VENV) .atlas .pytest_cache .ruff_cache
+	rm -rf $(VENV) .atlas .pytest_cache .ruff_cache .mypy_cache build/typecheck

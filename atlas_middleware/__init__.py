@@ -46,21 +46,23 @@ _EXPORTS = {
 __all__ = [*sorted(_EXPORTS), "guidance", "shutdown", "use_guidance", "with_guidance"]
 
 if TYPE_CHECKING:  # pragma: no cover - names for type checkers and IDEs
-    from atlas_middleware.config import AtlasConfig  # noqa: F401
-    from atlas_middleware.feedback import feedback  # noqa: F401
-    from atlas_middleware.models import ChatModel, build_model  # noqa: F401
-    from atlas_middleware.rim import RIMReward  # noqa: F401
-    from atlas_middleware.steps import StepHandle, current_step, reward  # noqa: F401
-    from atlas_middleware.storage import open_store  # noqa: F401
-    from atlas_middleware.supervise import (  # noqa: F401
-        SessionHandle,
-        SupervisionOptions,
-        current_session,
-        last_session,
-        supervise,
-        supervision_stats,
-    )
-    from atlas_middleware.telemetry import configure  # noqa: F401
+    # (``X as X``: re-exported, as mypy's strict mode wants it said.)
+    from atlas_middleware.config import AtlasConfig as AtlasConfig
+    from atlas_middleware.feedback import feedback as feedback
+    from atlas_middleware.models import ChatModel as ChatModel
+    from atlas_middleware.models import build_model as build_model
+    from atlas_middleware.rim import RIMReward as RIMReward
+    from atlas_middleware.steps import StepHandle as StepHandle
+    from atlas_middleware.steps import current_step as current_step
+    from atlas_middleware.steps import reward as reward
+    from atlas_middleware.storage import open_store as open_store
+    from atlas_middleware.supervise import SessionHandle as SessionHandle
+    from atlas_middleware.supervise import SupervisionOptions as SupervisionOptions
+    from atlas_middleware.supervise import current_session as current_session
+    from atlas_middleware.supervise import last_session as last_session
+    from atlas_middleware.supervise import supervise as supervise
+    from atlas_middleware.supervise import supervision_stats as supervision_stats
+    from atlas_middleware.telemetry import configure as configure
 
 
 class _Package(types.ModuleType):

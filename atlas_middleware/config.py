@@ -204,7 +204,8 @@ def config_field_problem(section: str, field_name: str, value: Any) -> str | Non
     from pydantic import TypeAdapter, ValidationError
 
     field = AtlasConfig.model_fields[section].annotation.model_fields[field_name]  # type: ignore[union-attr]
-    checked = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    parts = (field.annotation, *field.metadata)  # Annotated[parts]: Annotated[annotation, *meta]
+    checked: Any = Annotated[parts] if field.metadata else field.annotation
     try:
         TypeAdapter(checked).validate_python(value)
     except ValidationError as exc:

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -250,7 +250,7 @@ class _Exchange:
             return _DONE
 
 
-def _no_chunks(invoke: Callable[[Invoke], Any]) -> Callable[[Invoke], Iterator[Any]]:
+def _no_chunks(invoke: Callable[[Invoke], Any]) -> Callable[[Invoke], Generator[Any, None, Any]]:
     def run(step: Invoke) -> Generator[Any, None, Any]:
         return invoke(step)
         yield  # a generator that streams nothing
@@ -283,7 +283,8 @@ def run_streaming(
                     usage.settle()  # usage reported late (litellm) joins this session
             except Exception as exc:
                 protocol.error = exc
-        return protocol.outcome
+        outcome: Outcome = protocol.outcome
+        return outcome
 
 
 def run(
@@ -314,12 +315,12 @@ class Returned:
 async def arun_streaming(
     flow: Flow,
     options: SupervisionOptions,
-    invoke: Callable[[Invoke], AsyncIterator[Any]],
+    invoke: Callable[[Invoke], AsyncGenerator[Any, None]],
     *,
     outcome: list[Outcome],
     agent: AgentLog | None = None,
     answer: Callable[[Ask], Any] | None = None,
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     """Drive ``flow``, awaiting: ``invoke(step)`` is an async generator whose chunks pass through
     to the caller and whose last item is :class:`Returned`; the outcome is appended to
     ``outcome``."""
@@ -355,7 +356,7 @@ async def arun(
 ) -> Outcome:
     """Drive ``flow`` to its outcome, awaiting; ``await invoke(step)`` runs the agent."""
 
-    async def no_chunks(step: Invoke) -> AsyncIterator[Any]:
+    async def no_chunks(step: Invoke) -> AsyncGenerator[Any, None]:
         yield Returned(await invoke(step))
 
     outcome: list[Outcome] = []

@@ -21,6 +21,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -47,6 +48,31 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
+@dataclass(frozen=True)
+class SessionEnd:
+    """What ``atlas_session_end`` receives: one finished supervised session. Fields are read as
+    attributes (``session.lane``) or, as in earlier versions, by key (``session["lane"]``)."""
+
+    session_id: str
+    trace_id: str  # 32 hex digits, as the store and OTel backends show it
+    agent: str
+    learning_key: str
+    lane: str  # the lane that ran
+    task: str
+    answer: str
+    guidance: str | None
+    retries: int
+    failures: tuple[str, ...]  # atlas's own failures in this session (it failed open)
+
+    def __getitem__(self, key: str) -> object:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: object = None) -> object:
+        return self[key] if key in self.__dataclass_fields__ else default
+
+
 class AtlasHookSpecs:
     """The hooks a plugin may implement (implement any subset; argument names must match)."""
 
@@ -68,14 +94,17 @@ class AtlasHookSpecs:
     @hookspec
     def atlas_judges(self) -> list[Judge]:
         """RIM judges this plugin provides. A judge named like an earlier one replaces it."""
+        raise NotImplementedError  # a specification: pluggy calls the plugins' implementations
 
     @hookspec
     def atlas_verifiers(self) -> list[Verifier]:
         """Programmatic verifiers; each abstains (returns None) on tasks it does not know."""
+        raise NotImplementedError
 
     @hookspec
     def atlas_redactors(self) -> list[Redactor]:
         """Functions run on every span record before export (in place)."""
+        raise NotImplementedError
 
     @hookspec(firstresult=True)
     def atlas_span_processor(
@@ -87,7 +116,7 @@ class AtlasHookSpecs:
         come from :mod:`atlas_middleware.otel_exporters.pipeline`."""
 
     @hookspec
-    def atlas_session_end(self, session: Any) -> None:
+    def atlas_session_end(self, session: SessionEnd) -> None:
         """Called once a supervised session has finished (its reward may still be pending)."""
 
 
@@ -160,7 +189,8 @@ def hook() -> Any:
 # --- typed helpers the runtime calls ------------------------------------------------------------
 def probe(task: str, context: Mapping[str, Any] | None = None) -> float | None:
     """A plugin's confidence for ``task``, or None when no plugin answers."""
-    return hook().atlas_probe(task=task, context=context or {})
+    confidence: float | None = hook().atlas_probe(task=task, context=context or {})
+    return confidence
 
 
 def plugin_lane(confidence: float | None, task: str, context: Mapping[str, Any]) -> str | None:
@@ -197,7 +227,7 @@ def choose_lane(
 
 def render_guidance(guidance: str, task: str | None = None) -> str:
     """The guidance text as the student will read it (``atlas_render_guidance``)."""
-    rendered = hook().atlas_render_guidance(guidance=guidance, task=task)
+    rendered: str | None = hook().atlas_render_guidance(guidance=guidance, task=task)
     # The built-in always answers; this fallback only matters if someone blocked it.
     return rendered if rendered is not None else guidance
 
@@ -230,5 +260,5 @@ def has_session_end() -> bool:
     return bool(hook().atlas_session_end.get_hookimpls())
 
 
-def session_end(session: Any) -> None:
+def session_end(session: SessionEnd) -> None:
     hook().atlas_session_end(session=session)

@@ -93,7 +93,8 @@ class EncodedBytes(str):
         self.raw = raw
         return self
 
-    def __getnewargs__(self) -> tuple[bytes, str]:  # copy and pickle keep the raw bytes
+    # copy and pickle keep the raw bytes (str's own __getnewargs__ gives only the text)
+    def __getnewargs__(self) -> tuple[bytes, str]:  # type: ignore[override]
         return (self.raw, str(self))
 
 

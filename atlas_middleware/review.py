@@ -16,7 +16,7 @@ import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from atlas_middleware.storage import Session, SessionFilter, Store
@@ -42,7 +42,7 @@ class DriftResult:
     baseline: int
     alert: bool
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         # Written by hand: dataclasses.asdict deep-copies, and this runs per rewarded session
         # on the ingest path.
         return {"z": self.z, "mad_z": self.mad_z, "baseline": self.baseline, "alert": self.alert}
@@ -221,7 +221,7 @@ def _write(
     *,
     bulk: bool = False,
     unless_drift: bool = False,
-    detail: dict | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> str:
     from atlas_middleware.storage.base import new_action_id
 

@@ -101,7 +101,7 @@ def _name_of(attributes: Any, fallback: str) -> str:
     return fallback
 
 
-_MODEL_CALLS = (s.OP_CHAT, s.OP_TEXT_COMPLETION)
+_MODEL_CALLS: tuple[object, ...] = (s.OP_CHAT, s.OP_TEXT_COMPLETION)
 
 
 class StepTracker(SpanProcessor):
@@ -159,13 +159,15 @@ class StepTracker(SpanProcessor):
 
     def _ended(self, span: ReadableSpan) -> None:
         context = span.get_span_context()
+        if context is None:  # (the SDK's spans always have one)
+            return
         span_id = context.span_id
         if span_id not in self._owner:
             return
         with self._lock:
             owner = self._owner.pop(span_id, None)
             step = self._steps.pop(span_id, None)
-        attributes = span.attributes
+        attributes = span.attributes or {}
         if owner is not None and attributes.get(s.GEN_AI_OPERATION_NAME) in _MODEL_CALLS:
             self._count(owner, attributes)
         if step is None:
@@ -246,13 +248,15 @@ class StepTracker(SpanProcessor):
 
 
 def _record(span: ReadableSpan) -> StepRecord:
+    context = span.get_span_context()
+    assert context is not None  # a finished SDK span has one
     attributes = span.attributes or {}
     error = None
     status = span.status
     if status is not None and status.status_code.name == "ERROR":
         error = status.description or str(attributes.get(s.ERROR_TYPE) or "error")
     return StepRecord(
-        span_id=format(span.get_span_context().span_id, "016x"),
+        span_id=format(context.span_id, "016x"),
         parent_id=_text(attributes.get(s.ATLAS_STEP_PARENT_ID)),
         name=_name_of(attributes, span.name),
         kind=str(attributes.get(s.ATLAS_STEP_KIND) or ""),

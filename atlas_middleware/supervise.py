@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -42,7 +42,12 @@ from atlas_middleware.telemetry import schema as s
 from atlas_middleware.telemetry.usage import session_usage
 
 log = logging.getLogger("atlas")
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+_Q = ParamSpec("_Q")
+_R = TypeVar("_R")
+_S = TypeVar("_S")
 _LESSONS_TTL_S = 30.0
 
 
@@ -367,7 +372,7 @@ class Supervisor:
         if cached is not None and now - cached[0] < _LESSONS_TTL_S:
             return cached[1]
         try:
-            lessons = self._playbook(key).lessons()
+            lessons: list[str] = self._playbook(key).lessons()
         except Exception as exc:  # the store is down: supervise without memory
             log_once(Failed("playbook", exc))
             lessons = cached[1] if cached else []
@@ -375,14 +380,18 @@ class Supervisor:
         return lessons
 
     # --- per-call facts --------------------------------------------------------------------
-    def _call(self, options: SupervisionOptions, args: tuple, kwargs: dict) -> Call:
+    def _call(
+        self, options: SupervisionOptions, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Call:
         task = self._task(options, args, kwargs)
         reference = options.reference
         if callable(reference):
             reference = reference(*args, **kwargs)
         return Call(options, task, None if reference is None else str(reference))
 
-    def _task(self, options: SupervisionOptions, args: tuple, kwargs: dict) -> str:
+    def _task(
+        self, options: SupervisionOptions, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> str:
         if callable(options.task):
             return str(options.task(*args, **kwargs))
         first = self._first_text
@@ -444,7 +453,7 @@ class Supervisor:
             supervised = teacher is not None and (
                 o.supervision_rate >= 1.0 or random.random() < o.supervision_rate
             )
-            lane = o.lane if o.lane in LANES else None
+            lane: str | None = o.lane if o.lane in LANES else None
             if lane is None and not supervised:
                 lane = "auto"
             if lane in ("paired", "coach") and teacher is None:
@@ -491,6 +500,7 @@ class Supervisor:
                         )
                         if lane is None:
                             lane = threshold_lane(confidence, o)
+            assert lane is not None  # a probe ran whenever no lane was set
             root.set_attribute(s.ATLAS_LANE, lane)
             call.lessons = lessons
 
@@ -550,18 +560,18 @@ class Supervisor:
                     failures,
                     "session_end plugin",
                     plugins.session_end,
-                    {
-                        "session_id": call.session_id,
-                        "trace_id": format(root.get_span_context().trace_id, "032x"),
-                        "agent": o.agent,
-                        "learning_key": o.learning_key or o.agent,
-                        "lane": lane,
-                        "task": call.task,
-                        "answer": answer,
-                        "guidance": guidance,
-                        "retries": retries,
-                        "failures": list(failures),
-                    },
+                    plugins.SessionEnd(
+                        session_id=call.session_id,
+                        trace_id=format(root.get_span_context().trace_id, "032x"),
+                        agent=o.agent,
+                        learning_key=o.learning_key or o.agent,
+                        lane=lane,
+                        task=call.task,
+                        answer=answer,
+                        guidance=guidance,
+                        retries=retries,
+                        failures=tuple(failures),
+                    ),
                 )
             if failures:
                 closing[s.ATLAS_FAILURES] = failures
@@ -648,7 +658,11 @@ class Supervisor:
     # outcome is what the caller gets: its result if it ran, its exception if it raised, and a
     # plain call of the agent if atlas failed before running it.
     def run_sync(
-        self, fn: Callable[..., Any], args: tuple, kwargs: dict, options: SupervisionOptions
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: SupervisionOptions,
     ) -> Any:
         agent = _AgentOutcome()
         try:
@@ -673,8 +687,8 @@ class Supervisor:
     async def run_async(
         self,
         fn: Callable[..., Awaitable[Any]],
-        args: tuple,
-        kwargs: dict,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         options: SupervisionOptions,
     ) -> Any:
         agent = _AgentOutcome()
@@ -854,8 +868,30 @@ def _plugin(failures: list[str], what: str, fn: Callable[..., Any], *args: Any) 
         return None
 
 
+class Supervised(Protocol[P, R_co]):
+    """What ``@supervise`` returns, for type checkers: the decorated function's own signature (an
+    async function's result is still awaited), plus ``options(**overrides)`` for one call and
+    ``supervisor()``. On an instance, a supervised method binds ``self`` as any method does."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def options(self, **overrides: Any) -> Callable[P, R_co]: ...
+
+    def supervisor(self) -> Supervisor: ...
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any], /) -> Supervised[P, R_co]: ...
+
+    @overload
+    def __get__(
+        self: Supervised[Concatenate[_S, _Q], _R], instance: _S, owner: type[Any], /
+    ) -> Callable[_Q, _R]: ...
+
+
+@overload
 def supervise(
-    fn: F | None = None,
+    fn: Callable[P, R],
+    /,
     *,
     agent: str | None = None,
     teacher: ChatModel | str | None = None,
@@ -863,7 +899,34 @@ def supervise(
     config: Any = None,
     prompts: Any = None,
     **options: Any,
-) -> Any:
+) -> Supervised[P, R]: ...
+
+
+@overload
+def supervise(
+    fn: None = None,
+    /,
+    *,
+    agent: str | None = None,
+    teacher: ChatModel | str | None = None,
+    reward: Any = None,
+    config: Any = None,
+    prompts: Any = None,
+    **options: Any,
+) -> Callable[[Callable[P, R]], Supervised[P, R]]: ...
+
+
+def supervise(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    agent: str | None = None,
+    teacher: ChatModel | str | None = None,
+    reward: Any = None,
+    config: Any = None,
+    prompts: Any = None,
+    **options: Any,
+) -> Supervised[P, R] | Callable[[Callable[P, R]], Supervised[P, R]]:
     """Make ``fn`` a supervised, rewarded, traced session — same signature, same result type.
 
     ``@supervise`` or ``@supervise(agent="calc", lane="paired", reference=..., teacher=...)``.
@@ -879,7 +942,7 @@ def supervise(
     """
     check_options(options)
 
-    def decorate(func: F) -> F:
+    def decorate(func: Callable[P, R]) -> Supervised[P, R]:
         name = agent or func.__qualname__
         state: dict[str, Supervisor] = {}
         signature = _signature(func)
@@ -942,7 +1005,7 @@ def supervise(
 
             wrapper.options = with_options
         wrapper.supervisor = supervisor
-        return wrapper  # type: ignore[no-any-return]
+        return cast("Supervised[P, R]", wrapper)
 
     return decorate(fn) if fn is not None else decorate
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 
@@ -18,6 +19,9 @@ class Instrumentor:
 
     _instances: ClassVar[dict[type, Instrumentor]] = {}
     _instances_lock = threading.Lock()
+    _lock: threading.RLock
+    _instrumented: bool
+    _installed: Any
 
     def __new__(cls) -> Instrumentor:
         with cls._instances_lock:
@@ -47,8 +51,8 @@ class Instrumentor:
                 self._uninstrument()
                 self._instrumented = False
 
-    def _instrument(self, **options: Any) -> Any:
-        raise NotImplementedError
+    # Each subclass defines ``_instrument`` with its own options; instrument(**options) passes them.
+    _instrument: Callable[..., Any]
 
     def _uninstrument(self) -> None:
         raise NotImplementedError

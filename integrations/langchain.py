@@ -385,11 +385,12 @@ def with_guidance(value: Any) -> list[Any]:
         if message.type != "system":
             continue
         content = message.content
+        guided: str | list[str | dict[Any, Any]] | None
         if isinstance(content, str):
-            content = guided_system_prompt(content or None)
+            guided = guided_system_prompt(content or None)
         else:
-            content = [*content, {"type": "text", "text": text}]
-        return [*messages[:i], message.model_copy(update={"content": content}), *messages[i + 1 :]]
+            guided = [*content, {"type": "text", "text": text}]
+        return [*messages[:i], message.model_copy(update={"content": guided}), *messages[i + 1 :]]
     return [SystemMessage(text), *messages]
 
 

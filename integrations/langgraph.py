@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -345,7 +345,8 @@ class SupervisedGraph:
                 guidance, *new = guided
                 # The input merged into the history as the reducer itself would (replacements
                 # and removals by id), since after REMOVE_ALL_MESSAGES it takes the list as is.
-                merged = add_messages(kept, new) if new else kept
+                # (langgraph types its argument as a union of invariant lists)
+                merged = add_messages(kept, new) if new else kept  # type: ignore[arg-type]
                 return {
                     **run.input,
                     "messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), guidance, *merged],
@@ -449,7 +450,7 @@ class SupervisedGraph:
         snapshot = _safely(self.graph.get_state, config) if threaded else None
         run = self._prepare(input, config, snapshot, modes is not None)
 
-        def invoke(step: Invoke) -> Iterator[Any]:
+        def invoke(step: Invoke) -> Generator[Any, None, Any]:
             run.attempts += 1
             with use_guidance(step.guidance, task=run.call.task), traced(graph_root=True):
                 cfg = self._attempt_config(run, step.guidance)
@@ -482,7 +483,7 @@ class SupervisedGraph:
         snapshot = await _asafely(self.graph.aget_state, config) if threaded else None
         run = self._prepare(input, config, snapshot, modes is not None)
 
-        async def invoke(step: Invoke) -> AsyncIterator[Any]:
+        async def invoke(step: Invoke) -> AsyncGenerator[Any, None]:
             run.attempts += 1
             with use_guidance(step.guidance, task=run.call.task), traced(graph_root=True):
                 cfg = self._attempt_config(run, step.guidance)
@@ -714,7 +715,7 @@ def supervise_node(
                     update = await func(guided(state), *args, **kwargs)
                 return _Answer(_answer_of(update, answer), update)
 
-            supervised = supervise(
+            supervised_async = supervise(
                 attempt_async,
                 agent=name,
                 teacher=teacher,
@@ -725,9 +726,9 @@ def supervise_node(
 
             @functools.wraps(func)
             async def node_async(state: Any, *args: Any, **kwargs: Any) -> Any:
-                return _unwrap(await supervised(state, *args, **kwargs))
+                return _unwrap(await supervised_async(state, *args, **kwargs))
 
-            node_async.supervisor = supervised.supervisor  # type: ignore[attr-defined]
+            node_async.supervisor = supervised_async.supervisor  # type: ignore[attr-defined]
             return node_async
 
         def attempt(state: Any, *args: Any, **kwargs: Any) -> _Answer:

@@ -137,7 +137,8 @@ class AtlasLiteLLMCallback(CustomLogger):
             if call_id in self._done:  # litellm reported this call already
                 return
             entry = self._pending.pop(call_id, None) if call_id is not None else None
-            self._loops.pop(call_id, None)
+            if call_id is not None:
+                self._loops.pop(call_id, None)
             if error is None and call_id is not None:
                 self._done[call_id] = None
                 _trim(self._done)

@@ -167,7 +167,7 @@ def _guided_messages(messages: Any, text: str) -> Any:
         if text in content:
             return messages
         if all(isinstance(block, TextBlock) for block in message.blocks):
-            blocks = [TextBlock(text=guided_system_prompt(content or None) or text)]
+            blocks: list[Any] = [TextBlock(text=guided_system_prompt(content or None) or text)]
         else:  # images or documents in the system message: keep them, add a text part
             blocks = [*message.blocks, TextBlock(text=text)]
         guided[i] = message.model_copy(update={"blocks": blocks})
@@ -584,18 +584,18 @@ class _EventHandler(BaseEventHandler):
         if span is None or span.kind == "atlas":
             return  # an atlas model counts and traces its own calls
         ended = isinstance(event, LLMChatEndEvent | LLMCompletionEndEvent)
-        if ended and span.kind == "llm" and event.response is not None:
+        reported = getattr(event, "response", None) if ended else None
+        if span.kind == "llm" and reported is not None:
             # The student's model call, in this session's tokens (unknown if it reported none);
             # once per call, whichever of its nested methods reports first.
             owner = self._owner(span)
             if not owner.counted:
                 owner.counted = True
-                response = event.response
-                model = _response_model(response)
+                model = _response_model(reported)
                 if model is None and span.otel is not None:
                     attributes = getattr(span.otel, "attributes", None) or {}
                     model = attributes.get(s.GEN_AI_REQUEST_MODEL)
-                usage.count(*_usage(response), model)
+                usage.count(*_usage(reported), model)
         if span.otel is None or not span.otel.is_recording():
             return
         otel = span.otel
@@ -615,14 +615,15 @@ class _EventHandler(BaseEventHandler):
             tokens = _usage(response)
             model = _response_model(response)
             chat = isinstance(event, LLMChatEndEvent)
-            message = response.message if chat else None
+            message = response.message if chat else None  # type: ignore[union-attr]
             raw = getattr(response, "raw", None)
             genai.set_llm_response(
                 otel,
                 input_tokens=tokens[0],
                 output_tokens=tokens[1],
                 response_model=model,
-                text=(message.content if message is not None else response.text) or "",
+                # (a chat response has a message, a completion response text)
+                text=(message.content if message is not None else response.text) or "",  # type: ignore[union-attr]
                 tool_calls=_tool_calls(message) if message is not None else [],
                 finish=_finish_reason(raw),
                 content=content,

@@ -375,7 +375,7 @@ class _Open:
     span: otel_trace.Span | None = None  # None: collapsed into its parent, or not ours to end
 
 
-class AtlasTracingProcessor(agents.tracing.TracingProcessor):
+class AtlasTracingProcessor(agents.tracing.TracingProcessor):  # type: ignore[name-defined]  # ditto
     """An ``agents.tracing.TracingProcessor`` that mirrors the SDK's spans as OpenTelemetry
     spans, parented to the OpenTelemetry span current when the run started (a supervised
     session's root), else to an ``invoke_workflow {trace name}`` root of its own.
@@ -550,7 +550,7 @@ def _finish(span: otel_trace.Span, data: Any, content: bool) -> None:
             span.set_attribute(s.OI_LLM_MODEL_NAME, model)
         if content and data.input is not None:
             span.set_attributes(genai.input_attributes(genai.openai_messages(data.input)))
-        tokens: tuple[int | None, int | None] = (None, None)
+        tokens = (None, None)
         if response is not None:
             tokens = _answered(span, response, response.id, model, content)
         usage.count(*tokens, model)
@@ -653,7 +653,7 @@ def _model_name(agent: Any) -> str:
     return str(getattr(model, "model", None) or type(model).__name__ if model else "unknown")
 
 
-class _AtlasHooks(agents.RunHooks):  # type: ignore[misc]
+class _AtlasHooks(agents.RunHooks):  # type: ignore[name-defined]  # agents: require()d at run time
     """The run's own hooks (if any), plus atlas's record of model and tool calls for runs the
     SDK does not trace (``set_tracing_disabled(True)``, ``RunConfig(tracing_disabled=True)``):
     ``chat {model}`` and ``execute_tool {name}`` spans under the session, and the model calls'

@@ -474,7 +474,7 @@ def supervise_remote(
         retries=retries,
         name=agent,
     )
-    sync = supervise(remote, agent=remote.name, **options)
+    sync: Any = supervise(remote, agent=remote.name, **options)
     sync.acall = supervise(remote.acall, agent=remote.name, **options)
     sync.remote = remote
-    return sync  # type: ignore[no-any-return]
+    return sync

@@ -142,7 +142,7 @@ def _pb_span(span: Any, resource: dict[str, Any], scope: str | None) -> SpanReco
     )
 
 
-def decode_protobuf(body: bytes) -> Decoded:
+def decode_protobuf(body: bytes | bytearray) -> Decoded:
     """An OTLP ``ExportTraceServiceRequest`` (HTTP body or gRPC message) → spans."""
     try:
         request = ExportTraceServiceRequest.FromString(body)
@@ -331,7 +331,7 @@ def _json_span(span: Any, resource: dict[str, Any], scope: str | None) -> SpanRe
     )
 
 
-def decode_json(body: bytes) -> Decoded:
+def decode_json(body: bytes | bytearray) -> Decoded:
     try:
         request = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -61,7 +61,9 @@ def _exporter(
             if protocol == "grpc":
                 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
             else:
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]  # either protocol's class
+                    OTLPSpanExporter,
+                )
         except ImportError as exc:
             raise ImportError(
                 "exporter='otlp' needs the OTLP exporter: "

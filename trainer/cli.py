@@ -226,9 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.deepspeed and not os.environ.get(_LAUNCHED):
             from atlas_middleware.trainer.run import last_checkpoint, prepare_data
 
-            if last_checkpoint(output) is not None and not args.resume:
+            checkpoint = last_checkpoint(output)
+            if checkpoint is not None and not args.resume:
                 raise RecipeError(
-                    f"{output} already holds {last_checkpoint(output).name}: pass --resume to "
+                    f"{output} already holds {checkpoint.name}: pass --resume to "
                     "continue it, or choose another --output"
                 )
             if not (args.resume and (output / "examples.jsonl").exists()):

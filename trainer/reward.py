@@ -30,7 +30,7 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from atlas_middleware.rim.judges import as_verifier, reference_match, verdict_score
 
@@ -207,7 +207,7 @@ def _default_scorer(verifier: Any = None, rim: Any = None) -> Scorer:
     return score
 
 
-def _non_finite(value: Any) -> bool:
+def _non_finite(value: Any) -> TypeGuard[float]:
     return (
         isinstance(value, float | int) and not isinstance(value, bool) and not math.isfinite(value)
     )

@@ -434,7 +434,7 @@ def _grpo_trainer(b: _Build) -> tuple[Any, Any]:
     reward_fn = TeachingReward(student, weights, verifier=verifier, rim=rim)
     trainer = GRPOTrainer(
         model=b.model_path,
-        reward_funcs=[reward_fn],
+        reward_funcs=[reward_fn],  # type: ignore[list-item]  # TRL: list[float | None]
         args=b.args,
         train_dataset=b.dataset,
         callbacks=[b.callback],

@@ -183,7 +183,9 @@ class TransformersStudent:
                 while row and row[-1] == self.tokenizer.pad_token_id and row[-1] != eos:
                     row.pop()
                 answers.append(
-                    StudentAnswer(self.tokenizer.decode(row, skip_special_tokens=True), len(row))
+                    StudentAnswer(
+                        str(self.tokenizer.decode(row, skip_special_tokens=True)), len(row)
+                    )
                 )
         self.generated_tokens += sum(a.tokens for a in answers)
         return answers
@@ -586,11 +588,11 @@ def open_student(
                 student.close()
         return
     if spec.startswith("transformers:"):
-        student = TransformersStudent(
+        local = TransformersStudent(
             spec[len("transformers:") :].strip(), max_tokens=max_tokens, system=system
         )
-        yield student
-        student.close()
+        yield local
+        local.close()
         return
     from atlas_middleware.models import build_model
 

@@ -9,7 +9,7 @@ that transformers, TRL, vLLM and ``atlas`` (``hf:/path``) all load.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["CHATML_TEMPLATE", "build_tiny_model", "build_tiny_tokenizer"]
 
@@ -90,6 +90,7 @@ def build_tiny_model(
         bos_token_id=None,
         tie_word_embeddings=True,
     )
+    config: Any  # a transformers PretrainedConfig
     if arch == "qwen3":
         from transformers import Qwen3Config
 

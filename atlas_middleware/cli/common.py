@@ -194,7 +194,7 @@ def add_filter_arguments(parser: argparse.ArgumentParser, *, agent: bool = True)
 def session_filter(args: argparse.Namespace, **overrides: Any) -> SessionFilter:
     from atlas_middleware.storage import SessionFilter
 
-    values = {
+    values: dict[str, Any] = {
         "min_reward": getattr(args, "min_reward", None),
         "learning_key": getattr(args, "learning_key", None),
         "agent_name": getattr(args, "agent", None),

@@ -124,10 +124,10 @@ class CappedModel(ChatModel):
         self.inner, self.limit = inner, limit
         self.name, self.provider = inner.name, inner.provider
 
-    async def _complete(self, messages, *, max_tokens, temperature, stop):  # type: ignore[no-untyped-def]  # pragma: no cover
+    async def _complete(self, messages, *, max_tokens, temperature, stop):  # pragma: no cover
         raise NotImplementedError("CappedModel delegates chat() to the wrapped model")
 
-    async def chat(self, messages, *, max_tokens=256, **kwargs):  # type: ignore[no-untyped-def]
+    async def chat(self, messages, *, max_tokens=256, **kwargs):
         return await self.inner.chat(messages, max_tokens=min(max_tokens, self.limit), **kwargs)
 
     async def aclose(self) -> None:

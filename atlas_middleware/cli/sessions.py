@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from atlas_middleware.cli.common import (
@@ -230,7 +231,7 @@ def _print_steps(steps: list[Any]) -> Any:
     return table
 
 
-def _print_session(session: Session, spans: list[SpanRecord], steps: list[Any] = ()) -> None:
+def _print_session(session: Session, spans: list[SpanRecord], steps: Sequence[Any] = ()) -> None:
     from rich.table import Table
     from rich.text import Text
 

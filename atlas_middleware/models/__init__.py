@@ -97,17 +97,20 @@ def build_model(spec: str, **options: Any) -> ChatModel:
         raise ValueError(f"empty model spec: use {MODEL_SPECS}")
     spec = spec.strip()
     if spec == EMBEDDED:
-        return __getattr__("EmbeddedModel")(**options)
+        embedded: ChatModel = __getattr__("EmbeddedModel")(**options)
+        return embedded
     if spec.startswith(HF_PREFIX):
         path = spec[len(HF_PREFIX) :].strip()
         if not path:
             raise ValueError(f"model spec {spec!r} names no folder: use 'hf:/path/to/model_dir'")
-        return __getattr__("LocalHFModel")(path, **options)
+        local: ChatModel = __getattr__("LocalHFModel")(path, **options)
+        return local
     if spec.startswith(OPENAI_COMPATIBLE_PREFIX):
         return _openai_compatible(spec, options)
     if "://" in spec or any(c.isspace() for c in spec):
         raise ValueError(f"unknown model spec {spec!r}: use {MODEL_SPECS}")
-    return __getattr__("LiteLLMModel")(spec, **options)
+    litellm: ChatModel = __getattr__("LiteLLMModel")(spec, **options)
+    return litellm
 
 
 def _openai_compatible(spec: str, options: dict[str, Any]) -> ChatModel:
@@ -129,7 +132,8 @@ def _openai_compatible(spec: str, options: dict[str, Any]) -> ChatModel:
             f"model spec {spec!r} needs an endpoint and a model name: use "
             "'openai-compatible:http://host:port/v1|model' (or base_url= and model=)"
         )
-    return __getattr__("OpenAICompatibleModel")(base_url, model, **options)
+    compatible: ChatModel = __getattr__("OpenAICompatibleModel")(base_url, model, **options)
+    return compatible
 
 
 def model_from_settings(settings: Any, spec: str | None = None) -> ChatModel:

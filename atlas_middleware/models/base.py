@@ -114,6 +114,7 @@ class ChatModel(abc.ABC):
             ),
         ) as span:
             attempt = 0
+            result: ChatResult
             while True:
                 started = time.perf_counter()
                 try:

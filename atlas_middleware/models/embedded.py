@@ -122,7 +122,9 @@ def _convert(gguf: Path, base: Path, target: Path) -> None:
     config = copy.deepcopy(loaded.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    plain = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]  # untyped upstream
+        config, dtype=torch.bfloat16
+    )
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = copy.deepcopy(loaded.generation_config)
     tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", dir=base))

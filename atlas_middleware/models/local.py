@@ -125,7 +125,7 @@ class LocalHFModel(ChatModel):
             raise ModelError(
                 f"the tokenizer in {path} has no chat template: LocalHFModel needs an instruct model"
             )
-        model.eval()
+        model.eval()  # type: ignore[no-untyped-call]  # untyped upstream
         eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
         self._eos_ids = sorted(i for i in eos if i is not None)
         self._tokenizer = tokenizer
@@ -207,7 +207,7 @@ class LocalHFModel(ChatModel):
         pad = tokenizer.pad_token_id
         if pad is None and self._eos_ids:
             pad = self._eos_ids[0]  # one unpadded sequence: only silences generate's warning
-        config = GenerationConfig(
+        config = GenerationConfig(  # type: ignore[no-untyped-call]  # untyped in transformers
             max_new_tokens=max_new_tokens,
             do_sample=sampling,
             temperature=temperature if sampling else None,

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -28,6 +28,9 @@ from atlas_middleware.optimize.tasks import OptimizeTask
 from atlas_middleware.prompts import COMPONENTS, TeacherPrompts
 from atlas_middleware.supervise import SupervisionOptions, Supervisor
 from atlas_middleware.teacher import Teacher, Verdict
+
+if TYPE_CHECKING:
+    from gepa.core.adapter import EvaluationBatch
 
 # What each prompt must keep doing, told to the reflection model with the prompt's feedback.
 CONTRACTS = {
@@ -122,8 +125,13 @@ class _RecordingTeacher(Teacher):
         return value
 
     async def guidance(
-        self, task: str, playbook: Sequence[str] = (), *, attempt=None, problem=None
-    ):
+        self,
+        task: str,
+        playbook: Sequence[str] = (),
+        *,
+        attempt: str | None = None,
+        problem: str | None = None,
+    ) -> str:
         step: dict[str, Any] = {"job": "guidance", "attempt": attempt, "problem": problem}
         self.steps.append(step)
         try:
@@ -207,7 +215,9 @@ class AtlasAdapter:
             )
         return self.base.with_components(texts)
 
-    def evaluate(self, batch: list[OptimizeTask], candidate: dict[str, str], capture_traces=False):
+    def evaluate(
+        self, batch: list[OptimizeTask], candidate: dict[str, str], capture_traces: bool = False
+    ) -> EvaluationBatch[dict[str, Any], dict[str, Any]]:
         from gepa.core.adapter import EvaluationBatch
 
         records = self.run(batch, candidate)
@@ -232,7 +242,9 @@ class AtlasAdapter:
         return dataset
 
     # --- rollouts -------------------------------------------------------------------------
-    def run(self, batch: Sequence[OptimizeTask], candidate: Mapping[str, str]) -> list[dict]:
+    def run(
+        self, batch: Sequence[OptimizeTask], candidate: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
         """One record per task: from the cache, else a supervised run (budget permitting)."""
         from atlas_middleware.portal import get_portal
 
@@ -251,7 +263,14 @@ class AtlasAdapter:
             get_portal().call(lambda: self._run_all(prompts, key, batch, todo, records))
         return [r for r in records if r is not None]
 
-    async def _run_all(self, prompts, key, batch, todo, records) -> None:
+    async def _run_all(
+        self,
+        prompts: TeacherPrompts,
+        key: str,
+        batch: Sequence[OptimizeTask],
+        todo: list[int],
+        records: list[dict[str, Any] | None],
+    ) -> None:
         limit = asyncio.Semaphore(max(1, self.settings.concurrency))
         stop: list[str] = []
         in_flight = 0
@@ -425,7 +444,7 @@ def _feedback(component: str, record: dict[str, Any]) -> list[dict[str, Any]]:
                 inputs["what was wrong"] = _clip(step.get("problem"))
             after = next((a for a in attempts if a["guidance"] == step["text"]), None)
             answer = _clip(after["answer"]) if after else _clip(record["answer"])
-            verdict = {True: " (right)", False: " (wrong)"}.get(
+            verdict = {True: " (right)", False: " (wrong)", None: ""}.get(
                 after.get("correct") if after else None, ""
             )
             rows.append(
@@ -533,7 +552,7 @@ class ReflectionModel:
         else:
             messages = [{"role": m["role"], "content": str(m["content"])} for m in prompt]
         key = hashlib.sha256(orjson.dumps(messages)).hexdigest()[:24]
-        cached = self.cache.get(key)
+        cached: str | None = self.cache.get(key)
         if cached is not None:
             return cached
         calls, seconds = self.reserve()

@@ -144,7 +144,14 @@ class Metered(ChatModel):
         self.name = inner.name
         self.provider = inner.provider
 
-    async def _complete(self, messages, *, max_tokens, temperature, stop):  # pragma: no cover
+    async def _complete(  # pragma: no cover
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        stop: Sequence[str] | None,
+    ) -> ChatResult:
         raise NotImplementedError("Metered delegates chat() to the wrapped model")
 
     async def chat(

@@ -131,7 +131,13 @@ class _FileLog:
 class _Iterations:
     """A GEPA callback writing one row per iteration (the score trajectory)."""
 
-    def __init__(self, path: Path, ledger: Ledger, budget: Budget, notify: Callable) -> None:
+    def __init__(
+        self,
+        path: Path,
+        ledger: Ledger,
+        budget: Budget,
+        notify: Callable[[str, dict[str, Any]], None],
+    ) -> None:
         self.path = path
         self.ledger = ledger
         self.budget = budget
@@ -192,7 +198,8 @@ def rollout_bound(reward: Any) -> int:
     """The most model calls one supervised run can make: teacher 3 (probe, guidance,
     validation), student 2 (first try, guided retry), every judge sampled, each escalated."""
     judges = len(reward.judges)
-    return 5 + judges * reward.samples + (judges if reward.large_model is not None else 0)
+    bound: int = 5 + judges * reward.samples + (judges if reward.large_model is not None else 0)
+    return bound
 
 
 def resolve_verifiers(tasks: Sequence[OptimizeTask]) -> dict[str, Any]:
@@ -290,12 +297,17 @@ def optimize(
         state["elapsed_s"] = budget.elapsed()
         _write_json(run / "state.json", state)
 
+    def on_rollout() -> None:
+        save_state()
+        tell("rollout", {"ledger": ledger})
+
     judge_model = judge or teacher
-    rim = AtlasConfig.load().rim if settings.judges is None else None
     reward = RIMReward(
         Metered(judge_model, "judge", ledger),
         Metered(large_judge, "judge", ledger) if large_judge is not None else None,
-        judges=list(settings.judges) if settings.judges is not None else rim.judges,
+        judges=list(settings.judges)
+        if settings.judges is not None
+        else AtlasConfig.load().rim.judges,
         samples=settings.rim_samples,
         max_tokens=settings.judge_max_tokens,
     )
@@ -310,7 +322,7 @@ def optimize(
         cache=JsonlCache(run / "evals.jsonl"),
         settings=settings.rollout,
         rollout_bound=rollout_bound(reward),
-        on_rollout=lambda: (save_state(), tell("rollout", {"ledger": ledger})),
+        on_rollout=on_rollout,
     )
     save_state()
     tell(
@@ -369,7 +381,7 @@ def optimize(
                 seed_candidate=seed_prompts.components(),
                 trainset=split.train,
                 valset=split.val,
-                adapter=adapter,
+                adapter=adapter,  # type: ignore[arg-type]  # gepa infers Never for its type vars
                 reflection_lm=ReflectionModel(
                     reflection,
                     ledger=ledger,
@@ -381,11 +393,12 @@ def optimize(
                 reflection_prompt_template=reflection_templates(),
                 reflection_minibatch_size=min(settings.minibatch, len(split.train)),
                 candidate_selection_strategy="pareto",
-                module_selector=FeedbackRoundRobin(),
+                # gepa's protocol is generic in its trajectories; ours are dicts
+                module_selector=FeedbackRoundRobin(),  # type: ignore[arg-type]
                 stop_callbacks=[stop],
                 run_dir=str(run / "gepa"),
                 logger=_FileLog(run / "gepa.log"),
-                callbacks=[recorder],
+                callbacks=[recorder],  # type: ignore[list-item]  # gepa's protocol: every hook
                 seed=settings.seed,
                 raise_on_exception=True,
                 track_best_outputs=False,
@@ -398,7 +411,7 @@ def optimize(
         save_state()
 
     # 3. The best candidate by validation score; adopted only if the held-out split agrees.
-    gepa_state = (
+    gepa_state: GEPAState[Any, Any] | None = (
         GEPAState.load(str(run / "gepa")) if (run / "gepa" / "gepa_state.bin").exists() else None
     )
     candidates = gepa_state.program_candidates if gepa_state else [seed_prompts.components()]
@@ -441,7 +454,7 @@ def optimize(
     candidate_path: Path | None = None
     if adopted:
         chosen = best_prompts.with_components(
-            {}, version=version, metadata=PromptsMetadata(**meta, adopted=True)
+            {}, version=version, metadata=PromptsMetadata.model_validate({**meta, "adopted": True})
         )
         versioned = save_prompts(chosen, out / f"prompts-v{version}.yaml")
         active = chosen.model_copy(
@@ -453,7 +466,9 @@ def optimize(
             refused = best_prompts.with_components(
                 {},
                 version=version,
-                metadata=PromptsMetadata(**meta, adopted=False, reason=reason),
+                metadata=PromptsMetadata.model_validate(
+                    {**meta, "adopted": False, "reason": reason}
+                ),
             )
             candidate_path = save_prompts(refused, out / f"candidate-v{version}.yaml")
         if active_file is None:
@@ -540,7 +555,8 @@ def _fingerprint(
 
 def _read_state(run: Path) -> dict[str, Any] | None:
     try:
-        return orjson.loads((run / "state.json").read_bytes())
+        state: dict[str, Any] = orjson.loads((run / "state.json").read_bytes())
+        return state
     except FileNotFoundError:
         return None
     except orjson.JSONDecodeError:

@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from atlas_middleware.models.base import ChatMessage, ChatModel, ModelError
 from atlas_middleware.rim import parsing, prompts
@@ -518,7 +518,7 @@ class RIMReward:
             if ctx.verdicts[i] is not None
             else None
         )
-        mode = "relative" if ctx.relative else "absolute"
+        mode: Literal["absolute", "relative"] = "relative" if ctx.relative else "absolute"
         if not scored:
             error = "no judge produced a score: " + "; ".join(
                 f"{r.name}: {r.error}" for r in failed
@@ -555,7 +555,7 @@ class RIMReward:
 # --- helpers ----------------------------------------------------------------------------------------
 def _resolve_judges(judges: Sequence[Judge | str] | None) -> list[Judge]:
     if judges is not None and all(isinstance(j, Judge) for j in judges):
-        resolved = list(judges)  # type: ignore[arg-type]
+        resolved: list[Judge] = [j for j in judges if isinstance(j, Judge)]
     else:
         from atlas_middleware import plugins
 

@@ -87,7 +87,8 @@ def as_verifier(value: Verifier | VerifierCheck, name: str | None = None) -> Ver
         return value
     if not callable(value):
         raise TypeError(f"verifier must be a Verifier or a callable, got {type(value).__name__}")
-    return Verifier(name or getattr(value, "__name__", "verifier"), value)
+    label = name or str(getattr(value, "__name__", "verifier"))
+    return Verifier(label, value)
 
 
 def exact_match(task: str, answer: str, reference: Any) -> bool | None:

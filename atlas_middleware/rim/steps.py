@@ -121,8 +121,8 @@ async def _judge(
 
 
 def _aggregate(session: SpanContext, steps: list[StepRecord], final: float, weight: float) -> None:
-    scored = [(step, step_reward(step)) for step in steps]
-    scored = [(step, score) for step, score in scored if score is not None]
+    rewarded = [(step, step_reward(step)) for step in steps]
+    scored = [(step, score) for step, score in rewarded if score is not None]
     if not scored:
         return
     mean = sum(score for _, score in scored) / len(scored)

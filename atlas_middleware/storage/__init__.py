@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from atlas_middleware.review import DriftPolicy
 from atlas_middleware.storage.base import (
@@ -44,7 +45,7 @@ def default_store_url() -> str:
 
 
 def open_store(
-    url: str | None = None, *, drift_policy: DriftPolicy | None = None, **options
+    url: str | None = None, *, drift_policy: DriftPolicy | None = None, **options: Any
 ) -> Store:
     """Open (and migrate) the store at ``url``: ``sqlite:///path/to/atlas.db``, ``sqlite:///:memory:``,
     a bare file path, or ``postgresql://user@host:5432/db``."""

@@ -261,7 +261,7 @@ class _SessionPlan:
         store: Store,
         now: int,
         baselines: dict[str | None, Baseline] | None = None,
-    ) -> tuple | None:
+    ) -> tuple[Any, ...] | None:
         """Run the drift check if due; returns a drift_alerts row when it alerts.
         ``baselines``: each learning key's baseline, filled as the batch's checks need them."""
         if not self.check:
@@ -346,6 +346,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def prune_spans(self, before_ns: int) -> int:
+        """Remove the spans that started before ``before_ns`` (sessions are kept); returns how
+        many went, in the store's unit: spans (SQLite) or daily partitions (Postgres)."""
 
     def __enter__(self) -> Store:
         return self
@@ -539,7 +544,8 @@ class Store(abc.ABC):
             baseline = baselines.get(learning_key)
             if baseline is None:
                 baseline = baselines[learning_key] = Baseline.of(
-                    histories.get(learning_key, []), self.drift_policy
+                    histories.get(learning_key, []) if learning_key is not None else [],
+                    self.drift_policy,
                 )
             result = drift(baseline, score, self.drift_policy)
             if result.alert and status != "quarantined":
@@ -975,7 +981,7 @@ class Store(abc.ABC):
                 (*params, limit),
             )
         return [
-            ReviewAction(*row[:8], _loads(row[8]) if row[8] is not None else None, *row[9:])
+            ReviewAction(*(*row[:8], _loads(row[8]) if row[8] is not None else None, *row[9:]))
             for row in rows
         ]
 
@@ -988,7 +994,7 @@ class Store(abc.ABC):
         if not rows:
             return None
         row = rows[0]
-        return ReviewAction(*row[:8], _loads(row[8]) if row[8] is not None else None, *row[9:])
+        return ReviewAction(*(*row[:8], _loads(row[8]) if row[8] is not None else None, *row[9:]))
 
     def session_counts(self, where: SessionFilter | None = None) -> dict[str, int]:
         """Number of sessions per review status, of those matching ``where`` (its review status
@@ -1145,7 +1151,8 @@ class Store(abc.ABC):
         return runs
 
     def count_spans(self) -> int:
-        return self._read("SELECT COUNT(*) FROM spans")[0][0]
+        count: int = self._read("SELECT COUNT(*) FROM spans")[0][0]
+        return count
 
     def drift_alerts(
         self, learning_key: str | None = None, *, trace_id: str | None = None

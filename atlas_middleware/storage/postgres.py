@@ -258,7 +258,8 @@ class PostgresStore(Store):
     def _run_many(self, conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> int:
         with conn.cursor() as cur:
             cur.executemany(sql, list(rows))
-            return cur.rowcount
+            count: int = cur.rowcount
+            return count
 
     # --- lifecycle -----------------------------------------------------------------------------
     def _ensure_ready(self) -> None:
@@ -277,8 +278,10 @@ class PostgresStore(Store):
                 "CREATE TABLE IF NOT EXISTS atlas_schema_version "
                 "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ns BIGINT NOT NULL)"
             )
-            current = conn.execute("SELECT MAX(version) FROM atlas_schema_version").fetchone()[0]
-            current = current or 0
+            (latest,) = conn.execute(
+                "SELECT MAX(version) FROM atlas_schema_version"
+            ).fetchone() or (None,)
+            current: int = latest or 0
             for version, name, sql in load_migrations("postgres"):
                 if version <= current or (target is not None and version > target):
                     continue

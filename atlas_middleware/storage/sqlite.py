@@ -89,10 +89,12 @@ class SQLiteStore(Store):
             self._conn.execute("COMMIT")
 
     def _run(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return conn.execute(_sql(sql), tuple(params)).fetchall()
+        rows: list[tuple[Any, ...]] = conn.execute(_sql(sql), tuple(params)).fetchall()
+        return rows
 
     def _run_many(self, conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> int:
-        return conn.executemany(_sql(sql), rows).rowcount
+        count: int = conn.executemany(_sql(sql), rows).rowcount
+        return count
 
     def _in_list(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
         # The values travel as one JSON array parameter: any batch size fits SQLite's limit on
@@ -124,8 +126,9 @@ class SQLiteStore(Store):
         # instead of both applying the same files. (executescript would commit on its own, so
         # statements run one by one inside the transaction.)
         with self._transaction() as conn:
-            current = conn.execute("SELECT MAX(version) FROM atlas_schema_version").fetchone()[0]
-            current = current or 0
+            current: int = (
+                conn.execute("SELECT MAX(version) FROM atlas_schema_version").fetchone()[0] or 0
+            )
             for version, name, sql in load_migrations("sqlite"):
                 if version <= current or (target is not None and version > target):
                     continue

@@ -143,7 +143,7 @@ def _pipeline(**options: Any) -> tuple[SpanProcessor | None, Any]:
     from atlas_middleware.plugins import hook
 
     export = ExportOptions(**options)
-    built = hook().atlas_span_processor(options=export)
+    built: tuple[SpanProcessor | None, Any] | None = hook().atlas_span_processor(options=export)
     if built is None:
         name = export.exporter
         raise ValueError(

@@ -407,8 +407,9 @@ class _SessionSpan:
         self._inner = inner
 
     def __enter__(self) -> Span:
-        self._span = self._inner.__enter__()
-        return self._span
+        span: Span = self._inner.__enter__()
+        self._span = span
+        return span
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
         if exc_type is not None:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from atlas_middleware.cli.common import format_duration, format_time
 from atlas_middleware.storage import SessionFilter
-from atlas_middleware.storage.base import REVIEW_STATUSES, session_cursor
+from atlas_middleware.storage.base import session_cursor
+from atlas_middleware.storage.records import REVIEW_STATUSES
 from atlas_middleware.telemetry import schema as s
 from atlas_middleware.ui import charts, present
 from atlas_middleware.ui.server import (
@@ -29,6 +30,8 @@ from atlas_middleware.ui.server import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import jinja2
 
     from atlas_middleware.ui.server import Request, UIApp
@@ -673,7 +676,7 @@ def error_page(app: UIApp, request: Request, status: int, message: str) -> Respo
     )
 
 
-ROUTES = [
+ROUTES: list[tuple[str, str, Callable[..., Any]]] = [
     ("GET", "/", home),
     ("GET", "/sessions", sessions_page),
     ("GET", f"/sessions/(?P<trace_id>{_TRACE_ID})", session_page),

@@ -220,7 +220,7 @@ def token_split(session: Session, spans: list[SpanRecord]) -> TokenSplit:
             if span.attributes.get(s.GEN_AI_OPERATION_NAME) not in _LLM_OPERATIONS:
                 continue
             role = span.attributes.get(s.ATLAS_SPAN_ROLE)
-            who = (
+            owner = (
                 "student"
                 if role in STUDENT_ROLES
                 else "teacher"
@@ -229,15 +229,15 @@ def token_split(session: Session, spans: list[SpanRecord]) -> TokenSplit:
                 if role in JUDGE_ROLES
                 else None
             )
-            if who is None:
+            if owner is None:
                 continue
-            total = sums.setdefault(who, [0, 0])
+            total = sums.setdefault(owner, [0, 0])
             total[0] += _int(span.attributes.get(s.GEN_AI_USAGE_INPUT_TOKENS))
             total[1] += _int(span.attributes.get(s.GEN_AI_USAGE_OUTPUT_TOKENS))
         if sums:
             for who in ("student", "teacher", "judges"):
                 if who in sums:
-                    split.rows.append((who, *sums[who]))
+                    split.rows.append((who, sums[who][0], sums[who][1]))
             split.source = "summed from the LLM spans' roles"
         else:
             split.source = "not recorded: the spans carry no student/teacher roles"
@@ -269,14 +269,14 @@ class Judge:
     source: str | None = None
     escalated: bool = False
     error: str | None = None
-    principles: list[dict[str, Any]] = field(default_factory=list)
+    principles: list[Mapping[str, Any]] = field(default_factory=list)
 
 
 @dataclass
 class Rewards:
-    primary: dict[str, Any] | None
+    primary: Mapping[str, Any] | None
     judges: list[Judge]
-    others: list[tuple[str, dict[str, Any]]]
+    others: list[tuple[str, Mapping[str, Any]]]
     payload: dict[str, Any]
 
 

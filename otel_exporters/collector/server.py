@@ -60,7 +60,7 @@ class CollectorSettings:
         cls, environ: Mapping[str, str] | None = None, **overrides: object
     ) -> CollectorSettings:
         environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:

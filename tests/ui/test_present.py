@@ -80,6 +80,16 @@ def test_teacher_jobs_from_roles_or_the_default_prompts():
     assert present.teacher_job(_chat("a", None, (1, 1), "my own prompt")) is None
 
 
+def test_teacher_jobs_from_system_instructions_recorded_apart_from_the_messages():
+    # No system message among the inputs: the prompt is read from gen_ai.system_instructions
+    # (this path named an attribute constant that did not exist: mypy found it).
+    span = _chat("a", "teacher", (1, 1))
+    span.attributes[s.GEN_AI_INPUT_MESSAGES] = json.dumps([{"role": "user", "content": "2+3?"}])
+    assert present.teacher_job(span) == "teacher"
+    span.attributes[s.GEN_AI_SYSTEM_INSTRUCTIONS] = [{"type": "text", "content": PROBE_SYSTEM}]
+    assert present.teacher_job(span) == "probe"
+
+
 def test_message_text_reads_openai_and_semantic_convention_shapes():
     openai = json.dumps([{"role": "assistant", "content": "VALID"}])
     parts = json.dumps(

@@ -29,12 +29,15 @@ format:
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Each benchmark prints its goals (MET / NOT MET); they are printed together again at the end.
 bench:
 	@scripts/bootstrap.sh dev
+	@rm -rf .atlas/bench-goals
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/overhead.py
 	@scripts/bootstrap.sh vllm
 	$(PY) benchmarks/train.py
+	@echo "== goals =="; cat .atlas/bench-goals/*.txt 2>/dev/null || true
 
 # Long fault-injection variants and the load soak (docs/reliability.md); several minutes.
 soak:

@@ -69,6 +69,15 @@ def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+GOALS = Path(__file__).resolve().parent.parent / ".atlas" / "bench-goals"
+
+
+def record_goals(name: str, lines: list[str]) -> None:
+    """Keep a benchmark's goal verdicts where ``make bench`` prints them all at the end."""
+    GOALS.mkdir(parents=True, exist_ok=True)
+    (GOALS / f"{name}.txt").write_text("".join(f"{name}: {line}\n" for line in lines))
+
+
 def write_section(name: str, body: str, doc: Path | None = None) -> None:
     """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->``
     of ``doc`` (docs/benchmarks.md by default)."""

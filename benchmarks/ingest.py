@@ -19,7 +19,9 @@ import gc
 import http.client
 import os
 import secrets
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -54,6 +56,7 @@ from benchmarks._report import (
     markdown_table,
     postgres_version,
     print_table,
+    record_goals,
     write_section,
 )
 from tests.helpers import Collector
@@ -155,10 +158,20 @@ def _process_cpu(pid: int) -> float:
     return total
 
 
-def _busy_cpu() -> float:
-    """CPU seconds the whole machine has been busy (all cores, all processes)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(values) - values[3] - values[4]) / _TICK
+def _postgres_cpu() -> float:
+    """CPU seconds of every ``postgres`` process on this machine (server backends and workers;
+    other jobs' queries against the same server count too, so this is an upper bound)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, _, rest = text.partition(") ")
+        if name.endswith("(postgres"):
+            fields = rest.split()
+            total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
 
 
 def quiesce() -> None:
@@ -211,7 +224,7 @@ def _prepare(url: str, record_batches: list) -> None:
             )
 
 
-def dedupe_ceiling(spans: list[ReadableSpan], batch: int) -> float:
+def dedupe_ceiling(spans: list[ReadableSpan], batch: int) -> dict:
     """Spans/s of the de-duplicating write of the same rows: COPY into a staging table, then
     ``INSERT … SELECT … ON CONFLICT DO NOTHING`` into ``spans``, a transaction per batch, rows
     JSON-encoded before the clock starts. What Postgres can take from a writer that must not
@@ -228,6 +241,7 @@ def dedupe_ceiling(spans: list[ReadableSpan], batch: int) -> float:
             conn.commit()
             quiesce()
             start = time.perf_counter()
+            cpu_pg = _postgres_cpu()
             for rows in row_batches:
                 with conn.cursor().copy(
                     f"COPY spans_staging ({SPAN_COLUMN_LIST}) FROM STDIN"
@@ -240,8 +254,9 @@ def dedupe_ceiling(spans: list[ReadableSpan], batch: int) -> float:
                 )
                 conn.commit()
             elapsed = time.perf_counter() - start
+            cpu_pg = _postgres_cpu() - cpu_pg
             assert conn.execute("SELECT COUNT(*) FROM spans").fetchone()[0] == len(spans)
-    return len(spans) / elapsed
+    return {"spans_per_s": len(spans) / elapsed, "postgres_us": 1e6 * cpu_pg / len(spans)}
 
 
 def stages(spans: list[ReadableSpan], batch: int) -> dict[str, float]:
@@ -285,8 +300,15 @@ def stages(spans: list[ReadableSpan], batch: int) -> dict[str, float]:
 
 
 def through_collector(
-    spans: list[ReadableSpan], batch: int, clients: int, workers: int, processes: int
+    spans: list[ReadableSpan],
+    batch: int,
+    clients: int,
+    workers: int,
+    processes: int,
+    profile: str | None = None,
 ) -> dict:
+    """Spans/s landed through a real collector; ``profile``: record it with py-spy (all its
+    processes, raw stacks) into that file while the clients send."""
     bodies = [encode_spans(b).SerializeToString() for b in _batches(spans, batch)]
     latencies: list[float] = []
     with scratch_database("collector") as url:
@@ -329,10 +351,30 @@ def through_collector(
 
             threads = [threading.Thread(target=client) for _ in range(clients)]
             quiesce()
+            spy = None
+            if profile:
+                spy = subprocess.Popen(
+                    [
+                        str(Path(sys.executable).with_name("py-spy")),
+                        "record",
+                        "--pid",
+                        str(c.proc.pid),
+                        "--subprocesses",
+                        "--rate",
+                        "250",
+                        "--format",
+                        "raw",
+                        "--output",
+                        profile,
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                time.sleep(2.0)  # attached before the first request
             start = time.perf_counter()
-            cpu_collector, cpu_busy, cpu_self = (
+            cpu_collector, cpu_pg, cpu_self = (
                 _process_cpu(c.proc.pid),
-                _busy_cpu(),
+                _postgres_cpu(),
                 time.process_time(),
             )
             for t in threads:
@@ -340,10 +382,13 @@ def through_collector(
             for t in threads:
                 t.join()
             elapsed = time.perf_counter() - start
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                spy.wait(timeout=60)
             cpu_collector = _process_cpu(c.proc.pid) - cpu_collector
             cpu_self = time.process_time() - cpu_self
             # What is neither the collector nor this client is, on this machine, Postgres.
-            cpu_postgres = _busy_cpu() - cpu_busy - cpu_collector - cpu_self
+            cpu_postgres = _postgres_cpu() - cpu_pg
             if errors:
                 raise RuntimeError(f"collector errors: {errors[:3]}")
         with open_store(url) as store:
@@ -417,7 +462,20 @@ def main() -> None:
         "--no-extras", action="store_true", help="skip the in-process exporter and per-span rows"
     )
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="only profile the collector (py-spy raw stacks to FILE; summarise with "
+        "benchmarks/_stacks.py FILE ingest) while it takes the spans once",
+    )
     args = parser.parse_args()
+    if args.profile:
+        spans = make_spans(args.spans)
+        result = through_collector(
+            spans, args.batch, args.clients, args.workers, args.processes[0], args.profile
+        )
+        print(f"{result['spans_per_s']:,.0f} spans/s while profiled; stacks in {args.profile}")
+        return
 
     # This shared 2-core VM swings ±30% between identical runs, so the paths run in interleaved
     # rounds and the table reports the median with the range.
@@ -443,7 +501,7 @@ def main() -> None:
                 if label == "ceiling":
                     result = {"spans_per_s": raw_copy(spans, args.batch, preformatted=True)}
                 elif label == "dedupe":
-                    result = {"spans_per_s": dedupe_ceiling(spans, args.batch)}
+                    result = dedupe_ceiling(spans, args.batch)
                 else:
                     processes = int(label.removeprefix("collector"))
                     result = through_collector(
@@ -502,7 +560,7 @@ def main() -> None:
             "dedupe ceiling: COPY → staging → INSERT … ON CONFLICT DO NOTHING, rows pre-encoded",
             f"{dedupe:,.0f}",
             "100%",
-            spread("dedupe"),
+            f"{spread('dedupe')}; CPU per span: Postgres {median('dedupe', 'postgres_us'):.0f} µs",
         ],
         *[
             [
@@ -567,6 +625,7 @@ def main() -> None:
         f"{collector['spans_per_s'] / ceiling:.0%}"
     )
     print(verdict)
+    record_goals("ingest", [verdict])
     print(f"load average at the start: {load}")
     if not args.no_write:
         pg = postgres_version(ADMIN_URL)

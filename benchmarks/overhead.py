@@ -38,7 +38,13 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 import atlas_middleware as atlas
 from atlas_middleware import telemetry
 from atlas_middleware.telemetry import schema
-from benchmarks._report import load_average, markdown_table, print_table, write_section
+from benchmarks._report import (
+    load_average,
+    markdown_table,
+    print_table,
+    record_goals,
+    write_section,
+)
 
 TASK = "What is 12 + 30?"
 GOAL_RAW = 2.0  # supervise added ≤ 2× the raw span's
@@ -241,6 +247,7 @@ def main() -> None:
         lines.append(f"supervise / Langfuse @observe: not measured ({langfuse_note})")
     for line in lines:
         print(line)
+    record_goals("overhead", lines)
     print(f"load average at the start: {load}")
     if not args.no_write:
         write_section(

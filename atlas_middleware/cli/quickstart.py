@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.sdk.trace import SpanProcessor
+
 from atlas_middleware.cli.common import (
     CLIError,
     add_store_argument,
@@ -242,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class Activity:
+class Activity(SpanProcessor):
     """What the run is doing right now, under the table: which task, which step (read from the
     spans as they start: the teacher's probe, the student's answer, a judge), for how long. A
     135M model on a busy CPU takes minutes per task; this says it is working, and on what."""
@@ -259,7 +261,6 @@ class Activity:
     def done(self) -> None:
         self.task = 0
 
-    # SpanProcessor (duck-typed: only on_start matters here)
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         from atlas_middleware.telemetry import schema as s
 
@@ -276,15 +277,6 @@ class Activity:
         else:
             return
         self.step, self.since = step, time.perf_counter()
-
-    def on_end(self, span: Any) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
 
     def view(self, table: Any) -> Any:
         activity = self

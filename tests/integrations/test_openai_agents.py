@@ -468,7 +468,7 @@ def test_content_capture_switch_keeps_prompts_and_tool_arguments_off(spans, serv
 def test_streamed_agent_on_the_embedded_model(model_server, tmp_path, monkeypatch):
     """SmolLM2 behind ``atlas serve-model`` is the student and the RIM judge, and the agent
     streams. The teacher is scripted: a real one writes up to 160 tokens of guidance, too slow
-    for CI on two shared cores (tests/runtime/test_embedded_e2e.py covers the real teacher)."""
+    for CI on two shared cores (tests/core/test_embedded_e2e.py covers the real teacher)."""
     store_url = f"sqlite:///{tmp_path / 'real.db'}"
     monkeypatch.setenv("ATLAS_STORE_URL", store_url)
     telemetry.configure(exporter="atlas", store=store_url, batch=False, service_name="agents")

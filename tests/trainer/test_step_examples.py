@@ -18,7 +18,7 @@ from atlas_middleware import telemetry
 from atlas_middleware.models import ScriptedModel
 from atlas_middleware.storage import open_store
 from tests.helpers import atlas_cli
-from tests.steps.test_langgraph_steps import judge, step_graph
+from tests.integrations.test_langgraph_steps import judge, step_graph
 
 GUIDANCE = "Plan first, then act; retry a flaky backend once."
 

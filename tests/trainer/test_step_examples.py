@@ -11,8 +11,6 @@ from atlas_middleware.integrations import langchain as lc
 from atlas_middleware.integrations.langgraph import supervise_graph
 from atlas_middleware.trainer.cli import main
 from atlas_middleware.trainer.data import DataFilter, DataStats, iter_step_examples
-from atlas_middleware.trainer.recipes import load_recipe
-from atlas_middleware.trainer.run import prepare_data
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 
@@ -20,7 +18,7 @@ from atlas_middleware import telemetry
 from atlas_middleware.models import ScriptedModel
 from atlas_middleware.storage import open_store
 from tests.helpers import atlas_cli
-from tests.steps.test_langgraph_steps import judge, step_graph
+from tests.integrations.test_langgraph_steps import judge, step_graph
 
 GUIDANCE = "Plan first, then act; retry a flaky backend once."
 
@@ -125,10 +123,42 @@ def test_atlas_train_sft_and_grpo_read_steps(stored_runs, tiny_model, tmp_path):
         [run] = store.training_runs()
     assert run["sessions"] == 2
 
-    recipe = load_recipe("grpo", overrides=["data.granularity=step"])
-    prepare_data(recipe, str(export), tmp_path / "grpo")
-    prompts = [
-        json.loads(line) for line in (tmp_path / "grpo" / "examples.jsonl").read_text().splitlines()
-    ]
+    # GRPO on the step prompts: one real step against a scripted OpenAI-compatible student.
+    from tests.integrations.scripted_openai import MODEL, ScriptedOpenAI, system_text
+
+    grpo = tmp_path / "grpo"
+    with ScriptedOpenAI(system_text) as served:
+        code = main(
+            [
+                "grpo",
+                "--from",
+                str(export),
+                "--granularity",
+                "step",
+                "--model",
+                str(tiny_model),
+                "--student",
+                f"{served.url}|{MODEL}",
+                "--output",
+                str(grpo),
+                "--max-steps",
+                "1",
+                "--set",
+                "reward.verifier=tests.trainer.test_train:even_length",
+                "--set",
+                "trl.num_generations=2",
+                "--set",
+                "trl.per_device_train_batch_size=2",
+                "--set",
+                "trl.max_completion_length=8",
+                "--set",
+                "student_options.max_tokens=8",
+                "-q",
+            ]
+        )
+    assert code == 0
+    prompts = [json.loads(line) for line in (grpo / "examples.jsonl").read_text().splitlines()]
     # One prompt per distinct step prompt: the two sessions' steps differ by task.
     assert len(prompts) == 6 and len({p["task"] for p in prompts}) == 6
+    assert all("Next step: " in p["task"] for p in prompts)
+    assert json.loads((grpo / "run.json").read_text())["global_step"] == 1

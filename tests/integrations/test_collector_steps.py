@@ -15,7 +15,7 @@ from atlas_middleware import telemetry
 from atlas_middleware.models import ScriptedModel
 from atlas_middleware.storage import open_store
 from tests.helpers import Collector
-from tests.steps.test_langgraph_steps import TASK, judge, step_graph
+from tests.integrations.test_langgraph_steps import TASK, judge, step_graph
 
 
 def test_step_rewards_reach_the_store_through_the_collector(store_url):

@@ -12,7 +12,7 @@ from atlas_middleware.integrations import llama_index as li
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.tools import FunctionTool
 from llama_index.core.workflow import Event, StartEvent, StopEvent, Workflow, step
-from llama_index.core.workflow.retry_policy import ConstantDelayRetryPolicy
+from workflows.retry_policy import retry_policy, stop_after_attempt, wait_none
 
 import atlas_middleware as atlas
 from atlas_middleware import telemetry
@@ -49,7 +49,7 @@ class Steps(Workflow):
         atlas.reward(0.8, name="plan_quality", rationale="short plan")
         return Draft(text=reply.message.content)
 
-    @step(retry_policy=ConstantDelayRetryPolicy(delay=0, maximum_attempts=2))
+    @step(retry_policy=retry_policy(wait=wait_none(), stop=stop_after_attempt(2)))
     async def act(self, ev: Draft) -> StopEvent:
         self.attempts += 1
         if self.attempts == 1:

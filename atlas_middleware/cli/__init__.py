@@ -42,6 +42,7 @@ COMMANDS: list[str] = [
     "run",
     "optimize",
     "quickstart",
+    "tasks",
 ]
 
 

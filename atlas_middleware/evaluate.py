@@ -192,15 +192,21 @@ def summarise(outcomes: Sequence[TaskOutcome], conditions: Sequence[str]) -> lis
 
 
 def student_messages(task: str) -> list[ChatMessage]:
-    """What the eval's student reads: its instructions, the teacher's guidance if any, the task."""
-    from atlas_middleware.guidance import with_guidance
+    """What the eval's student reads: its instructions, then the task with the teacher's guidance
+    (if any) after it in the same user message.
 
-    return with_guidance(
-        [
-            {"role": "system", "content": STUDENT_INSTRUCTIONS},
-            {"role": "user", "content": task},
-        ]
-    )
+    The guidance goes in the user turn, not the system prompt: with SmolLM2-135M as the student,
+    an operation hint there lifted accuracy on one-step word problems more than in the system
+    message (docs/learning.md), and a small model reads its last turn most closely.
+    """
+    from atlas_middleware.guidance import rendered_guidance
+
+    text = rendered_guidance()
+    content = task if not text else f"{task}\n\n{text}"
+    return [
+        {"role": "system", "content": STUDENT_INSTRUCTIONS},
+        {"role": "user", "content": content},
+    ]
 
 
 async def run_eval(

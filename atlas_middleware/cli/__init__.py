@@ -43,6 +43,7 @@ COMMANDS: list[str] = [
     "optimize",
     "quickstart",
     "tasks",
+    "learn",
 ]
 
 

@@ -71,6 +71,22 @@ def set_torch_threads() -> int:
     return count
 
 
+def adapter_base(name: str, adapter: Path) -> Path:
+    """The base model folder of a LoRA adapter: the embedded model when the adapter was trained
+    on it (its ``base_model_name_or_path`` is ``embedded`` or the model's name), else the path
+    it names (relative to the adapter folder when not absolute)."""
+    from atlas_middleware.models.embedded import EMBEDDED_NAME, embedded_model_dir
+
+    if name in ("embedded", EMBEDDED_NAME) or Path(name).name == EMBEDDED_NAME:
+        return embedded_model_dir()
+    base = Path(name).expanduser()
+    if not base.is_absolute():
+        base = adapter / base
+    if not base.exists():
+        raise ModelError(f"the adapter in {adapter} names base model {name!r}, not found locally")
+    return base
+
+
 class LocalHFModel(ChatModel):
     """A chat model served in-process by transformers.
 
@@ -153,6 +169,12 @@ class LocalHFModel(ChatModel):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = self._model_dir()
+        adapter = path / "adapter_config.json" if path.is_dir() else None
+        if adapter is not None and adapter.is_file():
+            # A LoRA adapter folder (peft's save_pretrained): its base model, then the adapter
+            # merged in, so generation costs what the base model's does.
+            self._load_adapter(path)
+            return
         folder, extra = (path.parent, {"gguf_file": path.name}) if path.is_file() else (path, {})
         dtype = self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
         try:
@@ -162,6 +184,38 @@ class LocalHFModel(ChatModel):
             )
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load the local model from {path}: {_one_line(exc)}") from exc
+        self._ready(model, tokenizer, path)
+
+    def _load_adapter(self, path: Path) -> None:
+        import json
+
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            from peft import PeftModel
+        except ImportError as exc:
+            raise ModelError(f"{path} is a LoRA adapter: loading it needs peft ({exc})") from exc
+        try:
+            base_name = json.loads((path / "adapter_config.json").read_text())[
+                "base_model_name_or_path"
+            ]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"unreadable adapter_config.json in {path}: {_one_line(exc)}") from exc
+        base = adapter_base(base_name, path)
+        dtype = self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(base), local_files_only=True, dtype=dtype
+            )
+            model = PeftModel.from_pretrained(model, str(path), local_files_only=True)
+            model = model.merge_and_unload()
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load the adapter in {path}: {_one_line(exc)}") from exc
+        self._ready(model, tokenizer, path)
+
+    def _ready(self, model: Any, tokenizer: Any, path: Path) -> None:
         if not tokenizer.chat_template:
             raise ModelError(
                 f"the tokenizer in {path} has no chat template: LocalHFModel needs an instruct model"

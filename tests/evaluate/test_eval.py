@@ -37,7 +37,7 @@ TASKS = [
 def student() -> ScriptedModel:
     def respond(messages):
         guided = any("Guidance from your teacher" in m["content"] for m in messages)
-        question = messages[-1]["content"].removeprefix("What is ").removesuffix("?")
+        question = messages[-1]["content"].split("\n")[0].removeprefix("What is ").removesuffix("?")
         return ANSWERS[question][guided]
 
     return ScriptedModel(respond=respond, name="student")

@@ -221,7 +221,7 @@ async def run_eval(
     on_outcome: Callable[[TaskOutcome], None] | None = None,
     concurrency: int = 32,
     teacher_timeout_s: float | None = None,
-    hints: bool = False,
+    teacher_max_tokens: int | None = None,
 ) -> EvalReport:
     """Run every task under every condition as supervised sessions stored in ``store_url``.
 
@@ -234,9 +234,10 @@ async def run_eval(
     that wait together into one ``generate`` (models/local.py), which is what makes a 300-task
     eval take minutes rather than hours on a CPU. Each session's tokens stay its own (usage is
     per asyncio task). ``teacher_timeout_s`` overrides the teacher step timeouts; whatever timed
-    out or failed is counted per condition from the stored sessions. ``hints``: a condition
-    without a teacher model shows the task's ``metadata.hint`` as guidance (the generator's
-    operation hint), for an upper reference.
+    out or failed is counted per condition from the stored sessions; ``teacher_max_tokens``
+    overrides the configured teacher reply budget (guidance and validation). A condition named
+    :data:`WITH_HINT` shows each task's ``metadata.hint`` as the guidance (the generator's
+    operation hint), a reference for what a good teacher could do.
     """
     import asyncio
 
@@ -250,9 +251,10 @@ async def run_eval(
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     provider = telemetry.configure(exporter="atlas", store=store_url, service_name=agent)
     config = AtlasConfig.load()
-    config = config.model_copy(
-        update={"storage": config.storage.model_copy(update={"url": store_url})}
-    )
+    update: dict[str, Any] = {"storage": config.storage.model_copy(update={"url": store_url})}
+    if teacher_max_tokens is not None:
+        update["teacher"] = config.teacher.model_copy(update={"max_tokens": teacher_max_tokens})
+    config = config.model_copy(update=update)
     outcomes: list[TaskOutcome] = []
     gate = asyncio.Semaphore(max(1, concurrency))
     for condition in conditions:
@@ -289,7 +291,7 @@ async def run_eval(
             async with gate:
                 seen: dict[str, Any] = {}
                 _SEEN.set(seen)  # this asyncio task's own (gather runs each in a copied context)
-                if hints and condition.name == WITH_HINT:
+                if condition.name == WITH_HINT:
                     seen["hint"] = item.metadata.get("hint")
                 started = time.perf_counter()
                 answer: str | None = None

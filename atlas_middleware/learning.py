@@ -307,7 +307,7 @@ def sft_lora(
                 group["lr"] = cfg.learning_rate * max(0.0, 1 - (step + 1) / total)
             step += 1
             if on_step is not None:
-                on_step(step, total, float(loss))
+                on_step(step, total, float(loss.detach()))
         if on_epoch is not None:
             folder = out_dir.parent / f"{out_dir.name}-epoch{epoch + 1}"
             _save(model, folder)

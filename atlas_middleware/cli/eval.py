@@ -194,7 +194,6 @@ def _tasks(args: argparse.Namespace) -> int:
                     max_tokens=args.max_tokens,
                     concurrency=args.concurrency,
                     teacher_timeout_s=args.timeout,
-                    hints=args.hints,
                     on_outcome=lambda o: bar.update(
                         job, advance=1, description=f"{o.condition}: {o.task_id}"
                     ),

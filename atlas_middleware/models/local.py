@@ -42,7 +42,7 @@ def torch_threads() -> int:
     """How many threads torch should compute with in this process.
 
     ``$ATLAS_TORCH_THREADS``, else ``$OMP_NUM_THREADS`` (the user's word for every OpenMP
-    program), else the cores this process may run on that are not already busy (load average):
+    program), else the cores this process may run on that other processes are not running on now:
     torch's default of one thread per core made processes sharing two cores oversubscribe them,
     and 64 tokens of the embedded model took 51.5 s instead of 4.0 s (docs/benchmarks.md).
     """
@@ -54,11 +54,21 @@ def torch_threads() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
+    return max(1, min(cores, cores - _busy_elsewhere()))
+
+
+def _busy_elsewhere() -> int:
+    """Processes running or runnable right now, besides this one (``/proc/loadavg``'s
+    instantaneous count; the load averages lag by a minute and would count our own past work)."""
     try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cores, cores - int(busy + 0.5)))
+        with open("/proc/loadavg") as handle:
+            running = int(handle.read().split()[3].split("/")[0])
+        return max(0, running - 1)
+    except (OSError, ValueError, IndexError):
+        try:
+            return int(os.getloadavg()[0] + 0.5)
+        except OSError:
+            return 0
 
 
 def set_torch_threads() -> int:

@@ -175,6 +175,7 @@ async def _learn(args: argparse.Namespace, kinds: tuple[str, ...]) -> int:
             await _curve(out, test, model)
         summary = _summary(out)
         (out / "learning.md").write_text(summary)
+        _plot(out)
         print(summary)
         return 0
     finally:
@@ -335,3 +336,47 @@ def _summary(out: Path) -> str:
         f"Evaluation: {result['seconds']:.0f} s, {result['tasks_per_second']:.2f} tasks/s."
     )
     return "\n".join(lines) + "\n"
+
+
+def _plot(out: Path) -> None:
+    """``learning.png``: held-out accuracy per condition with 95% intervals; and, with
+    ``curve.json``, ``learning-curve.png``: the trained teacher's held-out accuracy against
+    training minutes (0: the base teacher)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = json.loads((out / "eval.json").read_text())
+    stats = result["stats"]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    names = [s["condition"] for s in stats]
+    acc = [s["accuracy"] for s in stats]
+    err = [
+        [s["accuracy"] - s["ci_low"] for s in stats],
+        [s["ci_high"] - s["accuracy"] for s in stats],
+    ]
+    ax.bar(
+        names,
+        acc,
+        yerr=err,
+        capsize=6,
+        color=["#999999", "#3b7dd8", "#2a9d8f", "#e9c46a"][: len(names)],
+    )
+    ax.set_ylabel("held-out accuracy (95% CI)")
+    ax.set_title(f"atlas learn — {stats[0]['tasks']} test tasks")
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "learning.png", dpi=110)
+    plt.close(fig)
+    curve = out / "curve.json"
+    if curve.exists():
+        points = json.loads(curve.read_text())
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot([p["minutes"] for p in points], [p["accuracy"] for p in points], marker="o")
+        ax.set_xlabel("SFT training minutes (0: base teacher)")
+        ax.set_ylabel("held-out accuracy")
+        ax.set_title("student + teacher, test split")
+        fig.tight_layout()
+        fig.savefig(out / "learning-curve.png", dpi=110)
+        plt.close(fig)

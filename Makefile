@@ -3,12 +3,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 QUICKSTART_ARGS ?=
+LEARNING_ARGS ?=
 
-.PHONY: quickstart test lint format bench soak clean
+.PHONY: quickstart learning test lint format bench soak clean
 
 quickstart:
 	@scripts/bootstrap.sh quickstart
 	$(PY) -m atlas_middleware.cli quickstart $(QUICKSTART_ARGS)
+
+# Generate tasks, train the teacher (LoRA SFT warm-up) and evaluate it held out; resumable
+# (rerun to continue). docs/learning.md.
+learning:
+	@scripts/bootstrap.sh quickstart
+	nice -n 10 $(PY) -m atlas_middleware.cli learn --out atlas-learn $(LEARNING_ARGS)
 
 test:
 	@scripts/bootstrap.sh dev

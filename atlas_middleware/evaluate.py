@@ -13,6 +13,7 @@ calls, from the stored session rows).
 
 from __future__ import annotations
 
+import contextvars
 import math
 import time
 import uuid
@@ -27,6 +28,7 @@ from atlas_middleware.tasks import Task
 STUDENT_ALONE = "student"
 WITH_TEACHER = "student + teacher"
 WITH_TRAINED = "student + trained teacher"
+WITH_HINT = "student + hint"
 STUDENT_INSTRUCTIONS = (
     "Solve the problem. Think briefly, then end with 'Answer: <number>' on its own line."
 )
@@ -54,6 +56,27 @@ class TaskOutcome:
     lane: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
+    # What supervision recorded as failed on the session (``atlas.failures``): the teacher
+    # step failed (timed out, errored) and the call went on without it.
+    failures: tuple[str, ...] = ()
+
+    @property
+    def timed_out(self) -> bool:
+        """A teacher step or the student's own call ran out of time."""
+        return any(_is_timeout(text) for text in (*self.failures, self.error or ""))
+
+    @property
+    def failed_open(self) -> bool:
+        """Supervision failed on this task and the agent ran on without it."""
+        return bool(self.failures)
+
+
+# The running task's notes (its trace id, its hint), read inside the supervised agent.
+_SEEN: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("atlas_eval_seen")
+
+
+def _is_timeout(text: str) -> bool:
+    return "Timeout" in text or "timed out" in text or "no answer within" in text
 
 
 @dataclass(frozen=True)
@@ -67,6 +90,8 @@ class ConditionStats:
     completion: float
     non_degradation: float | None  # None for the student alone (it is the baseline)
     mean_tokens: float
+    timed_out: int = 0  # tasks where a teacher step or the student's call timed out
+    failed_open: int = 0  # tasks whose session recorded a supervision failure (atlas.failures)
 
 
 @dataclass
@@ -79,15 +104,16 @@ class EvalReport:
         lines = [
             f"Evaluation `{self.run_id}`: {self.stats[0].tasks if self.stats else 0} tasks.",
             "",
-            "| condition | accuracy | 95% CI | completion | non-degradation | tokens/session |",
-            "|---|---:|---|---:|---:|---:|",
+            "| condition | accuracy | 95% CI | completion | non-degradation | tokens/session "
+            "| timed out | failed open |",
+            "|---|---:|---|---:|---:|---:|---:|---:|",
         ]
         for st in self.stats:
             nd = "—" if st.non_degradation is None else f"{st.non_degradation:.0%}"
             lines.append(
                 f"| {st.condition} | {st.accuracy:.1%} ({st.correct}/{st.tasks}) | "
                 f"{st.ci_low:.1%}–{st.ci_high:.1%} | {st.completion:.0%} | {nd} | "
-                f"{st.mean_tokens:,.0f} |"
+                f"{st.mean_tokens:,.0f} | {st.timed_out} | {st.failed_open} |"
             )
         return "\n".join(lines) + "\n"
 
@@ -158,21 +184,29 @@ def summarise(outcomes: Sequence[TaskOutcome], conditions: Sequence[str]) -> lis
                 completion=sum(1 for o in rows if o.completed) / n if n else 0.0,
                 non_degradation=non_degradation,
                 mean_tokens=(sum(o.input_tokens + o.output_tokens for o in rows) / n if n else 0.0),
+                timed_out=sum(1 for o in rows if o.timed_out),
+                failed_open=sum(1 for o in rows if o.failed_open),
             )
         )
     return stats
 
 
 def student_messages(task: str) -> list[ChatMessage]:
-    """What the eval's student reads: its instructions, the teacher's guidance if any, the task."""
-    from atlas_middleware.guidance import with_guidance
+    """What the eval's student reads: its instructions, then the task with the teacher's guidance
+    (if any) after it in the same user message.
 
-    return with_guidance(
-        [
-            {"role": "system", "content": STUDENT_INSTRUCTIONS},
-            {"role": "user", "content": task},
-        ]
-    )
+    The guidance goes in the user turn, not the system prompt: with SmolLM2-135M as the student,
+    an operation hint there lifted accuracy on one-step word problems more than in the system
+    message (docs/learning.md), and a small model reads its last turn most closely.
+    """
+    from atlas_middleware.guidance import rendered_guidance
+
+    text = rendered_guidance()
+    content = task if not text else f"{task}\n\n{text}"
+    return [
+        {"role": "system", "content": STUDENT_INSTRUCTIONS},
+        {"role": "user", "content": content},
+    ]
 
 
 async def run_eval(
@@ -185,30 +219,55 @@ async def run_eval(
     max_tokens: int = 96,
     reward: Any = False,
     on_outcome: Callable[[TaskOutcome], None] | None = None,
+    concurrency: int = 32,
+    teacher_timeout_s: float | None = None,
+    teacher_max_tokens: int | None = None,
 ) -> EvalReport:
     """Run every task under every condition as supervised sessions stored in ``store_url``.
 
     Sessions are named ``<agent>/<condition>`` with learning key ``<agent>:<run id>``, so one run's
     sessions can be found (and audited) in the store. Tracing goes to ``store_url`` for the run
-    (replacing any atlas tracing configured before) and is shut down at the end. Tasks run one at a time: a local model uses
-    every core, and sequential runs keep each session's cost its own.
+    (replacing any atlas tracing configured before) and is shut down at the end; the supervisor's
+    own store (playbook, lessons) is ``store_url`` too, never the configured default.
+
+    Within a condition, up to ``concurrency`` tasks run at once: a local model batches the calls
+    that wait together into one ``generate`` (models/local.py), which is what makes a 300-task
+    eval take minutes rather than hours on a CPU. Each session's tokens stay its own (usage is
+    per asyncio task). ``teacher_timeout_s`` overrides the teacher step timeouts; whatever timed
+    out or failed is counted per condition from the stored sessions; ``teacher_max_tokens``
+    overrides the configured teacher reply budget (guidance and validation). A condition named
+    :data:`WITH_HINT` shows each task's ``metadata.hint`` as the guidance (the generator's
+    operation hint), a reference for what a good teacher could do.
     """
+    import asyncio
+
     from opentelemetry import trace
 
     from atlas_middleware import telemetry
+    from atlas_middleware.config import AtlasConfig
     from atlas_middleware.storage import open_store
     from atlas_middleware.supervise import supervise
 
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     provider = telemetry.configure(exporter="atlas", store=store_url, service_name=agent)
+    config = AtlasConfig.load()
+    update: dict[str, Any] = {"storage": config.storage.model_copy(update={"url": store_url})}
+    if teacher_max_tokens is not None:
+        update["teacher"] = config.teacher.model_copy(update={"max_tokens": teacher_max_tokens})
+    config = config.model_copy(update=update)
     outcomes: list[TaskOutcome] = []
-    seen: dict[str, str] = {}  # the running session's trace id, read inside the agent
+    gate = asyncio.Semaphore(max(1, concurrency))
     for condition in conditions:
         supervise_options: dict[str, Any] = {
             "agent": f"{agent}/{condition.name}",
             "learning_key": f"{agent}:{run_id}",
             "reward": reward,
+            "config": config,
         }
+        if teacher_timeout_s is not None:
+            supervise_options.update(
+                teacher_timeout_s=teacher_timeout_s, probe_timeout_s=teacher_timeout_s
+            )
         if condition.teacher is None:
             # No teacher: the auto lane, the student alone, still one stored session per task.
             supervise_options.update(teacher=student, lane="auto")
@@ -217,54 +276,76 @@ async def run_eval(
 
         @supervise(**supervise_options)
         async def solve(task: str) -> str:
+            seen = _SEEN.get()
             seen["trace_id"] = format(trace.get_current_span().get_span_context().trace_id, "032x")
-            reply = await student.chat(student_messages(task), max_tokens=max_tokens)
+            messages = student_messages(task)
+            if seen.get("hint"):
+                from atlas_middleware.guidance import use_guidance
+
+                with use_guidance(seen["hint"], task=task):
+                    messages = student_messages(task)
+            reply = await student.chat(messages, max_tokens=max_tokens)
             return reply.text
 
-        for item in tasks:
-            seen.clear()
-            started = time.perf_counter()
-            answer: str | None = None
-            error = None
-            try:
-                answer = await solve(item.task)
-            except Exception as exc:  # the agent failed: an incomplete task, not a crashed eval
-                error = f"{type(exc).__name__}: {exc}"
-            completed = error is None and bool(answer and answer.strip())
-            outcome = TaskOutcome(
-                task_id=item.id,
-                condition=condition.name,
-                answer=answer,
-                correct=item.is_correct(answer) if completed else False,
-                completed=completed,
-                trace_id=seen.get("trace_id"),
-                seconds=time.perf_counter() - started,
-                error=error,
-            )
-            outcomes.append(outcome)
-            if on_outcome is not None:
-                on_outcome(outcome)
+        async def one(item: Task, condition: Condition = condition, solve: Any = solve) -> None:
+            async with gate:
+                seen: dict[str, Any] = {}
+                _SEEN.set(seen)  # this asyncio task's own (gather runs each in a copied context)
+                if condition.name == WITH_HINT:
+                    seen["hint"] = item.metadata.get("hint")
+                started = time.perf_counter()
+                answer: str | None = None
+                error = None
+                try:
+                    answer = await solve(item.task)
+                except Exception as exc:  # the agent failed: an incomplete task, not a crash
+                    error = f"{type(exc).__name__}: {exc}"
+                completed = error is None and bool(answer and answer.strip())
+                outcome = TaskOutcome(
+                    task_id=item.id,
+                    condition=condition.name,
+                    answer=answer,
+                    correct=item.is_correct(answer) if completed else False,
+                    completed=completed,
+                    trace_id=seen.get("trace_id"),
+                    seconds=time.perf_counter() - started,
+                    error=error,
+                )
+                outcomes.append(outcome)
+                if on_outcome is not None:
+                    on_outcome(outcome)
 
-    # Lanes and tokens as the store recorded them: the table reports what was stored.
+        await asyncio.gather(*(one(item) for item in tasks))
+
+    # Lanes, tokens and failures as the store recorded them: the table reports what was stored.
     provider.force_flush()
+    order = {(c.name, t.id): i for i, c in enumerate(conditions) for t in tasks}
+    outcomes.sort(key=lambda o: order.get((o.condition, o.task_id), 0))
     with open_store(store_url) as store:
+        from atlas_middleware.telemetry import schema as s
+
+        spans = store.spans_for([o.trace_id for o in outcomes if o.trace_id])
         enriched = []
         for o in outcomes:
             row = store.get_session(o.trace_id) if o.trace_id else None
+            failures: list[str] = []
+            for span in spans.get(o.trace_id or "", []):
+                recorded = span.attributes.get(s.ATLAS_FAILURES)
+                if isinstance(recorded, (list, tuple)):
+                    failures.extend(str(f) for f in recorded)
+                elif recorded:
+                    failures.append(str(recorded))
+            changes: dict[str, Any] = {"failures": tuple(dict.fromkeys(failures))}
             if row is not None:
-                o = TaskOutcome(
-                    **{
-                        **o.__dict__,
-                        "lane": row.lane,
-                        # The known parts: a failed session's student part is unknown (its
-                        # total too) while the teacher's tokens it spent are not.
-                        "input_tokens": (row.student_input_tokens or 0)
-                        + (row.teacher_input_tokens or 0),
-                        "output_tokens": (row.student_output_tokens or 0)
-                        + (row.teacher_output_tokens or 0),
-                    }
+                changes.update(
+                    lane=row.lane,
+                    # The known parts: a failed session's student part is unknown (its total
+                    # too) while the teacher's tokens it spent are not.
+                    input_tokens=(row.student_input_tokens or 0) + (row.teacher_input_tokens or 0),
+                    output_tokens=(row.student_output_tokens or 0)
+                    + (row.teacher_output_tokens or 0),
                 )
-            enriched.append(o)
+            enriched.append(TaskOutcome(**{**o.__dict__, **changes}))
     # The eval's provider pointed at its store; later sessions configure their own again.
     telemetry.shutdown()
     names = [c.name for c in conditions]

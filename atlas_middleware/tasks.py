@@ -237,3 +237,326 @@ def _calc(plan: str) -> int:
     for sign, term in zip(signs, terms[1:], strict=True):
         total = total + term if sign == "+" else total - term
     return total
+
+
+# --- generated word problems for learning ----------------------------------------------------------
+# One-step add/subtract, one-step multiply/divide and two-step problems, each written from a
+# template. Templates are split between train, dev and test (never shared), so the test split
+# measures whether what was learned carries over to wordings never trained on. Every task carries
+# the generator's operation hint ("Compute 70 - 27."): the operation, never the result.
+LEARNING_KEY = "word-problems"
+SPLITS = ("train", "dev", "test")
+KINDS = ("add_sub", "mul_div", "two_step")
+
+# (template id, operation, text). Fields: {n} a name, {i} an item (plural), {a} {b} {c} numbers.
+# For "-" a > b; for "/" a is a multiple of b. Two-step templates name their plan with two ops.
+_TEMPLATES: dict[str, list[tuple[str, str, str]]] = {
+    "add_sub": [
+        (
+            "add-01",
+            "+",
+            "{n} has {a} {i}. A friend gives {n} {b} more. How many {i} does {n} have now?",
+        ),
+        (
+            "add-02",
+            "+",
+            "There are {a} {i} in a box and {b} {i} on the table. How many {i} are there altogether?",
+        ),
+        (
+            "add-03",
+            "+",
+            "{n} picked {a} {i} in the morning and {b} {i} in the afternoon. How many {i} did {n} pick in all?",
+        ),
+        (
+            "add-04",
+            "+",
+            "A shop sold {a} {i} on Monday and {b} {i} on Tuesday. How many {i} did it sell over the two days?",
+        ),
+        (
+            "add-05",
+            "+",
+            "{n} found {a} {i}. Later {n} found another {b}. How many {i} has {n} found in total?",
+        ),
+        (
+            "add-06",
+            "+",
+            "A class collected {a} {i} last week and {b} {i} this week. How many {i} did the class collect?",
+        ),
+        (
+            "sub-01",
+            "-",
+            "{n} had {a} {i} and gave {b} of them away. How many {i} does {n} have left?",
+        ),
+        (
+            "sub-02",
+            "-",
+            "There were {a} {i} in a jar. {n} took out {b}. How many {i} are still in the jar?",
+        ),
+        ("sub-03", "-", "{n} has {a} {i}. {n} loses {b} of them. How many {i} remain?"),
+        ("sub-04", "-", "A shop had {a} {i} and sold {b}. How many {i} does the shop have now?"),
+        ("sub-05", "-", "{n} needs {a} {i} and already has {b}. How many more {i} does {n} need?"),
+        (
+            "sub-06",
+            "-",
+            "A basket held {a} {i}. After lunch only {b} {i} were gone. How many {i} were still in the basket?",
+        ),
+    ],
+    "mul_div": [
+        ("mul-01", "*", "{n} has {a} bags with {b} {i} in each bag. How many {i} does {n} have?"),
+        (
+            "mul-02",
+            "*",
+            "There are {a} rows of {i} with {b} {i} in every row. How many {i} are there?",
+        ),
+        (
+            "mul-03",
+            "*",
+            "{n} buys {a} packs of {i}. Each pack holds {b} {i}. How many {i} did {n} buy?",
+        ),
+        (
+            "mul-04",
+            "*",
+            "Each of {a} children brings {b} {i}. How many {i} do they bring together?",
+        ),
+        ("mul-05", "*", "A box holds {b} {i}. How many {i} are in {a} such boxes?"),
+        ("mul-06", "*", "{n} reads {b} {i} every day for {a} days. How many {i} does {n} read?"),
+        (
+            "div-01",
+            "/",
+            "{n} shares {a} {i} equally among {b} friends. How many {i} does each friend get?",
+        ),
+        ("div-02", "/", "{a} {i} are packed into bags of {b}. How many bags are filled?"),
+        (
+            "div-03",
+            "/",
+            "A teacher splits {a} {i} evenly into {b} groups. How many {i} are in each group?",
+        ),
+        ("div-04", "/", "{n} has {a} {i} and puts {b} in each box. How many boxes does {n} use?"),
+        (
+            "div-05",
+            "/",
+            "{a} {i} are shared equally by {b} tables. How many {i} does each table get?",
+        ),
+        ("div-06", "/", "{n} uses {b} {i} a day and has {a} {i}. How many days do the {i} last?"),
+    ],
+    "two_step": [
+        (
+            "two-01",
+            "+-",
+            "{n} had {a} {i}, bought {b} more and then gave away {c}. How many {i} does {n} have now?",
+        ),
+        (
+            "two-02",
+            "-+",
+            "There were {a} {i} on a shelf. {b} were taken and then {c} were added. How many {i} are on the shelf?",
+        ),
+        (
+            "two-03",
+            "*+",
+            "{n} has {a} boxes of {b} {i} and {c} loose {i}. How many {i} does {n} have in all?",
+        ),
+        (
+            "two-04",
+            "*-",
+            "{n} buys {a} packs of {b} {i} and eats {c} of them. How many {i} are left?",
+        ),
+        (
+            "two-05",
+            "++",
+            "{n} scored {a} points, then {b} points, then {c} points. How many points did {n} score?",
+        ),
+        (
+            "two-06",
+            "--",
+            "A tank had {a} {i}. {b} were removed in the morning and {c} in the evening. How many {i} are left?",
+        ),
+        (
+            "two-07",
+            "+-",
+            "A library got {a} {i} and then {b} more, and lent out {c}. How many {i} does it have on hand?",
+        ),
+        (
+            "two-08",
+            "*+",
+            "Each of {a} shelves has {b} {i}, and {c} more {i} lie on the floor. How many {i} are there?",
+        ),
+        (
+            "two-09",
+            "-+",
+            "{n} had {a} {i}, used {b} and was given {c}. How many {i} does {n} have?",
+        ),
+        (
+            "two-10",
+            "*-",
+            "A farmer fills {a} crates with {b} {i} each and sells {c} {i}. How many {i} remain?",
+        ),
+        (
+            "two-11",
+            "++",
+            "{n} has {a} red {i}, {b} blue {i} and {c} green {i}. How many {i} does {n} have?",
+        ),
+        (
+            "two-12",
+            "--",
+            "{n} had {a} {i}, gave {b} to a sister and {c} to a brother. How many {i} are left?",
+        ),
+    ],
+}
+# Per kind, which template positions go to which split (disjoint, every operation in every split).
+_TEMPLATE_SPLITS = {
+    "train": (0, 1, 2, 6, 7, 8),
+    "dev": (3, 9),
+    "test": (4, 5, 10, 11),
+}
+_WORD_ITEMS = [
+    "apples",
+    "books",
+    "marbles",
+    "stickers",
+    "cookies",
+    "pencils",
+    "shells",
+    "coins",
+    "cards",
+    "stamps",
+    "beads",
+    "oranges",
+    "toys",
+    "flowers",
+    "eggs",
+    "balloons",
+]
+_WORD_NAMES = [
+    "Ana",
+    "Ben",
+    "Chen",
+    "Dara",
+    "Eli",
+    "Fatima",
+    "Goran",
+    "Hana",
+    "Ivo",
+    "Jun",
+    "Kofi",
+    "Lena",
+    "Maya",
+    "Nico",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tara",
+]
+_VERBS = {"+": "add", "-": "subtract", "*": "multiply", "/": "divide"}
+
+
+def templates(split: str) -> list[str]:
+    """The template ids of a split (disjoint across splits)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    return [_TEMPLATES[k][i][0] for k in KINDS for i in _TEMPLATE_SPLITS[split]]
+
+
+def word_problems(split: str, n: int, seed: int = 0, *, kinds: Iterable[str] = KINDS) -> list[Task]:
+    """``n`` distinct word problems of ``split`` (train/dev/test), deterministic per seed.
+
+    Kinds rotate (add/subtract, multiply/divide, two-step) so each is about a third of the set.
+    The splits never share a template, hence never a task, whatever the seeds.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    kinds = list(kinds)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be among {', '.join(KINDS)}, got {kinds!r}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    rng = random.Random(f"{split}:{seed}")
+    tasks: list[Task] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(tasks) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise ValueError(f"cannot make {n} distinct {split} problems of kinds {kinds}")
+        kind = kinds[len(tasks) % len(kinds)]
+        template_id, ops, text = _TEMPLATES[kind][rng.choice(_TEMPLATE_SPLITS[split])]
+        task = _word_problem(rng, kind, template_id, ops, text)
+        if task.task in seen or _states_reference(task):
+            continue
+        seen.add(task.task)
+        tasks.append(
+            Task(
+                task=task.task,
+                reference=task.reference,
+                id=f"{split}-{seed}-{len(tasks) + 1:04d}",
+                verifier="reference_match",
+                learning_key=LEARNING_KEY,
+                metadata={**task.metadata, "split": split},
+            )
+        )
+    return tasks
+
+
+def _word_problem(rng: random.Random, kind: str, template_id: str, ops: str, text: str) -> Task:
+    name, item = rng.choice(_WORD_NAMES), rng.choice(_WORD_ITEMS)
+    c = None
+    if ops == "+":
+        a, b = rng.randint(5, 80), rng.randint(5, 60)
+    elif ops == "-":
+        a = rng.randint(15, 99)
+        b = rng.randint(2, a - 3)
+    elif ops == "*":
+        a, b = rng.randint(2, 9), rng.randint(2, 12)
+    elif ops == "/":
+        b = rng.randint(2, 9)
+        a = b * rng.randint(2, 12)
+    elif ops == "+-":
+        a, b = rng.randint(10, 60), rng.randint(5, 40)
+        c = rng.randint(2, a + b - 2)
+    elif ops == "-+":
+        a = rng.randint(20, 90)
+        b, c = rng.randint(2, a - 5), rng.randint(3, 40)
+    elif ops == "*+":
+        a, b, c = rng.randint(2, 9), rng.randint(2, 12), rng.randint(1, 30)
+    elif ops == "*-":
+        a, b = rng.randint(2, 9), rng.randint(3, 12)
+        c = rng.randint(1, a * b - 1)
+    elif ops == "++":
+        a, b, c = rng.randint(3, 40), rng.randint(3, 40), rng.randint(3, 40)
+    else:  # "--"
+        a = rng.randint(30, 99)
+        b = rng.randint(2, a // 2)
+        c = rng.randint(1, a - b - 1)
+    if len(ops) == 1:
+        plan = f"{a} {ops} {b}"
+        answer = {"+": a + b, "-": a - b, "*": a * b, "/": a // max(b, 1)}[ops]
+        hint = f"Compute {plan}."
+    else:
+        first, second = ops[0], ops[1]
+        assert c is not None  # two-step plans draw a third number
+        inner = {"+": a + b, "-": a - b, "*": a * b}[first]
+        answer = inner + c if second == "+" else inner - c
+        plan = f"({a} {first} {b}) {second} {c}"
+        hint = f"Compute {a} {first} {b}, then {_VERBS[second]} {c}."
+    return Task(
+        task=text.format(n=name, i=item, a=a, b=b, c=c),
+        reference=str(answer),
+        metadata={"kind": kind, "template": template_id, "plan": plan, "hint": hint},
+    )
+
+
+def _states_reference(task: Task) -> bool:
+    """The answer already appears among the problem's numbers (e.g. 20 - 10): such a task cannot
+    tell copying a number from solving, and its hint would state the answer; skipped."""
+    return hint_leaks(task.task, task.reference)
+
+
+def hint_leaks(hint: str, reference: str | None) -> bool:
+    """Whether a hint states the answer (the reference appears as a number in it)."""
+    import re
+
+    if reference is None:
+        return False
+    return reference in re.findall(r"-?\d+(?:\.\d+)?", hint)

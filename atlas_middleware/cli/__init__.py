@@ -42,6 +42,8 @@ COMMANDS: list[str] = [
     "run",
     "optimize",
     "quickstart",
+    "tasks",
+    "learn",
 ]
 
 

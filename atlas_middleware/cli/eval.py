@@ -60,6 +60,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="student reply budget (default 96)",
     )
     parser.add_argument(
+        "--concurrency",
+        type=parse_positive_int,
+        default=32,
+        help="tasks run at once per condition; a local model batches their calls (default 32)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="per teacher step (probe, guidance, validation); default: the supervision options' "
+        "(30 s, probe 10 s). Timed-out and failed-open tasks are counted in the table",
+    )
+    parser.add_argument(
+        "--hints",
+        action="store_true",
+        help="add a condition 'student + hint': the task's metadata.hint (from 'atlas tasks "
+        "generate') as the guidance, a reference for what a good teacher could do",
+    )
+    parser.add_argument(
         "--judge", metavar="SPEC", help="rewards: the judge model (default: config rim/teacher)"
     )
     parser.add_argument(
@@ -142,6 +161,7 @@ def _tasks(args: argparse.Namespace) -> int:
 
     from atlas_middleware.evaluate import (
         STUDENT_ALONE,
+        WITH_HINT,
         WITH_TEACHER,
         WITH_TRAINED,
         Condition,
@@ -160,6 +180,10 @@ def _tasks(args: argparse.Namespace) -> int:
     ]
     if args.trained_teacher:
         conditions.append(Condition(WITH_TRAINED, models.get(args.trained_teacher), lane))
+    if args.hints:
+        conditions.append(Condition(WITH_HINT))
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     models.load(out)
 
     async def main() -> Any:
@@ -172,6 +196,8 @@ def _tasks(args: argparse.Namespace) -> int:
                     conditions=conditions,
                     store_url=store_url(args),
                     max_tokens=args.max_tokens,
+                    concurrency=args.concurrency,
+                    teacher_timeout_s=args.timeout,
                     on_outcome=lambda o: bar.update(
                         job, advance=1, description=f"{o.condition}: {o.task_id}"
                     ),

@@ -37,7 +37,7 @@ TASKS = [
 def student() -> ScriptedModel:
     def respond(messages):
         guided = any("Guidance from your teacher" in m["content"] for m in messages)
-        question = messages[-1]["content"].removeprefix("What is ").removesuffix("?")
+        question = messages[-1]["content"].split("\n")[0].removeprefix("What is ").removesuffix("?")
         return ANSWERS[question][guided]
 
     return ScriptedModel(respond=respond, name="student")
@@ -98,6 +98,57 @@ def test_the_table_matches_what_was_stored(store_url):
     assert total == spent  # every student and teacher token is accounted to a session
     assert guided.mean_tokens > alone.mean_tokens  # the teacher's calls cost tokens
     assert "| student + teacher | 50.0% (2/4)" in report.markdown()
+
+
+def test_failures_and_timeouts_are_counted_from_the_stored_sessions(
+    store_url, tmp_path, monkeypatch
+):
+    """A teacher whose guidance times out on one task and errors on another: the agent still
+    answers (fail open), and the table says how many tasks ran without their teacher. Nothing
+    but ``store_url`` is written: not the default ./.atlas store (the playbook's)."""
+    from atlas_middleware.models import ModelTimeout
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ATLAS_STORE_URL", raising=False)
+
+    def respond(messages):
+        if messages[0]["content"].startswith("You check"):
+            return "VALID"
+        task = messages[-1]["content"]
+        if "2 + 3" in task:
+            raise ModelTimeout("teacher: no answer within 1s")
+        if "4 + 4" in task:
+            raise ModelError("teacher: HTTP 500")
+        return "Add the two numbers carefully."
+
+    coach = ScriptedModel(respond=respond, name="teacher")
+    report = asyncio.run(
+        run_eval(
+            TASKS,
+            student=student(),
+            conditions=[Condition(STUDENT_ALONE), Condition(WITH_TEACHER, coach, "coach")],
+            store_url=store_url,
+            concurrency=3,
+        )
+    )
+    alone, guided = report.stats
+    assert (alone.timed_out, alone.failed_open) == (0, 0)
+    assert guided.failed_open == 2 and guided.timed_out == 1
+    by_task = {o.task_id: o for o in report.outcomes if o.condition == WITH_TEACHER}
+    assert by_task["t0"].timed_out and not by_task["t1"].timed_out
+    assert any("HTTP 500" in f for f in by_task["t1"].failures)
+    assert by_task["t0"].completed and by_task["t1"].completed  # the agent ran on
+    assert "| timed out | failed open |" in report.markdown()
+    # The probe lane reads the playbook's lessons: from store_url, too.
+    asyncio.run(
+        run_eval(
+            TASKS[:1],
+            student=student(),
+            conditions=[Condition(WITH_TEACHER, teacher(), None)],
+            store_url=store_url,
+        )
+    )
+    assert not (tmp_path / ".atlas").exists()
 
 
 def test_plot_is_a_png(tmp_path):

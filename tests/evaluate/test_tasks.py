@@ -89,3 +89,62 @@ def test_bundled_preferences_pair_a_right_and_a_wrong_answer():
     for pair in shipped:
         task = Task(task=pair["prompt"], reference=pair["reference"])
         assert task.is_correct(pair["chosen"]) and not task.is_correct(pair["rejected"])
+
+
+# --- generated word problems for learning ---------------------------------------------------------
+def test_splits_share_no_template_and_no_task():
+    from atlas_middleware.tasks import SPLITS, templates, word_problems
+
+    sets = {s: word_problems(s, 300, seed=0) for s in SPLITS}
+    used = {s: {t.metadata["template"] for t in sets[s]} for s in SPLITS}
+    for a in SPLITS:
+        assert used[a] == set(templates(a))  # every template of the split is used at n=300
+        for b in SPLITS:
+            if a < b:
+                assert not used[a] & used[b]
+                assert not {t.task for t in sets[a]} & {t.task for t in sets[b]}
+    # Another seed of the same split is a different sample, still from the split's templates.
+    other = word_problems("train", 300, seed=1)
+    assert {t.metadata["template"] for t in other} <= set(templates("train"))
+    assert [t.task for t in other] != [t.task for t in sets["train"]]
+
+
+def test_word_problems_are_seeded_distinct_and_carry_their_hint():
+    from atlas_middleware.tasks import LEARNING_KEY, hint_leaks, word_problems
+
+    tasks = word_problems("test", 300, seed=0)
+    assert [t.to_json() for t in tasks] == [t.to_json() for t in word_problems("test", 300, 0)]
+    assert len({t.task for t in tasks}) == 300 and len({t.id for t in tasks}) == 300
+    assert {t.metadata["kind"] for t in tasks} == {"add_sub", "mul_div", "two_step"}
+    for t in tasks:
+        assert t.learning_key == LEARNING_KEY and t.verifier == "reference_match"
+        hint, plan = t.metadata["hint"], t.metadata["plan"]
+        assert hint.startswith("Compute ") and not hint_leaks(hint, t.reference), t
+        value = eval(plan.replace("/", "//"))  # the plan is plain arithmetic
+        assert str(value) == t.reference and value >= 0
+        assert t.is_correct(f"so it is {t.reference}") and not t.is_correct("Answer: -1")
+
+
+def test_word_problem_arguments_are_checked():
+    from atlas_middleware.tasks import word_problems
+
+    with pytest.raises(ValueError, match="split must be one of train, dev, test"):
+        word_problems("val", 3)
+    with pytest.raises(ValueError, match="kinds must be among"):
+        word_problems("dev", 3, kinds=["algebra"])
+
+
+def test_atlas_tasks_generate_writes_a_loadable_file(tmp_path, capsys):
+    from atlas_middleware.cli import main
+
+    out = tmp_path / "test.jsonl"
+    assert (
+        main(["tasks", "generate", "--split", "test", "--n", "12", "--seed", "3", "-o", str(out)])
+        == 0
+    )
+    loaded = load_tasks(out)
+    assert len(loaded) == 12 and all(t.metadata["split"] == "test" for t in loaded)
+    assert loaded[0].metadata["hint"].startswith("Compute ")
+    assert main(["tasks", "generate", "--split", "dev", "--n", "2", "--kinds", "mul_div"]) == 0
+    rows = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["metadata"]["kind"] for r in rows] == ["mul_div", "mul_div"]

@@ -1,0 +1,382 @@
+"""``atlas learn``: generate tasks → rejection-sampled warm-up data → LoRA SFT of the teacher →
+held-out evaluation, resumable (docs/learning.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from atlas_middleware.cli.common import UsageError, parse_positive_int
+
+STAGES = ("tasks", "warmup", "sft", "eval")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "learn",
+        help="train the embedded teacher on generated word problems and measure it held out",
+        description="atlas learn: (1) generate train and test word problems (no shared "
+        "template), (2) rejection-sample the base teacher's guidance on the train split (kept: "
+        "turned the student's wrong answer right without stating any answer) plus the "
+        "generator's operation hints as expert demonstrations and reference-decided verdicts, "
+        "(3) LoRA SFT of the teacher, (4) evaluate student alone / + base teacher / + trained "
+        "teacher (/ + hint) on the test split. Each stage's output lands in --out and is reused "
+        "when present: rerun the same command to resume.",
+    )
+    parser.add_argument("--out", type=Path, default=Path("atlas-learn"), help="run folder")
+    parser.add_argument("--train", type=parse_positive_int, default=200, help="train tasks")
+    parser.add_argument("--test", type=parse_positive_int, default=300, help="test tasks")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--samples", type=int, default=2, help="guidances sampled per wrong train task"
+    )
+    parser.add_argument("--epochs", type=parse_positive_int, default=2)
+    parser.add_argument("--no-hints", action="store_true", help="no expert demonstrations")
+    parser.add_argument(
+        "--kinds", default=None, help="comma-separated task kinds (default: all three)"
+    )
+    parser.add_argument(
+        "--curve", action="store_true", help="also evaluate each epoch's adapter (learning curve)"
+    )
+    parser.add_argument(
+        "--stop-after", choices=STAGES, help="stop after this stage (the rest resume later)"
+    )
+    parser.set_defaults(func=run)
+
+
+def _say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from atlas_middleware.tasks import KINDS
+
+    kinds = tuple(k for k in (args.kinds or ",".join(KINDS)).split(",") if k)
+    if any(k not in KINDS for k in kinds):
+        raise UsageError(f"--kinds: choose among {', '.join(KINDS)}, got {args.kinds!r}")
+    if args.samples < 0:
+        raise UsageError(f"--samples must be 0 or more, got {args.samples}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_learn(args, kinds))
+
+
+async def _learn(args: argparse.Namespace, kinds: tuple[str, ...]) -> int:
+    from atlas_middleware import learning
+    from atlas_middleware.models import EmbeddedModel, LocalHFModel
+    from atlas_middleware.tasks import load_tasks, word_problems, write_tasks
+
+    out: Path = args.out
+    timings_path = out / "timings.json"
+    timings: dict[str, float] = (
+        json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    )
+
+    def done(stage: str, started: float) -> bool:
+        timings[stage] = round(time.perf_counter() - started, 1)
+        timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+        _say(f"{stage}: done in {timings[stage]:.0f} s")
+        return args.stop_after == stage
+
+    # 1. tasks
+    train_path, test_path = out / "train.jsonl", out / "test.jsonl"
+    _say(f"[1/4] tasks → {out}")
+    if not (train_path.exists() and test_path.exists()):
+        started = time.perf_counter()
+        write_tasks(word_problems("train", args.train, args.seed, kinds=kinds), train_path)
+        write_tasks(word_problems("test", args.test, args.seed, kinds=kinds), test_path)
+        if done("tasks", started):
+            return 0
+    else:
+        _say("tasks: reusing train.jsonl / test.jsonl")
+    train, test = load_tasks(train_path), load_tasks(test_path)
+
+    model = EmbeddedModel()
+    try:
+        # 2. warm-up data
+        warmup_path = out / "warmup.jsonl"
+        _say(f"[2/4] warm-up data: {args.samples} guidance samples per wrong train task")
+        if not warmup_path.exists():
+            started = time.perf_counter()
+            model.load()
+            examples, stats = await learning.rejection_sample(
+                model, model, train, samples=args.samples, on_progress=_say
+            )
+            examples = learning.balance_verdicts(examples, args.seed)
+            if not args.no_hints:
+                examples += learning.hint_examples(train)
+            stats["examples"] = {
+                source: sum(1 for e in examples if e.source == source)
+                for source in ("rejection", "hint", "verdict")
+            }
+            (out / "warmup-stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+            learning.write_jsonl(warmup_path, [e.__dict__ for e in examples])
+            _say(f"warm-up examples: {stats['examples']}")
+            if done("warmup", started):
+                return 0
+        else:
+            _say("warm-up: reusing warmup.jsonl")
+        examples = [learning.Example(**row) for row in learning.read_jsonl(warmup_path)]
+
+        # 3. LoRA SFT
+        adapter = out / "adapter"
+        _say(f"[3/4] LoRA SFT of the teacher on {len(examples)} examples, {args.epochs} epochs")
+        if not (adapter / "adapter_config.json").exists():
+            started = time.perf_counter()
+            await model.aclose()  # free the generation copy while training
+            from atlas_middleware.models import embedded_model_dir
+
+            def step(i: int, total: int, loss: float) -> None:
+                if i == 1 or i % 10 == 0 or i == total:
+                    _say(f"sft step {i}/{total} loss {loss:.3f} ({learning.elapsed(started)})")
+
+            checkpoints: list[dict[str, Any]] = []
+
+            def epoch(number: int, folder: Path) -> None:
+                checkpoints.append(
+                    {
+                        "epoch": number,
+                        "folder": folder.name,
+                        "seconds": time.perf_counter() - started,
+                    }
+                )
+                (out / "checkpoints.json").write_text(json.dumps(checkpoints, indent=2) + "\n")
+
+            learning.sft_lora(
+                embedded_model_dir(),
+                examples,
+                adapter,
+                learning.SFTSettings(epochs=args.epochs, seed=args.seed),
+                on_step=step,
+                on_epoch=epoch,
+            )
+            if done("sft", started):
+                return 0
+        else:
+            _say("sft: reusing adapter/")
+
+        # 4. evaluation
+        _say(f"[4/4] evaluation on {len(test)} held-out test tasks")
+        result_path = out / "eval.json"
+        if not result_path.exists():
+            started = time.perf_counter()
+            trained = LocalHFModel(adapter, name="trained-teacher")
+            report = await _evaluate(test, model, model, trained, out / "eval.db")
+            await trained.aclose()
+            result_path.write_text(json.dumps(report, indent=2) + "\n")
+            done("eval", started)
+        curve_path = out / "curve.json"
+        if args.curve and not curve_path.exists():
+            await _curve(out, test, model)
+        summary = _summary(out)
+        (out / "learning.md").write_text(summary)
+        _plot(out)
+        print(summary)
+        return 0
+    finally:
+        await model.aclose()
+
+
+async def _evaluate(
+    tasks: list[Any], student: Any, base: Any, trained: Any, db: Path, *, hint: bool = True
+) -> dict[str, Any]:
+    """The held-out table's raw material: per condition, every task's outcome."""
+    from atlas_middleware import learning
+    from atlas_middleware.evaluate import (
+        STUDENT_ALONE,
+        WITH_HINT,
+        WITH_TEACHER,
+        WITH_TRAINED,
+        Condition,
+        run_eval,
+    )
+
+    conditions = [Condition(STUDENT_ALONE)]
+    if base is not None:
+        conditions.append(Condition(WITH_TEACHER, base, "coach"))
+    conditions.append(Condition(WITH_TRAINED, trained, "coach"))
+    if hint:
+        conditions.append(Condition(WITH_HINT))
+    counter = {"n": 0}
+    total = len(tasks) * len(conditions)
+    started = time.perf_counter()
+
+    def progress(outcome: Any) -> None:
+        counter["n"] += 1
+        if counter["n"] % 50 == 0 or counter["n"] == total:
+            rate = counter["n"] / (time.perf_counter() - started)
+            _say(f"eval {counter['n']}/{total} ({outcome.condition}; {rate:.2f} tasks/s)")
+
+    report = await run_eval(
+        tasks,
+        student=student,
+        conditions=conditions,
+        store_url=f"sqlite:///{db}",
+        agent="learn",
+        teacher_timeout_s=300.0,
+        teacher_max_tokens=64,
+        on_outcome=progress,
+    )
+    seconds = time.perf_counter() - started
+    # Validation agreement: each teacher's verdict on the student's own answers vs the reference.
+    alone = [o for o in report.outcomes if o.condition == STUDENT_ALONE]
+    by_id = {t.id: t for t in tasks}
+    agreement: dict[str, Any] = {}
+    for name, teacher in ((WITH_TEACHER, base), (WITH_TRAINED, trained)):
+        if teacher is None:
+            continue
+        verdicts = await learning.teacher_verdicts(
+            teacher, [by_id[o.task_id] for o in alone], [o.answer or "" for o in alone]
+        )
+        truth = [bool(o.correct) for o in alone]
+        agreement[name] = _agreement(verdicts, truth)
+    return {
+        "run_id": report.run_id,
+        "seconds": round(seconds, 1),
+        "tasks_per_second": round(total / seconds, 3),
+        "stats": [st.__dict__ for st in report.stats],
+        "outcomes": [
+            {
+                "task_id": o.task_id,
+                "condition": o.condition,
+                "correct": bool(o.correct),
+                "answer": o.answer,
+                "tokens": o.input_tokens + o.output_tokens,
+                "failures": list(o.failures),
+            }
+            for o in report.outcomes
+        ],
+        "validation": agreement,
+        "markdown": report.markdown(),
+    }
+
+
+def _agreement(verdicts: list[bool], truth: list[bool]) -> dict[str, Any]:
+    n = len(truth)
+    right = [v for v, t in zip(verdicts, truth, strict=True) if t]
+    wrong = [v for v, t in zip(verdicts, truth, strict=True) if not t]
+    tpr = sum(right) / len(right) if right else None
+    tnr = sum(1 for v in wrong if not v) / len(wrong) if wrong else None
+    return {
+        "n": n,
+        "agreement": sum(1 for v, t in zip(verdicts, truth, strict=True) if v == t) / n,
+        "valid_on_right": tpr,
+        "invalid_on_wrong": tnr,
+        "balanced": (tpr + tnr) / 2 if tpr is not None and tnr is not None else None,
+        "said_valid": sum(verdicts),
+    }
+
+
+async def _curve(out: Path, test: list[Any], student: Any) -> None:
+    """Held-out accuracy of the trained teacher after each epoch (the learning curve)."""
+    from atlas_middleware.models import LocalHFModel
+
+    checkpoints = json.loads((out / "checkpoints.json").read_text())
+    base = json.loads((out / "eval.json").read_text())
+    stats = {s["condition"]: s for s in base["stats"]}
+    points = [{"minutes": 0.0, "accuracy": stats["student + teacher"]["accuracy"]}]
+    for point in checkpoints:
+        _say(f"curve: epoch {point['epoch']}")
+        teacher = LocalHFModel(out / point["folder"], name=point["folder"])
+        result = await _evaluate(
+            test, student, None, teacher, out / f"curve-{point['epoch']}.db", hint=False
+        )
+        await teacher.aclose()
+        trained = next(s for s in result["stats"] if s["condition"] == "student + trained teacher")
+        points.append({"minutes": point["seconds"] / 60, "accuracy": trained["accuracy"]})
+    (out / "curve.json").write_text(json.dumps(points, indent=2) + "\n")
+
+
+def _summary(out: Path) -> str:
+    """The run's held-out table as markdown (docs/learning.md is written from one of these)."""
+    from atlas_middleware.learning import paired_difference
+
+    result = json.loads((out / "eval.json").read_text())
+    stats = result["stats"]
+    names = [s["condition"] for s in stats]
+    by: dict[str, dict[str, bool]] = {n: {} for n in names}
+    for o in result["outcomes"]:
+        by[o["condition"]][o["task_id"]] = o["correct"]
+    ids = sorted(by[names[0]])
+    lines = [result["markdown"], ""]
+    lines.append(
+        "| comparison | difference | 95% CI (paired bootstrap) | gained | lost | McNemar p |"
+    )
+    lines.append("|---|---:|---|---:|---:|---:|")
+    pairs = [(names[0], n) for n in names[1:]]
+    if "student + teacher" in names and "student + trained teacher" in names:
+        pairs.append(("student + teacher", "student + trained teacher"))
+    for a, b in pairs:
+        d = paired_difference([by[a][i] for i in ids], [by[b][i] for i in ids])
+        lines.append(
+            f"| {b} vs {a} | {d['difference']:+.1%} | {d['ci_low']:+.1%} to {d['ci_high']:+.1%} "
+            f"| {d['gained']} | {d['lost']} | {d['mcnemar_p']:.3g} |"
+        )
+    lines.append("")
+    lines.append(
+        "| teacher | validation agreement | VALID on right | INVALID on wrong | balanced |"
+    )
+    lines.append("|---|---:|---:|---:|---:|")
+    for name, v in result.get("validation", {}).items():
+
+        def pct(x: float | None) -> str:
+            return "—" if x is None else f"{x:.1%}"
+
+        lines.append(
+            f"| {name} | {pct(v['agreement'])} | {pct(v['valid_on_right'])} | "
+            f"{pct(v['invalid_on_wrong'])} | {pct(v['balanced'])} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Evaluation: {result['seconds']:.0f} s, {result['tasks_per_second']:.2f} tasks/s."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _plot(out: Path) -> None:
+    """``learning.png``: held-out accuracy per condition with 95% intervals; and, with
+    ``curve.json``, ``learning-curve.png``: the trained teacher's held-out accuracy against
+    training minutes (0: the base teacher)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = json.loads((out / "eval.json").read_text())
+    stats = result["stats"]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    names = [s["condition"] for s in stats]
+    acc = [s["accuracy"] for s in stats]
+    err = [
+        [s["accuracy"] - s["ci_low"] for s in stats],
+        [s["ci_high"] - s["accuracy"] for s in stats],
+    ]
+    ax.bar(
+        names,
+        acc,
+        yerr=err,
+        capsize=6,
+        color=["#999999", "#3b7dd8", "#2a9d8f", "#e9c46a"][: len(names)],
+    )
+    ax.set_ylabel("held-out accuracy (95% CI)")
+    ax.set_title(f"atlas learn — {stats[0]['tasks']} test tasks")
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "learning.png", dpi=110)
+    plt.close(fig)
+    curve = out / "curve.json"
+    if curve.exists():
+        points = json.loads(curve.read_text())
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot([p["minutes"] for p in points], [p["accuracy"] for p in points], marker="o")
+        ax.set_xlabel("SFT training minutes (0: base teacher)")
+        ax.set_ylabel("held-out accuracy")
+        ax.set_title("student + teacher, test split")
+        fig.tight_layout()
+        fig.savefig(out / "learning-curve.png", dpi=110)
+        plt.close(fig)

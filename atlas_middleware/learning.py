@@ -21,7 +21,6 @@ import asyncio
 import functools
 import math
 import random
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,40 +29,14 @@ from typing import Any
 
 import orjson
 
+from atlas_middleware.leaks import leaks_reference, states_an_answer
 from atlas_middleware.tasks import Task
-
-# "The answer is 12", "answer: 12", "= 12", "equals 12", "result is 12", "total of 12": a
-# guidance that states a result does the student's work, whether or not the result is right.
-_STATED = re.compile(
-    r"(=\s*-?\d)"
-    r"|(\bequals?\s+-?\d)"
-    r"|(\b(answer|result|total|sum|difference|product|quotient)\b[^.\n\d]{0,24}?"
-    r"\b(is|was|will be|should be|of|:)\s*-?\$?\d)"
-    r"|(\banswer\s*:\s*-?\d)"
-    r"|(\b(you get|you will get|you'll get|left with|leaving|leaves)\s+-?\d)",
-    re.IGNORECASE,
-)
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def states_an_answer(guidance: str) -> bool:
-    """Whether ``guidance`` states a result ("= 43", "the answer is 43"), right or wrong."""
-    return bool(_STATED.search(guidance))
 
 
 def leaks(guidance: str, reference: str | None, task: str = "") -> bool:
-    """The leak check of the recipe: the guidance states an answer, or contains the reference
-    as a number that the task itself does not show."""
-    if states_an_answer(guidance):
-        return True
-    if reference is None:
-        return False
-    try:
-        value = float(str(reference).replace(",", ""))
-    except ValueError:
-        return str(reference).lower() in guidance.lower() and str(reference).lower() not in task
-    in_task = any(float(n) == value for n in _NUMBER.findall(task.replace(",", "")))
-    return not in_task and any(float(n) == value for n in _NUMBER.findall(guidance))
+    """The leak check of the recipe (and of the teaching reward): the guidance states a result,
+    or contains the reference where the task does not show it."""
+    return states_an_answer(guidance) or leaks_reference(guidance, reference, task)
 
 
 # --- the models' jobs, batched ------------------------------------------------------------------

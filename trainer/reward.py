@@ -15,7 +15,7 @@ wrong                  wrong                  0
 
 Efficiency is ``efficiency × (1 − guidance_tokens / guidance_budget)``, floored at 0, so longer
 guidance earns less. Guidance that states the reference answer (when the task does not already
-show it) is a leak: its reward becomes ``min(reward, 0) − leak_penalty``, so leaking is never
+show it), or states any result at all ("= 43", "the answer is 41", right or wrong), is a leak: its reward becomes ``min(reward, 0) − leak_penalty``, so leaking is never
 better than an honest failure (``leak_penalty: 0`` switches the check off). Without a reference
 or verifier, RIM's scores stand in and the reward follows their delta.
 
@@ -26,12 +26,12 @@ teacher's text.
 from __future__ import annotations
 
 import math
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeGuard
 
+from atlas_middleware.leaks import leaks_reference, states_an_answer
 from atlas_middleware.rim.judges import as_verifier, reference_match, verdict_score
 
 __all__ = [
@@ -132,38 +132,6 @@ def teaching_reward(
         outcome.leaked = True
         outcome.branch += ", leak"
     return outcome
-
-
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def leaks_reference(guidance: str, reference: str | None, task: str = "") -> bool:
-    """Whether ``guidance`` states the reference answer that the task itself does not show.
-
-    Numbers are compared as numbers (``42`` leaks ``42.0``, ``142`` does not leak ``42``);
-    text references as whole words, case-insensitively. Very short text references (one or two
-    characters, such as ``A``) are too common to call a leak.
-    """
-    if reference is None:
-        return False
-    ref = str(reference).strip().lower().replace(",", "")
-    if not ref:
-        return False
-    text = guidance.lower().replace(",", "")
-    try:
-        value = float(ref)
-    except ValueError:
-        value = None
-    if value is not None:
-
-        def has(where: str) -> bool:
-            return any(float(n) == value for n in _NUMBER.findall(where))
-
-        return has(text) and not has(task.lower().replace(",", ""))
-    if len(ref) < 3:
-        return False
-    pattern = re.compile(r"(?<!\w)" + re.escape(ref) + r"(?!\w)")
-    return bool(pattern.search(text)) and not pattern.search(task.lower())
 
 
 @dataclass(slots=True)
@@ -334,7 +302,11 @@ class TeachingReward:
             tasks, guidance, references, guidance_tokens, base, answers, strict=True
         ):
             after = self._scored(task, answer.text, ref)
-            leaked = self.weights.leak_penalty > 0 and leaks_reference(text, ref, task)
+            # A stated result ("= 43", "the answer is 41") is a leak whether or not it is right:
+            # guidance that solves instead of teaching is what the teacher must unlearn.
+            leaked = self.weights.leak_penalty > 0 and (
+                leaks_reference(text, ref, task) or states_an_answer(text)
+            )
             outcomes.append(
                 teaching_reward(
                     before,

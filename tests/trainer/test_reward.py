@@ -296,3 +296,21 @@ def test_the_baseline_cache_is_bounded_and_a_clear_loses_no_score():
     assert all(r > 1.0 for r in out)
     assert len(reward._baselines) <= 2
     assert len(model.calls) == 4 + 1 + 3
+
+
+def test_guidance_stating_any_result_is_a_leak_right_or_wrong():
+    """Stating a result does the student's work even when it is wrong (3 + 4 = 8 is not the
+    reference, and the student still gets it right because the guidance says add): the reward
+    penalises it like stating the reference, and honest guidance is not penalised."""
+    _, student = _student()
+    reward = TeachingReward(student, W)
+    out = reward(
+        prompts=[[]] * 2,
+        completions=["Add them: 3 + 4 = 8.", "Add them."],
+        completion_ids=[[1] * 10] * 2,
+        task=["What is 3 + 4?", "What is 3 + 4?"],
+        reference=["7", "7"],
+    )
+    eff = 0.5 * (1 - 10 / 100)
+    assert out == pytest.approx([0.0 - W.leak_penalty, 1 + eff])
+    assert reward.history[-1].leak_rate == pytest.approx(0.5)

@@ -236,7 +236,9 @@ def run(args: argparse.Namespace) -> int:
         activity.done()
         lessons = _lessons(store)
     elapsed = time.perf_counter() - started
-    _summary(out, rows, elapsed, url, lessons)
+    with out.status("the student alone on the same tasks (no teacher, not stored) ..."):
+        alone = student_alone(student, tasks, args.max_tokens)
+    _summary(out, rows, elapsed, url, lessons, alone)
     if args.train:
         _train_and_evaluate(args, out, url, tasks, models)
     asyncio.run(models.close())
@@ -396,8 +398,39 @@ def _add_row(table: Any, number: int, row: dict[str, Any]) -> None:
     )
 
 
+def student_alone(student: ChatModel, tasks: list[Any], max_tokens: int) -> list[bool]:
+    """Whether the student alone (the agent's prompt, no teacher, greedy) answers each task
+    right, read the way the agent's graph reads it (the reply's last number). A baseline, not a
+    session: its model calls are not traced."""
+    from opentelemetry import trace
+
+    from atlas_middleware import telemetry
+
+    async def one(task: Any) -> bool:
+        reply = await student.chat(
+            [{"role": "system", "content": STUDENT_PROMPT}, {"role": "user", "content": task.task}],
+            max_tokens=max_tokens,
+        )
+        numbers = re.findall(r"-?\d+(?:\.\d+)?", reply.text)
+        return bool(task.is_correct(numbers[-1] if numbers else ""))
+
+    async def every() -> list[bool]:
+        return list(await asyncio.gather(*(one(task) for task in tasks)))
+
+    from atlas_middleware.portal import get_portal
+
+    # On the loop the agent's calls ran on (a local model's batching lives there).
+    with telemetry.pinned(trace.NoOpTracer()):
+        return get_portal().call(every)
+
+
 def _summary(
-    out: Any, rows: list[dict[str, Any]], elapsed: float, url: str, lessons: list[str]
+    out: Any,
+    rows: list[dict[str, Any]],
+    elapsed: float,
+    url: str,
+    lessons: list[str],
+    alone: list[bool],
 ) -> None:
     from collections import Counter
 
@@ -428,6 +461,14 @@ def _summary(
         + f") · validated {len(checked)} answers, {sum(not r['valid'] for r in checked)} "
         f"invalid, {sum(r['retries'] for r in rows)} guided retries · "
         f"playbook 'arithmetic': {len(lessons)} lessons"
+    )
+    solo = sum(alone)
+    delta = right - solo
+    out.print(
+        f"[bold]on these {n} tasks: the student alone {solo}/{n} ({solo / n:.0%}), supervised "
+        f"{right}/{n} ({right / n:.0%}): {delta:+d} task{'s' if abs(delta) != 1 else ''}[/bold] "
+        "[dim](a handful of tasks says little; `atlas eval` and docs/learning.md measure it "
+        "on hundreds)[/dim]"
     )
     atlas = atlas_command()
     example = sessions[0].trace_id[:8] if sessions else "<id>"

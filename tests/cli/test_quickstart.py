@@ -52,6 +52,13 @@ def test_quickstart_stores_rewarded_sessions_in_every_lane(tmp_path, embedded_ca
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "supervised sessions" in proc.stdout and "correct" in proc.stdout
+    # The closing line compares the student alone with the supervised runs on the same tasks.
+    import re
+
+    [(_alone, supervised)] = re.findall(
+        r"the student alone (\d)/3 \(\d+%\), supervised (\d)/3", proc.stdout
+    )
+    assert f"{supervised}/3 correct" in proc.stdout
     # Only atlas's own output: no third-party progress bar tearing the table.
     assert "Loading weights" not in proc.stdout + proc.stderr
     # The next steps it prints work as printed, from where the user ran it, with the PATH

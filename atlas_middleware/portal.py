@@ -123,6 +123,10 @@ class Portal:
         else:
             self.stats.completed += 1
 
+    def runs_here(self) -> bool:
+        """Whether the caller is the portal's own thread (waiting for it would wait forever)."""
+        return self._thread is threading.current_thread()
+
     @property
     def pending(self) -> int:
         with self._lock:

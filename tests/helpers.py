@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -443,3 +444,18 @@ class FaultyTeacher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def scripted_teacher(*, probe: str, validate: str, guidance: str) -> Any:
+    """A teacher that answers each of its steps with a fixed reply: the probe's, the
+    validation's, and ``guidance`` for everything else (guidance, lessons). It reads which step
+    is asking from the call's teacher step (``atlas.teacher.step``), as its spans record it."""
+    from atlas_middleware.models import ScriptedModel
+    from atlas_middleware.telemetry import usage
+
+    replies = {"probe": probe, "validate": validate}
+
+    def respond(messages: Any) -> str:
+        return replies.get(usage.current_role()[1] or "", guidance)
+
+    return ScriptedModel(respond=respond, name="teacher")

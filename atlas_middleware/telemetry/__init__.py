@@ -116,7 +116,7 @@ def _finish_background() -> None:
     from atlas_middleware import portal
 
     running = portal.current_portal()
-    if running is None or running._thread is threading.current_thread():
+    if running is None or running.runs_here():
         return  # no background work, or called from it (waiting would wait on itself)
     portal.finish(portal.drain_seconds(), why="tracing reconfigured")
 

@@ -11,6 +11,7 @@ import atlas_middleware as atlas
 from atlas_middleware import telemetry
 from atlas_middleware.models import ModelError, ScriptedModel
 from atlas_middleware.telemetry import schema as s
+from tests.helpers import scripted_teacher
 
 
 @pytest.fixture
@@ -29,15 +30,7 @@ def root_of(exporter: InMemorySpanExporter):
 def teacher_replies(
     *, probe: str = "0.9", validate: str = "VALID", guidance: str = "Add them."
 ) -> ScriptedModel:
-    def respond(messages):
-        system = messages[0]["content"]
-        if system.startswith("You judge whether"):
-            return probe
-        if system.startswith("You check"):
-            return validate
-        return guidance
-
-    return ScriptedModel(respond=respond, name="teacher")
+    return scripted_teacher(probe=probe, validate=validate, guidance=guidance)
 
 
 def test_auto_lane_when_the_probe_is_confident(spans):

@@ -32,7 +32,7 @@ from atlas_middleware.models import ModelError, ScriptedModel
 from atlas_middleware.rim import RIMReward
 from atlas_middleware.storage import open_store
 from atlas_middleware.telemetry import schema as s
-from tests.helpers import plain_messages
+from tests.helpers import plain_messages, scripted_teacher
 
 GUIDANCE = "Add the tens first, then the ones."
 TASK = "What is 12 + 30?"
@@ -47,15 +47,7 @@ def _no_global_hook() -> Iterator[None]:
 def teacher(
     *, probe: str = "0.3", validate: str = "VALID", guidance: str = GUIDANCE
 ) -> ScriptedModel:
-    def respond(messages):
-        system = messages[0]["content"]
-        if system.startswith("You judge whether"):
-            return probe
-        if system.startswith("You check"):
-            return validate
-        return guidance
-
-    return ScriptedModel(respond=respond, name="teacher")
+    return scripted_teacher(probe=probe, validate=validate, guidance=guidance)
 
 
 def judge(score: float = 0.9) -> RIMReward:

@@ -17,22 +17,14 @@ from langchain_core.messages import AIMessage, HumanMessage
 from atlas_middleware import telemetry
 from atlas_middleware.models import ScriptedModel
 from atlas_middleware.storage import open_store
-from tests.helpers import atlas_cli
+from tests.helpers import atlas_cli, scripted_teacher
 from tests.integrations.test_langgraph_steps import judge, step_graph
 
 GUIDANCE = "Plan first, then act; retry a flaky backend once."
 
 
 def teacher() -> ScriptedModel:
-    def respond(messages):
-        system = messages[0]["content"]
-        if system.startswith("You judge whether"):
-            return "0.2"
-        if system.startswith("You check"):
-            return "VALID"
-        return GUIDANCE
-
-    return ScriptedModel(respond=respond, name="teacher")
+    return scripted_teacher(probe="0.2", validate="VALID", guidance=GUIDANCE)
 
 
 @pytest.fixture

@@ -155,6 +155,10 @@ class TeacherSettings(ModelSettings):
     # skip the teacher for breaker_cooldown_s, then one trial call decides.
     breaker_failures: Count = 3
     breaker_cooldown_s: Seconds = 30.0
+    # How the teacher checks an answer: "verdict" asks it for VALID / INVALID; "compute" computes
+    # the calculation its guidance names and compares the final number (for small teachers that
+    # plan well but cannot do the arithmetic, e.g. one trained by `atlas learn`).
+    validation: Literal["verdict", "compute"] = "verdict"
 
 
 class LaneSettings(_Section):

@@ -31,6 +31,7 @@ import orjson
 
 from atlas_middleware.leaks import leaks_reference, states_an_answer
 from atlas_middleware.tasks import Task
+from atlas_middleware.teacher import Validation
 
 
 def leaks(guidance: str, reference: str | None, task: str = "") -> bool:
@@ -91,12 +92,21 @@ async def teacher_guidances(
 
 
 async def teacher_verdicts(
-    teacher_model: Any, tasks: Sequence[Task], answers: Sequence[str], *, concurrency: int = 32
+    teacher_model: Any,
+    tasks: Sequence[Task],
+    answers: Sequence[str],
+    *,
+    validation: Validation = "verdict",
+    concurrency: int = 32,
 ) -> list[bool]:
-    """The teacher's VALID / INVALID on each answer (its validation prompt, greedy)."""
+    """The teacher's VALID / INVALID on each answer, greedy: by its validation prompt
+    (``verdict``) or by computing the calculation its guidance names (``compute``)."""
     from atlas_middleware.teacher import Teacher
 
-    teacher = Teacher(teacher_model, guidance_max_tokens=16, temperature=0.0)
+    budget = 16 if validation == "verdict" else 64  # compute: a whole guidance
+    teacher = Teacher(
+        teacher_model, guidance_max_tokens=budget, temperature=0.0, validation=validation
+    )
     verdicts = await _gather(
         [
             functools.partial(teacher.validate, t.task, a)

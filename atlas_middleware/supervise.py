@@ -36,7 +36,7 @@ from atlas_middleware.guidance import no_guidance, use_guidance
 from atlas_middleware.models.base import ChatModel, ModelError, ModelUnavailable
 from atlas_middleware.prompts import DEFAULT_PROMPTS, TeacherPrompts
 from atlas_middleware.rim.judges import reference_match
-from atlas_middleware.teacher import Teacher, Verdict
+from atlas_middleware.teacher import Teacher, Validation, Verdict
 from atlas_middleware.telemetry import get_tracer, usage
 from atlas_middleware.telemetry import schema as s
 from atlas_middleware.telemetry.usage import session_usage
@@ -314,6 +314,7 @@ class Supervisor:
         probe_max_tokens: int = 50,
         teacher_max_tokens: int = 160,
         teacher_temperature: float = 0.0,
+        teacher_validation: Validation = "verdict",
         store_url: str | None = None,
         prompts: TeacherPrompts | None = None,
         setup_failures: list[str] | None = None,
@@ -329,6 +330,7 @@ class Supervisor:
                 probe_max_tokens=probe_max_tokens,
                 guidance_max_tokens=teacher_max_tokens,
                 temperature=teacher_temperature,
+                validation=teacher_validation,
             )
             if teacher is not None
             else None
@@ -522,7 +524,7 @@ class Supervisor:
             if lane in ("paired", "coach"):
                 verdict = yield from gate.ask(
                     "validate",
-                    lambda: self._validate(call, answer),
+                    lambda: self._validate(call, answer, guidance),
                     step_timeout("validate", o),
                     needs_teacher=self._validates_with_teacher(call),
                 )
@@ -584,7 +586,7 @@ class Supervisor:
         o = call.options
         return o.verifier is None and not (call.reference is not None and o.reference_validates)
 
-    async def _validate(self, call: Call, answer: str) -> Verdict:
+    async def _validate(self, call: Call, answer: str, guidance: str | None = None) -> Verdict:
         verifier = call.options.verifier
         if verifier is not None:
             ok = verifier(call.task, answer, call.reference)
@@ -593,7 +595,9 @@ class Supervisor:
             ok = bool(reference_match(call.task, answer, call.reference))
             return Verdict(ok, "" if ok else "does not match the reference", "reference")
         assert self.teacher is not None
-        return await self.teacher.validate(call.task, answer)
+        # The coach lane's guidance is the teacher's plan for this task: compute validation
+        # reuses it rather than asking again.
+        return await self.teacher.validate(call.task, answer, plan=guidance)
 
     # --- rewards ---------------------------------------------------------------------------
     def reward_job(self, outcome: Outcome) -> Callable[[], Awaitable[None]] | None:
@@ -1102,6 +1106,7 @@ def build_supervisor(
         probe_max_tokens=lanes.probe_max_tokens,
         teacher_max_tokens=cfg.teacher.max_tokens,
         teacher_temperature=cfg.teacher.temperature,
+        teacher_validation=cfg.teacher.validation,
         store_url=cfg.storage.url,
         prompts=chosen_prompts,
         setup_failures=setup,

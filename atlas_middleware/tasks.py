@@ -402,6 +402,125 @@ _TEMPLATES: dict[str, list[tuple[str, str, str]]] = {
         ),
     ],
 }
+# More wordings for the train split only: a teacher learns to read the operation out of a wording,
+# and the more wordings it sees the better that carries over to the test split's (never seen).
+# Written for variety (money, lengths, people, containers, comparisons), not after any test wording.
+_TRAIN_ONLY_TEMPLATES: dict[str, list[tuple[str, str, str]]] = {
+    "add_sub": [
+        (
+            "add-t1",
+            "+",
+            "{n} walked {a} meters to the park and then {b} meters to school. How many meters did {n} walk?",
+        ),
+        (
+            "add-t2",
+            "+",
+            "A bus carried {a} passengers. At the next stop {b} more got on. How many passengers are on the bus?",
+        ),
+        (
+            "add-t3",
+            "+",
+            "{n} saved {a} dollars in June and {b} dollars in July. How many dollars did {n} save?",
+        ),
+        (
+            "add-t4",
+            "+",
+            "The first jar holds {a} {i} and the second jar holds {b} {i}. What is the total number of {i} in both jars?",
+        ),
+        (
+            "sub-t1",
+            "-",
+            "{n} baked {a} {i} and the family ate {b} of them. How many {i} were not eaten?",
+        ),
+        ("sub-t2", "-", "A rope is {a} cm long. {n} cuts off {b} cm. How long is the rope now?"),
+        (
+            "sub-t3",
+            "-",
+            "{n} has {a} {i} and Kim has {b} {i}. How many more {i} does {n} have than Kim?",
+        ),
+        (
+            "sub-t4",
+            "-",
+            "A parking lot had {a} cars. Then {b} cars drove away. How many cars stayed?",
+        ),
+    ],
+    "mul_div": [
+        (
+            "mul-t1",
+            "*",
+            "{n} plants {a} rows of trees with {b} trees in each row. How many trees did {n} plant?",
+        ),
+        ("mul-t2", "*", "One ticket costs {b} dollars. How many dollars do {a} tickets cost?"),
+        (
+            "mul-t3",
+            "*",
+            "{n} practises the piano {b} minutes a day for {a} days. How many minutes is that?",
+        ),
+        (
+            "mul-t4",
+            "*",
+            "There are {a} tables with {b} chairs at every table. How many chairs are there?",
+        ),
+        ("div-t1", "/", "{a} students form teams of {b}. How many teams are there?"),
+        (
+            "div-t2",
+            "/",
+            "A ribbon {a} cm long is cut into pieces of {b} cm. How many pieces are there?",
+        ),
+        (
+            "div-t3",
+            "/",
+            "{n} paid {a} dollars for {b} books of the same price. How many dollars did one book cost?",
+        ),
+        (
+            "div-t4",
+            "/",
+            "{a} {i} are divided among {b} children so that each gets the same number. How many {i} does one child get?",
+        ),
+    ],
+    "two_step": [
+        (
+            "two-t1",
+            "+-",
+            "{n} had {a} dollars, earned {b} more and spent {c}. How many dollars does {n} have?",
+        ),
+        (
+            "two-t2",
+            "-+",
+            "A bus had {a} people. {b} got off and {c} got on. How many people are on the bus now?",
+        ),
+        (
+            "two-t3",
+            "*+",
+            "{n} bought {a} boxes with {b} {i} each, and a friend gave {n} {c} more {i}. How many {i} does {n} have?",
+        ),
+        (
+            "two-t4",
+            "*-",
+            "A garden has {a} rows of {b} plants. Rabbits ate {c} plants. How many plants are left?",
+        ),
+        (
+            "two-t5",
+            "++",
+            "In a game {n} won {a} stars, then {b} stars, then {c} stars. How many stars did {n} win?",
+        ),
+        (
+            "two-t6",
+            "--",
+            "{n} had {a} dollars, spent {b} dollars on lunch and {c} dollars on a book. How many dollars are left?",
+        ),
+        (
+            "two-t7",
+            "+-",
+            "A pond had {a} ducks. {b} more ducks landed and then {c} flew away. How many ducks are in the pond?",
+        ),
+        (
+            "two-t8",
+            "*+",
+            "A school has {a} classes of {b} pupils and {c} teachers. How many people are in the school?",
+        ),
+    ],
+}
 # Per kind, which template positions go to which split (disjoint, every operation in every split).
 _TEMPLATE_SPLITS = {
     "train": (0, 1, 2, 6, 7, 8),
@@ -455,7 +574,12 @@ def templates(split: str) -> list[str]:
     """The template ids of a split (disjoint across splits)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    return [_TEMPLATES[k][i][0] for k in KINDS for i in _TEMPLATE_SPLITS[split]]
+    return [t[0] for k in KINDS for t in _split_templates(split, k)]
+
+
+def _split_templates(split: str, kind: str) -> list[tuple[str, str, str]]:
+    chosen = [_TEMPLATES[kind][i] for i in _TEMPLATE_SPLITS[split]]
+    return chosen + (_TRAIN_ONLY_TEMPLATES[kind] if split == "train" else [])
 
 
 def word_problems(split: str, n: int, seed: int = 0, *, kinds: Iterable[str] = KINDS) -> list[Task]:
@@ -473,6 +597,7 @@ def word_problems(split: str, n: int, seed: int = 0, *, kinds: Iterable[str] = K
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     rng = random.Random(f"{split}:{seed}")
+    pools = {k: _split_templates(split, k) for k in kinds}
     tasks: list[Task] = []
     seen: set[str] = set()
     attempts = 0
@@ -481,7 +606,7 @@ def word_problems(split: str, n: int, seed: int = 0, *, kinds: Iterable[str] = K
         if attempts > 50 * n + 1000:
             raise ValueError(f"cannot make {n} distinct {split} problems of kinds {kinds}")
         kind = kinds[len(tasks) % len(kinds)]
-        template_id, ops, text = _TEMPLATES[kind][rng.choice(_TEMPLATE_SPLITS[split])]
+        template_id, ops, text = rng.choice(pools[kind])
         task = _word_problem(rng, kind, template_id, ops, text)
         if task.task in seen or _states_reference(task):
             continue
@@ -560,3 +685,70 @@ def hint_leaks(hint: str, reference: str | None) -> bool:
     if reference is None:
         return False
     return reference in re.findall(r"-?\d+(?:\.\d+)?", hint)
+
+
+# --- public word problems ----------------------------------------------------------------------
+def public_word_problems(
+    path: str | Path, *, n: int | None = None, seed: int = 0, learning_key: str | None = None
+) -> list[Task]:
+    """Tasks from a public word-problem file the project does not ship: SVAMP's ``SVAMP.json``
+    (``Body``, ``Question``, ``Equation``, ``Answer``) or MAWPS-style JSON (``sQuestion``,
+    ``lEquations``, ``lSolutions``). Only problems with a whole-number answer are kept; each task's
+    hint is its equation ("Compute (4 + 9) - 3."). ``n`` draws a seeded sample.
+
+    Raises :class:`TaskFileError` naming the file when it is not such a file."""
+    import re
+
+    path = Path(path)
+    try:
+        rows = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise TaskFileError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(rows, list) or not rows or not isinstance(rows[0], dict):
+        raise TaskFileError(f"{path}: expected a JSON list of problems (SVAMP or MAWPS format)")
+    source = "svamp" if "Body" in rows[0] else "mawps" if "sQuestion" in rows[0] else None
+    if source is None:
+        raise TaskFileError(
+            f"{path}: unknown problem format (SVAMP has Body/Question/Answer, "
+            "MAWPS sQuestion/lSolutions)"
+        )
+    tasks: list[Task] = []
+    for index, row in enumerate(rows):
+        if source == "svamp":
+            text = f"{row['Body'].strip()} {row['Question'].strip()}".strip()
+            answer, equation = row.get("Answer"), str(row.get("Equation", ""))
+        else:
+            text = str(row["sQuestion"]).strip()
+            solutions, equations = row.get("lSolutions") or [None], row.get("lEquations") or [""]
+            answer, equation = solutions[0], str(equations[0]).replace("X=", "").replace("x=", "")
+        if not isinstance(answer, int | float) or float(answer) != int(answer):
+            continue
+        # "( 76.0 - 25.0 )" → "76 - 25": whole numbers without ".0", no outer brackets.
+        plan = re.sub(r"(\d+)\.0\b", r"\1", " ".join(equation.split()))
+        plan = re.sub(r"\(\s+", "(", re.sub(r"\s+\)", ")", plan)).strip()
+        plan = _strip_outer_brackets(plan)
+        tasks.append(
+            Task(
+                task=text,
+                reference=str(int(answer)),
+                id=f"{source}-{row.get('ID', row.get('iIndex', index))}",
+                verifier="reference_match",
+                learning_key=learning_key or source,
+                metadata={"source": source, "plan": plan, "hint": f"Compute {plan}."},
+            )
+        )
+    if n is not None and n < len(tasks):
+        tasks = random.Random(f"public:{seed}").sample(tasks, n)
+    return tasks
+
+
+def _strip_outer_brackets(plan: str) -> str:
+    """``((4 + 13) * 15)`` → ``(4 + 13) * 15``: brackets around the whole expression only."""
+    while plan.startswith("(") and plan.endswith(")"):
+        depth = 0
+        for i, ch in enumerate(plan):
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+            if depth == 0 and i < len(plan) - 1:
+                return plan  # the first bracket closes before the end: "(a + b) - (c + d)"
+        plan = plan[1:-1].strip()
+    return plan

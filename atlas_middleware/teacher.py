@@ -8,9 +8,12 @@ so ``atlas optimize`` can evolve them and ``supervise`` can load a versioned pro
 
 from __future__ import annotations
 
+import ast
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from atlas_middleware.models.base import ChatMessage, ChatModel
 from atlas_middleware.prompts import (
@@ -28,7 +31,14 @@ __all__ = [
     "Teacher",
     "Verdict",
     "parse_confidence",
+    "plan_value",
 ]
+
+# How the teacher validates an answer: "verdict" asks it for VALID / INVALID; "compute" asks it
+# for the computation the task needs (its guidance) and compares the student's final number with
+# what that computation gives, so a small teacher that can plan but not add still checks well.
+Validation = Literal["verdict", "compute"]
+VALIDATIONS: tuple[str, ...] = ("verdict", "compute")
 
 _NUMBER = r"(\d+(?:\.\d+)?|\.\d+)"
 # "Confidence: 0.9", "confidence is 90%", "Confidence = 8/10", "my confidence level: 0.7".
@@ -51,7 +61,7 @@ _LEADING = re.compile(
 class Verdict:
     valid: bool
     reason: str
-    source: str  # "reference", "verifier" or "teacher"
+    source: str  # "reference", "verifier", "teacher" or "teacher-compute"
 
 
 def _scaled(number: str, unit: str | None, *, labelled: bool) -> float | None:
@@ -91,6 +101,52 @@ def _list_item(match: re.Match[str]) -> bool:
     return "." not in number and rest[:1] in (".", ")")
 
 
+_OPERATORS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+_VERB_OPERATORS = {"add": "+", "subtract": "-", "multiply by": "*", "divide by": "/"}
+# The first arithmetic expression of a text ("60 - 25", "(4 * 8) + 3"), numbers and + - * / × ÷ x.
+_EXPRESSION = re.compile(r"[(\s]*\d+(?:\.\d+)?(?:[\s)]*[-+*/×÷x][\s(]*\d+(?:\.\d+)?)+[\s)]*")
+# ", then add 33" / "then divide by 4" after the expression.
+_THEN = re.compile(
+    r"^\s*[,;.]?\s*(?:and\s+)?then\s+(add|subtract|multiply by|divide by)\s+(\d+(?:\.\d+)?)",
+    re.IGNORECASE,
+)
+
+
+def _evaluate(node: ast.AST) -> float:
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body)
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+        return float(node.value)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return float(_OPERATORS[type(node.op)](_evaluate(node.left), _evaluate(node.right)))
+    raise ValueError("not arithmetic")
+
+
+def plan_value(text: str) -> float | None:
+    """What the computation a guidance names gives: ``"Compute 60 - 25, then add 33."`` → 68.0;
+    ``"Multiply 4 by 8"`` holds no expression → None. Only + - * / on numbers are evaluated (never
+    ``eval``); None when the text has no such expression or it cannot be computed."""
+    match = _EXPRESSION.search(text)
+    if match is None:
+        return None
+    source = match.group(0).replace("×", "*").replace("÷", "/").replace("x", "*").strip()
+    for verb, number in _THEN.findall(text[match.end() :])[:1]:
+        source = "(" + source + ")" + _VERB_OPERATORS[verb.lower()] + number
+    try:
+        return _evaluate(ast.parse(source, mode="eval"))
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
+        return None
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if value == int(value) else repr(value)
+
+
 def _memory(playbook: Sequence[str]) -> str:
     if not playbook:
         return ""
@@ -106,8 +162,14 @@ class Teacher:
         probe_max_tokens: int = 50,
         guidance_max_tokens: int = 160,
         temperature: float = 0.0,
+        validation: Validation = "verdict",
     ):
+        if validation not in VALIDATIONS:
+            raise ValueError(
+                f"validation must be one of {', '.join(VALIDATIONS)}, got {validation!r}"
+            )
         self.model = model
+        self.validation = validation
         self.prompts = prompts or DEFAULT_PROMPTS
         self.probe_max_tokens = probe_max_tokens
         self.guidance_max_tokens = guidance_max_tokens
@@ -145,7 +207,21 @@ class Teacher:
         )
         return result.text.strip()
 
-    async def validate(self, task: str, answer: str) -> Verdict:
+    async def validate(self, task: str, answer: str, *, plan: str | None = None) -> Verdict:
+        """VALID / INVALID on ``answer``. With ``validation="compute"`` the teacher's guidance for
+        the task (``plan``, when the caller already has it) is computed and compared with the
+        answer's final number; a guidance with no computation falls back to the verdict prompt.
+        The reason never states the computed result (it would leak the answer)."""
+        if self.validation == "compute":
+            if plan is None:
+                plan = await self.guidance(task)
+            value = plan_value(plan)
+            if value is not None:
+                from atlas_middleware.rim.judges import reference_match
+
+                ok = bool(reference_match(task, answer, _number_text(value)))
+                reason = "" if ok else "the final number does not follow from the problem"
+                return Verdict(ok, reason, "teacher-compute")
         messages: list[ChatMessage] = [
             {"role": "system", "content": self.prompts.validate_},
             {"role": "user", "content": "Task:\n" + task + "\n\nStudent's answer:\n" + answer},

@@ -43,6 +43,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--curve", action="store_true", help="also evaluate each epoch's adapter (learning curve)"
     )
     parser.add_argument(
+        "--curve-tasks",
+        type=parse_positive_int,
+        default=100,
+        help="test tasks each curve point is measured on (default 100: the first of the split)",
+    )
+    parser.add_argument(
+        "--public",
+        type=Path,
+        metavar="TASKS",
+        help="also evaluate on this task file of public word problems (atlas tasks import)",
+    )
+    parser.add_argument(
         "--stop-after", choices=STAGES, help="stop after this stage (the rest resume later)"
     )
     parser.set_defaults(func=run)
@@ -170,9 +182,20 @@ async def _learn(args: argparse.Namespace, kinds: tuple[str, ...]) -> int:
             await trained.aclose()
             result_path.write_text(json.dumps(report, indent=2) + "\n")
             done("eval", started)
+        public_path = out / "public.json"
+        if args.public is not None and not public_path.exists():
+            _say(f"public word problems: {args.public}")
+            started = time.perf_counter()
+            public = load_tasks(args.public)
+            trained = LocalHFModel(adapter, name="trained-teacher")
+            report = await _evaluate(public, model, model, trained, out / "public.db")
+            await trained.aclose()
+            report["source"] = str(args.public)
+            public_path.write_text(json.dumps(report, indent=2) + "\n")
+            done("public", started)
         curve_path = out / "curve.json"
         if args.curve and not curve_path.exists():
-            await _curve(out, test, model)
+            await _curve(out, test[: args.curve_tasks], model)
         summary = _summary(out)
         (out / "learning.md").write_text(summary)
         _plot(out)
@@ -227,14 +250,19 @@ async def _evaluate(
     alone = [o for o in report.outcomes if o.condition == STUDENT_ALONE]
     by_id = {t.id: t for t in tasks}
     agreement: dict[str, Any] = {}
+    truth = [bool(o.correct) for o in alone]
     for name, teacher in ((WITH_TEACHER, base), (WITH_TRAINED, trained)):
         if teacher is None:
             continue
-        verdicts = await learning.teacher_verdicts(
-            teacher, [by_id[o.task_id] for o in alone], [o.answer or "" for o in alone]
-        )
-        truth = [bool(o.correct) for o in alone]
-        agreement[name] = _agreement(verdicts, truth)
+        agreement[name] = {}
+        for mode in ("verdict", "compute"):
+            verdicts = await learning.teacher_verdicts(
+                teacher,
+                [by_id[o.task_id] for o in alone],
+                [o.answer or "" for o in alone],
+                validation=mode,
+            )
+            agreement[name][mode] = _agreement(verdicts, truth)
     return {
         "run_id": report.run_id,
         "seconds": round(seconds, 1),
@@ -278,8 +306,13 @@ async def _curve(out: Path, test: list[Any], student: Any) -> None:
 
     checkpoints = json.loads((out / "checkpoints.json").read_text())
     base = json.loads((out / "eval.json").read_text())
-    stats = {s["condition"]: s for s in base["stats"]}
-    points = [{"minutes": 0.0, "accuracy": stats["student + teacher"]["accuracy"]}]
+    ids = {t.id for t in test}
+    at_start = [
+        o["correct"]
+        for o in base["outcomes"]
+        if o["condition"] == "student + teacher" and o["task_id"] in ids
+    ]
+    points = [{"minutes": 0.0, "accuracy": sum(at_start) / len(at_start), "tasks": len(test)}]
     for point in checkpoints:
         _say(f"curve: epoch {point['epoch']}")
         teacher = LocalHFModel(out / point["folder"], name=point["folder"])
@@ -288,15 +321,35 @@ async def _curve(out: Path, test: list[Any], student: Any) -> None:
         )
         await teacher.aclose()
         trained = next(s for s in result["stats"] if s["condition"] == "student + trained teacher")
-        points.append({"minutes": point["seconds"] / 60, "accuracy": trained["accuracy"]})
+        points.append(
+            {
+                "minutes": point["seconds"] / 60,
+                "accuracy": trained["accuracy"],
+                "tasks": len(test),
+                "epoch": point["epoch"],
+            }
+        )
     (out / "curve.json").write_text(json.dumps(points, indent=2) + "\n")
 
 
 def _summary(out: Path) -> str:
-    """The run's held-out table as markdown (docs/learning.md is written from one of these)."""
+    """The run's held-out tables as markdown (docs/learning.md is written from one of these)."""
+    text = "## Test split\n\n" + _tables(json.loads((out / "eval.json").read_text()))
+    if (out / "public.json").exists():
+        public = json.loads((out / "public.json").read_text())
+        text += f"\n## Public word problems ({public.get('source', '')})\n\n" + _tables(public)
+    if (out / "curve.json").exists():
+        text += "\n## Learning curve\n\n| SFT minutes | epoch | held-out accuracy | tasks |\n"
+        text += "|---:|---:|---:|---:|\n"
+        for p in json.loads((out / "curve.json").read_text()):
+            epoch = p.get("epoch", "base")
+            text += f"| {p['minutes']:.1f} | {epoch} | {p['accuracy']:.1%} | {p['tasks']} |\n"
+    return text
+
+
+def _tables(result: dict[str, Any]) -> str:
     from atlas_middleware.learning import paired_difference
 
-    result = json.loads((out / "eval.json").read_text())
     stats = result["stats"]
     names = [s["condition"] for s in stats]
     by: dict[str, dict[str, bool]] = {n: {} for n in names}
@@ -319,18 +372,22 @@ def _summary(out: Path) -> str:
         )
     lines.append("")
     lines.append(
-        "| teacher | validation agreement | VALID on right | INVALID on wrong | balanced |"
+        "| teacher | validation | agreement with the reference | VALID on right | "
+        "INVALID on wrong | balanced |"
     )
-    lines.append("|---|---:|---:|---:|---:|")
-    for name, v in result.get("validation", {}).items():
+    lines.append("|---|---|---:|---:|---:|---:|")
 
-        def pct(x: float | None) -> str:
-            return "—" if x is None else f"{x:.1%}"
+    def pct(x: float | None) -> str:
+        return "—" if x is None else f"{x:.1%}"
 
-        lines.append(
-            f"| {name} | {pct(v['agreement'])} | {pct(v['valid_on_right'])} | "
-            f"{pct(v['invalid_on_wrong'])} | {pct(v['balanced'])} |"
-        )
+    for name, modes in result.get("validation", {}).items():
+        if "agreement" in modes:  # a run from before validation had modes
+            modes = {"verdict": modes}
+        for mode, v in modes.items():
+            lines.append(
+                f"| {name} | {mode} | {pct(v['agreement'])} | {pct(v['valid_on_right'])} | "
+                f"{pct(v['invalid_on_wrong'])} | {pct(v['balanced'])} |"
+            )
     lines.append("")
     lines.append(
         f"Evaluation: {result['seconds']:.0f} s, {result['tasks_per_second']:.2f} tasks/s."

@@ -35,6 +35,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "-o", "--output", type=Path, help="JSONL file to write (default: standard output)"
     )
     generate.set_defaults(func=_generate)
+    public = actions.add_parser(
+        "import",
+        help="convert a public word-problem file (SVAMP.json, MAWPS JSON) to a task file",
+        description="atlas tasks import SVAMP.json --n 300 -o svamp.jsonl: problems with a "
+        "whole-number answer, their equation as the hint (metadata.hint), a seeded sample of N.",
+    )
+    public.add_argument("file", type=Path, help="SVAMP.json or a MAWPS-style JSON list")
+    public.add_argument("--n", type=parse_positive_int, help="a seeded sample of N problems")
+    public.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
+    public.add_argument("-o", "--output", type=Path, required=True, help="JSONL file to write")
+    public.set_defaults(func=_import)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
@@ -62,4 +73,16 @@ def _generate(args: argparse.Namespace) -> int:
             f"wrote {len(tasks)} {args.split} tasks (seed {args.seed}) to {args.output}",
             file=sys.stderr,
         )
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from atlas_middleware.tasks import TaskFileError, public_word_problems, write_tasks
+
+    try:
+        tasks = public_word_problems(args.file, n=args.n, seed=args.seed)
+    except TaskFileError as exc:
+        raise UsageError(str(exc)) from None
+    write_tasks(tasks, args.output)
+    print(f"wrote {len(tasks)} tasks from {args.file} to {args.output}", file=sys.stderr)
     return 0

@@ -143,11 +143,11 @@ class _RecordingTeacher(Teacher):
             raise
         return text
 
-    async def validate(self, task: str, answer: str) -> Verdict:
+    async def validate(self, task: str, answer: str, *, plan: str | None = None) -> Verdict:
         step: dict[str, Any] = {"job": "validate", "answer": answer}
         self.steps.append(step)
         try:
-            verdict = await super().validate(task, answer)
+            verdict = await super().validate(task, answer, plan=plan)
         except Exception as exc:
             step["error"] = f"{type(exc).__name__}: {exc}"[:200]
             raise

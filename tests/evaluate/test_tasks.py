@@ -95,10 +95,12 @@ def test_bundled_preferences_pair_a_right_and_a_wrong_answer():
 def test_splits_share_no_template_and_no_task():
     from atlas_middleware.tasks import SPLITS, templates, word_problems
 
-    sets = {s: word_problems(s, 300, seed=0) for s in SPLITS}
+    # train has more wordings (its own extra templates): a larger sample uses them all
+    sets = {s: word_problems(s, 600 if s == "train" else 300, seed=0) for s in SPLITS}
     used = {s: {t.metadata["template"] for t in sets[s]} for s in SPLITS}
+    assert len(templates("train")) > len(templates("test")) == 12
     for a in SPLITS:
-        assert used[a] == set(templates(a))  # every template of the split is used at n=300
+        assert used[a] == set(templates(a))  # every template of the split is used
         for b in SPLITS:
             if a < b:
                 assert not used[a] & used[b]
@@ -148,3 +150,101 @@ def test_atlas_tasks_generate_writes_a_loadable_file(tmp_path, capsys):
     assert main(["tasks", "generate", "--split", "dev", "--n", "2", "--kinds", "mul_div"]) == 0
     rows = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["metadata"]["kind"] for r in rows] == ["mul_div", "mul_div"]
+
+
+# --- public word problems -------------------------------------------------------------------------
+SVAMP_ROWS = [
+    {
+        "ID": "chal-1",
+        "Body": "Each pack of dvds costs 76 dollars. If there is a discount of 25 dollars on each pack",
+        "Question": "How much do you have to pay to buy each pack?",
+        "Equation": "( 76.0 - 25.0 )",
+        "Answer": 51.0,
+        "Type": "Subtraction",
+    },
+    {
+        "ID": "chal-2",
+        "Body": "Paco had 26 cookies. He ate 14 and bought 5 more.",
+        "Question": "How many cookies does he have?",
+        "Equation": "( ( 26.0 - 14.0 ) + 5.0 )",
+        "Answer": 17.0,
+        "Type": "Subtraction",
+    },
+    {
+        "ID": "chal-3",
+        "Body": "A rope of 7 m is cut in 2 equal pieces.",
+        "Question": "How long is each piece?",
+        "Equation": "( 7.0 / 2.0 )",
+        "Answer": 3.5,  # not a whole number: left out
+        "Type": "Common-Division",
+    },
+]
+
+
+def test_public_word_problems_read_svamp_and_mawps(tmp_path):
+    from atlas_middleware.tasks import public_word_problems
+    from atlas_middleware.teacher import plan_value
+
+    svamp = tmp_path / "SVAMP.json"
+    svamp.write_bytes(orjson.dumps(SVAMP_ROWS))
+    tasks = public_word_problems(svamp)
+    assert [t.id for t in tasks] == ["svamp-chal-1", "svamp-chal-2"]
+    assert tasks[0].task.endswith("on each pack How much do you have to pay to buy each pack?")
+    assert [t.reference for t in tasks] == ["51", "17"]
+    assert [t.metadata["hint"] for t in tasks] == ["Compute 76 - 25.", "Compute (26 - 14) + 5."]
+    # The hint's computation is the answer (what compute validation and the hint condition use).
+    assert [plan_value(t.metadata["hint"]) for t in tasks] == [51, 17]
+    assert tasks[1].is_correct("He has 17 cookies") and not tasks[1].is_correct("12")
+    mawps = tmp_path / "mawps.json"
+    mawps.write_bytes(
+        orjson.dumps(
+            [
+                {
+                    "iIndex": 9,
+                    "sQuestion": "Tom has 3 and gets 4. How many?",
+                    "lEquations": ["X=(3.0+4.0)"],
+                    "lSolutions": [7.0],
+                }
+            ]
+        )
+    )
+    (task,) = public_word_problems(mawps, learning_key="mawps-addsub")
+    assert (task.id, task.reference, task.learning_key) == ("mawps-9", "7", "mawps-addsub")
+    assert plan_value(task.metadata["hint"]) == 7
+
+
+def test_public_word_problems_sample_is_seeded_and_bad_files_get_one_line_errors(tmp_path):
+    from atlas_middleware.tasks import TaskFileError, public_word_problems
+
+    rows = [
+        dict(SVAMP_ROWS[0], ID=f"x-{i}", Answer=float(i), Equation=f"( {i}.0 + 0.0 )")
+        for i in range(50)
+    ]
+    path = tmp_path / "svamp.json"
+    path.write_bytes(orjson.dumps(rows))
+    a = public_word_problems(path, n=10, seed=1)
+    assert len(a) == 10 and [t.id for t in a] == [
+        t.id for t in public_word_problems(path, n=10, seed=1)
+    ]
+    assert [t.id for t in a] != [t.id for t in public_word_problems(path, n=10, seed=2)]
+    (tmp_path / "bad.json").write_text('{"not": "a list"}')
+    with pytest.raises(TaskFileError, match="expected a JSON list of problems"):
+        public_word_problems(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text('[{"q": 1}]')
+    with pytest.raises(TaskFileError, match="unknown problem format"):
+        public_word_problems(tmp_path / "other.json")
+    with pytest.raises(TaskFileError, match="not a readable JSON file"):
+        public_word_problems(tmp_path / "missing.json")
+
+
+def test_atlas_tasks_import_writes_a_task_file(tmp_path, capsys):
+    from atlas_middleware.cli import main
+
+    svamp = tmp_path / "SVAMP.json"
+    svamp.write_bytes(orjson.dumps(SVAMP_ROWS))
+    out = tmp_path / "svamp.jsonl"
+    assert main(["tasks", "import", str(svamp), "-o", str(out)]) == 0
+    assert [t.reference for t in load_tasks(out)] == ["51", "17"]
+    assert main(["tasks", "import", str(tmp_path / "nope.json"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "nope.json: not a readable JSON file" in err and "Traceback" not in err

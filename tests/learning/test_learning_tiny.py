@@ -26,7 +26,7 @@ def test_a_tiny_trained_adapter_loads_helps_on_its_train_tasks_and_does_not_leak
         alone = await learning.student_answers(embedded, pool, [None] * len(pool))
         hinted = await learning.student_answers(embedded, pool, [t.metadata["hint"] for t in pool])
         return [
-            t
+            (t, a, h)
             for t, a, h in zip(pool, alone, hinted, strict=True)
             if not t.is_correct(a) and t.is_correct(h)
         ]
@@ -34,7 +34,9 @@ def test_a_tiny_trained_adapter_loads_helps_on_its_train_tasks_and_does_not_leak
     # The tasks a good teacher can fix: wrong alone, right with the generator's hint.
     fixable = asyncio.run(select())
     assert len(fixable) >= 2, "the student should be fixable by a hint on some add/sub tasks"
-    tasks = fixable[:8]
+    tasks = [t for t, _, _ in fixable[:8]]
+    wrong = [a for _, a, _ in fixable[:8]]
+    right = [h for _, _, h in fixable[:8]]
     adapter = learning.sft_lora(
         embedded._model_dir(),
         learning.hint_examples(tasks),
@@ -50,10 +52,18 @@ def test_a_tiny_trained_adapter_loads_helps_on_its_train_tasks_and_does_not_leak
         guided = await learning.teacher_guidances(trained, tasks, temperature=0.0)
         base_answers = await learning.student_answers(embedded, tasks, base)
         answers = await learning.student_answers(embedded, tasks, guided)
+        # Compute validation: the trained teacher's plan, computed, judges a wrong and a right
+        # answer to each task.
+        verdicts = await learning.teacher_verdicts(
+            trained, tasks + tasks, wrong + right, validation="compute"
+        )
         await trained.aclose()
-        return base, guided, base_answers, answers
+        return base, guided, base_answers, answers, verdicts
 
-    base, guided, base_answers, answers = asyncio.run(teach())
+    base, guided, base_answers, answers, verdicts = asyncio.run(teach())
+    truth = [False] * len(tasks) + [True] * len(tasks)
+    agree = sum(v == t for v, t in zip(verdicts, truth, strict=True))
+    assert agree >= 0.75 * len(truth), (verdicts, guided)
     assert guided != base  # the adapter changed the teacher
     for task, text in zip(tasks, guided, strict=True):
         assert not learning.leaks(text, task.reference, task.task), text

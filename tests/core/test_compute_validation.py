@@ -73,9 +73,15 @@ def test_an_unknown_validation_mode_is_refused():
         AtlasConfig.model_validate({"teacher": {"validation": "vote"}})
 
 
-def test_the_coach_lane_validates_by_computing_its_own_guidance():
+@pytest.fixture
+def exporter():
     exporter = InMemorySpanExporter()
     telemetry.configure(exporter=exporter, batch=False, set_global=False)
+    yield exporter
+    telemetry.shutdown()
+
+
+def test_the_coach_lane_validates_by_computing_its_own_guidance(exporter):
     teacher = scripted_teacher(probe="0.1", validate="VALID", guidance="Compute 70 - 27.")
     config = AtlasConfig.model_validate({"teacher": {"validation": "compute"}})
 

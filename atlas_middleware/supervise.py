@@ -628,7 +628,7 @@ class Supervisor:
     ) -> Outcome:
         with _Session(call, list(self.setup_failures), "auto") as session:
             try:
-                result = agent.returned(_invoke(fn, args, kwargs, None))
+                result = agent.returned(_invoke(fn, args, kwargs, _AUTO))
             except Exception as exc:
                 agent.raised(exc)
                 usage.settle()
@@ -646,7 +646,7 @@ class Supervisor:
     ) -> Outcome:
         with _Session(call, list(self.setup_failures), "auto") as session:
             try:
-                result = agent.returned(await _ainvoke(fn, args, kwargs, None))
+                result = agent.returned(await _ainvoke(fn, args, kwargs, _AUTO))
             except Exception as exc:
                 agent.raised(exc)
                 await usage.asettle()
@@ -668,17 +668,15 @@ class Supervisor:
     ) -> Any:
         agent = _AgentOutcome()
         try:
-
-            def invoke(step: Invoke) -> Any:
-                return _invoke(fn, args, kwargs, step.guidance)
-
             call = self._call(options, args, kwargs)
             if self._auto_only(options):
                 outcome = self._auto(call, fn, args, kwargs, agent)
             else:
+                invoke = functools.partial(_invoke, fn, args, kwargs)
                 outcome = driver.run(self.flow(call), options, invoke, agent=agent)
             agent.final(outcome.result)
-            driver.submit(self.reward_job(outcome), options)
+            if self.reward is not None:
+                driver.submit(self.reward_job(outcome), options)
             return outcome.result
         except Exception as exc:
             if exc is agent.error:
@@ -695,17 +693,15 @@ class Supervisor:
     ) -> Any:
         agent = _AgentOutcome()
         try:
-
-            async def invoke(step: Invoke) -> Any:
-                return await _ainvoke(fn, args, kwargs, step.guidance)
-
             call = self._call(options, args, kwargs)
             if self._auto_only(options):
                 outcome = await self._aauto(call, fn, args, kwargs, agent)
             else:
+                invoke = functools.partial(_ainvoke, fn, args, kwargs)
                 outcome = await driver.arun(self.flow(call), options, invoke, agent=agent)
             agent.final(outcome.result)
-            await driver.asubmit(self.reward_job(outcome), options)
+            if self.reward is not None:
+                await driver.asubmit(self.reward_job(outcome), options)
             return outcome.result
         except Exception as exc:
             if exc is agent.error:
@@ -714,22 +710,25 @@ class Supervisor:
             return await fn(*args, **kwargs) if result is _RUN_AGENT else result
 
 
-def _invoke(fn: Callable[..., Any], args: Any, kwargs: Any, guidance: str | None) -> Any:
-    """Run the agent with ``guidance`` as the current guidance."""
+def _invoke(fn: Callable[..., Any], args: Any, kwargs: Any, step: Invoke) -> Any:
+    """Run the agent with the step's guidance as the current guidance."""
+    guidance = step.guidance
     if guidance is None and no_guidance():
         return fn(*args, **kwargs)  # nothing to set or clear (the auto lane)
     with use_guidance(guidance):
         return fn(*args, **kwargs)
 
 
-async def _ainvoke(
-    fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any, guidance: str | None
-) -> Any:
+async def _ainvoke(fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any, step: Invoke) -> Any:
     """:func:`_invoke` for an async agent."""
+    guidance = step.guidance
     if guidance is None and no_guidance():
         return await fn(*args, **kwargs)
     with use_guidance(guidance):
         return await fn(*args, **kwargs)
+
+
+_AUTO = Invoke(None)  # the auto lane's one step
 
 
 class _Session:
@@ -868,9 +867,10 @@ _RUN_AGENT: Any = object()  # atlas failed before the agent ran: run it without 
 class _AgentOutcome(driver.AgentLog):
     """The agent's log, plus how a call recovers from atlas's own failure."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.result = _NOTHING  # the agent's latest result (the call's, once decided)
+    def __init__(self) -> None:  # AgentLog's, but for the result (on every call's path)
+        self.ran = False
+        self.result: Any = _NOTHING  # the agent's latest result (the call's, once decided)
+        self.error: BaseException | None = None
 
     def final(self, result: Any) -> None:
         self.returned(result)

@@ -371,22 +371,24 @@ def session_span(
             links.append(trace.Link(outer))
             context = trace.set_span_in_context(trace.INVALID_SPAN)
         # else: no span is current, so the default context already starts a new trace.
-    attributes = _clean(
-        {
-            GEN_AI_OPERATION_NAME: OP_INVOKE_AGENT,
-            GEN_AI_AGENT_NAME: agent,
-            GEN_AI_CONVERSATION_ID: conversation_id or session_id,
-            GEN_AI_REQUEST_MODEL: model,
-            GEN_AI_PROVIDER_NAME: provider,
-            ATLAS_SESSION_ID: session_id,
-            ATLAS_LEARNING_KEY: learning_key,
-            ATLAS_SPAN_ROLE: ROLE_SESSION,
-            ATLAS_TASK: task if content else None,
-            OPENINFERENCE_SPAN_KIND: OI_KIND_AGENT,
-            OI_SESSION_ID: session_id,
-            OI_INPUT_VALUE: task if content else None,
-        }
-    )
+    # Built key by key rather than filtered (``_clean``): on every supervised call's path.
+    attributes: dict[str, Any] = {GEN_AI_OPERATION_NAME: OP_INVOKE_AGENT, GEN_AI_AGENT_NAME: agent}
+    attributes[GEN_AI_CONVERSATION_ID] = conversation_id or session_id
+    if model is not None:
+        attributes[GEN_AI_REQUEST_MODEL] = model
+    if provider is not None:
+        attributes[GEN_AI_PROVIDER_NAME] = provider
+    attributes[ATLAS_SESSION_ID] = session_id
+    if learning_key is not None:
+        attributes[ATLAS_LEARNING_KEY] = learning_key
+    attributes[ATLAS_SPAN_ROLE] = ROLE_SESSION
+    shown = task if content else None
+    if shown is not None:
+        attributes[ATLAS_TASK] = shown
+    attributes[OPENINFERENCE_SPAN_KIND] = OI_KIND_AGENT
+    attributes[OI_SESSION_ID] = session_id
+    if shown is not None:
+        attributes[OI_INPUT_VALUE] = shown
     if extra:
         attributes.update(extra)
     return _SessionSpan(tracer, session_span_name(agent), context, attributes, links)

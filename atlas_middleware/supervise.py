@@ -824,8 +824,7 @@ class _Session:
             )
         if failures:
             closing[s.ATLAS_FAILURES] = failures
-        closing.update(s.final_answer_attributes(answer, content=self.content))
-        root.set_attributes(closing)
+        s.set_final_answer(root, answer, content=self.content, first=closing)
         return Outcome(result, answer, root.get_span_context(), call)
 
 

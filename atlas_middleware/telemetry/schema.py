@@ -441,8 +441,18 @@ class _SessionSpan:
             span.end()
 
 
-def set_final_answer(span: Span, answer: Any, *, content: bool | None = None) -> None:
+def set_final_answer(
+    span: Span,
+    answer: Any,
+    *,
+    content: bool | None = None,
+    first: Mapping[str, Any] | None = None,
+) -> None:
+    """The session's final answer on ``span`` (unless content capture is off), with ``first``
+    set in the same call, before it (one lock, one pass)."""
     attributes = final_answer_attributes(answer, content=content)
+    if first:
+        attributes = {**first, **attributes}
     if attributes:
         span.set_attributes(attributes)
 

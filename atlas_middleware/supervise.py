@@ -608,51 +608,14 @@ class Supervisor:
         return judge
 
     # --- the auto lane, when nothing of it needs the teacher ------------------------------------
-    # The flow's auto lane run without its driver (no steps to drive): the same session, the
-    # agent (its usage reports settled after it, as the driver does), the same close.
     def _auto_only(self, o: SupervisionOptions) -> bool:
         """Whether the flow would run this call's auto lane with no teacher step, plugin or
         random draw: no teacher and no lane that needs one, or the auto lane forced, not probed
-        and supervised at a rate of 1."""
+        and supervised at a rate of 1. Such a call runs in an :class:`_AutoSession`, without
+        the flow's driver (there is nothing to drive)."""
         if self.teacher is None:
             return o.lane not in ("paired", "coach")
         return o.lane == "auto" and not o.always_probe and o.supervision_rate >= 1.0
-
-    def _auto(
-        self,
-        call: Call,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        agent: driver.AgentLog,
-    ) -> Outcome:
-        with _Session(call, list(self.setup_failures), "auto") as session:
-            try:
-                result = agent.returned(_invoke(fn, args, kwargs, _AUTO))
-            except Exception as exc:
-                agent.raised(exc)
-                usage.settle()
-                raise
-            usage.settle()
-            return session.close(result, session.read(result), "auto", None, 0)
-
-    async def _aauto(
-        self,
-        call: Call,
-        fn: Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        agent: driver.AgentLog,
-    ) -> Outcome:
-        with _Session(call, list(self.setup_failures), "auto") as session:
-            try:
-                result = agent.returned(await _ainvoke(fn, args, kwargs, _AUTO))
-            except Exception as exc:
-                agent.raised(exc)
-                await usage.asettle()
-                raise
-            await usage.asettle()
-            return session.close(result, session.read(result), "auto", None, 0)
 
     # --- drivers ---------------------------------------------------------------------------
     # Both drivers fail open for atlas's own errors too: if anything of atlas's raises while a
@@ -670,7 +633,8 @@ class Supervisor:
         try:
             call = self._call(options, args, kwargs)
             if self._auto_only(options):
-                outcome = self._auto(call, fn, args, kwargs, agent)
+                with _AutoSession(call, list(self.setup_failures), agent) as session:
+                    outcome = session.done(agent.returned(_invoke(fn, args, kwargs, _AUTO)))
             else:
                 invoke = functools.partial(_invoke, fn, args, kwargs)
                 outcome = driver.run(self.flow(call), options, invoke, agent=agent)
@@ -695,7 +659,8 @@ class Supervisor:
         try:
             call = self._call(options, args, kwargs)
             if self._auto_only(options):
-                outcome = await self._aauto(call, fn, args, kwargs, agent)
+                async with _AutoSession(call, list(self.setup_failures), agent) as session:
+                    outcome = session.done(agent.returned(await _ainvoke(fn, args, kwargs, _AUTO)))
             else:
                 invoke = functools.partial(_ainvoke, fn, args, kwargs)
                 outcome = await driver.arun(self.flow(call), options, invoke, agent=agent)
@@ -729,6 +694,7 @@ async def _ainvoke(fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any, st
 
 
 _AUTO = Invoke(None)  # the auto lane's one step
+_SessionT = TypeVar("_SessionT", bound="_Session")
 
 
 class _Session:
@@ -743,7 +709,7 @@ class _Session:
     def __init__(self, call: Call, failures: list[str], lane: str | None = None) -> None:
         self.call, self.failures, self.lane = call, failures, lane
 
-    def __enter__(self) -> _Session:
+    def __enter__(self: _SessionT) -> _SessionT:
         call = self.call
         o = call.options
         first: dict[str, Any] = {}
@@ -826,6 +792,45 @@ class _Session:
             closing[s.ATLAS_FAILURES] = failures
         s.set_final_answer(root, answer, content=self.content, first=closing)
         return Outcome(result, answer, root.get_span_context(), call)
+
+
+class _AutoSession(_Session):
+    """The flow's auto lane as one ``with`` block (see :meth:`Supervisor._auto_only`): the agent
+    runs inside the session, which ends as the flow's would. As the driver does, it keeps the
+    agent's exception (one raised before the agent returned is the agent's) and settles late
+    usage reports after the agent (not after a BaseException)."""
+
+    __slots__ = ("agent",)
+
+    def __init__(self, call: Call, failures: list[str], agent: driver.AgentLog) -> None:
+        super().__init__(call, failures, "auto")
+        self.agent = agent
+
+    def done(self, result: Any) -> Outcome:
+        return self.close(result, self.read(result), "auto", None, 0)
+
+    def _ran(self, exc: BaseException | None) -> bool:
+        """Whether to settle: the agent ran to a result or an exception (kept as the agent's)."""
+        if exc is None:
+            return True
+        if not isinstance(exc, Exception):
+            return False
+        if not self.agent.ran:
+            self.agent.raised(exc)
+        return True
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._ran(exc):
+            usage.settle()  # usage reported late (litellm) joins this session
+        super().__exit__(exc_type, exc, tb)
+
+    async def __aenter__(self) -> _AutoSession:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._ran(exc):
+            await usage.asettle()
+        super().__exit__(exc_type, exc, tb)
 
 
 class _activated:

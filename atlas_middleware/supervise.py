@@ -797,8 +797,9 @@ class _Session:
 class _AutoSession(_Session):
     """The flow's auto lane as one ``with`` block (see :meth:`Supervisor._auto_only`): the agent
     runs inside the session, which ends as the flow's would. As the driver does, it keeps the
-    agent's exception (one raised before the agent returned is the agent's) and settles late
-    usage reports after the agent (not after a BaseException)."""
+    agent's exception (one raised before the agent returned is the agent's) and lets late usage
+    reports settle once the agent has run (at the block's end, before the tally goes on the span;
+    not after a BaseException)."""
 
     __slots__ = ("agent",)
 
@@ -871,10 +872,9 @@ _RUN_AGENT: Any = object()  # atlas failed before the agent ran: run it without 
 class _AgentOutcome(driver.AgentLog):
     """The agent's log, plus how a call recovers from atlas's own failure."""
 
-    def __init__(self) -> None:  # AgentLog's, but for the result (on every call's path)
-        self.ran = False
-        self.result: Any = _NOTHING  # the agent's latest result (the call's, once decided)
-        self.error: BaseException | None = None
+    def __init__(self) -> None:
+        super().__init__()
+        self.result = _NOTHING  # the agent's latest result (the call's, once decided)
 
     def final(self, result: Any) -> None:
         self.returned(result)

@@ -124,12 +124,12 @@ class StepTracker(SpanProcessor):
             log.debug("step tracking failed", exc_info=True)
 
     def _started(self, span: Any) -> None:
-        span_id = span.get_span_context().span_id
-        parent = span.parent
         attributes = span.attributes
-        outer = self._owner.get(parent.span_id) if parent is not None else None
         if attributes.get(s.ATLAS_SPAN_ROLE) == s.ROLE_SESSION:
             return  # a session inside a step starts afresh (its own trace)
+        span_id = span.get_span_context().span_id
+        parent = span.parent
+        outer = self._owner.get(parent.span_id) if parent is not None else None
         kind = s.step_kind(attributes)
         if kind is None:
             if outer is not None:

@@ -421,10 +421,8 @@ class Supervisor:
     # --- the flow --------------------------------------------------------------------------
     def flow(self, call: Call) -> Generator[Ask | Invoke, Any, Outcome]:
         o = call.options
-        tracer = get_tracer()
         failures: list[str] = list(self.setup_failures)
         gate = _TeacherGate(o, self.breaker)
-        content = s.capture_content()  # once per call: the session span and its final answer
 
         def failed(value: Any) -> bool:
             if isinstance(value, Failed):
@@ -433,24 +431,8 @@ class Supervisor:
                 return True
             return False
 
-        with (
-            s.session_span(
-                tracer,
-                agent=o.agent,
-                session_id=call.session_id,
-                task=call.task,
-                learning_key=o.learning_key or o.agent,
-                parent=call.parent,
-                content=content,
-            ) as root,
-            session_usage(lambda used: root.set_attributes(used.attributes())),
-            _activated(root, call, o.agent),
-        ):
-            if failures:  # set-up failures, recorded even if the agent raises (the end updates it)
-                root.set_attribute(s.ATLAS_FAILURES, failures)
-            if call.reference is not None:
-                # Kept with the session so training can score guidance against it later.
-                root.set_attribute(s.ATLAS_REFERENCE, call.reference)
+        with _Session(call, failures) as session:
+            root = session.root
             teacher = self.teacher
             supervised = teacher is not None and (
                 o.supervision_rate >= 1.0 or random.random() < o.supervision_rate
@@ -518,7 +500,7 @@ class Supervisor:
                     guidance = value
 
             result = yield Invoke(_with_lessons(guidance, lessons))
-            read = o.answer or answer_text
+            read = session.read
             answer = read(result)
             retries = 0
             if lane in ("paired", "coach"):
@@ -553,34 +535,7 @@ class Supervisor:
                 lane = ran
                 root.set_attribute(s.ATLAS_LANE, lane)
                 root.set_attribute(s.ATLAS_LANE_REASON, s.LANE_REASON_TEACHER_UNAVAILABLE)
-            # The session's closing attributes go on the span in one call (one lock, one pass), then
-            # the answer (one more).
-            closing: dict[str, Any] = {s.ATLAS_GUIDANCE: guidance} if guidance else {}
-            closing[s.ATLAS_RETRIES] = retries
-            if plugins.has_session_end():
-                _plugin(
-                    failures,
-                    "session_end plugin",
-                    plugins.session_end,
-                    plugins.SessionEnd(
-                        session_id=call.session_id,
-                        trace_id=format(root.get_span_context().trace_id, "032x"),
-                        agent=o.agent,
-                        learning_key=o.learning_key or o.agent,
-                        lane=lane,
-                        task=call.task,
-                        answer=answer,
-                        guidance=guidance,
-                        retries=retries,
-                        failures=tuple(failures),
-                    ),
-                )
-            if failures:
-                closing[s.ATLAS_FAILURES] = failures
-            root.set_attributes(closing)
-            s.set_final_answer(root, answer, content=content)
-            session = root.get_span_context()
-        return Outcome(result, answer, session, call)
+            return session.close(result, answer, lane, guidance, retries)
 
     def _validates_with_teacher(self, call: Call) -> bool:
         o = call.options
@@ -656,6 +611,16 @@ class Supervisor:
 
         return judge
 
+    # --- the auto lane, when nothing of it needs the teacher ------------------------------------
+    def _auto_only(self, o: SupervisionOptions) -> bool:
+        """Whether the flow would run this call's auto lane with no teacher step, plugin or
+        random draw: no teacher and no lane that needs one, or the auto lane forced, not probed
+        and supervised at a rate of 1. Such a call runs in an :class:`_AutoSession`, without
+        the flow's driver (there is nothing to drive)."""
+        if self.teacher is None:
+            return o.lane not in ("paired", "coach")
+        return o.lane == "auto" and not o.always_probe and o.supervision_rate >= 1.0
+
     # --- drivers ---------------------------------------------------------------------------
     # Both drivers fail open for atlas's own errors too: if anything of atlas's raises while a
     # call is being driven (a span that cannot be made, a broken plugin hook, a bug), the agent's
@@ -670,17 +635,16 @@ class Supervisor:
     ) -> Any:
         agent = _AgentOutcome()
         try:
-
-            def invoke(step: Invoke) -> Any:
-                if step.guidance is None and no_guidance():
-                    return fn(*args, **kwargs)  # nothing to set or clear (the auto lane)
-                with use_guidance(step.guidance):
-                    return fn(*args, **kwargs)
-
             call = self._call(options, args, kwargs)
-            outcome = driver.run(self.flow(call), options, invoke, agent=agent)
+            if self._auto_only(options):
+                with _AutoSession(call, list(self.setup_failures), agent) as session:
+                    outcome = session.done(agent.returned(_invoke(fn, args, kwargs, _AUTO)))
+            else:
+                invoke = functools.partial(_invoke, fn, args, kwargs)
+                outcome = driver.run(self.flow(call), options, invoke, agent=agent)
             agent.final(outcome.result)
-            driver.submit(self.reward_job(outcome), options)
+            if self.reward is not None:
+                driver.submit(self.reward_job(outcome), options)
             return outcome.result
         except Exception as exc:
             if exc is agent.error:
@@ -697,23 +661,181 @@ class Supervisor:
     ) -> Any:
         agent = _AgentOutcome()
         try:
-
-            async def invoke(step: Invoke) -> Any:
-                if step.guidance is None and no_guidance():
-                    return await fn(*args, **kwargs)  # nothing to set or clear (the auto lane)
-                with use_guidance(step.guidance):
-                    return await fn(*args, **kwargs)
-
             call = self._call(options, args, kwargs)
-            outcome = await driver.arun(self.flow(call), options, invoke, agent=agent)
+            if self._auto_only(options):
+                async with _AutoSession(call, list(self.setup_failures), agent) as session:
+                    outcome = session.done(agent.returned(await _ainvoke(fn, args, kwargs, _AUTO)))
+            else:
+                invoke = functools.partial(_ainvoke, fn, args, kwargs)
+                outcome = await driver.arun(self.flow(call), options, invoke, agent=agent)
             agent.final(outcome.result)
-            await driver.asubmit(self.reward_job(outcome), options)
+            if self.reward is not None:
+                await driver.asubmit(self.reward_job(outcome), options)
             return outcome.result
         except Exception as exc:
             if exc is agent.error:
                 raise
             result = agent.recover(exc)
             return await fn(*args, **kwargs) if result is _RUN_AGENT else result
+
+
+def _invoke(fn: Callable[..., Any], args: Any, kwargs: Any, step: Invoke) -> Any:
+    """Run the agent with the step's guidance as the current guidance."""
+    guidance = step.guidance
+    if guidance is None and no_guidance():
+        return fn(*args, **kwargs)  # nothing to set or clear (the auto lane)
+    with use_guidance(guidance):
+        return fn(*args, **kwargs)
+
+
+async def _ainvoke(fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any, step: Invoke) -> Any:
+    """:func:`_invoke` for an async agent."""
+    guidance = step.guidance
+    if guidance is None and no_guidance():
+        return await fn(*args, **kwargs)
+    with use_guidance(guidance):
+        return await fn(*args, **kwargs)
+
+
+_AUTO = Invoke(None)  # the auto lane's one step
+_SessionT = TypeVar("_SessionT", bound="_Session")
+
+
+class _Session:
+    """The session one supervised call runs in, entered alike by the flow and by the auto lane
+    run without it: its root span (current while it runs), its usage tally (on the span when it
+    ends) and its handle (:func:`current_session` while it runs, :func:`last_session` after).
+    ``lane``: the lane when it is known before the span starts (then among its first
+    attributes). Like ``with (span, tally, handle):``, in one object: it is on every call's path."""
+
+    __slots__ = ("_active", "_span", "_usage", "call", "content", "failures", "lane", "root")
+
+    def __init__(self, call: Call, failures: list[str], lane: str | None = None) -> None:
+        self.call, self.failures, self.lane = call, failures, lane
+
+    def __enter__(self: _SessionT) -> _SessionT:
+        call = self.call
+        o = call.options
+        first: dict[str, Any] = {}
+        if self.failures:  # set-up failures, recorded even if the agent raises (the end updates it)
+            first[s.ATLAS_FAILURES] = self.failures
+        if call.reference is not None:
+            # Kept with the session so training can score guidance against it later.
+            first[s.ATLAS_REFERENCE] = call.reference
+        if self.lane is not None:
+            first[s.ATLAS_LANE] = self.lane
+        self.content = content = s.capture_content()  # once per call: span and final answer
+        self._span = span = s.session_span(
+            get_tracer(),
+            agent=o.agent,
+            session_id=call.session_id,
+            task=call.task,
+            learning_key=o.learning_key or o.agent,
+            parent=call.parent,
+            content=content,
+            extra=first,
+        )
+        self.root = root = span.__enter__()
+        try:
+            self._usage = tally = session_usage(lambda used: root.set_attributes(used.attributes()))
+            tally.__enter__()
+            try:
+                self._active = _activated(root, call, o.agent)
+                self._active.__enter__()
+            except BaseException:
+                tally.__exit__()
+                raise
+        except BaseException as exc:
+            span.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            try:
+                self._active.__exit__()
+            finally:
+                self._usage.__exit__()
+        except BaseException as failure:  # atlas's own: the span ends with it
+            self._span.__exit__(type(failure), failure, failure.__traceback__)
+            raise
+        self._span.__exit__(exc_type, exc, tb)
+
+    def read(self, result: Any) -> str:
+        """The answer text of the agent's ``result``."""
+        return (self.call.options.answer or answer_text)(result)
+
+    def close(
+        self, result: Any, answer: str, lane: str, guidance: str | None, retries: int
+    ) -> Outcome:
+        """The session's outcome. Its closing attributes go on the span in one call (one lock,
+        one pass), the final answer with them; ``atlas_session_end`` plugins hear of it first."""
+        call, root, failures = self.call, self.root, self.failures
+        closing: dict[str, Any] = {s.ATLAS_GUIDANCE: guidance} if guidance else {}
+        closing[s.ATLAS_RETRIES] = retries
+        if plugins.has_session_end():
+            o = call.options
+            _plugin(
+                failures,
+                "session_end plugin",
+                plugins.session_end,
+                plugins.SessionEnd(
+                    session_id=call.session_id,
+                    trace_id=format(root.get_span_context().trace_id, "032x"),
+                    agent=o.agent,
+                    learning_key=o.learning_key or o.agent,
+                    lane=lane,
+                    task=call.task,
+                    answer=answer,
+                    guidance=guidance,
+                    retries=retries,
+                    failures=tuple(failures),
+                ),
+            )
+        if failures:
+            closing[s.ATLAS_FAILURES] = failures
+        s.set_final_answer(root, answer, content=self.content, first=closing)
+        return Outcome(result, answer, root.get_span_context(), call)
+
+
+class _AutoSession(_Session):
+    """The flow's auto lane as one ``with`` block (see :meth:`Supervisor._auto_only`): the agent
+    runs inside the session, which ends as the flow's would. As the driver does, it keeps the
+    agent's exception (one raised before the agent returned is the agent's) and lets late usage
+    reports settle once the agent has run (at the block's end, before the tally goes on the span;
+    not after a BaseException)."""
+
+    __slots__ = ("agent",)
+
+    def __init__(self, call: Call, failures: list[str], agent: driver.AgentLog) -> None:
+        super().__init__(call, failures, "auto")
+        self.agent = agent
+
+    def done(self, result: Any) -> Outcome:
+        return self.close(result, self.read(result), "auto", None, 0)
+
+    def _ran(self, exc: BaseException | None) -> bool:
+        """Whether to settle: the agent ran to a result or an exception (kept as the agent's)."""
+        if exc is None:
+            return True
+        if not isinstance(exc, Exception):
+            return False
+        if not self.agent.ran:
+            self.agent.raised(exc)
+        return True
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._ran(exc):
+            usage.settle()  # usage reported late (litellm) joins this session
+        super().__exit__(exc_type, exc, tb)
+
+    async def __aenter__(self) -> _AutoSession:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._ran(exc):
+            await usage.asettle()
+        super().__exit__(exc_type, exc, tb)
 
 
 class _activated:

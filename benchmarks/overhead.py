@@ -83,7 +83,7 @@ def raw_span_path() -> tuple[Callable[[str], str], TracerProvider]:
 
 
 def session_span_path() -> tuple[Callable[[str], str], TracerProvider]:
-    """The span supervise emits, made by hand (``schema.session_span`` with the same 16
+    """The span supervise emits, made by hand (``schema.session_span`` with the same 14
     attributes: OpenInference mirrors included), on the raw span's pipeline: how much of
     supervise's cost is its span's content, and so the floor of any atlas session."""
     provider = TracerProvider(resource=Resource.create({"service.name": "bench-session"}))
@@ -212,7 +212,7 @@ def main() -> None:
     ratio_lf = sup / added["langfuse"][0] if "langfuse" in added else None
     labels = {
         "raw span": "raw OpenTelemetry SDK span (8 attributes, BatchSpanProcessor, dropping exporter)",
-        "session span": "supervise's session span made by hand (16 attributes), same pipeline",
+        "session span": "supervise's session span made by hand (14 attributes), same pipeline",
         "langfuse": f"Langfuse `@observe()` ({langfuse_note}, host unreachable)",
         "supervised": "`@atlas.supervise`, auto lane, reward off (dropping exporter)",
     }

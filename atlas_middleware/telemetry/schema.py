@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, Tracer
 
@@ -347,6 +348,7 @@ def session_span(
     new_trace: bool = True,
     content: bool | None = None,
     parent: SpanContext | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> _SessionSpan:
     """The root ``invoke_agent {agent}`` span of one supervised session (a context manager
     that yields the span).
@@ -354,7 +356,8 @@ def session_span(
     ``new_trace`` starts a fresh trace (one trace per session) even inside a caller's span; the
     caller's span is kept as a link so both views stay connected. ``parent`` continues a session
     that an earlier root span began (a graph resumed after an interrupt): the new root is its
-    child, in the same trace, so both parts make one session row.
+    child, in the same trace, so both parts make one session row. ``extra``: attributes the span
+    starts with after these (as if set on it first thing).
     """
     if content is None:
         content = capture_content()
@@ -368,25 +371,51 @@ def session_span(
             links.append(trace.Link(outer))
             context = trace.set_span_in_context(trace.INVALID_SPAN)
         # else: no span is current, so the default context already starts a new trace.
-    attributes = _clean(
-        {
-            GEN_AI_OPERATION_NAME: OP_INVOKE_AGENT,
-            GEN_AI_AGENT_NAME: agent,
-            GEN_AI_CONVERSATION_ID: conversation_id or session_id,
-            GEN_AI_REQUEST_MODEL: model,
-            GEN_AI_PROVIDER_NAME: provider,
-            ATLAS_SESSION_ID: session_id,
-            ATLAS_LEARNING_KEY: learning_key,
-            ATLAS_SPAN_ROLE: ROLE_SESSION,
-            ATLAS_TASK: task if content else None,
-            OPENINFERENCE_SPAN_KIND: OI_KIND_AGENT,
-            OI_SESSION_ID: session_id,
-            OI_INPUT_VALUE: task if content else None,
-        }
-    )
-    return _SessionSpan(
-        tracer.start_as_current_span(
-            session_span_name(agent),
+    # Built key by key rather than filtered (``_clean``): on every supervised call's path.
+    attributes: dict[str, Any] = {GEN_AI_OPERATION_NAME: OP_INVOKE_AGENT, GEN_AI_AGENT_NAME: agent}
+    attributes[GEN_AI_CONVERSATION_ID] = conversation_id or session_id
+    if model is not None:
+        attributes[GEN_AI_REQUEST_MODEL] = model
+    if provider is not None:
+        attributes[GEN_AI_PROVIDER_NAME] = provider
+    attributes[ATLAS_SESSION_ID] = session_id
+    if learning_key is not None:
+        attributes[ATLAS_LEARNING_KEY] = learning_key
+    attributes[ATLAS_SPAN_ROLE] = ROLE_SESSION
+    shown = task if content else None
+    if shown is not None:
+        attributes[ATLAS_TASK] = shown
+    attributes[OPENINFERENCE_SPAN_KIND] = OI_KIND_AGENT
+    attributes[OI_SESSION_ID] = session_id
+    if shown is not None:
+        attributes[OI_INPUT_VALUE] = shown
+    if extra:
+        attributes.update(extra)
+    return _SessionSpan(tracer, session_span_name(agent), context, attributes, links)
+
+
+class _SessionSpan:
+    """``start_as_current_span`` (the span current while the block runs, the exception recorded
+    and the status set to ERROR when it raises one, the span ended on exit), plus ``error.type``
+    on the span when the block raises. A class rather than the SDK's two generator-based context
+    managers: it is on every supervised call's path."""
+
+    __slots__ = ("_span", "_start", "_token")
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        name: str,
+        context: Any,
+        attributes: dict[str, Any],
+        links: list[trace.Link],
+    ) -> None:
+        self._start = (tracer, name, context, attributes, links)
+
+    def __enter__(self) -> Span:
+        tracer, name, context, attributes, links = self._start
+        span = tracer.start_span(
+            name,
             context=context,
             kind=SpanKind.INTERNAL,
             attributes=attributes,
@@ -394,31 +423,36 @@ def session_span(
             record_exception=True,
             set_status_on_exception=True,
         )
-    )
-
-
-class _SessionSpan:
-    """``start_as_current_span``'s context manager, plus ``error.type`` on the span when the
-    block raises. (A class rather than a generator: it is on every supervised call's path.)"""
-
-    __slots__ = ("_inner", "_span")
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __enter__(self) -> Span:
-        span: Span = self._inner.__enter__()
         self._span = span
+        self._token = otel_context.attach(trace.set_span_in_context(span))
         return span
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
-        if exc_type is not None:
-            self._span.set_attribute(ERROR_TYPE, exc_type.__qualname__)
-        return self._inner.__exit__(exc_type, exc, tb)
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        span = self._span
+        try:
+            if exc_type is not None:
+                span.set_attribute(ERROR_TYPE, exc_type.__qualname__)
+            otel_context.detach(self._token)
+            # Only exceptions proper: GeneratorExit (a closed flow) and the like are no errors.
+            if isinstance(exc, Exception) and span.is_recording():
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        finally:
+            span.end()
 
 
-def set_final_answer(span: Span, answer: Any, *, content: bool | None = None) -> None:
+def set_final_answer(
+    span: Span,
+    answer: Any,
+    *,
+    content: bool | None = None,
+    first: Mapping[str, Any] | None = None,
+) -> None:
+    """The session's final answer on ``span`` (unless content capture is off), with ``first``
+    set in the same call, before it (one lock, one pass)."""
     attributes = final_answer_attributes(answer, content=content)
+    if first:
+        attributes = {**first, **attributes}
     if attributes:
         span.set_attributes(attributes)
 

@@ -182,6 +182,9 @@ async def _learn(args: argparse.Namespace, kinds: tuple[str, ...]) -> int:
             await trained.aclose()
             result_path.write_text(json.dumps(report, indent=2) + "\n")
             done("eval", started)
+        curve_path = out / "curve.json"
+        if args.curve and not curve_path.exists():
+            await _curve(out, test[: args.curve_tasks], model)
         public_path = out / "public.json"
         if args.public is not None and not public_path.exists():
             _say(f"public word problems: {args.public}")
@@ -193,9 +196,6 @@ async def _learn(args: argparse.Namespace, kinds: tuple[str, ...]) -> int:
             report["source"] = str(args.public)
             public_path.write_text(json.dumps(report, indent=2) + "\n")
             done("public", started)
-        curve_path = out / "curve.json"
-        if args.curve and not curve_path.exists():
-            await _curve(out, test[: args.curve_tasks], model)
         summary = _summary(out)
         (out / "learning.md").write_text(summary)
         _plot(out)
@@ -301,30 +301,46 @@ def _agreement(verdicts: list[bool], truth: list[bool]) -> dict[str, Any]:
 
 
 async def _curve(out: Path, test: list[Any], student: Any) -> None:
-    """Held-out accuracy of the trained teacher after each epoch (the learning curve)."""
+    """Held-out accuracy of the trained teacher after each epoch on ``test`` (the learning curve):
+    the base teacher at 0 minutes and the last epoch (the final adapter) come from eval.json's
+    outcomes on the same tasks; each earlier epoch's adapter is evaluated here."""
+    from atlas_middleware.evaluate import WITH_TRAINED, Condition, run_eval
     from atlas_middleware.models import LocalHFModel
 
     checkpoints = json.loads((out / "checkpoints.json").read_text())
     base = json.loads((out / "eval.json").read_text())
     ids = {t.id for t in test}
-    at_start = [
-        o["correct"]
-        for o in base["outcomes"]
-        if o["condition"] == "student + teacher" and o["task_id"] in ids
-    ]
-    points = [{"minutes": 0.0, "accuracy": sum(at_start) / len(at_start), "tasks": len(test)}]
+
+    def accuracy(condition: str) -> float:
+        kept = [
+            o["correct"]
+            for o in base["outcomes"]
+            if o["condition"] == condition and o["task_id"] in ids
+        ]
+        return sum(kept) / len(kept)
+
+    points = [{"minutes": 0.0, "accuracy": accuracy("student + teacher"), "tasks": len(test)}]
     for point in checkpoints:
-        _say(f"curve: epoch {point['epoch']}")
-        teacher = LocalHFModel(out / point["folder"], name=point["folder"])
-        result = await _evaluate(
-            test, student, None, teacher, out / f"curve-{point['epoch']}.db", hint=False
-        )
-        await teacher.aclose()
-        trained = next(s for s in result["stats"] if s["condition"] == "student + trained teacher")
+        if point is checkpoints[-1]:
+            value = accuracy(WITH_TRAINED)  # the final adapter is the last epoch's weights
+        else:
+            _say(f"curve: epoch {point['epoch']} on {len(test)} test tasks")
+            teacher = LocalHFModel(out / point["folder"], name=point["folder"])
+            report = await run_eval(
+                test,
+                student=student,
+                conditions=[Condition(WITH_TRAINED, teacher, "coach")],
+                store_url="sqlite:///" + str(out / f"curve-{point['epoch']}.db"),
+                agent="learn-curve",
+                teacher_timeout_s=300.0,
+                teacher_max_tokens=64,
+            )
+            await teacher.aclose()
+            value = report.stats[0].accuracy
         points.append(
             {
                 "minutes": point["seconds"] / 60,
-                "accuracy": trained["accuracy"],
+                "accuracy": value,
                 "tasks": len(test),
                 "epoch": point["epoch"],
             }

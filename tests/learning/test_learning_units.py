@@ -69,3 +69,83 @@ def test_verdicts_are_balanced_and_hints_become_demonstrations():
     demos = hint_examples(word_problems("train", 5, seed=0))
     assert [d.target for d in demos] == [t.metadata["hint"] for t in word_problems("train", 5)]
     assert demos[0].messages()[-1] == {"role": "assistant", "content": demos[0].target}
+
+
+def _result(correct: dict[str, list[bool]]) -> dict:
+    stats = []
+    outcomes = []
+    for condition, marks in correct.items():
+        n = len(marks)
+        stats.append(
+            {
+                "condition": condition,
+                "tasks": n,
+                "accuracy": sum(marks) / n,
+                "ci_low": 0.0,
+                "ci_high": 1.0,
+            }
+        )
+        outcomes += [
+            {"task_id": f"t{i}", "condition": condition, "correct": m} for i, m in enumerate(marks)
+        ]
+    agreement = {"agreement": 0.9, "valid_on_right": 0.5, "invalid_on_wrong": 1.0, "balanced": 0.75}
+    return {
+        "stats": stats,
+        "outcomes": outcomes,
+        "markdown": "| table |",
+        "seconds": 10.0,
+        "tasks_per_second": 1.0,
+        "validation": {
+            "student + trained teacher": {
+                "verdict": dict(agreement, agreement=0.2),
+                "compute": agreement,
+            }
+        },
+    }
+
+
+def test_the_summary_has_the_test_split_public_set_and_curve(tmp_path):
+    import json
+
+    from atlas_middleware.cli.learn import _plot, _summary
+
+    alone = [False] * 8 + [True] * 2
+    trained = [True] * 6 + [False] * 2 + [True] * 2
+    (tmp_path / "eval.json").write_text(
+        json.dumps(
+            _result(
+                {"student": alone, "student + teacher": alone, "student + trained teacher": trained}
+            )
+        )
+    )
+    (tmp_path / "public.json").write_text(
+        json.dumps(
+            dict(
+                _result({"student": alone, "student + trained teacher": alone}),
+                source="svamp.jsonl",
+            )
+        )
+    )
+    (tmp_path / "curve.json").write_text(
+        json.dumps(
+            [
+                {"minutes": 0.0, "accuracy": 0.2, "tasks": 10},
+                {"minutes": 5.0, "accuracy": 0.8, "tasks": 10, "epoch": 1},
+            ]
+        )
+    )
+    text = _summary(tmp_path)
+    assert (
+        text.index("## Test split")
+        < text.index("## Public word problems (svamp.jsonl)")
+        < text.index("## Learning curve")
+    )
+    # The paired difference on the same tasks: +6 of 10 fixed, none lost.
+    assert "| student + trained teacher vs student | +60.0% |" in text
+    assert "| student + trained teacher vs student + teacher | +60.0% |" in text
+    assert "| student + trained teacher | compute | 90.0% | 50.0% | 100.0% | 75.0% |" in text
+    assert "| student + trained teacher | verdict | 20.0% |" in text
+    assert "| 5.0 | 1 | 80.0% | 10 |" in text
+    _plot(tmp_path)
+    assert (tmp_path / "learning.png").stat().st_size > 1000
+    assert (tmp_path / "learning-curve.png").stat().st_size > 1000

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from atlas_middleware.telemetry import schema as s
 
@@ -48,16 +48,40 @@ class Part:
         return self.unknown == 0 and (self.calls > 0 or not required)
 
 
-@dataclass(slots=True)
+_NO_PENDING: tuple[Pending, ...] = ()
+
+
 class SessionUsage:
-    student: Part = field(default_factory=Part)
-    teacher: Part = field(default_factory=Part)
-    model: str | None = None  # the first model the student called
-    _pending: list[Pending] = field(default_factory=list)
+    """One session's tally. Its parts and its pending list are made on first use: most sessions
+    see no model call that atlas counts (a plain class with slots: it is made on every
+    supervised call)."""
+
+    __slots__ = ("_pending", "_student", "_teacher", "model")
+
+    def __init__(self) -> None:
+        self._student: Part | None = None
+        self._teacher: Part | None = None
+        self.model: str | None = None  # the first model the student called
+        self._pending: list[Pending] | tuple[Pending, ...] = _NO_PENDING
+
+    @property
+    def student(self) -> Part:
+        part = self._student
+        if part is None:
+            part = self._student = Part()
+        return part
+
+    @property
+    def teacher(self) -> Part:
+        part = self._teacher
+        if part is None:
+            part = self._teacher = Part()
+        return part
 
     @property
     def calls(self) -> int:
-        return self.student.calls + self.teacher.calls
+        student, teacher = self._student, self._teacher
+        return (0 if student is None else student.calls) + (0 if teacher is None else teacher.calls)
 
     @property
     def input_tokens(self) -> int:
@@ -213,7 +237,10 @@ def expect() -> Pending | None:
     except RuntimeError:
         loop = None
     pending = Pending(tally, current_role()[0], loop)
-    tally._pending.append(pending)
+    if isinstance(tally._pending, list):
+        tally._pending.append(pending)
+    else:
+        tally._pending = [pending]
     return pending
 
 
@@ -229,7 +256,7 @@ def _give_up(tally: SessionUsage | None) -> None:
         return
     for pending in tally._pending:
         pending.count(None, None)  # never reported: that part of the session is unknown
-    tally._pending.clear()
+    tally._pending = _NO_PENDING
 
 
 def settle(timeout: float = SETTLE_TIMEOUT_S) -> None:

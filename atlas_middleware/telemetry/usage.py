@@ -164,16 +164,28 @@ class session_usage:  # lower-case: used like contextlib's context managers
 
     def __enter__(self) -> SessionUsage:
         self._tally = tally = SessionUsage()
-        self._token = _current.set(tally)
+        self._token = open_tally(tally)
         return tally
 
     def __exit__(self, *exc: object) -> None:
         tally = self._tally
-        _current.reset(self._token)
-        if tally._pending:
-            _give_up(tally)  # calls still unreported now are unknown, not free
-        if self._on_end is not None and tally.calls:
+        if close_tally(tally, self._token) and self._on_end is not None:
             self._on_end(tally)
+
+
+def open_tally(tally: SessionUsage) -> contextvars.Token[SessionUsage | None]:
+    """:class:`session_usage`'s entry, for a caller that keeps the tally itself (a supervised
+    session: one object less on every call): model calls made here count in ``tally``."""
+    return _current.set(tally)
+
+
+def close_tally(tally: SessionUsage, token: contextvars.Token[SessionUsage | None]) -> bool:
+    """:class:`session_usage`'s exit, for :func:`open_tally`'s token: whether a call was counted
+    (then the tally has attributes to record)."""
+    _current.reset(token)
+    if tally._pending:
+        _give_up(tally)  # calls still unreported now are unknown, not free
+    return tally.calls > 0
 
 
 @contextmanager

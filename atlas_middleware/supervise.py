@@ -39,7 +39,6 @@ from atlas_middleware.rim.judges import reference_match
 from atlas_middleware.teacher import Teacher, Validation, Verdict
 from atlas_middleware.telemetry import get_tracer, usage
 from atlas_middleware.telemetry import schema as s
-from atlas_middleware.telemetry.usage import session_usage
 
 log = logging.getLogger("atlas")
 P = ParamSpec("P")
@@ -708,7 +707,18 @@ class _Session:
     ``lane``: the lane when it is known before the span starts (then among its first
     attributes). Like ``with (span, tally, handle):``, in one object: it is on every call's path."""
 
-    __slots__ = ("_active", "_span", "_usage", "call", "content", "failures", "lane", "root")
+    __slots__ = (
+        "_active",
+        "_span",
+        "_usage",
+        "_usage_token",
+        "call",
+        "content",
+        "failures",
+        "handle",
+        "lane",
+        "root",
+    )
 
     def __init__(self, call: Call, failures: list[str], lane: str | None = None) -> None:
         self.call, self.failures, self.lane = call, failures, lane
@@ -737,25 +747,49 @@ class _Session:
         )
         self.root = root = span.__enter__()
         try:
-            self._usage = tally = session_usage(lambda used: root.set_attributes(used.attributes()))
-            tally.__enter__()
+            # The usage tally (on the span when the session ends, if a call was counted), then
+            # the handle (current_session() while it runs, last_session() after): kept here
+            # rather than in two context managers of their own, as this is every call's path.
+            self._usage = tally = usage.SessionUsage()
+            self._usage_token = usage.open_tally(tally)
             try:
-                self._active = _activated(root, call, o.agent)
-                self._active.__enter__()
+                context = root.get_span_context()
+                self.handle = handle = SessionHandle(
+                    call.session_id,
+                    format(context.trace_id, "032x"),
+                    format(context.span_id, "016x"),
+                    o.agent,
+                )
+                _remember(handle)
+                self._active = _active.set(handle)
             except BaseException:
-                tally.__exit__()
+                self._close_usage()
                 raise
         except BaseException as exc:
             span.__exit__(type(exc), exc, exc.__traceback__)
             raise
         return self
 
+    def _close_usage(self) -> None:
+        tally = self._usage
+        if usage.close_tally(tally, self._usage_token):
+            self.root.set_attributes(tally.attributes())
+
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
             try:
-                self._active.__exit__()
+                handle = self.handle
+                # A stream abandoned mid-run may be closed from another context (by the GC):
+                # the session still ends, only the variable cannot be reset there.
+                # (Not contextlib.suppress: this is on every call's path.)
+                try:  # noqa: SIM105
+                    _active.reset(self._active)
+                except ValueError:
+                    pass
+                _last.set(handle)
+                _last_in_thread.handle = handle
             finally:
-                self._usage.__exit__()
+                self._close_usage()
         except BaseException as failure:  # atlas's own: the span ends with it
             self._span.__exit__(type(failure), failure, failure.__traceback__)
             raise
@@ -836,37 +870,6 @@ class _AutoSession(_Session):
         if self._ran(exc):
             await usage.asettle()
         super().__exit__(exc_type, exc, tb)
-
-
-class _activated:
-    """The session as :func:`current_session` while it runs and :func:`last_session` after."""
-
-    __slots__ = ("handle", "token")
-
-    def __init__(self, root: Any, call: Call, agent: str) -> None:
-        context = root.get_span_context()
-        self.handle = SessionHandle(
-            call.session_id,
-            format(context.trace_id, "032x"),
-            format(context.span_id, "016x"),
-            agent,
-        )
-
-    def __enter__(self) -> SessionHandle:
-        _remember(self.handle)
-        self.token = _active.set(self.handle)
-        return self.handle
-
-    def __exit__(self, *exc: object) -> None:
-        # A stream abandoned mid-run may be closed from another context (by the GC): the
-        # session still ends, only the variable cannot be reset there.
-        # (Not contextlib.suppress: this is on every call's path.)
-        try:  # noqa: SIM105
-            _active.reset(self.token)
-        except ValueError:
-            pass
-        _last.set(self.handle)
-        _last_in_thread.handle = self.handle
 
 
 _NOTHING: Any = object()

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from atlas_middleware.telemetry import schema as s
 
@@ -48,16 +48,40 @@ class Part:
         return self.unknown == 0 and (self.calls > 0 or not required)
 
 
-@dataclass(slots=True)
+_NO_PENDING: tuple[Pending, ...] = ()
+
+
 class SessionUsage:
-    student: Part = field(default_factory=Part)
-    teacher: Part = field(default_factory=Part)
-    model: str | None = None  # the first model the student called
-    _pending: list[Pending] = field(default_factory=list)
+    """One session's tally. Its parts and its pending list are made on first use: most sessions
+    see no model call that atlas counts (a plain class with slots: it is made on every
+    supervised call)."""
+
+    __slots__ = ("_pending", "_student", "_teacher", "model")
+
+    def __init__(self) -> None:
+        self._student: Part | None = None
+        self._teacher: Part | None = None
+        self.model: str | None = None  # the first model the student called
+        self._pending: list[Pending] | tuple[Pending, ...] = _NO_PENDING
+
+    @property
+    def student(self) -> Part:
+        part = self._student
+        if part is None:
+            part = self._student = Part()
+        return part
+
+    @property
+    def teacher(self) -> Part:
+        part = self._teacher
+        if part is None:
+            part = self._teacher = Part()
+        return part
 
     @property
     def calls(self) -> int:
-        return self.student.calls + self.teacher.calls
+        student, teacher = self._student, self._teacher
+        return (0 if student is None else student.calls) + (0 if teacher is None else teacher.calls)
 
     @property
     def input_tokens(self) -> int:
@@ -140,16 +164,28 @@ class session_usage:  # lower-case: used like contextlib's context managers
 
     def __enter__(self) -> SessionUsage:
         self._tally = tally = SessionUsage()
-        self._token = _current.set(tally)
+        self._token = open_tally(tally)
         return tally
 
     def __exit__(self, *exc: object) -> None:
         tally = self._tally
-        _current.reset(self._token)
-        if tally._pending:
-            _give_up(tally)  # calls still unreported now are unknown, not free
-        if self._on_end is not None and tally.calls:
+        if close_tally(tally, self._token) and self._on_end is not None:
             self._on_end(tally)
+
+
+def open_tally(tally: SessionUsage) -> contextvars.Token[SessionUsage | None]:
+    """:class:`session_usage`'s entry, for a caller that keeps the tally itself (a supervised
+    session: one object less on every call): model calls made here count in ``tally``."""
+    return _current.set(tally)
+
+
+def close_tally(tally: SessionUsage, token: contextvars.Token[SessionUsage | None]) -> bool:
+    """:class:`session_usage`'s exit, for :func:`open_tally`'s token: whether a call was counted
+    (then the tally has attributes to record)."""
+    _current.reset(token)
+    if tally._pending:
+        _give_up(tally)  # calls still unreported now are unknown, not free
+    return tally.calls > 0
 
 
 @contextmanager
@@ -213,7 +249,10 @@ def expect() -> Pending | None:
     except RuntimeError:
         loop = None
     pending = Pending(tally, current_role()[0], loop)
-    tally._pending.append(pending)
+    if isinstance(tally._pending, list):
+        tally._pending.append(pending)
+    else:
+        tally._pending = [pending]
     return pending
 
 
@@ -229,7 +268,7 @@ def _give_up(tally: SessionUsage | None) -> None:
         return
     for pending in tally._pending:
         pending.count(None, None)  # never reported: that part of the session is unknown
-    tally._pending.clear()
+    tally._pending = _NO_PENDING
 
 
 def settle(timeout: float = SETTLE_TIMEOUT_S) -> None:

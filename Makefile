@@ -11,11 +11,12 @@ quickstart:
 	@scripts/bootstrap.sh quickstart
 	$(PY) -m atlas_middleware.cli quickstart $(QUICKSTART_ARGS)
 
-# Generate tasks, train the teacher (LoRA SFT warm-up) and evaluate it held out; resumable
-# (rerun to continue). docs/learning.md.
+# Generate tasks, train the teacher (LoRA SFT warm-up), evaluate it held out and draw the
+# learning curve; resumable (rerun to continue). ~80 minutes on 2 cores. docs/learning.md.
+# LEARNING_ARGS="--public svamp.jsonl" adds public word problems (atlas tasks import).
 learning:
 	@scripts/bootstrap.sh quickstart
-	nice -n 10 $(PY) -m atlas_middleware.cli learn --out atlas-learn $(LEARNING_ARGS)
+	nice -n 10 $(PY) -m atlas_middleware.cli learn --out atlas-learn --curve $(LEARNING_ARGS)
 
 test:
 	@scripts/bootstrap.sh dev

@@ -28,11 +28,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "when present: rerun the same command to resume.",
     )
     parser.add_argument("--out", type=Path, default=Path("atlas-learn"), help="run folder")
-    parser.add_argument("--train", type=parse_positive_int, default=200, help="train tasks")
+    parser.add_argument("--train", type=parse_positive_int, default=600, help="train tasks")
     parser.add_argument("--test", type=parse_positive_int, default=300, help="test tasks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--samples", type=int, default=2, help="guidances sampled per wrong train task"
+        "--samples", type=int, default=1, help="guidances sampled per wrong train task"
     )
     parser.add_argument("--epochs", type=parse_positive_int, default=2)
     parser.add_argument("--no-hints", action="store_true", help="no expert demonstrations")

@@ -49,7 +49,7 @@ class WorldServer:
                     number = server.received
                 if server.hold_after is not None and number > server.hold_after:
                     server.held.set()
-                    server.release.wait(60)
+                    server.release.wait(240)
                     with contextlib.suppress(OSError):  # the client is gone by now
                         self.send_error(503)
                     return
@@ -85,13 +85,13 @@ class WorldServer:
         self.httpd.server_close()
 
 
-def command(tasks, out, url) -> list[str]:
+def command(tasks, out, url, timeout: str = "30s") -> list[str]:
     spec = "openai-compatible:" + url + "|{}"
     return [
         sys.executable, "-m", "atlas_middleware.cli", "optimize",
         "--tasks", str(tasks), "--out", str(out), "--max-calls", "150", "--judges", "accuracy",
         "--student", spec.format("student"), "--teacher", spec.format("teacher"),
-        "--reflection", spec.format("reflector"), "--timeout", "30s", "--json",
+        "--reflection", spec.format("reflector"), "--timeout", timeout, "--json",
     ]  # fmt: skip
 
 
@@ -105,8 +105,10 @@ def test_sigint_mid_run_then_the_same_command_resumes(tmp_path):
     env = {**os.environ, "COLUMNS": "120"}
 
     with WorldServer(hold_after=9) as server:
+        # The held call must outlast the interrupt's delivery on a starved machine (a run there
+        # once took 2 minutes for 8 calls): its timeout is far beyond the SIGINT's path.
         proc = subprocess.Popen(
-            command(tasks, out, server.url),
+            command(tasks, out, server.url, timeout="180s"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )  # fmt: skip
         try:
@@ -127,7 +129,11 @@ def test_sigint_mid_run_then_the_same_command_resumes(tmp_path):
     # The same endpoint again (the model specs are part of what a run is resumed with).
     with WorldServer(port=port) as server:
         done = subprocess.run(
-            command(tasks, out, server.url), capture_output=True, text=True, env=env, timeout=600
+            command(tasks, out, server.url, timeout="180s"),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
         )
         second_answered = server.answered
     assert done.returncode == 0, done.stderr

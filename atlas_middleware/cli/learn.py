@@ -13,6 +13,10 @@ from typing import Any
 from atlas_middleware.cli.common import UsageError, parse_positive_int
 
 STAGES = ("tasks", "warmup", "sft", "eval")
+# Every evaluation of a run (the table, the curve, the public set): a loaded CPU must not make the
+# teacher miss its deadline, and its replies are capped as in training.
+_TEACHER_TIMEOUT_S = 300.0
+_TEACHER_MAX_TOKENS = 64
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -241,8 +245,8 @@ async def _evaluate(
         conditions=conditions,
         store_url=f"sqlite:///{db}",
         agent="learn",
-        teacher_timeout_s=300.0,
-        teacher_max_tokens=64,
+        teacher_timeout_s=_TEACHER_TIMEOUT_S,
+        teacher_max_tokens=_TEACHER_MAX_TOKENS,
         on_outcome=progress,
     )
     seconds = time.perf_counter() - started
@@ -332,8 +336,8 @@ async def _curve(out: Path, test: list[Any], student: Any) -> None:
                 conditions=[Condition(WITH_TRAINED, teacher, "coach")],
                 store_url="sqlite:///" + str(out / f"curve-{point['epoch']}.db"),
                 agent="learn-curve",
-                teacher_timeout_s=300.0,
-                teacher_max_tokens=64,
+                teacher_timeout_s=_TEACHER_TIMEOUT_S,
+                teacher_max_tokens=_TEACHER_MAX_TOKENS,
             )
             await teacher.aclose()
             value = report.stats[0].accuracy

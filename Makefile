@@ -11,12 +11,13 @@ quickstart:
 	@scripts/bootstrap.sh quickstart
 	$(PY) -m atlas_middleware.cli quickstart $(QUICKSTART_ARGS)
 
-# Generate tasks, train the teacher (LoRA SFT warm-up), evaluate it held out and draw the
-# learning curve; resumable (rerun to continue). ~80 minutes on 2 cores. docs/learning.md.
+# Generate tasks, train the teacher (LoRA SFT warm-up, then GRPO), evaluate it held out and draw
+# the learning curve; resumable (rerun to continue). docs/learning.md has the measured time.
 # LEARNING_ARGS="--public svamp.jsonl" adds public word problems (atlas tasks import).
 learning:
 	@scripts/bootstrap.sh quickstart
-	nice -n 10 $(PY) -m atlas_middleware.cli learn --out atlas-learn --curve $(LEARNING_ARGS)
+	@scripts/bootstrap.sh vllm
+	nice -n 10 $(PY) -m atlas_middleware.cli learn --out atlas-learn --curve --grpo-steps 60 $(LEARNING_ARGS)
 
 test:
 	@scripts/bootstrap.sh dev

@@ -157,8 +157,9 @@ class TeacherSettings(ModelSettings):
     breaker_cooldown_s: Seconds = 30.0
     # How the teacher checks an answer: "verdict" asks it for VALID / INVALID; "compute" computes
     # the calculation its guidance names and compares the final number (for small teachers that
-    # plan well but cannot do the arithmetic, e.g. one trained by `atlas learn`).
-    validation: Literal["verdict", "compute"] = "verdict"
+    # plan well but cannot do the arithmetic, e.g. one trained by `atlas learn`); "auto": compute
+    # for a teacher `atlas learn` trained (the embedded default), verdict for any other.
+    validation: Literal["auto", "verdict", "compute"] = "auto"
 
 
 class LaneSettings(_Section):

@@ -313,7 +313,7 @@ class Supervisor:
         probe_max_tokens: int = 50,
         teacher_max_tokens: int = 160,
         teacher_temperature: float = 0.0,
-        teacher_validation: Validation = "verdict",
+        teacher_validation: Validation = "auto",
         store_url: str | None = None,
         prompts: TeacherPrompts | None = None,
         setup_failures: list[str] | None = None,
@@ -509,12 +509,15 @@ class Supervisor:
                     step_timeout("validate", o),
                     needs_teacher=self._validates_with_teacher(call),
                 )
-                if (
-                    not failed(verdict)
-                    and not verdict.valid
-                    and lane == "paired"
-                    and o.max_retries > 0
-                ):
+                checked = not failed(verdict)
+                if checked:
+                    root.set_attributes(
+                        {
+                            s.ATLAS_VALIDATION_VALID: verdict.valid,
+                            s.ATLAS_VALIDATION_SOURCE: verdict.source,
+                        }
+                    )
+                if checked and not verdict.valid and lane == "paired" and o.max_retries > 0:
                     assert teacher is not None
                     value = yield from gate.ask(
                         "guidance",
@@ -1173,9 +1176,9 @@ def build_supervisor(
     teacher_model: ChatModel | None = None
     try:
         if teacher is not None:
-            teacher_model = _resolve_model(teacher)
+            teacher_model = _resolve_teacher(teacher)
         elif not defaults_only:
-            teacher_model = model_from_settings(cfg.teacher)
+            teacher_model = model_from_settings(cfg.teacher, teacher=True)
     except Exception as exc:
         setup.append(_setup_failure("teacher", exc, "no teacher: calls run the auto lane"))
     defaults = {
@@ -1209,7 +1212,7 @@ def build_supervisor(
             small = (
                 model_from_settings(cfg.teacher, rim.small_model)
                 if rim.small_model
-                else teacher_model
+                else judge_model(teacher_model)
             )
             large = model_from_settings(cfg.teacher, rim.large_model) if rim.large_model else None
             if small is not None:  # no judge model: the teacher's failure is already reported
@@ -1248,6 +1251,13 @@ def configure_telemetry(cfg: Any) -> list[str]:
 
 
 REMOTE_TEACHER_BUDGET_S = 8.0
+
+
+def judge_model(teacher: ChatModel | None) -> ChatModel | None:
+    """The model the sessions' judges use when the config names none: the teacher's, except for
+    a trained teacher whose adapter learned guidance only (it offers its base model)."""
+    base = getattr(teacher, "judge_model", None)
+    return base() if callable(base) else teacher
 
 
 def default_teacher_budget(teacher: ChatModel | None) -> float | None:
@@ -1308,9 +1318,9 @@ def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
         return None
 
 
-def _resolve_model(model: ChatModel | str | None) -> ChatModel | None:
+def _resolve_teacher(model: ChatModel | str | None) -> ChatModel | None:
     if model is None or isinstance(model, ChatModel):
         return model
     from atlas_middleware.models import build_model  # lazy: backends import heavy libraries
 
-    return build_model(model)
+    return build_model(model, teacher=True)

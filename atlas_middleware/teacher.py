@@ -36,9 +36,11 @@ __all__ = [
 
 # How the teacher validates an answer: "verdict" asks it for VALID / INVALID; "compute" asks it
 # for the computation the task needs (its guidance) and compares the student's final number with
-# what that computation gives, so a small teacher that can plan but not add still checks well.
-Validation = Literal["verdict", "compute"]
-VALIDATIONS: tuple[str, ...] = ("verdict", "compute")
+# what that computation gives, so a small teacher that can plan but not add still checks well;
+# "auto" follows the teacher model (``ChatModel.validation``: "compute" for a teacher `atlas
+# learn` trained, else "verdict").
+Validation = Literal["auto", "verdict", "compute"]
+VALIDATIONS: tuple[str, ...] = ("auto", "verdict", "compute")
 
 _NUMBER = r"(\d+(?:\.\d+)?|\.\d+)"
 # "Confidence: 0.9", "confidence is 90%", "Confidence = 8/10", "my confidence level: 0.7".
@@ -162,14 +164,16 @@ class Teacher:
         probe_max_tokens: int = 50,
         guidance_max_tokens: int = 160,
         temperature: float = 0.0,
-        validation: Validation = "verdict",
+        validation: Validation = "auto",
     ):
         if validation not in VALIDATIONS:
             raise ValueError(
                 f"validation must be one of {', '.join(VALIDATIONS)}, got {validation!r}"
             )
         self.model = model
-        self.validation = validation
+        if validation == "auto":
+            validation = "compute" if getattr(model, "validation", None) == "compute" else "verdict"
+        self.validation: Validation = validation
         self.prompts = prompts or DEFAULT_PROMPTS
         self.probe_max_tokens = probe_max_tokens
         self.guidance_max_tokens = guidance_max_tokens

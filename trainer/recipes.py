@@ -45,7 +45,7 @@ _DATA_KEYS = {
     "dedupe_tasks",
     "require_guidance",
 }
-_STUDENT_KEYS = {"max_tokens", "concurrency", "system"}
+_STUDENT_KEYS = {"max_tokens", "concurrency", "system", "guidance_in"}
 
 
 class RecipeError(ValueError):

@@ -37,7 +37,7 @@ from typing import Any
 
 from atlas_middleware.trainer.reward import StudentAnswer
 
-from atlas_middleware.guidance import use_guidance, with_guidance
+from atlas_middleware.guidance import rendered_guidance, use_guidance, with_guidance
 from atlas_middleware.models.base import ChatMessage, ChatModel
 
 __all__ = [
@@ -54,12 +54,24 @@ log = logging.getLogger("atlas.train")
 STUDENT_SYSTEM = "Solve the task. End with the final answer."
 
 
-def student_messages(task: str, guidance: str | None, system: str | None = STUDENT_SYSTEM):
+def student_messages(
+    task: str,
+    guidance: str | None,
+    system: str | None = STUDENT_SYSTEM,
+    guidance_in: str = "system",
+):
+    """The student's conversation. ``guidance_in="system"``: the guidance reaches it as a
+    supervised agent's system prompt does (``with_guidance``); ``"user"``: after the task in the
+    user turn, as ``atlas eval``'s and ``atlas learn``'s student reads it."""
     messages: list[dict[str, Any]] = []
     if system:
         messages.append({"role": "system", "content": system})
-    messages.append({"role": "user", "content": task})
     with use_guidance(guidance, task=task):
+        if guidance_in == "user":
+            text = rendered_guidance()
+            messages.append({"role": "user", "content": f"{task}\n\n{text}" if text else task})
+            return messages
+        messages.append({"role": "user", "content": task})
         return with_guidance(messages)
 
 
@@ -78,19 +90,22 @@ class ChatModelStudent:
         temperature: float = 0.0,
         concurrency: int = 16,
         system: str | None = STUDENT_SYSTEM,
+        guidance_in: str = "system",
     ) -> None:
         self.model = model
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.concurrency = concurrency
         self.system = system
+        self.guidance_in = guidance_in
         self.generated_tokens = 0
 
     def answer(self, tasks: Sequence[str], guidance: Sequence[str | None]) -> list[StudentAnswer]:
         from atlas_middleware.portal import get_portal
 
         conversations = [
-            student_messages(t, g, self.system) for t, g in zip(tasks, guidance, strict=True)
+            student_messages(t, g, self.system, self.guidance_in)
+            for t, g in zip(tasks, guidance, strict=True)
         ]
 
         async def run() -> list[StudentAnswer]:
@@ -131,6 +146,7 @@ class TransformersStudent:
         batch_size: int = 16,
         system: str | None = STUDENT_SYSTEM,
         dtype: str = "float32",
+        guidance_in: str = "system",
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -148,6 +164,7 @@ class TransformersStudent:
         self.max_tokens = max_tokens
         self.batch_size = batch_size
         self.system = system
+        self.guidance_in = guidance_in
         self.generated_tokens = 0
 
     def answer(self, tasks: Sequence[str], guidance: Sequence[str | None]) -> list[StudentAnswer]:
@@ -155,7 +172,9 @@ class TransformersStudent:
 
         prompts = [
             self.tokenizer.apply_chat_template(
-                student_messages(t, g, self.system), tokenize=False, add_generation_prompt=True
+                student_messages(t, g, self.system, self.guidance_in),
+                tokenize=False,
+                add_generation_prompt=True,
             )
             for t, g in zip(tasks, guidance, strict=True)
         ]
@@ -363,6 +382,7 @@ class VLLMEngineStudent:
         max_tokens: int = 128,
         temperature: float = 0.0,
         system: str | None = STUDENT_SYSTEM,
+        guidance_in: str = "system",
         python: str | None = None,
         dtype: str = "bfloat16",
         max_model_len: int = 1024,
@@ -382,6 +402,7 @@ class VLLMEngineStudent:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.system = system
+        self.guidance_in = guidance_in
         self.python = vllm_python(python)
         self.dtype = dtype
         self.max_model_len = max_model_len
@@ -457,7 +478,8 @@ class VLLMEngineStudent:
 
     def answer(self, tasks: Sequence[str], guidance: Sequence[str | None]) -> list[StudentAnswer]:
         conversations = [
-            student_messages(t, g, self.system) for t, g in zip(tasks, guidance, strict=True)
+            student_messages(t, g, self.system, self.guidance_in)
+            for t, g in zip(tasks, guidance, strict=True)
         ]
         if not conversations:
             return []
@@ -554,8 +576,13 @@ def open_student(
     system: str | None = STUDENT_SYSTEM,
     concurrency: int = 16,
     vllm_args: Sequence[str] = (),
+    guidance_in: str = "system",
 ) -> Iterator[Any]:
     """The student for ``spec`` (see the module docs), closed (and its server stopped) on exit."""
+    if guidance_in not in ("system", "user"):
+        raise ValueError(
+            f"student_options.guidance_in must be 'system' or 'user', got {guidance_in!r}"
+        )
     spec = spec.strip()
     if not spec:
         raise ValueError(
@@ -564,7 +591,10 @@ def open_student(
         )
     if spec.startswith("vllm:"):
         engine = VLLMEngineStudent(
-            spec[len("vllm:") :].strip(), max_tokens=max_tokens, system=system
+            spec[len("vllm:") :].strip(),
+            max_tokens=max_tokens,
+            system=system,
+            guidance_in=guidance_in,
         ).start()
         try:
             yield engine
@@ -580,7 +610,11 @@ def open_student(
                 f"openai-compatible:{server.base_url}|{server.served_name}", api_key=None
             )
             student = ChatModelStudent(
-                model, max_tokens=max_tokens, system=system, concurrency=concurrency
+                model,
+                max_tokens=max_tokens,
+                system=system,
+                guidance_in=guidance_in,
+                concurrency=concurrency,
             )
             try:
                 yield student
@@ -589,7 +623,10 @@ def open_student(
         return
     if spec.startswith("transformers:"):
         local = TransformersStudent(
-            spec[len("transformers:") :].strip(), max_tokens=max_tokens, system=system
+            spec[len("transformers:") :].strip(),
+            max_tokens=max_tokens,
+            system=system,
+            guidance_in=guidance_in,
         )
         yield local
         local.close()
@@ -601,7 +638,13 @@ def open_student(
             spec += "|" + served_model_name(spec)
         spec = "openai-compatible:" + spec
     model = build_model(spec)
-    student = ChatModelStudent(model, max_tokens=max_tokens, system=system, concurrency=concurrency)
+    student = ChatModelStudent(
+        model,
+        max_tokens=max_tokens,
+        system=system,
+        guidance_in=guidance_in,
+        concurrency=concurrency,
+    )
     try:
         yield student
     finally:

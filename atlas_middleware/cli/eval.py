@@ -123,23 +123,29 @@ class Models:
         self.timeout_s = timeout_s  # overrides the sections' per-call timeout
         self._built: dict[str, Any] = {}
 
-    def get(self, spec: str | None, section: str = "teacher") -> Any:
-        from atlas_middleware.models import model_from_settings
+    def get(self, spec: str | None, section: str = "teacher", *, judge: bool = False) -> Any:
+        """The model of ``spec`` (default: the section's) with the section's call policy;
+        ``judge``: for RIM's judges, which take the raw model where the teacher would take the
+        trained one."""
+        from atlas_middleware.models import EMBEDDED, EMBEDDED_BASE, model_from_settings
 
         settings = getattr(self.config, section)
         if self.timeout_s is not None:
             settings = settings.model_copy(update={"timeout_s": self.timeout_s})
         spec = spec or settings.model
-        if spec not in self._built:
+        teacher = section == "teacher" and not judge
+        # "embedded" is the trained teacher as a teacher and the raw model otherwise; every use
+        # of the raw model shares one instance.
+        key = EMBEDDED_BASE if spec == EMBEDDED and not teacher else spec
+        if key not in self._built:
             try:
-                self._built[spec] = model_from_settings(
-                    settings, spec
-                )  # the section's timeout and retries
+                # the section's timeout and retries
+                self._built[key] = model_from_settings(settings, key, teacher=teacher)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             except ImportError as exc:
                 raise CLIError(str(exc)) from None
-        return self._built[spec]
+        return self._built[key]
 
     def load(self, out: Any) -> None:
         """Load local weights now, with a spinner, rather than inside the first task (and
@@ -246,8 +252,8 @@ def _rewards(args: argparse.Namespace) -> int:
     out = console(stderr=True)
     models = Models()
     rim_settings = models.config.rim
-    judge = models.get(args.judge or rim_settings.small_model)
-    large = models.get(rim_settings.large_model) if rim_settings.large_model else None
+    judge = models.get(args.judge or rim_settings.small_model, judge=True)
+    large = models.get(rim_settings.large_model, judge=True) if rim_settings.large_model else None
     reward = RIMReward.from_settings(rim_settings, judge, large)
     models.load(out)
 

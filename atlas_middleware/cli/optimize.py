@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
             "atlas optimize needs GEPA: pip install 'atlas-middleware[optimize]'"
         ) from None
     from atlas_middleware.config import AtlasConfig
-    from atlas_middleware.models import CallPolicy, ModelError, build_model
+    from atlas_middleware.models import EMBEDDED, CallPolicy, ModelError, build_model
     from atlas_middleware.optimize import (
         OptimizeSettings,
         RolloutSettings,
@@ -199,13 +199,17 @@ def run(args: argparse.Namespace) -> int:
     }
     specs["reflection"] = args.reflection or specs["teacher"]
     specs["judge"] = args.judge or cfg.rim.small_model or specs["teacher"]
-    built: dict[str, Any] = {}
+    built: dict[tuple[str, bool], Any] = {}
 
-    def model(spec: str):
-        # One instance per spec: the student, teacher and judge often share one local model.
-        if spec not in built:
-            built[spec] = build_model(spec, policy=CallPolicy(args.timeout, cfg.teacher.retries))
-        return built[spec]
+    def model(spec: str, *, teacher: bool = False):
+        # One instance per spec and role: the student, reflection and judge often share one
+        # local model ("embedded" as the teacher is the trained teacher, elsewhere the raw model).
+        key = (spec, teacher and spec == EMBEDDED)
+        if key not in built:
+            built[key] = build_model(
+                spec, teacher=teacher, policy=CallPolicy(args.timeout, cfg.teacher.retries)
+            )
+        return built[key]
 
     judges = [j.strip() for j in args.judges.split(",") if j.strip()] if args.judges else None
     settings = OptimizeSettings(
@@ -239,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
                 tasks,
                 settings,
                 student=model(specs["student"]),
-                teacher=model(specs["teacher"]),
+                teacher=model(specs["teacher"], teacher=True),
                 reflection=model(specs["reflection"]),
                 judge=model(specs["judge"]),
                 notify=progress.update,

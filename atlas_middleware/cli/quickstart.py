@@ -1,10 +1,11 @@
 """``atlas quickstart``: the whole loop on your machine, offline, in a few minutes.
 
 A small LangGraph agent (solve → extract) answers the bundled arithmetic word problems with the
-embedded SmolLM2 as its student; the same model, as teacher, probes every task, coaches and
-validates; RIM rewards every session; spans and sessions land in the embedded store.
-``--train`` continues: the sessions train a new teacher with GRPO on the CPU, and ``atlas eval``
-measures the student with the old and the new teacher.
+embedded SmolLM2 as its student; the trained teacher shipped in the package (the same model plus
+the LoRA adapter ``atlas learn`` trained, docs/learning.md) probes every task, coaches and
+validates; RIM rewards every session (its judges: the base model); spans and sessions land in
+the embedded store. ``--train`` continues: the sessions train the teacher further with GRPO on
+the CPU, and ``atlas eval`` measures the student with the shipped and the newly trained teacher.
 
 The teacher works as in production, with two differences that make one short run show
 everything: ``--lanes rotate`` (the default) runs each task in the next lane of coach → paired →
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import time
 from pathlib import Path
@@ -50,7 +52,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--tasks", type=parse_positive_int, default=9, help="bundled tasks to run (default 9)"
     )
     parser.add_argument("--student", metavar="SPEC", help="student model (default: embedded)")
-    parser.add_argument("--teacher", metavar="SPEC", help="teacher model (default: embedded)")
+    parser.add_argument(
+        "--teacher",
+        metavar="SPEC",
+        help="teacher model (default: embedded, the trained teacher; embedded-base: untrained)",
+    )
     parser.add_argument(
         "--lanes",
         choices=("rotate", "probe"),
@@ -70,7 +76,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--train",
         action="store_true",
-        help="then train a teacher with GRPO on these sessions and evaluate it (CPU, minutes)",
+        help="then train the teacher further with GRPO on these sessions and evaluate it "
+        "(CPU, minutes)",
     )
     parser.add_argument(
         "--train-steps",
@@ -160,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
     models = Models(timeout_s=600.0)
     student = models.get(args.student, "student")
     teacher = models.get(args.teacher)
+    judge = models.get(args.teacher, judge=True)
     # The run's own settings: the playbook lives in the run's store, the probe is short.
     config = models.config.model_copy(
         update={
@@ -191,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         agent=AGENT,
         teacher=coach,
         # Two judges and one sample keep a CPU run short; accuracy comes from the reference.
-        reward=RIMReward(teacher, judges=["accuracy", "helpfulness"], samples=1, max_tokens=48),
+        reward=RIMReward(judge, judges=["accuracy", "helpfulness"], samples=1, max_tokens=48),
         reward_inline=True,  # judged before the row is printed, so the table shows the reward
         config=config,
         learning_key="arithmetic",
@@ -302,7 +310,7 @@ class Activity(SpanProcessor):
 
 def teacher_view(spans: list[Any], prompts: Any) -> dict[str, Any]:
     """What the teacher did in one stored session, read back from its spans: the probe's reply,
-    the validation verdict (None when it did not validate) and the guided retries."""
+    the validation's verdict (None when none ran) and the guided retries."""
     import orjson
 
     from atlas_middleware.telemetry import schema as s
@@ -320,16 +328,12 @@ def teacher_view(spans: list[Any], prompts: Any) -> dict[str, Any]:
     for span in spans:
         if span.attributes.get(s.ATLAS_SPAN_ROLE) == s.ROLE_SESSION:
             retries = int(span.attributes.get(s.ATLAS_RETRIES) or 0)
+            validation = span.attributes.get(s.ATLAS_VALIDATION_VALID)
         if not span.name.startswith("chat "):
             continue
         sent = messages(span, s.GEN_AI_INPUT_MESSAGES)
-        system = message_text(sent[0]) if sent else None
-        reply = "".join(message_text(m) for m in messages(span, s.GEN_AI_OUTPUT_MESSAGES))
-        if system == prompts.probe:
-            probe_reply = reply
-        elif system == prompts.validate_:
-            head = reply.strip().upper()
-            validation = head.startswith("VALID")  # as the teacher reads it: INVALID fails
+        if sent and message_text(sent[0]) == prompts.probe:
+            probe_reply = "".join(message_text(m) for m in messages(span, s.GEN_AI_OUTPUT_MESSAGES))
     return {"probe_reply": probe_reply, "valid": validation, "retries": retries}
 
 
@@ -512,7 +516,8 @@ def _train_and_evaluate(
     import sys
 
     from atlas_middleware.evaluate import STUDENT_ALONE, WITH_TEACHER, WITH_TRAINED, Condition
-    from atlas_middleware.models import build_model, embedded_model_dir
+    from atlas_middleware.models import build_model, embedded_model_dir, trained_teacher_model_dir
+    from atlas_middleware.models.local import TEACHER_CARD, teacher_card
     from atlas_middleware.storage import open_store
     from atlas_middleware.tasks import write_tasks
 
@@ -527,13 +532,16 @@ def _train_and_evaluate(
     references = args.out / "tasks.jsonl"
     write_tasks(tasks, references)
     model_dir = embedded_model_dir()
+    with out.status("merging the shipped teacher's adapter into a model folder to train ..."):
+        teacher_dir = trained_teacher_model_dir()
     run_dir = args.out / "teacher-grpo"
-    # 2. GRPO with the teaching reward: the teacher (a copy of the embedded model) learns to
-    # write guidance that makes the frozen student right. Small settings keep it to minutes.
+    # 2. GRPO with the teaching reward, continuing from the shipped trained teacher: it learns to
+    # write guidance that makes the frozen student (the embedded model) right. Small settings
+    # keep it to minutes.
     command = [
         sys.executable, "-m", "atlas_middleware.trainer.cli", "grpo",
         "--from", url, "--learning-key", "arithmetic", "--references", str(references),
-        "--model", str(model_dir), "--student", f"transformers:{model_dir}",
+        "--model", str(teacher_dir), "--student", f"transformers:{model_dir}",
         "--output", str(run_dir), "--max-steps", str(args.train_steps),
         "--set", "trl.num_generations=2", "--set", "trl.per_device_train_batch_size=2",
         "--set", "trl.max_completion_length=48", "--set", "trl.learning_rate=1e-5",
@@ -541,6 +549,12 @@ def _train_and_evaluate(
     ]  # fmt: skip
     if subprocess.run(command, env=os.environ.copy(), check=False).returncode != 0:
         raise CLIError(f"atlas-train failed; rerun it to see why: {' '.join(command)}")
+    # It validates as the teacher it continues from: by computing its plan.
+    from atlas_middleware.models.embedded import trained_teacher_dir
+
+    card = teacher_card(trained_teacher_dir())
+    card["continued"] = {"recipe": "grpo", "steps": args.train_steps, "sessions": approved}
+    (run_dir / "final" / TEACHER_CARD).write_text(json.dumps(card, indent=2) + "\n")
     trained = build_model(f"hf:{run_dir / 'final'}")
     # 3. Measure: the student alone, with the untrained and with the trained teacher.
     from rich.progress import Progress

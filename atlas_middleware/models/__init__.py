@@ -24,7 +24,12 @@ from atlas_middleware.models.base import (
 
 if TYPE_CHECKING:
     from atlas_middleware.models._deps import MissingDependency
-    from atlas_middleware.models.embedded import EmbeddedModel, embedded_model_dir
+    from atlas_middleware.models.embedded import (
+        EmbeddedModel,
+        EmbeddedTeacher,
+        embedded_model_dir,
+        trained_teacher_model_dir,
+    )
     from atlas_middleware.models.litellm_backend import LiteLLMModel
     from atlas_middleware.models.local import LocalHFModel
     from atlas_middleware.models.openai_compat import OpenAICompatibleModel
@@ -36,6 +41,7 @@ __all__ = [
     "ChatModel",
     "ChatResult",
     "EmbeddedModel",
+    "EmbeddedTeacher",
     "LiteLLMModel",
     "LocalHFModel",
     "MissingDependency",
@@ -48,11 +54,14 @@ __all__ = [
     "build_model",
     "embedded_model_dir",
     "model_from_settings",
+    "trained_teacher_model_dir",
 ]
 
 _LAZY = {
     "EmbeddedModel": "embedded",
+    "EmbeddedTeacher": "embedded",
     "embedded_model_dir": "embedded",
+    "trained_teacher_model_dir": "embedded",
     "LiteLLMModel": "litellm_backend",
     "LocalHFModel": "local",
     "OpenAICompatibleModel": "openai_compat",
@@ -60,10 +69,11 @@ _LAZY = {
 }
 
 EMBEDDED = "embedded"
+EMBEDDED_BASE = "embedded-base"  # the raw embedded model, also where "embedded" means the teacher
 HF_PREFIX = "hf:"
 OPENAI_COMPATIBLE_PREFIX = "openai-compatible:"
 MODEL_SPECS = (
-    "'embedded', 'hf:/path/to/model_dir', 'openai-compatible:http://host:port/v1|model' "
+    "'embedded', 'embedded-base', 'hf:/path/to/model_dir', 'openai-compatible:http://host:port/v1|model' "
     "or a litellm model string such as 'openai/gpt-4o-mini'"
 )
 
@@ -81,10 +91,13 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-def build_model(spec: str, **options: Any) -> ChatModel:
+def build_model(spec: str, *, teacher: bool = False, **options: Any) -> ChatModel:
     """Make a model from a one-string spec (config files, CLI flags, environment variables).
 
-    - ``embedded``: SmolLM2-135M-Instruct in-process (:class:`EmbeddedModel`);
+    - ``embedded``: SmolLM2-135M-Instruct in-process (:class:`EmbeddedModel`); with
+      ``teacher=True`` (the spec names a teacher) the trained teacher shipped in the package,
+      that model plus the LoRA adapter ``atlas learn`` trained (:class:`EmbeddedTeacher`);
+    - ``embedded-base``: the raw SmolLM2-135M-Instruct in any role (the untrained teacher);
     - ``hf:/path/to/dir``: a local Hugging Face folder or ``.gguf`` file (:class:`LocalHFModel`);
     - ``openai-compatible:http://host:port/v1|model``: a vLLM/TGI/... endpoint
       (:class:`OpenAICompatibleModel`); ``openai-compatible:model`` with ``base_url=`` works too;
@@ -96,8 +109,9 @@ def build_model(spec: str, **options: Any) -> ChatModel:
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"empty model spec: use {MODEL_SPECS}")
     spec = spec.strip()
-    if spec == EMBEDDED:
-        embedded: ChatModel = __getattr__("EmbeddedModel")(**options)
+    if spec in (EMBEDDED, EMBEDDED_BASE):
+        kind = "EmbeddedTeacher" if teacher and spec == EMBEDDED else "EmbeddedModel"
+        embedded: ChatModel = __getattr__(kind)(**options)
         return embedded
     if spec.startswith(HF_PREFIX):
         path = spec[len(HF_PREFIX) :].strip()
@@ -136,16 +150,19 @@ def _openai_compatible(spec: str, options: dict[str, Any]) -> ChatModel:
     return compatible
 
 
-def model_from_settings(settings: Any, spec: str | None = None) -> ChatModel:
+def model_from_settings(
+    settings: Any, spec: str | None = None, *, teacher: bool = False
+) -> ChatModel:
     """A model from a config ``ModelSettings`` section (its spec, or ``spec`` with the section's
-    call policy, endpoint and key). Building is cheap: backends load weights or open clients on
-    their first call."""
+    call policy, endpoint and key); ``teacher``: the spec names a teacher (see
+    :func:`build_model`). Building is cheap: backends load weights or open clients on their
+    first call."""
     spec = spec or settings.model
     kwargs: dict[str, Any] = {"policy": CallPolicy(settings.timeout_s, settings.retries)}
-    remote = spec != "embedded" and not spec.startswith("hf:")
+    remote = spec not in (EMBEDDED, EMBEDDED_BASE) and not spec.startswith("hf:")
     if remote and settings.api_base:
         key = "base_url" if spec.startswith("openai-compatible:") else "api_base"
         kwargs[key] = settings.api_base
     if remote and settings.api_key is not None:
         kwargs["api_key"] = settings.api_key.get_secret_value()
-    return build_model(spec, **kwargs)
+    return build_model(spec, teacher=teacher, **kwargs)

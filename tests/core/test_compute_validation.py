@@ -67,7 +67,7 @@ def test_a_guidance_without_a_computation_falls_back_to_the_verdict_prompt():
 
 
 def test_an_unknown_validation_mode_is_refused():
-    with pytest.raises(ValueError, match="validation must be one of verdict, compute"):
+    with pytest.raises(ValueError, match="validation must be one of auto, verdict, compute"):
         Teacher(scripted_teacher(probe="", validate="", guidance=""), validation="vote")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="validation"):
         AtlasConfig.model_validate({"teacher": {"validation": "vote"}})
@@ -97,3 +97,41 @@ def test_the_coach_lane_validates_by_computing_its_own_guidance(exporter):
     roles = [m[0]["content"] for m in teacher.calls]
     assert len(teacher.calls) == 2
     assert all("check a student's answer" not in r for r in roles)
+    # The store records each verdict and who decided it.
+    assert [r.attributes[s.ATLAS_VALIDATION_VALID] for r in roots] == [True, False]
+    assert {r.attributes[s.ATLAS_VALIDATION_SOURCE] for r in roots} == {"teacher-compute"}
+
+
+def test_auto_validation_follows_the_teacher_model():
+    trained = ScriptedModel(respond=lambda m: "Compute 70 - 27.", name="trained")
+    trained.validation = "compute"  # what a teacher trained by `atlas learn` declares (its card)
+    plain = ScriptedModel(respond=lambda m: "VALID", name="plain")
+    assert Teacher(trained).validation == "compute"
+    assert Teacher(plain).validation == "verdict"
+    assert Teacher(trained, validation="verdict").validation == "verdict"  # explicit wins
+    assert AtlasConfig().teacher.validation == "auto"
+
+
+def test_the_verdict_prompt_is_recorded_with_its_source_and_auto_lanes_record_none(exporter):
+    teacher = scripted_teacher(probe="0.1", validate="INVALID: no", guidance="Add them.")
+
+    @atlas.supervise(agent="calc", teacher=teacher, lane="paired", reward=False)
+    def solve(task: str) -> str:
+        return "7"
+
+    @atlas.supervise(agent="calc-auto", teacher=teacher, lane="auto", reward=False)
+    def alone(task: str) -> str:
+        return "7"
+
+    solve("3 + 4?")
+    alone("3 + 4?")
+    roots = {
+        sp.attributes[s.ATLAS_LANE]: sp.attributes
+        for sp in exporter.get_finished_spans()
+        if s.ATLAS_LANE in (sp.attributes or {})
+    }
+    # The paired lane's verdict was on the first attempt (which the retry followed).
+    assert roots["paired"][s.ATLAS_VALIDATION_VALID] is False
+    assert roots["paired"][s.ATLAS_VALIDATION_SOURCE] == "teacher"
+    assert roots["paired"][s.ATLAS_RETRIES] == 1
+    assert s.ATLAS_VALIDATION_VALID not in roots["auto"]

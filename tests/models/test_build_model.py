@@ -30,6 +30,32 @@ def test_embedded_spec():
     assert not model.loaded  # nothing converted or loaded until the first call
 
 
+def test_embedded_as_a_teacher_is_the_shipped_trained_teacher():
+    from atlas_middleware.models import EmbeddedTeacher, model_from_settings
+    from atlas_middleware.models.embedded import TEACHER_NAME, trained_teacher_dir
+    from atlas_middleware.models.local import teacher_card
+
+    trained = build_model("embedded", teacher=True)
+    assert isinstance(trained, EmbeddedTeacher) and trained.name == TEACHER_NAME
+    assert trained.validation == "compute" and not trained.loaded
+    # Its judge, the base model; "embedded-base" is the raw model in every role.
+    assert type(trained.judge_model()) is EmbeddedModel
+    assert type(build_model("embedded-base", teacher=True)) is EmbeddedModel
+    assert type(build_model("embedded-base")) is EmbeddedModel
+    assert type(build_model("embedded")) is EmbeddedModel  # a student: the raw model
+    assert build_model("embedded").validation is None
+    # The shipped adapter carries its provenance and held-out figures.
+    card = teacher_card(trained_teacher_dir())
+    assert card["recipe"]["data_seed"] == 0 and card["commit"]
+    lift = card["held_out"]["test_split"]["paired_differences"]
+    assert lift["student + trained teacher vs student"]["difference"] > 0
+    from atlas_middleware.config import AtlasConfig
+
+    settings = AtlasConfig().teacher
+    assert isinstance(model_from_settings(settings, teacher=True), EmbeddedTeacher)
+    assert type(model_from_settings(settings)) is EmbeddedModel
+
+
 def test_hf_spec_takes_a_local_folder(tmp_path: Path):
     model = build_model(f"hf:{tmp_path}", max_new_tokens=16)
     assert isinstance(model, LocalHFModel) and not isinstance(model, EmbeddedModel)

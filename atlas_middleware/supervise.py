@@ -338,9 +338,9 @@ class Supervisor:
         self.signature = signature
         self._first_text = _first_parameter(signature)
         self.breaker = None
-        # In-process teachers (embedded, hf:) get none: they cannot be down, only slow, and their
+        # Local teachers (embedded, hf:, a vLLM engine) get none: they cannot be down, only slow, and their
         # step timeouts bound that; a breaker would silently turn evaluations' lanes to auto.
-        if teacher is not None and options.breaker_failures > 0 and teacher.provider != "local":
+        if teacher is not None and options.breaker_failures > 0 and not teacher.runs_locally:
             from atlas_middleware.breaker import breaker_for
 
             self.breaker = breaker_for(
@@ -1262,9 +1262,10 @@ def judge_model(teacher: ChatModel | None) -> ChatModel | None:
 
 def default_teacher_budget(teacher: ChatModel | None) -> float | None:
     """The teacher budget when the config sets none: a few seconds for a teacher behind a
-    network (which can hang or refuse), none for one computing in this process (embedded,
-    ``hf:``: CPU generation is slow but cannot hang on a socket; its step timeouts bound it)."""
-    if teacher is None or teacher.provider == "local":
+    network (which can hang or refuse), none for one computing on this machine (embedded,
+    ``hf:``, a vLLM engine: CPU generation is slow but cannot hang on a socket; its step
+    timeouts bound it)."""
+    if teacher is None or teacher.runs_locally:
         return None
     return REMOTE_TEACHER_BUDGET_S
 

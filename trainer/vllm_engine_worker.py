@@ -7,8 +7,9 @@ at once (``LLM.chat``); no HTTP server, no per-request client work. Protocol, on
 line:
 
     → {"conversations": [[{"role": ..., "content": ...}, ...], ...], "max_tokens": 128,
-       "temperature": 0.0}
-    ← {"outputs": [{"text": "...", "tokens": 17}, ...]}   or   {"error": "one line"}
+       "temperature": 0.0, "stop": ["..."]}            (stop optional)
+    ← {"outputs": [{"text": "...", "tokens": 17, "prompt_tokens": 52}, ...]}
+      or   {"error": "one line"}
 
 The first line written is ``{"ready": true}`` once the model is loaded. vLLM's own output goes to
 stderr (the caller's log file), never into the protocol stream.
@@ -54,10 +55,17 @@ def main() -> None:
             params = SamplingParams(
                 max_tokens=int(request.get("max_tokens", 128)),
                 temperature=float(request.get("temperature", 0.0)),
+                stop=request.get("stop") or None,
             )
             results = llm.chat(request["conversations"], params, use_tqdm=False)
             outputs = [
-                {"text": r.outputs[0].text, "tokens": len(r.outputs[0].token_ids)} for r in results
+                {
+                    "text": r.outputs[0].text,
+                    "tokens": len(r.outputs[0].token_ids),
+                    "prompt_tokens": len(r.prompt_token_ids or ()),
+                    "finish_reason": r.outputs[0].finish_reason,
+                }
+                for r in results
             ]
             reply: dict = {"outputs": outputs}
         except Exception as exc:  # one bad batch must not end the engine

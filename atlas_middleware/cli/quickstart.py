@@ -130,6 +130,7 @@ class CappedModel(ChatModel):
         super().__init__(policy=inner.policy)
         self.inner, self.limit = inner, limit
         self.name, self.provider = inner.name, inner.provider
+        self.validation, self.runs_locally = inner.validation, inner.runs_locally
 
     async def _complete(self, messages, *, max_tokens, temperature, stop):  # pragma: no cover
         raise NotImplementedError("CappedModel delegates chat() to the wrapped model")

@@ -82,6 +82,9 @@ class ChatModel(abc.ABC):
     # ``atlas learn`` (its plan, computed), None for the VALID / INVALID verdict prompt. What a
     # teacher's ``validation="auto"`` follows.
     validation: str | None = None
+    # Generates on this machine (in this process or a worker it owns): slow on a CPU but it
+    # cannot hang on a network, so supervision gives it no remote budget or circuit breaker.
+    runs_locally: bool = False
 
     def __init__(self, *, policy: CallPolicy | None = None) -> None:
         self.policy = policy or CallPolicy()

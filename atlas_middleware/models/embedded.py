@@ -20,7 +20,7 @@ from typing import Any
 
 from atlas_middleware.models._deps import EMBEDDED_HINT, MissingDependency, require
 from atlas_middleware.models.base import CallPolicy
-from atlas_middleware.models.local import LocalHFModel
+from atlas_middleware.models.local import TEACHER_CARD, LocalHFModel
 
 __all__ = [
     "EMBEDDED_NAME",
@@ -141,14 +141,21 @@ def _convert(gguf: Path, base: Path, target: Path) -> None:
 
 
 def _publish(
-    model: Any, tokenizer: Any, stamp: dict[str, object], base: Path, target: Path
+    model: Any,
+    tokenizer: Any,
+    stamp: dict[str, object],
+    base: Path,
+    target: Path,
+    files: dict[str, str] | None = None,
 ) -> None:
-    """Save a model folder into the cache under ``target``'s name, atomically (written
-    elsewhere, then renamed), replacing a stale one."""
+    """Save a model folder (and ``files``: name → text) into the cache under ``target``'s name,
+    atomically (written elsewhere, then renamed), replacing a stale one."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=base))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         (tmp / MARKER).write_text(json.dumps(stamp, indent=2) + "\n")
         # mkdtemp makes the folder private (0700); a cache is as readable as any other file.
         for path in (tmp, *tmp.iterdir()):
@@ -251,7 +258,9 @@ def trained_teacher_model_dir(cache: str | Path | None = None) -> Path:
     with _file_lock(base / f".{TEACHER_NAME}.lock"):
         if not current():
             merged, tokenizer = _merged(adapter, embedded)
-            _publish(merged, tokenizer, {**stamp, "dtype": "bfloat16"}, base, target)
+            # The card goes along: the merged folder validates as the adapter does.
+            card = {TEACHER_CARD: (adapter / TEACHER_CARD).read_text()}
+            _publish(merged, tokenizer, {**stamp, "dtype": "bfloat16"}, base, target, card)
     return target
 
 

@@ -126,6 +126,7 @@ class LocalHFModel(ChatModel):
     """
 
     provider = "local"
+    runs_locally = True
 
     def __init__(
         self,

@@ -143,6 +143,7 @@ class Metered(ChatModel):
         self.ledger = ledger
         self.name = inner.name
         self.provider = inner.provider
+        self.validation, self.runs_locally = inner.validation, inner.runs_locally
 
     async def _complete(  # pragma: no cover
         self,

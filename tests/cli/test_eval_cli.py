@@ -60,6 +60,7 @@ def test_eval_on_the_embedded_model_matches_the_store(tmp_path, embedded_cache):
     trained = f"hf:{folder}"
     proc = run_atlas(
         "eval", "arithmetic", "--limit", "2", "--max-tokens", "24", "--json",
+        "--engine", "transformers",
         "--trained-teacher", trained, "--store", store, "--out", str(tmp_path / "out"),
         # Generous timeouts: on a busy machine the teacher must not time out (fail open).
         env={"ATLAS_CACHE_DIR": str(embedded_cache), "ATLAS_TEACHER__TIMEOUT_S": "600"},
@@ -113,6 +114,40 @@ def test_eval_on_the_embedded_model_matches_the_store(tmp_path, embedded_cache):
     for x in sessions:
         names = {span.name for span in spans[x.trace_id]}
         assert ("chat trained-teacher" in names) == x.agent_name.endswith("trained teacher")
+
+
+@pytest.mark.model
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_eval_on_vllm_engines_batches_the_calls_and_records_them(tmp_path, embedded_cache):
+    """--engine vllm: the student and the base teacher share one vLLM engine (the same model),
+    its calls are stored with their real token counts, and the table agrees with the store."""
+    store = f"sqlite:///{tmp_path / 'atlas.db'}"
+    proc = run_atlas(
+        "eval", "arithmetic", "--limit", "6", "--max-tokens", "24", "--json",
+        "--engine", "vllm", "--teacher", "embedded-base", "--store", store,
+        "--out", str(tmp_path / "out"),
+        env={"ATLAS_CACHE_DIR": str(embedded_cache), "ATLAS_TEACHER__TIMEOUT_S": "600"},
+        timeout=850,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = orjson.loads(proc.stdout)
+    assert [s["condition"] for s in report["stats"]] == ["student", "student + teacher"]
+    with open_store(store) as s:
+        sessions = [x for x in s.iter_sessions() if x.learning_key == f"eval:{report['run_id']}"]
+        spans = s.spans_for([x.trace_id for x in sessions])
+    assert len(sessions) == 12
+    tasks = {t.task: t for t in load_tasks("arithmetic", limit=6)}
+    for got in report["stats"]:
+        mine = [x for x in sessions if x.agent_name == f"eval/{got['condition']}"]
+        correct = sum(bool(tasks[x.task].is_correct(x.final_answer or "")) for x in mine)
+        assert got["correct"] == correct and got["timed_out"] == got["failed_open"] == 0
+    calls = [sp for x in sessions for sp in spans[x.trace_id] if sp.name.startswith("chat ")]
+    assert {sp.name for sp in calls} == {"chat smollm2-135m-instruct"}
+    assert {sp.attributes["gen_ai.provider.name"] for sp in calls} == {"vllm"}
+    assert all(sp.attributes["gen_ai.usage.input_tokens"] > 0 for sp in calls)
+    assert all(0 < sp.attributes["gen_ai.usage.output_tokens"] <= 160 for sp in calls)
+    assert all(x.guidance for x in sessions if x.agent_name.endswith("teacher"))
 
 
 @pytest.mark.model

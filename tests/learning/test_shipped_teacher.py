@@ -46,10 +46,18 @@ def test_the_shipped_teacher_plans_unseen_problems_without_leaking(
     finally:
         asyncio.run(trained.aclose())
 
-    leaked = [g for g, t in zip(trained_plans, tasks, strict=True) if learning.leaks(g, t.reference, t.task)]
+    leaked = [
+        g
+        for g, t in zip(trained_plans, tasks, strict=True)
+        if learning.leaks(g, t.reference, t.task)
+    ]
     assert leaked == [], leaked
-    right = sum(plan_value(g) == float(t.reference) for g, t in zip(trained_plans, tasks, strict=True))
-    base_right = sum(plan_value(g) == float(t.reference) for g, t in zip(base_plans, tasks, strict=True))
+    right = sum(
+        plan_value(g) == float(t.reference) for g, t in zip(trained_plans, tasks, strict=True)
+    )
+    base_right = sum(
+        plan_value(g) == float(t.reference) for g, t in zip(base_plans, tasks, strict=True)
+    )
     # It names the right calculation on most problems it never saw, and more than the base model.
     assert right >= len(tasks) // 2 and right > base_right, (right, base_right, trained_plans)
     # Its own validation ("auto" follows its card): a wrong final number is caught by computing.

@@ -46,6 +46,8 @@ def test_guidance_reaches_the_student_where_the_recipe_says():
         "role": "user",
         "content": "3 + 4?",
     }
-    with pytest.raises(ValueError, match="guidance_in must be 'system' or 'user'"):
-        with open_student("embedded", guidance_in="prompt"):
-            pass
+    with (
+        pytest.raises(ValueError, match="guidance_in must be 'system' or 'user'"),
+        open_student("embedded", guidance_in="prompt"),
+    ):
+        pass

@@ -145,7 +145,51 @@ def test_the_summary_has_the_test_split_public_set_and_curve(tmp_path):
     assert "| student + trained teacher vs student + teacher | +60.0% |" in text
     assert "| student + trained teacher | compute | 90.0% | 50.0% | 100.0% | 75.0% |" in text
     assert "| student + trained teacher | verdict | 20.0% |" in text
-    assert "| 5.0 | 1 | 80.0% | 10 |" in text
+    assert "| 5.0 | SFT epoch 1 | 80.0% | 10 |" in text
     _plot(tmp_path)
     assert (tmp_path / "learning.png").stat().st_size > 1000
+
+
+def test_the_grpo_stage_is_paired_with_the_warm_up_and_joins_the_curve(tmp_path):
+    import json
+
+    from atlas_middleware.cli.learn import GRPO_CONDITION, _plot, _summary
+
+    alone = [False] * 8 + [True] * 2
+    trained = [True] * 6 + [False] * 2 + [True] * 2
+    grpo = [True] * 4 + [False] * 4 + [True] * 2  # 2 fewer than the warm-up adapter
+    (tmp_path / "eval.json").write_text(
+        json.dumps(_result({"student": alone, "student + trained teacher": trained}))
+    )
+    (tmp_path / "test.jsonl").write_text(
+        "".join(json.dumps({"id": f"t{i}", "task": "x"}) + "\n" for i in range(10))
+    )
+    (tmp_path / "curve.json").write_text(
+        json.dumps(
+            [
+                {"minutes": 0.0, "accuracy": 0.2, "tasks": 4},
+                {"minutes": 5.0, "accuracy": 1.0, "tasks": 4, "epoch": 1},
+            ]
+        )
+    )
+    (tmp_path / "grpo.json").write_text(
+        json.dumps(
+            dict(
+                _result({GRPO_CONDITION: grpo}),
+                steps=30,
+                student="vllm",
+                sft_seconds=300.0,
+                grpo_seconds=600.0,
+                eval_seconds=50.0,
+            )
+        )
+    )
+    text = _summary(tmp_path)
+    assert "## GRPO from the warm-up adapter" in text and "30 GRPO steps (vllm student)" in text
+    assert f"| {GRPO_CONDITION} vs student | +40.0% |" in text
+    assert f"| {GRPO_CONDITION} vs student + trained teacher | -20.0% |" in text
+    # The curve's GRPO point: the first 4 test tasks (all right), at SFT + GRPO minutes.
+    assert "| 15.0 | + GRPO (30 steps) | 100.0% | 4 |" in text
+    _plot(tmp_path)
+    assert (tmp_path / "learning-curve.png").stat().st_size > 1000
     assert (tmp_path / "learning-curve.png").stat().st_size > 1000

@@ -41,6 +41,9 @@ class Condition:
     name: str
     teacher: ChatModel | None = None
     lane: str | None = None  # None: the teacher's probe decides
+    # The teacher's prompts for this condition (TeacherPrompts, a prompts file or an `atlas
+    # optimize --out` folder; their playbook's lessons included); None: the configured ones.
+    prompts: Any = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,7 @@ async def run_eval(
     concurrency: int = 32,
     teacher_timeout_s: float | None = None,
     teacher_max_tokens: int | None = None,
+    learning_key: str | None = None,
 ) -> EvalReport:
     """Run every task under every condition as supervised sessions stored in ``store_url``.
 
@@ -229,6 +233,11 @@ async def run_eval(
     sessions can be found (and audited) in the store. Tracing goes to ``store_url`` for the run
     (replacing any atlas tracing configured before) and is shut down at the end; the supervisor's
     own store (playbook, lessons) is ``store_url`` too, never the configured default.
+
+    With a ``reward`` (a RIMReward), each session is rewarded before its task counts as done,
+    with the task's reference (which scores the reward only: validation stays the teacher's),
+    so the learning key's playbook learns from it as in production; ``learning_key`` names that
+    key (default: one per run).
 
     Within a condition, up to ``concurrency`` tasks run at once: a local model batches the calls
     that wait together into one ``generate`` (models/local.py), which is what makes a 300-task
@@ -260,10 +269,14 @@ async def run_eval(
     for condition in conditions:
         supervise_options: dict[str, Any] = {
             "agent": f"{agent}/{condition.name}",
-            "learning_key": f"{agent}:{run_id}",
+            "learning_key": learning_key or f"{agent}:{run_id}",
             "reward": reward,
             "config": config,
         }
+        if reward is not False and reward is not None:
+            supervise_options.update(reward_inline=True, reference_validates=False)
+        if condition.prompts is not None:
+            supervise_options["prompts"] = condition.prompts
         if teacher_timeout_s is not None:
             supervise_options.update(
                 teacher_timeout_s=teacher_timeout_s, probe_timeout_s=teacher_timeout_s
@@ -297,7 +310,10 @@ async def run_eval(
                 answer: str | None = None
                 error = None
                 try:
-                    answer = await solve(item.task)
+                    if reward is not False and reward is not None:
+                        answer = await solve.options(reference=item.reference)(item.task)
+                    else:
+                        answer = await solve(item.task)
                 except Exception as exc:  # the agent failed: an incomplete task, not a crash
                     error = f"{type(exc).__name__}: {exc}"
                 completed = error is None and bool(answer and answer.strip())

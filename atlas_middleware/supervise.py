@@ -449,10 +449,12 @@ class Supervisor:
             probe = lane is None or (
                 o.always_probe and supervised and teacher is not None and call.parent is None
             )
+            key = o.learning_key or o.agent
+            if probe or (teacher is not None and lane in ("paired", "coach")):
+                # The playbook reaches the teacher's guidance in a forced lane too.
+                lessons = self.lessons(key)
             if probe:
                 assert teacher is not None
-                key = o.learning_key or o.agent
-                lessons = self.lessons(key)
                 context = {"agent": o.agent, "learning_key": key, "lessons": lessons}
                 value = _plugin(failures, "probe plugin", plugins.probe, call.task, context)
                 if value is None:

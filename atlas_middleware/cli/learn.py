@@ -62,6 +62,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(default 0: skip; make learning runs 60)",
     )
     parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also measure the base teacher with the playbook it learns on train sessions and "
+        "with prompts from atlas optimize on train tasks (test split; baselines.json)",
+    )
+    parser.add_argument(
         "--public",
         type=Path,
         metavar="TASKS",
@@ -201,6 +207,11 @@ async def _learn(args: argparse.Namespace, kinds: tuple[str, ...]) -> int:
         curve_path = out / "curve.json"
         if args.curve and not curve_path.exists():
             await _curve(out, test[: args.curve_tasks], model)
+        baselines_path = out / "baselines.json"
+        if args.baselines and not baselines_path.exists():
+            started = time.perf_counter()
+            await _baselines(args, out, train, test, model)
+            done("baselines", started)
         grpo_path = out / "grpo.json"
         if args.grpo_steps and not grpo_path.exists():
             started = time.perf_counter()
@@ -331,9 +342,101 @@ async def _evaluate(
             )
             agreement[name][mode] = _agreement(verdicts, truth)
     return {
+        **_report_json(report, seconds),
+        "tasks_per_second": round(total / seconds, 3),
+        "validation": agreement,
+    }
+
+
+GRPO_CONDITION = "student + trained teacher (+ GRPO)"
+PLAYBOOK_CONDITION = "student + teacher + playbook"
+OPTIMIZED_CONDITION = "student + teacher + optimized prompts"
+# The train tasks each baseline learns from: the playbook's sessions and atlas optimize's tasks.
+_BASELINE_TRAIN_TASKS = 100
+_OPTIMIZE_MINUTES = 15
+
+
+async def _baselines(
+    args: argparse.Namespace, out: Path, train: list[Any], test: list[Any], model: Any
+) -> None:
+    """What the base teacher does without weight training, on the test split: with the playbook
+    it learned supervising train tasks (rewarded by the reference: the lessons of production),
+    and with prompts ``atlas optimize`` evolved on train tasks. ``baselines.json``."""
+    import os
+    import subprocess
+
+    from atlas_middleware.evaluate import WITH_TEACHER, Condition, run_eval
+    from atlas_middleware.playbook import Playbook
+    from atlas_middleware.prompts import DEFAULT_PROMPTS, load_prompts, save_prompts
+    from atlas_middleware.rim import RIMReward
+    from atlas_middleware.rim.judges import reference_match
+    from atlas_middleware.storage import open_store
+    from atlas_middleware.tasks import write_tasks
+
+    tasks = train[:_BASELINE_TRAIN_TASKS]
+    playbook_path = out / "playbook-prompts.yaml"
+    if not playbook_path.exists():
+        _say(f"baselines: the base teacher supervises {len(tasks)} train tasks, learning lessons")
+        key, url = "learn-playbook", f"sqlite:///{out / 'playbook.db'}"
+        reward = RIMReward(model, judges=["accuracy"], samples=1, verifiers=[reference_match])
+        await run_eval(
+            tasks,
+            student=model,
+            conditions=[Condition(WITH_TEACHER, model, "coach")],
+            store_url=url,
+            agent="learn-playbook",
+            reward=reward,
+            learning_key=key,
+            teacher_timeout_s=_TEACHER_TIMEOUT_S,
+            teacher_max_tokens=_TEACHER_MAX_TOKENS,
+        )
+        with open_store(url) as store:
+            lessons = Playbook(store, key).lessons()
+        _say(f"baselines: {len(lessons)} lessons learned")
+        save_prompts(
+            DEFAULT_PROMPTS.with_components({"playbook": "\n".join(lessons)}), playbook_path
+        )
+    optimized = out / "optimize"
+    if not (optimized / "active.yaml").exists():
+        _say(f"baselines: atlas optimize on {len(tasks)} train tasks ({_OPTIMIZE_MINUTES} min)")
+        task_file = out / "optimize-tasks.jsonl"
+        write_tasks(tasks, task_file)
+        command = [
+            sys.executable, "-m", "atlas_middleware.cli", "optimize", "--tasks", str(task_file),
+            "--limit", str(len(tasks)), "--out", str(optimized),
+            "--student", "embedded", "--teacher", "embedded-base", "--judge", "embedded-base",
+            "--judges", "accuracy", "--lane", "coach", "--max-calls", "100000",
+            "--max-time", f"{_OPTIMIZE_MINUTES}m", "--seed", str(args.seed),
+            "--max-tokens", "96", "--teacher-max-tokens", str(_TEACHER_MAX_TOKENS),
+            "--concurrency", "8",
+        ]  # fmt: skip
+        await model.aclose()  # its own process loads the model
+        if subprocess.run(command, env=os.environ.copy(), check=False).returncode != 0:
+            raise CLIError(f"atlas optimize failed; rerun it to see why: {' '.join(command)}")
+    conditions = [
+        Condition(PLAYBOOK_CONDITION, model, "coach", prompts=load_prompts(playbook_path)),
+        Condition(OPTIMIZED_CONDITION, model, "coach", prompts=load_prompts(optimized)),
+    ]
+    _say(f"baselines: evaluating both on {len(test)} test tasks")
+    started = time.perf_counter()
+    report = await run_eval(
+        test,
+        student=model,
+        conditions=conditions,
+        store_url=f"sqlite:///{out / 'baselines.db'}",
+        agent="learn-baselines",
+        teacher_timeout_s=_TEACHER_TIMEOUT_S,
+        teacher_max_tokens=_TEACHER_MAX_TOKENS,
+    )
+    result = _report_json(report, time.perf_counter() - started)
+    result["lessons"] = load_prompts(playbook_path).lessons()
+    (out / "baselines.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _report_json(report: Any, seconds: float) -> dict[str, Any]:
+    return {
         "run_id": report.run_id,
         "seconds": round(seconds, 1),
-        "tasks_per_second": round(total / seconds, 3),
         "stats": [st.__dict__ for st in report.stats],
         "outcomes": [
             {
@@ -346,12 +449,8 @@ async def _evaluate(
             }
             for o in report.outcomes
         ],
-        "validation": agreement,
         "markdown": report.markdown(),
     }
-
-
-GRPO_CONDITION = "student + trained teacher (+ GRPO)"
 
 
 async def _grpo(
@@ -446,21 +545,9 @@ async def _grpo(
         "student": student_spec.split(":")[0],
         "sft_seconds": trained_seconds,
         "grpo_seconds": grpo_seconds,
-        "eval_seconds": round(time.perf_counter() - started, 1),
-        "stats": [st.__dict__ for st in report.stats],
-        "outcomes": [
-            {
-                "task_id": o.task_id,
-                "condition": o.condition,
-                "correct": bool(o.correct),
-                "answer": o.answer,
-                "tokens": o.input_tokens + o.output_tokens,
-                "failures": list(o.failures),
-            }
-            for o in report.outcomes
-        ],
-        "markdown": report.markdown(),
+        **_report_json(report, time.perf_counter() - started),
     }
+    result["eval_seconds"] = result.pop("seconds")
     (out / "grpo.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
@@ -530,10 +617,20 @@ async def _curve(out: Path, test: list[Any], student: Any) -> None:
 
 def _summary(out: Path) -> str:
     """The run's held-out tables as markdown (docs/learning.md is written from one of these)."""
+    from atlas_middleware.evaluate import STUDENT_ALONE, WITH_TEACHER
+
     text = "## Test split\n\n" + _tables(json.loads((out / "eval.json").read_text()))
     if (out / "public.json").exists():
         public = json.loads((out / "public.json").read_text())
         text += f"\n## Public word problems ({public.get('source', '')})\n\n" + _tables(public)
+    if (out / "baselines.json").exists():
+        baselines = json.loads((out / "baselines.json").read_text())
+        text += (
+            "\n## Without weight training: the playbook and atlas optimize\n\n"
+            + _paired_tables(out, baselines, [STUDENT_ALONE, WITH_TEACHER])
+            + "\nLessons the playbook learned:\n\n"
+            + "".join(f"- {x}\n" for x in baselines.get("lessons", []))
+        )
     if (out / "grpo.json").exists():
         text += "\n## GRPO from the warm-up adapter\n\n" + _grpo_tables(out)
     if (out / "curve.json").exists():
@@ -568,35 +665,45 @@ def _curve_points(out: Path) -> list[dict[str, Any]]:
     return points
 
 
-def _grpo_tables(out: Path) -> str:
-    from atlas_middleware.evaluate import STUDENT_ALONE, WITH_TRAINED
+def _paired_tables(out: Path, extra: dict[str, Any], against: list[str]) -> str:
+    """An extra evaluation's table, and each of its conditions paired with ``against`` (the
+    conditions of eval.json) on the same tasks."""
     from atlas_middleware.learning import paired_difference
 
-    grpo = json.loads((out / "grpo.json").read_text())
     base = json.loads((out / "eval.json").read_text())
     by: dict[str, dict[str, bool]] = {}
-    for o in base["outcomes"] + grpo["outcomes"]:
+    for o in base["outcomes"] + extra["outcomes"]:
         by.setdefault(o["condition"], {})[o["task_id"]] = o["correct"]
-    ids = sorted(by[GRPO_CONDITION])
+    names = [s["condition"] for s in extra["stats"]]
     lines = [
-        f"{grpo['steps']} GRPO steps ({grpo['student']} student): "
-        + (f"{grpo['grpo_seconds'] / 60:.1f} minutes; " if grpo.get("grpo_seconds") else "")
-        + f"evaluated in {grpo['eval_seconds']:.0f} s.",
-        "",
-        grpo["markdown"],
+        extra["markdown"],
         "",
         "| comparison | difference | 95% CI (paired bootstrap) | gained | lost | McNemar p |",
         "|---|---:|---|---:|---:|---:|",
     ]
-    for other in (STUDENT_ALONE, WITH_TRAINED):
-        if other not in by:
-            continue
-        d = paired_difference([by[other][i] for i in ids], [by[GRPO_CONDITION][i] for i in ids])
-        lines.append(
-            f"| {GRPO_CONDITION} vs {other} | {d['difference']:+.1%} | {d['ci_low']:+.1%} to "
-            f"{d['ci_high']:+.1%} | {d['gained']} | {d['lost']} | {d['mcnemar_p']:.3g} |"
-        )
+    for name in names:
+        ids = sorted(by[name])
+        for other in against:
+            if other not in by:
+                continue
+            d = paired_difference([by[other][i] for i in ids], [by[name][i] for i in ids])
+            lines.append(
+                f"| {name} vs {other} | {d['difference']:+.1%} | {d['ci_low']:+.1%} to "
+                f"{d['ci_high']:+.1%} | {d['gained']} | {d['lost']} | {d['mcnemar_p']:.3g} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _grpo_tables(out: Path) -> str:
+    from atlas_middleware.evaluate import STUDENT_ALONE, WITH_TRAINED
+
+    grpo = json.loads((out / "grpo.json").read_text())
+    head = (
+        f"{grpo['steps']} GRPO steps ({grpo['student']} student): "
+        + (f"{grpo['grpo_seconds'] / 60:.1f} minutes; " if grpo.get("grpo_seconds") else "")
+        + f"evaluated in {grpo['eval_seconds']:.0f} s.\n\n"
+    )
+    return head + _paired_tables(out, grpo, [STUDENT_ALONE, WITH_TRAINED])
 
 
 def _tables(result: dict[str, Any]) -> str:

@@ -250,3 +250,56 @@ def test_without_references_the_judge_models_decide_and_the_count_follows_their_
     shown_first = [p.chosen_first for p in report.pairs]
     assert [p.verdict == "right" for p in report.pairs] == shown_first
     assert 0 < sum(shown_first) < len(prefs)
+
+
+def test_rewarded_sessions_teach_the_playbook_and_a_condition_brings_its_own_prompts(store_url):
+    """With a reward, each session is scored by its reference (validation stays the teacher's)
+    and the learning key's playbook learns a lesson from it; a condition's prompts (here a
+    standing playbook) reach the teacher and the student."""
+    from atlas_middleware.playbook import Playbook
+    from atlas_middleware.prompts import DEFAULT_PROMPTS
+    from atlas_middleware.rim.judges import reference_match
+
+    seen: list[str] = []
+
+    def respond(messages):
+        seen.append(messages[-1]["content"])
+        if messages[0]["content"].startswith("You check"):
+            return "VALID"
+        if "lesson" in messages[0]["content"].lower():
+            return "Check the sum twice."
+        return "Add the two numbers carefully."
+
+    coach = ScriptedModel(respond=respond, name="teacher")
+    tasks = TASKS[:3]  # the crashing task has no answer to reward
+    reward = RIMReward(coach, judges=["accuracy"], samples=1, verifiers=[reference_match])
+    asyncio.run(
+        run_eval(
+            tasks,
+            student=student(),
+            conditions=[Condition(WITH_TEACHER, coach, "coach")],
+            store_url=store_url,
+            reward=reward,
+            learning_key="lessons",
+        )
+    )
+    with open_store(store_url) as store:
+        sessions = list(store.iter_sessions())
+        assert Playbook(store, "lessons").lessons() == ["Check the sum twice."]
+    # Rewarded by the reference: "2 + 3" and "4 + 4" guided are right, "1 + 1" guided is wrong.
+    scores = {s.task: s.reward_score for s in sessions}
+    assert scores == {"What is 2 + 3?": 1.0, "What is 4 + 4?": 1.0, "What is 1 + 1?": 0.0}
+    # The teacher validated every answer itself: VALID, though "1 + 1" was wrong.
+    assert all(s.lane == "coach" for s in sessions)
+
+    seen.clear()
+    standing = DEFAULT_PROMPTS.with_components({"playbook": "Carry the tens."})
+    asyncio.run(
+        run_eval(
+            tasks[:1],
+            student=student(),
+            conditions=[Condition(WITH_TEACHER, coach, "coach", prompts=standing)],
+            store_url=store_url,
+        )
+    )
+    assert any("Carry the tens." in text for text in seen)  # the teacher's guidance prompt

@@ -159,9 +159,10 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def summarise(outcomes: Sequence[TaskOutcome], conditions: Sequence[str]) -> list[ConditionStats]:
-    """The table's numbers from the per-task outcomes (the first condition is the baseline)."""
+    """The table's numbers from the per-task outcomes. Non-degradation is against the student
+    alone: unknown (None) in a run without that condition, never against another one."""
     by = {name: {o.task_id: o for o in outcomes if o.condition == name} for name in conditions}
-    baseline = by[conditions[0]] if conditions else {}
+    baseline = by.get(STUDENT_ALONE)
     stats = []
     for name in conditions:
         rows = list(by[name].values())
@@ -169,7 +170,7 @@ def summarise(outcomes: Sequence[TaskOutcome], conditions: Sequence[str]) -> lis
         correct = sum(1 for o in rows if o.correct)
         low, high = wilson_interval(correct, n)
         non_degradation = None
-        if name != conditions[0]:
+        if baseline is not None and name != STUDENT_ALONE:
             broken = sum(
                 1
                 for task_id, o in by[name].items()

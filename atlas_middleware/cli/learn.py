@@ -68,6 +68,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "with prompts from atlas optimize on train tasks (test split; baselines.json)",
     )
     parser.add_argument(
+        "--optimize-minutes",
+        type=parse_positive_int,
+        default=15,
+        metavar="M",
+        help="with --baselines: atlas optimize's wall-time budget (default 15)",
+    )
+    parser.add_argument(
         "--public",
         type=Path,
         metavar="TASKS",
@@ -77,6 +84,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--stop-after", choices=STAGES, help="stop after this stage (the rest resume later)"
     )
     parser.set_defaults(func=run)
+
+
+def _offline_policy() -> Any:
+    """The models' call policy in a run: its jobs are batches queued on a possibly shared CPU,
+    where a call can wait long behind others; a timeout would end hours of work, not a hang."""
+    from atlas_middleware.models import CallPolicy
+
+    return CallPolicy(timeout_s=3600.0, retries=0)
 
 
 def _say(message: str) -> None:
@@ -129,7 +144,7 @@ async def _learn(args: argparse.Namespace, kinds: tuple[str, ...]) -> int:
         _say("tasks: reusing train.jsonl / test.jsonl")
     train, test = load_tasks(train_path), load_tasks(test_path)
 
-    model = EmbeddedModel()
+    model = EmbeddedModel(policy=_offline_policy())
     try:
         # 2. warm-up data
         warmup_path = out / "warmup.jsonl"
@@ -199,7 +214,7 @@ async def _learn(args: argparse.Namespace, kinds: tuple[str, ...]) -> int:
         result_path = out / "eval.json"
         if not result_path.exists():
             started = time.perf_counter()
-            trained = LocalHFModel(adapter, name="trained-teacher")
+            trained = LocalHFModel(adapter, name="trained-teacher", policy=_offline_policy())
             report = await _evaluate(test, model, model, trained, out / "eval.db")
             await trained.aclose()
             result_path.write_text(json.dumps(report, indent=2) + "\n")
@@ -223,7 +238,7 @@ async def _learn(args: argparse.Namespace, kinds: tuple[str, ...]) -> int:
             _say(f"public word problems: {args.public}")
             started = time.perf_counter()
             public = load_tasks(args.public)
-            trained = LocalHFModel(adapter, name="trained-teacher")
+            trained = LocalHFModel(adapter, name="trained-teacher", policy=_offline_policy())
             report = await _evaluate(public, model, model, trained, out / "public.db")
             await trained.aclose()
             report["source"] = str(args.public)
@@ -353,7 +368,6 @@ PLAYBOOK_CONDITION = "student + teacher + playbook"
 OPTIMIZED_CONDITION = "student + teacher + optimized prompts"
 # The train tasks each baseline learns from: the playbook's sessions and atlas optimize's tasks.
 _BASELINE_TRAIN_TASKS = 100
-_OPTIMIZE_MINUTES = 15
 
 
 async def _baselines(
@@ -398,7 +412,7 @@ async def _baselines(
         )
     optimized = out / "optimize"
     if not (optimized / "active.yaml").exists():
-        _say(f"baselines: atlas optimize on {len(tasks)} train tasks ({_OPTIMIZE_MINUTES} min)")
+        _say(f"baselines: atlas optimize on {len(tasks)} train tasks ({args.optimize_minutes} min)")
         task_file = out / "optimize-tasks.jsonl"
         write_tasks(tasks, task_file)
         command = [
@@ -406,7 +420,7 @@ async def _baselines(
             "--limit", str(len(tasks)), "--out", str(optimized),
             "--student", "embedded", "--teacher", "embedded-base", "--judge", "embedded-base",
             "--judges", "accuracy", "--lane", "coach", "--max-calls", "100000",
-            "--max-time", f"{_OPTIMIZE_MINUTES}m", "--seed", str(args.seed),
+            "--max-time", f"{args.optimize_minutes}m", "--seed", str(args.seed),
             "--max-tokens", "96", "--teacher-max-tokens", str(_TEACHER_MAX_TOKENS),
             "--concurrency", "8",
         ]  # fmt: skip
@@ -509,7 +523,7 @@ async def _grpo(
             "--set", f"trl.seed={args.seed}",
             "--set", f"reward.guidance_budget={_TEACHER_MAX_TOKENS}",
             "--set", "student_options.max_tokens=96",
-            "--set", f"student_options.system={STUDENT_INSTRUCTIONS}",
+            "--set", f"student_options.system={json.dumps(STUDENT_INSTRUCTIONS)}",
             "--set", "student_options.guidance_in=user",
         ]  # fmt: skip
         env = {**os.environ, "ATLAS_VLLM_EAGER": os.environ.get("ATLAS_VLLM_EAGER", "1")}
@@ -528,7 +542,7 @@ async def _grpo(
         json.loads(seconds_path.read_text())["seconds"] if seconds_path.exists() else None
     )
     _say(f"grpo: evaluating on {len(test)} test tasks")
-    teacher = LocalHFModel(final, name="grpo-teacher")
+    teacher = LocalHFModel(final, name="grpo-teacher", policy=_offline_policy())
     started = time.perf_counter()
     report = await run_eval(
         test,
@@ -592,7 +606,9 @@ async def _curve(out: Path, test: list[Any], student: Any) -> None:
             value = accuracy(WITH_TRAINED)  # the final adapter is the last epoch's weights
         else:
             _say(f"curve: epoch {point['epoch']} on {len(test)} test tasks")
-            teacher = LocalHFModel(out / point["folder"], name=point["folder"])
+            teacher = LocalHFModel(
+                out / point["folder"], name=point["folder"], policy=_offline_policy()
+            )
             report = await run_eval(
                 test,
                 student=student,
@@ -668,6 +684,7 @@ def _curve_points(out: Path) -> list[dict[str, Any]]:
 def _paired_tables(out: Path, extra: dict[str, Any], against: list[str]) -> str:
     """An extra evaluation's table, and each of its conditions paired with ``against`` (the
     conditions of eval.json) on the same tasks."""
+    from atlas_middleware.evaluate import STUDENT_ALONE
     from atlas_middleware.learning import paired_difference
 
     base = json.loads((out / "eval.json").read_text())
@@ -678,8 +695,9 @@ def _paired_tables(out: Path, extra: dict[str, Any], against: list[str]) -> str:
     lines = [
         extra["markdown"],
         "",
-        "| comparison | difference | 95% CI (paired bootstrap) | gained | lost | McNemar p |",
-        "|---|---:|---|---:|---:|---:|",
+        "| comparison | difference | 95% CI (paired bootstrap) | gained | lost | McNemar p "
+        "| non-degradation |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
     for name in names:
         ids = sorted(by[name])
@@ -687,9 +705,12 @@ def _paired_tables(out: Path, extra: dict[str, Any], against: list[str]) -> str:
             if other not in by:
                 continue
             d = paired_difference([by[other][i] for i in ids], [by[name][i] for i in ids])
+            # Against the student alone, what it broke is the non-degradation of the main table.
+            kept = f"{1 - d['lost'] / len(ids):.0%}" if other == STUDENT_ALONE else "—"
             lines.append(
                 f"| {name} vs {other} | {d['difference']:+.1%} | {d['ci_low']:+.1%} to "
-                f"{d['ci_high']:+.1%} | {d['gained']} | {d['lost']} | {d['mcnemar_p']:.3g} |"
+                f"{d['ci_high']:+.1%} | {d['gained']} | {d['lost']} | {d['mcnemar_p']:.3g} "
+                f"| {kept} |"
             )
     return "\n".join(lines) + "\n"
 

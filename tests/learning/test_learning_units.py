@@ -186,7 +186,7 @@ def test_the_grpo_stage_is_paired_with_the_warm_up_and_joins_the_curve(tmp_path)
     )
     text = _summary(tmp_path)
     assert "## GRPO from the warm-up adapter" in text and "30 GRPO steps (vllm student)" in text
-    assert f"| {GRPO_CONDITION} vs student | +40.0% |" in text
+    assert f"| {GRPO_CONDITION} vs student | +40.0% |" in text and "| 100% |" in text
     assert f"| {GRPO_CONDITION} vs student + trained teacher | -20.0% |" in text
     # The curve's GRPO point: the first 4 test tasks (all right), at SFT + GRPO minutes.
     assert "| 15.0 | + GRPO (30 steps) | 100.0% | 4 |" in text

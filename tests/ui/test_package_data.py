@@ -14,7 +14,7 @@ DATA = {
     "atlas_middleware": ROOT / "atlas_middleware",
     "atlas_middleware/trainer": ROOT / "trainer",
 }
-SUFFIXES = {".html", ".css", ".js", ".svg", ".sql", ".jsonl", ".yaml"}
+SUFFIXES = {".html", ".css", ".js", ".svg", ".sql", ".jsonl", ".yaml", ".json", ".safetensors"}
 
 
 def test_the_wheel_carries_every_data_file_and_builds_quietly(tmp_path):
@@ -35,4 +35,10 @@ def test_the_wheel_carries_every_data_file_and_builds_quietly(tmp_path):
     }
     ui = {name for name in expected if name.startswith("atlas_middleware/ui/")}
     assert any(n.endswith(".html") for n in ui) and any(n.endswith(".css") for n in ui)
+    # The trained teacher (teacher="embedded") ships with its provenance card.
+    assert {
+        "atlas_middleware/data/teacher/adapter_model.safetensors",
+        "atlas_middleware/data/teacher/adapter_config.json",
+        "atlas_middleware/data/teacher/atlas-teacher.json",
+    } <= expected
     assert sorted(expected - names) == []

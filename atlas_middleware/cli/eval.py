@@ -40,7 +40,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--limit", type=parse_positive_int, help="only the first N tasks / pairs (default: all)"
     )
     parser.add_argument("--student", metavar="SPEC", help="student model (default: config)")
-    parser.add_argument("--teacher", metavar="SPEC", help="teacher model (default: config)")
+    parser.add_argument(
+        "--teacher",
+        metavar="SPEC",
+        help="teacher model (default: the config's; embedded: the shipped trained teacher, "
+        "embedded-base: the same model untrained)",
+    )
     parser.add_argument(
         "--trained-teacher",
         metavar="SPEC",

@@ -222,17 +222,17 @@ async def _learn(args: argparse.Namespace, kinds: tuple[str, ...]) -> int:
         curve_path = out / "curve.json"
         if args.curve and not curve_path.exists():
             await _curve(out, test[: args.curve_tasks], model)
-        baselines_path = out / "baselines.json"
-        if args.baselines and not baselines_path.exists():
-            started = time.perf_counter()
-            await _baselines(args, out, train, test, model)
-            done("baselines", started)
         grpo_path = out / "grpo.json"
         if args.grpo_steps and not grpo_path.exists():
             started = time.perf_counter()
             await model.aclose()  # the trainer's process needs the memory and the cores
             await _grpo(args, out, train, test, model)
             done("grpo", started)
+        baselines_path = out / "baselines.json"
+        if args.baselines and not baselines_path.exists():
+            started = time.perf_counter()
+            await _baselines(args, out, train, test, model)
+            done("baselines", started)
         public_path = out / "public.json"
         if args.public is not None and not public_path.exists():
             _say(f"public word problems: {args.public}")

@@ -482,7 +482,7 @@ async def _grpo(
     from atlas_middleware.models import LocalHFModel, embedded_model_dir
     from atlas_middleware.models.embedded import merge_adapter
     from atlas_middleware.models.local import TEACHER_CARD
-    from atlas_middleware.trainer.students import vllm_python
+    from atlas_middleware.models.vllm_engine import vllm_available
 
     start = out / "grpo-start"
     if not (start / "config.json").exists():
@@ -504,11 +504,8 @@ async def _grpo(
     data = out / "grpo-data.jsonl"
     write_jsonl(data, rows)
     model_dir = embedded_model_dir()
-    try:
-        vllm_python()
-        student_spec = f"vllm:{model_dir}"
-    except Exception:  # no vLLM here: batched transformers, slower
-        student_spec = f"transformers:{model_dir}"
+    # vLLM when it is here; batched transformers (slower) otherwise.
+    student_spec = f"{'vllm' if vllm_available() else 'transformers'}:{model_dir}"
     run_dir = out / "grpo"
     final = run_dir / "final"
     if not (final / "config.json").exists():

@@ -67,7 +67,7 @@ def main() -> None:
                 }
                 for r in results
             ]
-            reply: dict = {"outputs": outputs}
+            reply: dict[str, object] = {"outputs": outputs}
         except Exception as exc:  # one bad batch must not end the engine
             reply = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
         protocol.write(json.dumps(reply) + "\n")

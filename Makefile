@@ -17,7 +17,7 @@ quickstart:
 learning:
 	@scripts/bootstrap.sh quickstart
 	@scripts/bootstrap.sh vllm
-	nice -n 10 $(PY) -m atlas_middleware.cli learn --out atlas-learn --curve --grpo-steps 60 $(LEARNING_ARGS)
+	nice -n 10 $(PY) -m atlas_middleware.cli learn --out atlas-learn --curve --grpo-steps 40 $(LEARNING_ARGS)
 
 test:
 	@scripts/bootstrap.sh dev

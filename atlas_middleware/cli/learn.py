@@ -59,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="then N steps of GRPO from the warm-up adapter (atlas-train grpo, the teaching "
         "reward, the vLLM student when .venv-vllm exists) and its held-out evaluation "
-        "(default 0: skip; make learning runs 60)",
+        "(default 0: skip; make learning runs 40)",
     )
     parser.add_argument(
         "--baselines",

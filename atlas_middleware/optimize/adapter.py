@@ -156,7 +156,7 @@ class _RecordingTeacher(Teacher):
 
 
 class _RolloutSupervisor(Supervisor):
-    consulted = False  # the flow asked for the lessons (it does when the probe picks the lane)
+    consulted = False  # the flow asked for the lessons (it does whenever a teacher step runs)
 
     def lessons(self, key: str) -> list[str]:
         # Only the candidate's playbook: learned lessons in a store would change between

@@ -322,3 +322,7 @@ def quiet_model_loading() -> None:
         return
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    import warnings
+
+    # peft's merge asks transformers about gradient checkpointing, whose rename warns each load.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from atlas_middleware.leaks import states_an_answer
 from atlas_middleware.models.base import ChatMessage, ChatModel
 from atlas_middleware.storage import Store
 
@@ -128,7 +129,9 @@ class Playbook:
         ]
         result = await teacher.chat(messages, max_tokens=60)
         text = " ".join(result.text.split())[:300]
-        if not text:
+        # A lesson that states an answer is a leak like any guidance that does: shown to the
+        # student on every later task, "The answer is 16." made it answer 16 (docs/learning.md).
+        if not text or states_an_answer(text):
             return None
         state = self.load()
         if any(lesson.text == text for lesson in state.lessons):

@@ -303,3 +303,25 @@ def test_rewarded_sessions_teach_the_playbook_and_a_condition_brings_its_own_pro
         )
     )
     assert any("Carry the tens." in text for text in seen)  # the teacher's guidance prompt
+
+
+def test_a_lesson_that_states_an_answer_is_not_kept(store_url):
+    """A lesson is shown to the student on every later task: one that states an answer is a
+    leak (the base 135M teacher's lessons were mostly "The answer is 16."), so it is refused."""
+    from atlas_middleware.playbook import Playbook
+
+    def teacher_says(lesson: str):
+        return ScriptedModel(respond=lambda messages: lesson, name="teacher")
+
+    async def learn(lesson: str) -> str | None:
+        with open_store(store_url) as store:
+            return await Playbook(store, "k").learn(
+                teacher_says(lesson), task="What is 2 + 3?", answer="4", reward=0.0, trace_id="t"
+            )
+
+    assert asyncio.run(learn("The answer is 16. The answer is 16.")) is None
+    assert asyncio.run(learn("Add the numbers before you subtract.")) == (
+        "Add the numbers before you subtract."
+    )
+    with open_store(store_url) as store:
+        assert Playbook(store, "k").lessons() == ["Add the numbers before you subtract."]

@@ -142,16 +142,14 @@ class Models:
         """The model of ``spec`` (default: the section's) with the section's call policy;
         ``judge``: for RIM's judges, which take the raw model where the teacher would take the
         trained one."""
-        from atlas_middleware.models import EMBEDDED, EMBEDDED_BASE, model_from_settings
+        from atlas_middleware.models import model_from_settings, shared_spec
 
         settings = getattr(self.config, section)
         if self.timeout_s is not None:
             settings = settings.model_copy(update={"timeout_s": self.timeout_s})
         spec = spec or settings.model
         teacher = section == "teacher" and not judge
-        # "embedded" is the trained teacher as a teacher and the raw model otherwise; every use
-        # of the raw model shares one instance.
-        key = EMBEDDED_BASE if spec == EMBEDDED and not teacher else spec
+        key = shared_spec(spec, teacher=teacher)
         if key not in self._built:
             try:
                 built = None

@@ -298,6 +298,19 @@ def _write_cards(args: argparse.Namespace, out: Path, kinds: tuple[str, ...]) ->
             (folder / TEACHER_CARD).write_text(json.dumps(card, indent=2) + "\n")
 
 
+async def _run_eval(tasks: list[Any], **options: Any) -> Any:
+    """``run_eval`` with the run's teacher timeout and reply cap: every evaluation of a run (the
+    table, the curve, GRPO, the baselines, the public set) gives the teacher the same terms."""
+    from atlas_middleware.evaluate import run_eval
+
+    return await run_eval(
+        tasks,
+        teacher_timeout_s=_TEACHER_TIMEOUT_S,
+        teacher_max_tokens=_TEACHER_MAX_TOKENS,
+        **options,
+    )
+
+
 async def _evaluate(
     tasks: list[Any], student: Any, base: Any, trained: Any, db: Path, *, hint: bool = True
 ) -> dict[str, Any]:
@@ -309,7 +322,6 @@ async def _evaluate(
         WITH_TEACHER,
         WITH_TRAINED,
         Condition,
-        run_eval,
     )
 
     conditions = [Condition(STUDENT_ALONE)]
@@ -328,14 +340,12 @@ async def _evaluate(
             rate = counter["n"] / (time.perf_counter() - started)
             _say(f"eval {counter['n']}/{total} ({outcome.condition}; {rate:.2f} tasks/s)")
 
-    report = await run_eval(
+    report = await _run_eval(
         tasks,
         student=student,
         conditions=conditions,
         store_url=f"sqlite:///{db}",
         agent="learn",
-        teacher_timeout_s=_TEACHER_TIMEOUT_S,
-        teacher_max_tokens=_TEACHER_MAX_TOKENS,
         on_outcome=progress,
     )
     seconds = time.perf_counter() - started
@@ -379,7 +389,7 @@ async def _baselines(
     import os
     import subprocess
 
-    from atlas_middleware.evaluate import WITH_TEACHER, Condition, run_eval
+    from atlas_middleware.evaluate import WITH_TEACHER, Condition
     from atlas_middleware.playbook import Playbook
     from atlas_middleware.prompts import DEFAULT_PROMPTS, load_prompts, save_prompts
     from atlas_middleware.rim import RIMReward
@@ -393,7 +403,7 @@ async def _baselines(
         _say(f"baselines: the base teacher supervises {len(tasks)} train tasks, learning lessons")
         key, url = "learn-playbook", f"sqlite:///{out / 'playbook.db'}"
         reward = RIMReward(model, judges=["accuracy"], samples=1, verifiers=[reference_match])
-        await run_eval(
+        await _run_eval(
             tasks,
             student=model,
             conditions=[Condition(WITH_TEACHER, model, "coach")],
@@ -401,8 +411,6 @@ async def _baselines(
             agent="learn-playbook",
             reward=reward,
             learning_key=key,
-            teacher_timeout_s=_TEACHER_TIMEOUT_S,
-            teacher_max_tokens=_TEACHER_MAX_TOKENS,
         )
         with open_store(url) as store:
             lessons = Playbook(store, key).lessons()
@@ -433,14 +441,12 @@ async def _baselines(
     ]
     _say(f"baselines: evaluating both on {len(test)} test tasks")
     started = time.perf_counter()
-    report = await run_eval(
+    report = await _run_eval(
         test,
         student=model,
         conditions=conditions,
         store_url=f"sqlite:///{out / 'baselines.db'}",
         agent="learn-baselines",
-        teacher_timeout_s=_TEACHER_TIMEOUT_S,
-        teacher_max_tokens=_TEACHER_MAX_TOKENS,
     )
     result = _report_json(report, time.perf_counter() - started)
     result["lessons"] = load_prompts(playbook_path).lessons()
@@ -477,7 +483,7 @@ async def _grpo(
     import random
     import subprocess
 
-    from atlas_middleware.evaluate import STUDENT_INSTRUCTIONS, Condition, run_eval
+    from atlas_middleware.evaluate import STUDENT_INSTRUCTIONS, Condition
     from atlas_middleware.learning import write_jsonl
     from atlas_middleware.models import LocalHFModel, embedded_model_dir
     from atlas_middleware.models.embedded import merge_adapter
@@ -541,14 +547,12 @@ async def _grpo(
     _say(f"grpo: evaluating on {len(test)} test tasks")
     teacher = LocalHFModel(final, name="grpo-teacher", policy=_offline_policy())
     started = time.perf_counter()
-    report = await run_eval(
+    report = await _run_eval(
         test,
         student=student,
         conditions=[Condition(GRPO_CONDITION, teacher, "coach")],
         store_url=f"sqlite:///{out / 'grpo-eval.db'}",
         agent="learn-grpo",
-        teacher_timeout_s=_TEACHER_TIMEOUT_S,
-        teacher_max_tokens=_TEACHER_MAX_TOKENS,
     )
     await teacher.aclose()
     result = {
@@ -582,7 +586,7 @@ async def _curve(out: Path, test: list[Any], student: Any) -> None:
     """Held-out accuracy of the trained teacher after each epoch on ``test`` (the learning curve):
     the base teacher at 0 minutes and the last epoch (the final adapter) come from eval.json's
     outcomes on the same tasks; each earlier epoch's adapter is evaluated here."""
-    from atlas_middleware.evaluate import WITH_TRAINED, Condition, run_eval
+    from atlas_middleware.evaluate import WITH_TRAINED, Condition
     from atlas_middleware.models import LocalHFModel
 
     checkpoints = json.loads((out / "checkpoints.json").read_text())
@@ -606,14 +610,12 @@ async def _curve(out: Path, test: list[Any], student: Any) -> None:
             teacher = LocalHFModel(
                 out / point["folder"], name=point["folder"], policy=_offline_policy()
             )
-            report = await run_eval(
+            report = await _run_eval(
                 test,
                 student=student,
                 conditions=[Condition(WITH_TRAINED, teacher, "coach")],
                 store_url="sqlite:///" + str(out / f"curve-{point['epoch']}.db"),
                 agent="learn-curve",
-                teacher_timeout_s=_TEACHER_TIMEOUT_S,
-                teacher_max_tokens=_TEACHER_MAX_TOKENS,
             )
             await teacher.aclose()
             value = report.stats[0].accuracy

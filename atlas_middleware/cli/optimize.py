@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
             "atlas optimize needs GEPA: pip install 'atlas-middleware[optimize]'"
         ) from None
     from atlas_middleware.config import AtlasConfig
-    from atlas_middleware.models import EMBEDDED, CallPolicy, ModelError, build_model
+    from atlas_middleware.models import CallPolicy, ModelError, build_model, shared_spec
     from atlas_middleware.optimize import (
         OptimizeSettings,
         RolloutSettings,
@@ -199,15 +199,14 @@ def run(args: argparse.Namespace) -> int:
     }
     specs["reflection"] = args.reflection or specs["teacher"]
     specs["judge"] = args.judge or cfg.rim.small_model or specs["teacher"]
-    built: dict[tuple[str, bool], Any] = {}
+    built: dict[str, Any] = {}
 
     def model(spec: str, *, teacher: bool = False):
-        # One instance per spec and role: the student, reflection and judge often share one
-        # local model ("embedded" as the teacher is the trained teacher, elsewhere the raw model).
-        key = (spec, teacher and spec == EMBEDDED)
+        # One instance per model: the student, reflection and judge often share one local model.
+        key = shared_spec(spec, teacher=teacher)
         if key not in built:
             built[key] = build_model(
-                spec, teacher=teacher, policy=CallPolicy(args.timeout, cfg.teacher.retries)
+                key, teacher=teacher, policy=CallPolicy(args.timeout, cfg.teacher.retries)
             )
         return built[key]
 

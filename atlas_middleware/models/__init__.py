@@ -54,6 +54,7 @@ __all__ = [
     "build_model",
     "embedded_model_dir",
     "model_from_settings",
+    "shared_spec",
     "trained_teacher_model_dir",
 ]
 
@@ -125,6 +126,13 @@ def build_model(spec: str, *, teacher: bool = False, **options: Any) -> ChatMode
         raise ValueError(f"unknown model spec {spec!r}: use {MODEL_SPECS}")
     litellm: ChatModel = __getattr__("LiteLLMModel")(spec, **options)
     return litellm
+
+
+def shared_spec(spec: str, *, teacher: bool = False) -> str:
+    """The spec that names the same model instance in this role: ``embedded`` is the raw model
+    (``embedded-base``) except as a teacher, so a student, a judge and an untrained teacher on
+    the embedded model can share one copy of its weights."""
+    return EMBEDDED_BASE if spec == EMBEDDED and not teacher else spec
 
 
 def _openai_compatible(spec: str, options: dict[str, Any]) -> ChatModel:

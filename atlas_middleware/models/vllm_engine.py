@@ -187,41 +187,20 @@ class VLLMEngine:
         "finish_reason"}`` each, in order."""
         if not conversations:
             return []
+        request = {
+            "conversations": conversations,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stop": list(stop or ()),
+        }
         with self._lock:  # one batch at a time: the engine batches within it
             if self._llm is not None:
-                return self._generate_here(conversations, max_tokens, temperature, stop)
-            return self._generate_worker(conversations, max_tokens, temperature, stop)
+                from atlas_middleware.models.vllm_engine_worker import generate
 
-    def _generate_here(
-        self,
-        conversations: list[list[dict[str, Any]]],
-        max_tokens: int,
-        temperature: float,
-        stop: Sequence[str] | None,
-    ) -> list[dict[str, Any]]:
-        from vllm import SamplingParams
+                return generate(self._llm, request)
+            return self._generate_worker(request)
 
-        params = SamplingParams(
-            max_tokens=max_tokens, temperature=temperature, stop=list(stop or ()) or None
-        )
-        results = self._llm.chat(conversations, params, use_tqdm=False)
-        return [
-            {
-                "text": r.outputs[0].text,
-                "tokens": len(r.outputs[0].token_ids),
-                "prompt_tokens": len(r.prompt_token_ids or ()),
-                "finish_reason": r.outputs[0].finish_reason,
-            }
-            for r in results
-        ]
-
-    def _generate_worker(
-        self,
-        conversations: list[list[dict[str, Any]]],
-        max_tokens: int,
-        temperature: float,
-        stop: Sequence[str] | None,
-    ) -> list[dict[str, Any]]:
+    def _generate_worker(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         import json
 
         proc = self.proc
@@ -229,12 +208,6 @@ class VLLMEngine:
             raise RuntimeError(
                 f"the vLLM engine has exited: {self._last_log_line()} (log: {self.log_path})"
             )
-        request = {
-            "conversations": conversations,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-            "stop": list(stop or ()),
-        }
         proc.stdin.write(json.dumps(request) + "\n")
         proc.stdin.flush()
         reply = _read_line(proc, timeout=None)

@@ -21,6 +21,30 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
+
+
+def generate(llm: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """One request's batch on ``llm`` (a ``vllm.LLM``): what a reply's ``outputs`` hold. Also
+    what :class:`atlas_middleware.models.vllm_engine.VLLMEngine` runs when vLLM is in its own
+    process."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(
+        max_tokens=int(request.get("max_tokens", 128)),
+        temperature=float(request.get("temperature", 0.0)),
+        stop=request.get("stop") or None,
+    )
+    results = llm.chat(request["conversations"], params, use_tqdm=False)
+    return [
+        {
+            "text": r.outputs[0].text,
+            "tokens": len(r.outputs[0].token_ids),
+            "prompt_tokens": len(r.prompt_token_ids or ()),
+            "finish_reason": r.outputs[0].finish_reason,
+        }
+        for r in results
+    ]
 
 
 def main() -> None:
@@ -37,7 +61,7 @@ def main() -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
 
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     llm = LLM(
         model=args.model,
@@ -52,21 +76,7 @@ def main() -> None:
             continue
         try:
             request = json.loads(line)
-            params = SamplingParams(
-                max_tokens=int(request.get("max_tokens", 128)),
-                temperature=float(request.get("temperature", 0.0)),
-                stop=request.get("stop") or None,
-            )
-            results = llm.chat(request["conversations"], params, use_tqdm=False)
-            outputs = [
-                {
-                    "text": r.outputs[0].text,
-                    "tokens": len(r.outputs[0].token_ids),
-                    "prompt_tokens": len(r.prompt_token_ids or ()),
-                    "finish_reason": r.outputs[0].finish_reason,
-                }
-                for r in results
-            ]
+            outputs = generate(llm, request)
             reply: dict[str, object] = {"outputs": outputs}
         except Exception as exc:  # one bad batch must not end the engine
             reply = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}

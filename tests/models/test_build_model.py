@@ -44,6 +44,12 @@ def test_embedded_as_a_teacher_is_the_shipped_trained_teacher():
     assert type(build_model("embedded-base")) is EmbeddedModel
     assert type(build_model("embedded")) is EmbeddedModel  # a student: the raw model
     assert build_model("embedded").validation is None
+    # One instance per model: the raw model's roles share a spec, the trained teacher its own.
+    from atlas_middleware.models import shared_spec
+
+    assert shared_spec("embedded") == shared_spec("embedded-base", teacher=True) == "embedded-base"
+    assert shared_spec("embedded", teacher=True) == "embedded"
+    assert shared_spec("openai/gpt-4o-mini") == "openai/gpt-4o-mini"
     # The shipped adapter carries its provenance and held-out figures.
     card = teacher_card(trained_teacher_dir())
     assert card["recipe"]["data_seed"] == 0 and card["commit"]
